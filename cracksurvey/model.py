@@ -1,0 +1,377 @@
+"""TernausNet (UNet16 / UNet11) with a width multiplier, and the model card that travels with weights.
+
+METHOD.md §2: a VGG encoder (convs at torchvision's layer indices, so a torchvision
+``vgg16().features`` state dict loads unchanged at width 1), a bilinear decoder (UNet16) or a
+transposed-convolution decoder (UNet11), a 1x1 head and a final ReLU. The output is the clipped
+distance to the crack centreline in pixels at training scale. An optional second head predicts the
+crack body (a logit; sigmoid gives the probability) from which widths are measured.
+
+Weights are safetensors; the :class:`ModelCard` (JSON beside them) carries everything inference
+needs (architecture, width, normalisation, clip, calibrated threshold) and a SHA-256 of the weights
+that is verified at load time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+Architecture = Literal["unet16", "unet11"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# (out_channels per conv, stage boundaries) of the VGG encoders, at width 1.
+# Each inner list is one encoder stage (a max-pool precedes every stage but the first).
+_VGG_STAGES: dict[str, list[list[int]]] = {
+    "unet16": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],
+    "unet11": [[64], [128], [256, 256], [512, 512], [512, 512]],
+}
+# torchvision vgg*.features indices of the convs, in order (for state-dict compatibility).
+_VGG_CONV_INDICES = {
+    "unet16": [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28],
+    "unet11": [0, 3, 6, 8, 11, 13, 16, 18],
+}
+
+SHIPPED_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL_ID = "cracksurvey-unet16-w025-mdt"
+
+
+def _c(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+class _ConvRelu(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class _DecoderV2(nn.Module):
+    """UNet16 decoder block (bilinear mode): upsample x2, then conv+ReLU twice."""
+
+    def __init__(self, cin: int, cmid: int, cout: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(_ConvRelu(cin, cmid), _ConvRelu(cmid, cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.block(x)
+
+
+class _DecoderV1(nn.Module):
+    """UNet11 decoder block: conv+ReLU, transposed conv (k3 s2 p1 op1), ReLU."""
+
+    def __init__(self, cin: int, cmid: int, cout: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            _ConvRelu(cin, cmid),
+            nn.ConvTranspose2d(cmid, cout, 3, stride=2, padding=1, output_padding=1),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class TernausNet(nn.Module):
+    """UNet16 (paper) or UNet11 with a channel-width multiplier.
+
+    Parameters
+    ----------
+    architecture : {'unet16', 'unet11'}
+    width : float
+        Channel multiplier; 1.0 is the paper's network (29.3 M parameters for UNet16).
+    body_head : bool
+        Add a second 1x1 head predicting the crack-body logit (used to measure width).
+
+    Input ``(N, 3, H, W)`` normalised RGB with H, W multiples of 32. Output ``(N, 1 or 2, H, W)``:
+    channel 0 the distance in pixels (>= 0, final ReLU), channel 1 the body logit if present.
+    """
+
+    def __init__(
+        self, architecture: Architecture = "unet16", *, width: float = 1.0, body_head: bool = False
+    ) -> None:
+        super().__init__()
+        if architecture not in _VGG_STAGES:
+            raise ModelError(f"unknown architecture {architecture!r}; expected unet16 or unet11")
+        self.architecture = architecture
+        self.width = width
+        self.body_head = body_head
+        stages = [[_c(c, width) for c in stage] for stage in _VGG_STAGES[architecture]]
+        # Encoder as a flat Sequential whose conv indices match torchvision's vgg features.
+        layers: dict[int, nn.Module] = {}
+        cin = 3
+        flat = [c for stage in stages for c in stage]
+        for idx, cout in zip(_VGG_CONV_INDICES[architecture], flat, strict=True):
+            layers[idx] = nn.Conv2d(cin, cout, 3, padding=1)
+            cin = cout
+        n = max(layers) + 1
+        self.encoder = nn.Sequential(*[layers.get(i, nn.Identity()) for i in range(n)])
+        self._stage_convs: list[list[int]] = []
+        it = iter(_VGG_CONV_INDICES[architecture])
+        for stage in stages:
+            self._stage_convs.append([next(it) for _ in stage])
+        e = [stage[-1] for stage in stages]  # channels out of each encoder stage
+        nf = _c(32, width)
+        if architecture == "unet16":
+            dec = _DecoderV2
+            self.center = dec(e[4], nf * 16, nf * 8)
+            self.dec5 = dec(e[4] + nf * 8, nf * 16, nf * 8)
+            self.dec4 = dec(e[3] + nf * 8, nf * 16, nf * 8)
+            self.dec3 = dec(e[2] + nf * 8, nf * 8, nf * 2)
+            self.dec2 = dec(e[1] + nf * 2, nf * 4, nf)
+        else:
+            dec = _DecoderV1  # type: ignore[assignment]
+            self.center = dec(e[4], nf * 16, nf * 8)
+            self.dec5 = dec(e[4] + nf * 8, nf * 16, nf * 8)
+            self.dec4 = dec(e[3] + nf * 8, nf * 16, nf * 4)
+            self.dec3 = dec(e[2] + nf * 4, nf * 8, nf * 2)
+            self.dec2 = dec(e[1] + nf * 2, nf * 4, nf)
+        self.dec1 = _ConvRelu(e[0] + nf, nf)
+        self.final = nn.Conv2d(nf, 1, 1)
+        self.body = nn.Conv2d(nf, 1, 1) if body_head else None
+
+    def _stage(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        for idx in self._stage_convs[k]:
+            x = F.relu(self.encoder[idx](x), inplace=True)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = F.max_pool2d
+        conv1 = self._stage(x, 0)
+        conv2 = self._stage(pool(conv1, 2), 1)
+        conv3 = self._stage(pool(conv2, 2), 2)
+        conv4 = self._stage(pool(conv3, 2), 3)
+        conv5 = self._stage(pool(conv4, 2), 4)
+        center = self.center(pool(conv5, 2))
+        dec5 = self.dec5(torch.cat([center, conv5], 1))
+        dec4 = self.dec4(torch.cat([dec5, conv4], 1))
+        dec3 = self.dec3(torch.cat([dec4, conv3], 1))
+        dec2 = self.dec2(torch.cat([dec3, conv2], 1))
+        dec1 = self.dec1(torch.cat([dec2, conv1], 1))
+        distance = F.relu(self.final(dec1))
+        if self.body is None:
+            return distance
+        return torch.cat([distance, self.body(dec1)], 1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def flops_per_megapixel(model: TernausNet) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one forward pass per megapixel of input.
+
+    Counted analytically from the conv layers and the resolution each runs at.
+    """
+    side = 256
+    total = 0.0
+    hooks = []
+
+    def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(mod, nn.ConvTranspose2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1]
+            total += 2.0 * inp[0].shape[-1] * inp[0].shape[-2] * k * mod.in_channels * mod.out_channels
+        elif isinstance(mod, nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1]
+            total += 2.0 * out.shape[-1] * out.shape[-2] * k * mod.in_channels * mod.out_channels
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, side, side))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total / (side * side) * 1e6
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything inference needs to use a set of weights, plus their provenance.
+
+    Attributes
+    ----------
+    model_id : str
+    architecture : {'unet16', 'unet11'}
+    width : float
+        Channel multiplier of :class:`TernausNet`.
+    body_head : bool
+    clip_px : float
+        Training targets were clipped at this distance (pixels).
+    threshold_px : float
+        Calibrated threshold: crack = predicted distance <= threshold_px.
+    mean, std : tuple of 3 floats
+        Input normalisation of RGB in [0, 1].
+    input_multiple : int
+        Input height and width must be multiples of this.
+    sha256 : str
+        SHA-256 of the safetensors file.
+    """
+
+    model_id: str
+    architecture: Architecture
+    width: float
+    body_head: bool
+    clip_px: float = 20.0
+    threshold_px: float = 4.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    input_multiple: int = 32
+    output: str = "distance_px (channel 0, >=0); body logit (channel 1) if body_head"
+    sha256: str = ""
+    recipe: dict[str, Any] = field(default_factory=dict)
+    training_data: list[dict[str, Any]] = field(default_factory=list)
+    licence: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ModelError(f"model card has unknown keys {sorted(unknown)}; expected {sorted(names)}")
+        d = dict(d)
+        for key in ("mean", "std"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def build_model(card: ModelCard) -> TernausNet:
+    """An untrained :class:`TernausNet` with the architecture a card describes."""
+    return TernausNet(card.architecture, width=card.width, body_head=card.body_head)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_model(model: TernausNet, card: ModelCard, path: str | Path) -> ModelCard:
+    """Write ``<path>.safetensors`` and ``<path>.json``; return the card with its checksum.
+
+    ``path`` may be given with or without the ``.safetensors`` suffix.
+    """
+    from safetensors.torch import save_file
+
+    weights = Path(path).with_suffix(".safetensors")
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = weights.with_suffix(".safetensors.tmp")
+    save_file(state, str(tmp), metadata={"model_id": card.model_id})
+    tmp.replace(weights)
+    card = dataclasses.replace(card, sha256=sha256_file(weights))
+    card_tmp = weights.with_suffix(".json.tmp")
+    card_tmp.write_text(card.to_json())
+    card_tmp.replace(weights.with_suffix(".json"))
+    return card
+
+
+def default_weights_path() -> Path:
+    """The shipped default model's safetensors file."""
+    return SHIPPED_DIR / f"{DEFAULT_MODEL_ID}.safetensors"
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """Read the model card beside a safetensors file (``<stem>.json``)."""
+    card_path = Path(path).with_suffix(".json")
+    if not card_path.exists():
+        raise ModelError(f"{card_path}: model card not found; weights need their card beside them")
+    try:
+        return ModelCard.from_dict(json.loads(card_path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ModelError(f"{card_path}: not a valid model card ({exc})") from exc
+
+
+def load_model(
+    path: str | Path | None = None, *, device: str | torch.device = "cpu", verify: bool = True
+) -> tuple[TernausNet, ModelCard]:
+    """Load weights and their card; verify the checksum and that the weights fit the architecture.
+
+    Parameters
+    ----------
+    path : path to a ``.safetensors`` file, or None for the shipped default model.
+    device : torch device to place the model on.
+    verify : check the SHA-256 against the card.
+
+    Returns
+    -------
+    (model in eval mode, card)
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = Path(path) if path is not None else default_weights_path()
+    weights = weights.with_suffix(".safetensors")
+    if not weights.exists():
+        raise ModelError(f"{weights}: weights file not found; pass --weights PATH to a .safetensors file")
+    card = read_card(weights)
+    if verify and card.sha256:
+        digest = sha256_file(weights)
+        if digest != card.sha256:
+            raise ModelError(
+                f"{weights}: checksum {digest[:12]}… does not match the card's {card.sha256[:12]}…; "
+                "the file is corrupt or belongs to another card"
+            )
+    model = build_model(card)
+    try:
+        state = load_file(str(weights))
+    except SafetensorError as exc:
+        raise ModelError(f"{weights}: not a readable safetensors file ({exc})") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(
+            f"{weights}: weights do not match the card's architecture "
+            f"({card.architecture}, width {card.width}, body_head {card.body_head}): {first}"
+        ) from exc
+    model.eval().to(device)
+    return model, card
+
+
+def load_imagenet_encoder(model: TernausNet) -> None:
+    """Initialise the encoder from torchvision's ImageNet VGG weights (optional extra).
+
+    Only possible at width 1 (the ImageNet weights have the paper's channel counts) and when the
+    torchvision weights can be had (a download or a local torch hub cache).
+    """
+    if model.width != 1.0:
+        raise ModelError("ImageNet initialisation needs width 1.0 (the VGG channel counts)")
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.models import VGG11_Weights, VGG16_Weights, vgg11, vgg16
+    except ImportError as exc:  # pragma: no cover - optional extra
+        raise ModelError("ImageNet initialisation needs the [imagenet] extra (torchvision)") from exc
+    if model.architecture == "unet16":
+        vgg = vgg16(weights=VGG16_Weights.IMAGENET1K_V1)
+    else:
+        vgg = vgg11(weights=VGG11_Weights.IMAGENET1K_V1)
+    model.encoder.load_state_dict(
+        {k: v for k, v in vgg.features.state_dict().items()}, strict=False
+    )
