@@ -1,0 +1,488 @@
+"""Process configuration: frozen dataclasses, one section per pipeline stage.
+
+The effective config of a run is built from layers, later layers winning key by key::
+
+    defaults (the dataclasses below, documented in configs/process/default.yaml)
+      < preset (configs/process/<name>.yaml or any YAML path)
+      < survey.yaml (in the survey directory)
+      < --config FILE
+      < CLI options
+
+Every layer is a nested mapping ``{section: {key: value}}``. Unknown sections or keys are errors
+(:class:`~cracksurvey.errors.ConfigError`) naming the file, the key, the allowed keys and the
+closest match. This module is pure: reading the YAML files is done by
+:func:`cracksurvey.io.survey_files.load_process_config`.
+
+Examples
+--------
+>>> cfg = build_config([("cli", {"tiling": {"tile_px": 512}})])
+>>> cfg.tiling.tile_px, cfg.tiling.halo_px
+(512, 96)
+>>> build_config([("survey.yaml", {"tiling": {"tile_size": 512}})])  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+cracksurvey.errors.ConfigError: survey.yaml: unknown key 'tiling.tile_size' (did you mean ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import yaml
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+
+from cracksurvey.errors import ConfigError
+
+__all__ = [
+    "CppConfig",
+    "DamageConfig",
+    "Device",
+    "EngineConfig",
+    "ModelConfig",
+    "Precision",
+    "ProcessConfig",
+    "SurveyConfig",
+    "TilingConfig",
+    "VectorizeConfig",
+    "build_config",
+    "parse_set_options",
+    "suggest",
+]
+
+Precision = Literal["auto", "bf16", "fp32"]
+#: ``auto`` picks CUDA, then MPS, then CPU; ``cuda:N`` selects one GPU.
+Device = str
+
+MIN_HALO_PX = 64
+
+
+def _invalid(keys: Sequence[str], message: str) -> ConfigError:
+    """A ConfigError remembering which ``section.key`` values caused it (for provenance)."""
+    err = ConfigError(message)
+    err.keys = tuple(keys)  # type: ignore[attr-defined]
+    return err
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """How an image is cut into tiles for the model.
+
+    Parameters
+    ----------
+    tile_px : int
+        Tile side in pixels, halo included. A throughput knob, not a correctness knob.
+    halo_px : int
+        Overlap on each side of the core window that is predicted but discarded (>= 64, about the
+        network's useful receptive field). ``tile_px - 2 * halo_px`` is the core window side.
+    batch_size : int
+        Tiles per model call.
+    """
+
+    tile_px: int = 1024
+    halo_px: int = 96
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.halo_px < MIN_HALO_PX:
+            raise _invalid(
+                ["tiling.halo_px"],
+                f"tiling.halo_px={self.halo_px} is below {MIN_HALO_PX} px, the network's useful "
+                f"receptive field; tiles would show seams. Use halo_px >= {MIN_HALO_PX}",
+            )
+        if self.tile_px - 2 * self.halo_px < 32:
+            raise _invalid(
+                ["tiling.tile_px", "tiling.halo_px"],
+                f"tiling.tile_px={self.tile_px} leaves a core window of "
+                f"{self.tile_px - 2 * self.halo_px} px with halo_px={self.halo_px}; "
+                f"use tile_px >= 2 * halo_px + 32 (e.g. {2 * self.halo_px + 256})",
+            )
+        _require_positive("tiling", self, "batch_size")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model runs, where, at what precision.
+
+    Parameters
+    ----------
+    weights : str or None
+        Path to a ``.safetensors`` file with its model card, or None for the shipped default.
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    precision : {'auto', 'bf16', 'fp32'}
+        ``auto`` uses bf16 where the device supports it, else fp32.
+    threshold : float or None
+        Threshold on the predicted distance map; None uses the calibrated threshold of the
+        model card.
+    """
+
+    weights: str | None = None
+    device: Device = "auto"
+    precision: Precision = "auto"
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise _invalid(
+                ["model.device"],
+                f"model.device={self.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps",
+            )
+
+
+@dataclass(frozen=True)
+class VectorizeConfig:
+    """Skeleton to polylines.
+
+    Parameters
+    ----------
+    min_spur_px : int
+        Branches ending in a tip shorter than this are pruned as spurs.
+    min_crack_length_px : int
+        Cracks (connected components of the skeleton graph) shorter than this are dropped.
+    smoothing_px : float
+        Polyline simplification tolerance in pixels (0 = keep every skeleton vertex).
+    bridge_gap_px : int
+        Gaps up to this length between crack tips are bridged and flagged ``bridged``
+        (0 = no bridging).
+    """
+
+    min_spur_px: int = 8
+    min_crack_length_px: int = 15
+    smoothing_px: float = 1.0
+    bridge_gap_px: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("min_spur_px", "min_crack_length_px", "smoothing_px", "bridge_gap_px"):
+            _require_non_negative("vectorize", self, name)
+
+
+@dataclass(frozen=True)
+class SurveyConfig:
+    """Survey-level georeferencing defaults.
+
+    Parameters
+    ----------
+    crs : str or None
+        CRS of the survey (any pyproj input, e.g. ``EPSG:32633``). Checked against the CRS of
+        every map-georeferenced raster (a mismatch is an error); the CRS of façade planes in
+        images.csv and of a buildings layer without a CRS; the CRS of images that have a world
+        file but no .prj and are not declared façades.
+    gsd_mm : float or None
+        Ground sampling distance (mm per pixel) for images with no georeferencing and no
+        gsd_mm in images.csv. None leaves such images in pixel units (with a warning).
+    """
+
+    crs: str | None = None
+    gsd_mm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.crs is not None:
+            try:
+                CRS.from_user_input(self.crs)
+            except CRSError as exc:
+                raise _invalid(
+                    ["survey.crs"],
+                    f"survey.crs={self.crs!r} is not a CRS pyproj understands ({exc}); "
+                    "use e.g. 'EPSG:32633'",
+                ) from None
+        if self.gsd_mm is not None:
+            _require_positive("survey", self, "gsd_mm")
+
+
+@dataclass(frozen=True)
+class CppConfig:
+    """Crack pattern continuity (CPP, METHOD.md section 7.4).
+
+    Parameters
+    ----------
+    patch_px : int
+        Side of the square patches the CPP statistic is computed on.
+    min_area_px : int
+        Connected components smaller than this (in pixels) are ignored.
+    """
+
+    patch_px: int = 256
+    min_area_px: int = 50
+
+    def __post_init__(self) -> None:
+        _require_positive("cpp", self, "patch_px")
+        _require_non_negative("cpp", self, "min_area_px")
+
+
+@dataclass(frozen=True)
+class DamageConfig:
+    """Indicative damage level from crack width (placeholder until calibrated on local data).
+
+    Parameters
+    ----------
+    width_mm_limits : tuple of float
+        Upper crack-width limits (mm) of damage categories 0..4 after Burland et al. (1977):
+        negligible < 0.1, very slight < 1, slight < 5, moderate 5-15, severe 15-25,
+        very severe > 25. Must be strictly increasing.
+    """
+
+    width_mm_limits: tuple[float, ...] = (0.1, 1.0, 5.0, 15.0, 25.0)
+
+    def __post_init__(self) -> None:
+        limits = self.width_mm_limits
+        if not limits or any(b <= a for a, b in zip(limits, limits[1:])) or limits[0] <= 0:
+            raise _invalid(
+                ["damage.width_mm_limits"],
+                f"damage.width_mm_limits={list(limits)} must be positive and strictly increasing",
+            )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Dask execution.
+
+    Parameters
+    ----------
+    workers : int or None
+        Local worker processes; None sizes the local cluster to the machine.
+    threads_per_worker : int
+        Threads per worker (each worker holds one model instance).
+    scheduler : str or None
+        Address of an existing Dask scheduler (``tcp://host:8786``); None starts a local cluster.
+    """
+
+    workers: int | None = None
+    threads_per_worker: int = 1
+    scheduler: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers is not None:
+            _require_positive("engine", self, "workers")
+        _require_positive("engine", self, "threads_per_worker")
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """Effective configuration of ``cracksurvey process``; one section per stage."""
+
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    vectorize: VectorizeConfig = field(default_factory=VectorizeConfig)
+    survey: SurveyConfig = field(default_factory=SurveyConfig)
+    cpp: CppConfig = field(default_factory=CppConfig)
+    damage: DamageConfig = field(default_factory=DamageConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain JSON/YAML-serialisable nested dict (tuples become lists), for run.json."""
+        return {
+            section.name: {
+                key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(getattr(self, section.name)).items()
+            }
+            for section in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any], *, source: str = "config") -> ProcessConfig:
+        """Build from one nested mapping over the defaults; errors name ``source``."""
+        return build_config([(source, mapping)])
+
+
+def _require_positive(section: str, obj: object, name: str) -> None:
+    value = getattr(obj, name)
+    if not value > 0:
+        raise _invalid([f"{section}.{name}"], f"{section}.{name}={value} must be > 0")
+
+
+def _require_non_negative(section: str, obj: object, name: str) -> None:
+    value = getattr(obj, name)
+    if not value >= 0:
+        raise _invalid([f"{section}.{name}"], f"{section}.{name}={value} must be >= 0")
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(ProcessConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(ProcessConfig)}
+
+
+def suggest(word: str, allowed: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest allowed word, or an empty string."""
+    close = difflib.get_close_matches(word, list(allowed), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    # Among close matches prefer the longest shared prefix: 'tile_size' -> 'tile_px', not
+    # 'batch_size'.
+    best = max(close, key=lambda c: len(os.path.commonprefix([word.lower(), c.lower()])))
+    return f" (did you mean {best!r}?)"
+
+
+def _unknown_key(source: str, key: str, allowed: Iterable[str], where: str) -> ConfigError:
+    allowed = sorted(allowed)
+    leaf = key.rsplit(".", 1)[-1]
+    return ConfigError(
+        f"{source}: unknown key {key!r}{suggest(leaf, allowed)}; "
+        f"allowed keys {where}: {', '.join(allowed)}"
+    )
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (Union, types.UnionType):
+        return " or ".join(
+            "null" if a is type(None) else _type_name(a) for a in typing.get_args(hint)
+        )
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(hint)[0])}"
+    return {int: "integer", float: "number", str: "string", bool: "true/false"}.get(
+        hint, str(hint)
+    )
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """``value`` checked against a type hint (ints accepted as floats); TypeError if invalid."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value in typing.get_args(hint) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                pass
+        raise TypeError
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        return tuple(_coerce(v, typing.get_args(hint)[0]) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise TypeError
+            return float(value)
+        raise TypeError
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    raise TypeError  # pragma: no cover - unsupported annotation is a programming error
+
+
+def _check_layer(source: str, layer: Any) -> dict[str, dict[str, Any]]:
+    """Validate one layer's structure, keys and value types; return it normalised."""
+    if layer is None:
+        return {}
+    if not isinstance(layer, Mapping):
+        raise ConfigError(
+            f"{source}: expected a mapping of sections "
+            f"({', '.join(_section_types())}), found {type(layer).__name__}"
+        )
+    sections = _section_types()
+    checked: dict[str, dict[str, Any]] = {}
+    for section, values in layer.items():
+        if section not in sections:
+            raise _unknown_key(source, str(section), sections, "at the top level")
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise ConfigError(
+                f"{source}: section {section!r} must be a mapping of keys, "
+                f"found {type(values).__name__} {values!r}"
+            )
+        cls = sections[section]
+        hints = typing.get_type_hints(cls)
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        checked[section] = {}
+        for key, value in values.items():
+            if key not in allowed:
+                raise _unknown_key(source, f"{section}.{key}", allowed, f"in {section!r}")
+            try:
+                checked[section][key] = _coerce(value, hints[key])
+            except TypeError:
+                raise ConfigError(
+                    f"{source}: {section}.{key}={value!r} is not valid; "
+                    f"expected {_type_name(hints[key])}"
+                ) from None
+    return checked
+
+
+def build_config(layers: Sequence[tuple[str, Mapping[str, Any] | None]]) -> ProcessConfig:
+    """Merge config layers over the defaults, later layers winning key by key.
+
+    Parameters
+    ----------
+    layers : sequence of (source, mapping)
+        ``source`` names the layer in error messages (a file path, ``'preset fast'``,
+        ``'command line'``); ``mapping`` is ``{section: {key: value}}`` or None.
+
+    Returns
+    -------
+    ProcessConfig
+
+    Raises
+    ------
+    ConfigError
+        Unknown section or key, wrong value type, or an invalid combination; the message
+        names the layer(s) that set the offending values.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    provenance: dict[str, str] = {}
+    for source, layer in layers:
+        for section, values in _check_layer(source, layer).items():
+            merged.setdefault(section, {}).update(values)
+            for key in values:
+                provenance[f"{section}.{key}"] = source
+    sections = _section_types()
+    try:
+        return ProcessConfig(**{name: sections[name](**merged.get(name, {})) for name in sections})
+    except ConfigError as err:
+        keys = getattr(err, "keys", ())
+        sources = sorted({provenance.get(k, "defaults") for k in keys}) or ["config"]
+        raise ConfigError(f"{', '.join(sources)}: {err}") from None
+
+
+def parse_set_options(items: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Turn CLI ``--set section.key=value`` items into a config layer.
+
+    Values are parsed as YAML scalars/flow lists (``512`` is an int, ``null`` is None,
+    ``[0.1, 1]`` a list).
+
+    >>> parse_set_options(["tiling.tile_px=512", "model.weights=null"])
+    {'tiling': {'tile_px': 512}, 'model': {'weights': None}}
+    """
+    layer: dict[str, dict[str, Any]] = {}
+    for item in items:
+        dotted, sep, raw = item.partition("=")
+        section, dot, key = dotted.strip().partition(".")
+        if not sep or not dot or not section or not key:
+            raise ConfigError(
+                f"command line: --set {item!r} is not of the form section.key=value "
+                "(e.g. tiling.tile_px=512)"
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        layer.setdefault(section, {})[key] = value
+    return layer
