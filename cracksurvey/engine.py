@@ -1,0 +1,525 @@
+"""Engine: run the per-tile function over one image, on Dask or in-process.
+
+The only module that imports Dask. For one image it builds the tile tasks
+(:func:`cracksurvey.tiling.tile_grid`), runs them on a ``distributed`` cluster — a
+:class:`~distributed.LocalCluster` sized to the machine by default, or an existing scheduler —
+and streams the results back (``as_completed``) to a single writer that writes the distance map
+and the mask (COGs, window by window) and gathers the sparse skeleton in image coordinates.
+
+Design points:
+
+- **Tasks read their own pixels.** A task gets the image path and a
+  :class:`~cracksurvey.tiling.Tile` and reads its window inside the worker; no pixel array
+  travels from the client.
+- **One model per worker, loaded once.** Weights on disk are loaded by the worker on first use
+  and cached in the worker process, keyed by (weights path, SHA-256, device). An in-memory
+  ``(model, card)`` pair is scattered to the workers once per engine.
+- **Torch threads are set explicitly** in the worker (Dask sets OMP/MKL threads to 1 in worker
+  processes): ``cores // (workers * threads_per_worker)`` per task by default.
+- **Backpressure.** At most ``max_in_flight`` tiles are submitted at any time, so memory is flat
+  whatever the image size.
+- ``synchronous=True`` runs the very same task function in-process, in tile order, without Dask
+  (tests, debugging).
+
+Default layout (:func:`default_layout`): on a machine with ``c`` cores, 1 worker process with
+1 task slot whose torch uses the ``c`` threads. Measured on 2 cores (workflows/benchmark.py):
+1 x 1 (torch 2 threads), 1 x 2 (torch 1 thread each) and 2 processes x 1 are within noise of each
+other (as MEASURED.md found), and a single process holds one model and one forward in memory
+instead of two, and starts faster.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+from torch import nn
+
+from .errors import ModelError
+from .io.raster import RasterInfo, RasterSource, TiledRasterWriter, describe_raster
+from .model import ModelCard, default_weights_path, load_model, read_card
+from .predict import Precision, effective_precision, percentile_scale, prepare_bands, valid_pixels
+from .skeleton import TileSkeleton
+from .tiling import MASK_NODATA, Tile, TileResult, process_tile, read_window_reflect, tile_grid
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+"""``on_tile_done(n_done, n_total)``, called in the client after each tile is written."""
+
+
+def available_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def default_layout(cores: int | None = None) -> tuple[int, int, int]:
+    """``(n_workers, threads_per_worker, torch_threads)`` for a local cluster on this machine.
+
+    One worker process, one task at a time, torch using every core: measured as fast as the
+    alternatives on 2 cores, with half the model/forward memory (see the module docstring).
+    """
+    cores = cores or available_cores()
+    return 1, 1, cores
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Knobs of the engine (none of them changes results beyond floating-point noise).
+
+    Attributes
+    ----------
+    tile_px : int
+        Core window side (pixels, rounded up to the input multiple). With ``halo_px`` = 64 the
+        default 896 gives 1024 x 1024 forwards (about 1 MP, about 1.4 GB in bf16).
+    halo_px : int
+        Context kept around each core (pixels, >= 64 recommended, rounded up to 32).
+    precision : {'bf16', 'fp32'}
+        bf16 falls back to fp32 on CPUs without native bf16 (logged).
+    n_workers, threads_per_worker : int or None
+        Local cluster layout; None = :func:`default_layout`.
+    torch_threads : int or None
+        Torch threads per running task. None: the cores divided among the task slots of the
+        local cluster; 1 on an external scheduler; unchanged in synchronous mode.
+    processes : bool
+        Local cluster workers as processes (True) or threads of this process (False).
+    max_in_flight : int or None
+        Tiles submitted but not yet written; None = 2 per task slot.
+    device : str
+        Torch device of the workers.
+    """
+
+    tile_px: int = 896
+    halo_px: int = 64
+    precision: Precision = "bf16"
+    n_workers: int | None = None
+    threads_per_worker: int | None = None
+    torch_threads: int | None = None
+    processes: bool = True
+    max_in_flight: int | None = None
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What :meth:`Engine.run_image` produced for one image.
+
+    Attributes
+    ----------
+    info : RasterInfo
+        The input image (size, transform, CRS).
+    skeleton : TileSkeleton
+        Skeleton pixels of the whole image in image (row, col) indices, row-major order.
+    distance_path, mask_path : Path
+        The COGs written.
+    card : ModelCard
+    precision : {'bf16', 'fp32'}
+        The precision that actually ran.
+    n_tiles : int
+    seconds : float
+        Wall time of the image.
+    """
+
+    info: RasterInfo
+    skeleton: TileSkeleton
+    distance_path: Path
+    mask_path: Path
+    card: ModelCard
+    precision: Precision
+    n_tiles: int
+    seconds: float
+
+    @property
+    def transform(self) -> Affine:
+        return self.info.transform
+
+    @property
+    def crs(self) -> CRS | None:
+        return self.info.crs
+
+
+# --------------------------------------------------------------------------------------------
+# Worker side
+
+
+@dataclass(frozen=True)
+class _WeightsRef:
+    """Weights on disk, loaded once per worker process."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class _BandSpec:
+    """How to turn an image's bands into RGB (same for every tile of the image)."""
+
+    nodata: float | None
+    alpha_band: int | None
+    scale: np.ndarray | None = field(default=None, compare=False)
+
+
+_MODELS: dict[tuple[str, str, str], tuple[nn.Module, ModelCard]] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _worker_model(ref: Any, device: str) -> tuple[nn.Module, ModelCard]:
+    if not isinstance(ref, _WeightsRef):
+        return ref  # an in-memory (model, card) pair, already resolved by Dask
+    key = (ref.path, ref.sha256, device)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            log.info("loading %s on %s", ref.path, device)
+            _MODELS[key] = load_model(ref.path, device=device)
+        return _MODELS[key]
+
+
+def _set_torch_threads(n: int) -> None:
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def _tile_task(
+    info: RasterInfo,
+    tile: Tile,
+    bands: _BandSpec,
+    model_ref: Any,
+    *,
+    precision: Precision,
+    torch_threads: int,
+    device: str,
+) -> tuple[Tile, TileResult | None]:
+    """Read, predict and post-process one tile (runs in a worker, or in-process).
+
+    Returns ``(tile, None)`` when the whole core is nodata (no forward pass).
+    """
+    _set_torch_threads(torch_threads)
+    with RasterSource(info.path) as source:
+        raw = read_window_reflect(source.read, tile.read, info.height, info.width)
+    valid = valid_pixels(raw, nodata=bands.nodata, alpha_band=bands.alpha_band)
+    if not valid[tile.core_in_read].any():
+        return tile, None
+    rgb, valid = prepare_bands(
+        raw, nodata=bands.nodata, alpha_band=bands.alpha_band, scale=bands.scale
+    )
+    del raw
+    model, card = _worker_model(model_ref, device)
+    result = process_tile(
+        rgb,
+        model,
+        card,
+        core=tile.core_in_read,
+        precision=precision,
+        valid=None if valid.all() else valid,
+        device=device,
+    )
+    # The body map stays in the worker: the writer needs distance, mask and skeleton only.
+    return tile, TileResult(result.distance_core, None, result.mask_core, result.skeleton)
+
+
+# --------------------------------------------------------------------------------------------
+# Client side
+
+
+ModelSource = str | Path | None | tuple[nn.Module, ModelCard]
+
+
+class Engine:
+    """Runs images through tile -> model -> stitched COGs + sparse skeleton.
+
+    Parameters
+    ----------
+    model : path to ``.safetensors``, None (the shipped default), or an in-memory
+        ``(model, card)`` pair (stand-ins, notebooks).
+    config : EngineConfig
+    scheduler : str, optional
+        Address of an existing Dask scheduler (``tcp://host:8786``). Default: a LocalCluster
+        created on first use, sized by ``config``.
+    synchronous : bool
+        Run tiles in-process, in order, without Dask.
+
+    Use as a context manager (or call :meth:`close`) so the local cluster is shut down.
+
+    Examples
+    --------
+    >>> with Engine("model.safetensors") as engine:  # doctest: +SKIP
+    ...     result = engine.run_image("facade.tif", distance_path="d.tif", mask_path="m.tif")
+    """
+
+    def __init__(
+        self,
+        model: ModelSource = None,
+        *,
+        config: EngineConfig = EngineConfig(),
+        scheduler: str | None = None,
+        synchronous: bool = False,
+    ) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.synchronous = synchronous
+        if isinstance(model, tuple):
+            self._model_ref: Any = model
+            self.card: ModelCard = model[1]
+        else:
+            path = Path(model) if model is not None else default_weights_path()
+            path = path.with_suffix(".safetensors")
+            if not path.exists():
+                raise ModelError(
+                    f"{path}: weights file not found; pass --weights PATH to a .safetensors file"
+                )
+            self.card = read_card(path)
+            self._model_ref = _WeightsRef(str(path.resolve()), self.card.sha256)
+        self._client: Any = None
+        self._cluster: Any = None
+        self._scattered: Any = None
+        self._n_slots = 1
+        self._torch_threads = 1
+
+    # -- cluster ---------------------------------------------------------------------------
+
+    def _layout(self) -> tuple[int, int, int]:
+        n_workers, threads, torch_threads = default_layout()
+        cfg = self.config
+        n_workers = cfg.n_workers or n_workers
+        threads = cfg.threads_per_worker or threads
+        if cfg.torch_threads:
+            torch_threads = cfg.torch_threads
+        elif cfg.n_workers or cfg.threads_per_worker:
+            torch_threads = max(1, available_cores() // (n_workers * threads))
+        return n_workers, threads, torch_threads
+
+    def _ensure_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        from distributed import Client, LocalCluster
+
+        if self.scheduler is not None:
+            self._client = Client(self.scheduler)
+            info = self._client.scheduler_info()["workers"]
+            self._n_slots = max(1, sum(w.get("nthreads", 1) for w in info.values()))
+            self._torch_threads = self.config.torch_threads or 1
+        else:
+            n_workers, threads, torch_threads = self._layout()
+            self._cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads,
+                processes=self.config.processes,
+                dashboard_address=None,
+                silence_logs=logging.WARNING,
+            )
+            self._client = Client(self._cluster)
+            self._n_slots = n_workers * threads
+            self._torch_threads = torch_threads
+        log.info(
+            "dask: %d task slot(s), torch threads per task %d", self._n_slots, self._torch_threads
+        )
+        if isinstance(self._model_ref, tuple):
+            self._scattered = self._client.scatter(self._model_ref, broadcast=True, hash=False)
+        return self._client
+
+    def close(self) -> None:
+        """Shut down the client and the local cluster (if this engine started them)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one image -------------------------------------------------------------------------
+
+    def _band_spec(self, info: RasterInfo) -> _BandSpec:
+        if np.dtype(info.dtype) == np.uint8:
+            return _BandSpec(info.nodata, info.alpha_band)
+        with RasterSource(info.path) as source:
+            sample = source.read_overview()
+        valid = valid_pixels(sample, nodata=info.nodata, alpha_band=info.alpha_band)
+        scale = percentile_scale(sample, valid=valid)
+        log.info(
+            "%s: %s bands scaled from percentiles 2-98: %s", info.path, info.dtype, scale.tolist()
+        )
+        return _BandSpec(info.nodata, info.alpha_band, scale)
+
+    def _results_synchronous(
+        self, info: RasterInfo, tiles: list[Tile], bands: _BandSpec, precision: Precision
+    ) -> Iterator[tuple[Tile, TileResult | None]]:
+        torch_threads = self.config.torch_threads or torch.get_num_threads()
+        for tile in tiles:
+            yield _tile_task(
+                info,
+                tile,
+                bands,
+                self._model_ref,
+                precision=precision,
+                torch_threads=torch_threads,
+                device=self.config.device,
+            )
+
+    def _results_dask(
+        self, info: RasterInfo, tiles: list[Tile], bands: _BandSpec, precision: Precision
+    ) -> Iterator[tuple[Tile, TileResult | None]]:
+        from distributed import as_completed
+
+        client = self._ensure_client()
+        model_ref = self._scattered if self._scattered is not None else self._model_ref
+        max_in_flight = self.config.max_in_flight or 2 * self._n_slots
+        todo = iter(tiles)
+
+        in_flight: set[Any] = set()
+
+        def submit(tile: Tile) -> Any:
+            future = client.submit(
+                _tile_task,
+                info,
+                tile,
+                bands,
+                model_ref,
+                precision=precision,
+                torch_threads=self._torch_threads,
+                device=self.config.device,
+                pure=False,
+            )
+            in_flight.add(future)
+            return future
+
+        pending = as_completed([submit(t) for t in itertools.islice(todo, max_in_flight)])
+        try:
+            for future in pending:
+                tile_result = future.result()
+                in_flight.discard(future)
+                future.release()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.add(submit(nxt))
+                yield tile_result
+        finally:
+            # On error (or an abandoned generator) do not leave tiles running on the cluster.
+            if in_flight:
+                client.cancel(list(in_flight))
+            pending.clear()
+
+    def run_image(
+        self,
+        image: str | Path,
+        *,
+        distance_path: str | Path,
+        mask_path: str | Path,
+        on_tile_done: ProgressCallback | None = None,
+    ) -> ImageResult:
+        """Process one image: write its distance and mask COGs, return its skeleton.
+
+        Parameters
+        ----------
+        image : path of the input raster.
+        distance_path, mask_path : output COG paths (written atomically).
+        on_tile_done : callable ``(n_done, n_total)``, optional
+            Called after each tile is written (wrap it in a tqdm bar in the CLI).
+
+        Raises
+        ------
+        InputRasterError
+            The image cannot be opened or a window cannot be read; no output is left behind,
+            and the engine stays usable for the next image.
+        """
+        start = time.perf_counter()
+        info = describe_raster(image)
+        bands = self._band_spec(info)
+        cfg = self.config
+        tiles = tile_grid(
+            info.height,
+            info.width,
+            tile_px=cfg.tile_px,
+            halo_px=cfg.halo_px,
+            multiple=self.card.input_multiple,
+        )
+        precision = effective_precision(cfg.precision, cfg.device)
+        results = (
+            self._results_synchronous(info, tiles, bands, precision)
+            if self.synchronous
+            else self._results_dask(info, tiles, bands, precision)
+        )
+        common = dict(height=info.height, width=info.width, transform=info.transform, crs=info.crs)
+        parts: list[TileSkeleton] = []
+        distance_out = TiledRasterWriter(
+            distance_path, dtype="float32", nodata=float("nan"), **common
+        )
+        mask_out = TiledRasterWriter(
+            mask_path, dtype="uint8", nodata=MASK_NODATA, overview_resampling="nearest", **common
+        )
+        try:
+            with distance_out, mask_out:
+                for n_done, (tile, result) in enumerate(results, start=1):
+                    if result is None:  # all nodata
+                        shape = tile.core_shape
+                        distance_out.write(tile.core, np.full(shape, np.nan, np.float32))
+                        mask_out.write(tile.core, np.full(shape, MASK_NODATA, np.uint8))
+                    else:
+                        distance_out.write(tile.core, result.distance_core)
+                        mask_out.write(tile.core, result.mask_core)
+                        if len(result.skeleton):
+                            parts.append(result.skeleton.shifted(tile.read_row0, tile.read_col0))
+                    if on_tile_done is not None:
+                        on_tile_done(n_done, len(tiles))
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
+        skeleton = TileSkeleton.concatenate(parts)
+        order = np.lexsort((skeleton.cols, skeleton.rows))
+        skeleton = TileSkeleton(
+            skeleton.rows[order],
+            skeleton.cols[order],
+            skeleton.width_px[order],
+            skeleton.distance_px[order],
+        )
+        return ImageResult(
+            info=info,
+            skeleton=skeleton,
+            distance_path=Path(distance_path),
+            mask_path=Path(mask_path),
+            card=self.card,
+            precision=precision,
+            n_tiles=len(tiles),
+            seconds=time.perf_counter() - start,
+        )
+
+
+def run_image(
+    image: str | Path,
+    *,
+    distance_path: str | Path,
+    mask_path: str | Path,
+    model: ModelSource = None,
+    config: EngineConfig = EngineConfig(),
+    scheduler: str | None = None,
+    synchronous: bool = False,
+    on_tile_done: ProgressCallback | None = None,
+) -> ImageResult:
+    """Process one image with a short-lived :class:`Engine` (see :meth:`Engine.run_image`).
+
+    For many images keep one :class:`Engine` open: its cluster and worker models are reused.
+    """
+    with Engine(model, config=config, scheduler=scheduler, synchronous=synchronous) as engine:
+        return engine.run_image(
+            image, distance_path=distance_path, mask_path=mask_path, on_tile_done=on_tile_done
+        )

@@ -1,0 +1,234 @@
+"""Model stage: RGB tiles in, distance (and crack-body probability) arrays out.
+
+Also the band preparation that turns any input band layout into the RGB uint8 the network was
+trained on, plus a validity (nodata) mask.
+
+Band layouts (:func:`prepare_bands`):
+
+- 1 band: grey, replicated to R, G, B;
+- 2 bands: grey + alpha;
+- 3 bands: RGB;
+- 4 bands with an alpha band (RGBA): alpha dropped, alpha == 0 is nodata;
+- more bands: the first three are taken as RGB (a note is logged by the IO layer);
+- uint8 is used as is; any other dtype (16-bit, float) is scaled linearly from its 2nd-98th
+  percentiles to 0-255. The percentiles are computed ONCE per image from a decimated overview
+  read (:func:`percentile_scale` on what :meth:`cracksurvey.io.raster.RasterSource.read_overview`
+  returns), never per tile, so tiles of one image share one scale and no seam appears.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .model import ModelCard
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["bf16", "fp32"]
+
+_BF16_SUPPORTED: bool | None = None
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether oneDNN runs bf16 convolutions natively on this CPU (AVX-512 BF16 / AMX).
+
+    Without native support autocast still works but is emulated and slower than fp32.
+    """
+    global _BF16_SUPPORTED
+    if _BF16_SUPPORTED is None:
+        supported = False
+        if torch.backends.mkldnn.is_available():
+            try:
+                supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            except (AttributeError, RuntimeError):  # private API; absent on some builds
+                supported = False
+        _BF16_SUPPORTED = supported
+    return _BF16_SUPPORTED
+
+
+def effective_precision(precision: Precision, device: str | torch.device = "cpu") -> Precision:
+    """The precision that will actually run: bf16 falls back to fp32 on CPUs without bf16."""
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision {precision!r}: expected 'bf16' or 'fp32'")
+    if precision == "bf16" and torch.device(device).type == "cpu" and not cpu_bf16_supported():
+        return "fp32"
+    return precision
+
+
+_fallback_logged = False
+
+
+def predict_tile(
+    model: nn.Module,
+    card: ModelCard,
+    rgb: np.ndarray,
+    *,
+    precision: Precision = "bf16",
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run the network on one RGB tile.
+
+    Parameters
+    ----------
+    model : the network (eval mode), output ``(1, 1 or 2, H, W)``.
+    card : its model card (normalisation, input multiple).
+    rgb : ndarray of shape (3, H, W), uint8
+        H and W multiples of ``card.input_multiple``.
+    precision : {'bf16', 'fp32'}
+        bf16 autocast where the device supports it; on a CPU without native bf16 it falls back
+        to fp32 (logged once).
+    device : torch device the model lives on.
+
+    Returns
+    -------
+    distance : ndarray of shape (H, W), float32, pixels
+    body_prob : ndarray of shape (H, W), float32 in [0, 1], or None without a body head
+    """
+    global _fallback_logged
+    if rgb.ndim != 3 or rgb.shape[0] != 3:
+        raise ValueError(f"rgb of shape {rgb.shape}: expected (3, H, W)")
+    _, h, w = rgb.shape
+    m = card.input_multiple
+    if h % m or w % m:
+        raise ValueError(f"tile of {h}x{w} px: height and width must be multiples of {m}")
+    run = effective_precision(precision, device)
+    if run != precision and not _fallback_logged:
+        log.info("bf16 is not supported natively on this CPU; running in fp32")
+        _fallback_logged = True
+    device = torch.device(device)
+    mean = torch.tensor(card.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(card.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).unsqueeze(0).float()
+        x = ((x - mean) / std).to(device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run == "bf16"):
+            out = model(x)
+        out = out.float()
+        distance = out[0, 0].cpu().numpy().astype(np.float32, copy=True)
+        body = None
+        if out.shape[1] > 1:
+            body = torch.sigmoid(out[0, 1]).cpu().numpy().astype(np.float32, copy=True)
+    return distance, body
+
+
+def percentile_scale(
+    sample: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    percentiles: tuple[float, float] = (2.0, 98.0),
+) -> np.ndarray:
+    """Per-band linear scale for non-uint8 imagery, from a decimated sample of the image.
+
+    Parameters
+    ----------
+    sample : ndarray of shape (bands, rows, cols)
+        A decimated read of the whole image (an overview), any numeric dtype.
+    valid : ndarray of shape (rows, cols), bool, optional
+        Pixels to use (nodata excluded).
+    percentiles : (low, high) in percent.
+
+    Returns
+    -------
+    ndarray of shape (bands, 2), float64
+        ``[low, high]`` per band; :func:`prepare_bands` maps low -> 0 and high -> 255.
+    """
+    bands = sample.reshape(sample.shape[0], -1).astype(np.float64)
+    if valid is not None:
+        bands = bands[:, valid.reshape(-1)]
+    scale = np.zeros((sample.shape[0], 2))
+    if bands.shape[1] == 0:
+        scale[:, 1] = 1.0
+        return scale
+    finite = np.isfinite(bands)
+    for b in range(bands.shape[0]):
+        values = bands[b][finite[b]]
+        if values.size:
+            scale[b] = np.percentile(values, percentiles)
+        if scale[b, 1] <= scale[b, 0]:
+            scale[b, 1] = scale[b, 0] + 1.0
+    return scale
+
+
+def prepare_bands(
+    array: np.ndarray,
+    *,
+    nodata: float | None = None,
+    alpha_band: int | None = None,
+    scale: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Any band layout to RGB uint8 plus a validity mask (see the module docstring).
+
+    Parameters
+    ----------
+    array : ndarray of shape (bands, rows, cols)
+    nodata : float, optional
+        Pixels where every colour band equals ``nodata`` (or NaN for float data) are invalid.
+    alpha_band : int, optional
+        0-based index of the alpha band; alpha == 0 is invalid. The band is dropped.
+    scale : ndarray of shape (bands, 2), optional
+        Per-band ``[low, high]`` (:func:`percentile_scale`) for non-uint8 data, indexed like
+        ``array``'s bands. Required when ``array`` is not uint8.
+
+    Returns
+    -------
+    rgb : ndarray of shape (3, rows, cols), uint8
+    valid : ndarray of shape (rows, cols), bool
+    """
+    if array.ndim != 3 or array.shape[0] < 1:
+        raise ValueError(f"array of shape {array.shape}: expected (bands, rows, cols)")
+    colour = colour_bands(array.shape[0], alpha_band=alpha_band)
+    valid = valid_pixels(array, nodata=nodata, alpha_band=alpha_band)
+    data = array[colour]
+    if data.dtype == np.uint8:
+        rgb = np.ascontiguousarray(data)
+    else:
+        if scale is None:
+            raise ValueError(
+                f"{data.dtype} imagery needs a per-band scale (percentile_scale of an overview)"
+            )
+        lo = scale[colour, 0].reshape(3, 1, 1)
+        hi = scale[colour, 1].reshape(3, 1, 1)
+        scaled = (data.astype(np.float32) - lo.astype(np.float32)) * (
+            255.0 / (hi - lo)
+        ).astype(np.float32)
+        rgb = np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).round().astype(np.uint8)
+    if not valid.all():
+        # Fill nodata with the ImageNet mean (about zero after normalisation): no invented
+        # texture. ``data`` came from fancy indexing, so ``rgb`` is never a view of ``array``.
+        fill = np.asarray(_mean_uint8(), dtype=np.uint8).reshape(3, 1)
+        rgb[:, ~valid] = fill
+    return rgb, valid
+
+
+def colour_bands(count: int, *, alpha_band: int | None = None) -> list[int]:
+    """Indices of the bands used as R, G, B (grey replicated; alpha and extra bands dropped)."""
+    colour = [b for b in range(count) if b != alpha_band]
+    if not colour:
+        raise ValueError("no colour band left after removing the alpha band")
+    return colour[:3] if len(colour) >= 3 else colour[:1] * 3
+
+
+def valid_pixels(
+    array: np.ndarray, *, nodata: float | None = None, alpha_band: int | None = None
+) -> np.ndarray:
+    """Validity mask of a ``(bands, rows, cols)`` array: False where alpha == 0, where every
+    colour band equals ``nodata``, or where a colour band is not finite (float data)."""
+    valid = np.ones(array.shape[1:], dtype=bool)
+    if alpha_band is not None:
+        valid &= array[alpha_band] != 0
+    data = array[sorted(set(colour_bands(array.shape[0], alpha_band=alpha_band)))]
+    if nodata is not None and not np.isnan(nodata):
+        valid &= ~np.all(data == nodata, axis=0)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.all(np.isfinite(data), axis=0)
+    return valid
+
+
+def _mean_uint8(mean: Sequence[float] = (0.485, 0.456, 0.406)) -> list[int]:
+    return [int(round(m * 255)) for m in mean]

@@ -1,0 +1,363 @@
+"""Tiling: core windows with a halo, reflect-padded reads, and the per-tile function.
+
+A *tile* is a *core window* plus a *halo* of context on every side. The network sees the whole
+read window (core + halo); only the core of its prediction is kept, so neighbouring tiles meet
+without seams. Beyond the image border the read window is filled by reflecting pixel indices
+about the border (like ``np.pad(..., mode='reflect')``), so a tile at the border sees exactly the
+context that :func:`predict_untiled` gives the whole image.
+
+Alignment: TernausNet pools five times (stride 32). Core origins are multiples of ``multiple``
+and the halo is rounded up to a multiple of ``multiple``, so every read window starts at
+``-halo`` modulo 32, which is where the untiled reference starts too: pooling grids coincide
+across tilings and tile size is a throughput knob, not a correctness knob.
+
+Everything here is plain numpy/torch; the engine (Dask) only calls :func:`process_tile`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .predict import Precision, predict_tile
+from .skeleton import TileSkeleton, extract_tile_skeleton, threshold_distance
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .model import ModelCard
+
+Window = tuple[int, int, int, int]
+"""``(row0, row1, col0, col1)``, half-open, in image pixel coordinates (may extend outside)."""
+
+WindowReader = Callable[[int, int, int, int], np.ndarray]
+"""``reader(row0, row1, col0, col1) -> (bands, row1-row0, col1-col0)`` for an in-image window."""
+
+
+def round_up(value: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= ``value``."""
+    return -(-int(value) // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: a core window that is kept and a larger read window that gives context.
+
+    Attributes
+    ----------
+    index : int
+        Position of the tile in :func:`tile_grid`'s list (row-major).
+    row0, row1, col0, col1 : int
+        Core window, half-open, inside the image.
+    read_row0, read_row1, read_col0, read_col1 : int
+        Read window (core + halo, size a multiple of 32); may extend beyond the image, where
+        pixels are reflected (:func:`read_window_reflect`).
+    """
+
+    index: int
+    row0: int
+    row1: int
+    col0: int
+    col1: int
+    read_row0: int
+    read_row1: int
+    read_col0: int
+    read_col1: int
+
+    @property
+    def core(self) -> Window:
+        """Core window ``(row0, row1, col0, col1)`` in image coordinates."""
+        return (self.row0, self.row1, self.col0, self.col1)
+
+    @property
+    def read(self) -> Window:
+        """Read window ``(row0, row1, col0, col1)`` in image coordinates."""
+        return (self.read_row0, self.read_row1, self.read_col0, self.read_col1)
+
+    @property
+    def core_in_read(self) -> tuple[slice, slice]:
+        """Slices that cut the core out of an array covering the read window."""
+        r = self.row0 - self.read_row0
+        c = self.col0 - self.read_col0
+        return (slice(r, r + self.row1 - self.row0), slice(c, c + self.col1 - self.col0))
+
+    @property
+    def core_shape(self) -> tuple[int, int]:
+        return (self.row1 - self.row0, self.col1 - self.col0)
+
+    @property
+    def read_shape(self) -> tuple[int, int]:
+        return (self.read_row1 - self.read_row0, self.read_col1 - self.read_col0)
+
+
+def tile_grid(
+    height: int, width: int, *, tile_px: int, halo_px: int, multiple: int = 32
+) -> list[Tile]:
+    """Split an image into tiles whose core windows partition it exactly.
+
+    Parameters
+    ----------
+    height, width : int
+        Image size in pixels (>= 1).
+    tile_px : int
+        Core window side in pixels; rounded up to a multiple of ``multiple``. The last row and
+        column of cores are cut at the image border.
+    halo_px : int
+        Context on each side of the core, rounded up to a multiple of ``multiple``.
+    multiple : int
+        Network input multiple (32 for TernausNet).
+
+    Returns
+    -------
+    list of Tile, row-major. Read windows are ``core ± halo``, extended at the bottom/right so
+    their size is a multiple of ``multiple``.
+
+    Examples
+    --------
+    >>> [t.core for t in tile_grid(100, 70, tile_px=64, halo_px=32)]
+    [(0, 64, 0, 64), (0, 64, 64, 70), (64, 100, 0, 64), (64, 100, 64, 70)]
+    >>> tile_grid(100, 70, tile_px=64, halo_px=32)[1].read
+    (-32, 96, 32, 128)
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image size {height}x{width}: expected at least 1x1 pixels")
+    if tile_px < 1 or halo_px < 0 or multiple < 1:
+        raise ValueError(
+            f"tile_px={tile_px}, halo_px={halo_px}, multiple={multiple}: expected tile_px >= 1, "
+            "halo_px >= 0, multiple >= 1"
+        )
+    step = round_up(tile_px, multiple)
+    halo = round_up(halo_px, multiple)
+    tiles = []
+    for row0 in range(0, height, step):
+        row1 = min(row0 + step, height)
+        for col0 in range(0, width, step):
+            col1 = min(col0 + step, width)
+            read_rows = round_up(row1 - row0 + 2 * halo, multiple)
+            read_cols = round_up(col1 - col0 + 2 * halo, multiple)
+            tiles.append(
+                Tile(
+                    index=len(tiles),
+                    row0=row0,
+                    row1=row1,
+                    col0=col0,
+                    col1=col1,
+                    read_row0=row0 - halo,
+                    read_row1=row0 - halo + read_rows,
+                    read_col0=col0 - halo,
+                    read_col1=col0 - halo + read_cols,
+                )
+            )
+    return tiles
+
+
+def reflect_indices(start: int, stop: int, size: int) -> np.ndarray:
+    """Indices ``start..stop-1`` folded into ``[0, size)`` by reflection about the borders.
+
+    Same as the indices ``np.pad(..., mode='reflect')`` uses (the border pixel is not repeated),
+    for any distance from the image, so windows larger than the image work too. A 1-pixel-wide
+    axis maps everything to 0.
+
+    >>> reflect_indices(-3, 6, 3).tolist()
+    [1, 2, 1, 0, 1, 2, 1, 0, 1]
+    """
+    idx = np.arange(start, stop, dtype=np.int64)
+    if size == 1:
+        return np.zeros_like(idx)
+    period = 2 * (size - 1)
+    idx = np.mod(idx, period)
+    return np.where(idx >= size, period - idx, idx)
+
+
+def read_window_reflect(
+    reader: WindowReader, window: Window, height: int, width: int
+) -> np.ndarray:
+    """Read a window that may extend beyond the image, reflecting outside pixels.
+
+    Parameters
+    ----------
+    reader : callable ``(row0, row1, col0, col1) -> ndarray (bands, rows, cols)``
+        Reads an in-image window (e.g. :meth:`cracksurvey.io.raster.RasterSource.read`, or a
+        slice of an in-memory array).
+    window : ``(row0, row1, col0, col1)``
+        Possibly outside the image.
+    height, width : int
+        Image size.
+
+    Returns
+    -------
+    ndarray of shape (bands, row1-row0, col1-col0)
+        Equal to ``np.pad(image, ..., mode='reflect')`` cut to the window; only the part of the
+        image the window needs is read.
+    """
+    row0, row1, col0, col1 = window
+    rows = reflect_indices(row0, row1, height)
+    cols = reflect_indices(col0, col1, width)
+    r_lo, r_hi = int(rows.min()), int(rows.max()) + 1
+    c_lo, c_hi = int(cols.min()), int(cols.max()) + 1
+    block = reader(r_lo, r_hi, c_lo, c_hi)
+    if r_lo == row0 and r_hi == row1 and c_lo == col0 and c_hi == col1:
+        return block  # entirely inside: no copy
+    return block[:, rows - r_lo][:, :, cols - c_lo]
+
+
+def array_reader(array: np.ndarray) -> WindowReader:
+    """A :data:`WindowReader` over an in-memory ``(bands, rows, cols)`` array."""
+
+    def read(row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+        return array[:, row0:row1, col0:col1]
+
+    return read
+
+
+@dataclass(frozen=True)
+class TileResult:
+    """What one tile contributes to the image outputs.
+
+    Attributes
+    ----------
+    distance_core : ndarray of shape (rows, cols), float32, pixels
+        Predicted distance to the crack centreline on the core window; NaN on nodata.
+    body_core : ndarray of shape (rows, cols), float32, or None
+        Crack-body probability on the core window (None without a body head); NaN on nodata.
+    mask_core : ndarray of shape (rows, cols), uint8
+        1 crack (distance <= threshold), 0 background, 255 nodata.
+    skeleton : TileSkeleton
+        Skeleton pixels inside the core, in coordinates relative to the read window
+        (``.shifted(tile.read_row0, tile.read_col0)`` gives image coordinates).
+    """
+
+    distance_core: np.ndarray
+    body_core: np.ndarray | None
+    mask_core: np.ndarray
+    skeleton: TileSkeleton
+
+
+MASK_NODATA = 255
+
+
+def process_tile(
+    rgb_with_halo: np.ndarray,
+    model: nn.Module,
+    card: ModelCard,
+    *,
+    core: tuple[slice, slice],
+    precision: Precision = "bf16",
+    valid: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+) -> TileResult:
+    """Predict one tile and keep its core: distance, body, mask and skeleton.
+
+    Parameters
+    ----------
+    rgb_with_halo : ndarray of shape (3, H, W), uint8
+        The read window (core + halo); H, W multiples of ``card.input_multiple``.
+    model, card : the network and its model card.
+    core : (slice, slice)
+        The core window inside the read window (:attr:`Tile.core_in_read`).
+    precision : {'bf16', 'fp32'}
+    valid : ndarray of shape (H, W), bool, optional
+        False on nodata pixels: they get NaN distance, mask 255 and no skeleton.
+    device : torch device.
+
+    Returns
+    -------
+    TileResult
+    """
+    distance, body = predict_tile(model, card, rgb_with_halo, precision=precision, device=device)
+    invalid = None
+    if valid is not None and not valid.all():
+        invalid = ~valid
+        distance[invalid] = np.nan  # nodata: never crack, never skeleton
+        if body is not None:
+            body[invalid] = np.nan
+    skeleton = extract_tile_skeleton(distance, body, threshold_px=card.threshold_px, core=core)
+    distance_core = distance[core].copy()
+    body_core = None if body is None else body[core].copy()
+    mask_core = threshold_distance(distance_core, threshold_px=card.threshold_px).astype(np.uint8)
+    if invalid is not None:
+        mask_core[invalid[core]] = MASK_NODATA
+    return TileResult(distance_core, body_core, mask_core, skeleton)
+
+
+def predict_untiled(
+    rgb_full: np.ndarray,
+    model: nn.Module,
+    card: ModelCard,
+    *,
+    halo_px: int,
+    precision: Precision = "fp32",
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reference prediction: the network on the whole image, no tiling.
+
+    The image is reflect-padded by the halo (rounded up to ``card.input_multiple``, as
+    :func:`tile_grid` does) on every side, then at the bottom/right up to a multiple of
+    ``card.input_multiple``. Only for small images (tests): memory grows with the image.
+
+    Returns
+    -------
+    distance : ndarray of shape (rows, cols), float32
+    body : ndarray of shape (rows, cols), float32, or None
+    """
+    multiple = card.input_multiple
+    _, height, width = rgb_full.shape
+    halo = round_up(halo_px, multiple)
+    window = (
+        -halo,
+        -halo + round_up(height + 2 * halo, multiple),
+        -halo,
+        -halo + round_up(width + 2 * halo, multiple),
+    )
+    padded = read_window_reflect(array_reader(rgb_full), window, height, width)
+    distance, body = predict_tile(
+        model, card, np.ascontiguousarray(padded), precision=precision, device=device
+    )
+    core = (slice(halo, halo + height), slice(halo, halo + width))
+    return distance[core].copy(), None if body is None else body[core].copy()
+
+
+def predict_tiled(
+    rgb_full: np.ndarray,
+    model: nn.Module,
+    card: ModelCard,
+    *,
+    tile_px: int,
+    halo_px: int,
+    precision: Precision = "fp32",
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Tile an in-memory image, predict every tile and stitch the cores (no Dask, no files).
+
+    The same tiling, reads and per-tile function as the engine, on an array: for tests,
+    notebooks and small images (the stitched arrays are image-sized).
+
+    Parameters
+    ----------
+    rgb_full : ndarray of shape (3, rows, cols), uint8
+    tile_px, halo_px : see :func:`tile_grid`.
+
+    Returns
+    -------
+    distance : ndarray of shape (rows, cols), float32
+    body : ndarray of shape (rows, cols), float32, or None
+    """
+    _, height, width = rgb_full.shape
+    distance = np.empty((height, width), np.float32)
+    body: np.ndarray | None = None
+    reader = array_reader(rgb_full)
+    tiles = tile_grid(height, width, tile_px=tile_px, halo_px=halo_px, multiple=card.input_multiple)
+    for tile in tiles:
+        rgb = np.ascontiguousarray(read_window_reflect(reader, tile.read, height, width))
+        d, b = predict_tile(model, card, rgb, precision=precision, device=device)
+        rows, cols = tile.core_in_read
+        distance[tile.row0 : tile.row1, tile.col0 : tile.col1] = d[rows, cols]
+        if b is not None:
+            if body is None:
+                body = np.empty((height, width), np.float32)
+            body[tile.row0 : tile.row1, tile.col0 : tile.col1] = b[rows, cols]
+    return distance, body

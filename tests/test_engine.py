@@ -1,0 +1,267 @@
+"""Engine: stitched COGs equal the reference, Dask equals synchronous, bad input is one error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import torch.nn.functional as F
+from affine import Affine
+from rio_cogeo.cogeo import cog_validate
+from scipy import ndimage
+from torch import nn
+
+from cracksurvey.engine import Engine, EngineConfig, run_image
+from cracksurvey.errors import InputRasterError
+from cracksurvey.io.raster import TiledRasterWriter, describe_raster, raster_profile
+from cracksurvey.model import ModelCard, TernausNet, save_model
+from cracksurvey.tiling import predict_untiled
+
+CRS = "EPSG:32633"
+TRANSFORM = Affine(0.005, 0.0, 500_000.0, 0.0, -0.005, 4_100_000.0)  # 5 mm pixels
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class TinyNet(nn.Module):
+    """Stand-in with a receptive field of 5 px: stitching with a 32 px halo is exact."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.c2(F.relu(self.c1(x)))
+        return torch.cat([F.relu(out[:, :1] + 1.5), out[:, 1:]], 1)
+
+
+TINY_CARD = ModelCard("tiny", "unet16", 1.0, True, threshold_px=1.2)
+
+
+def facade(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """Smooth texture with a dark crack polyline drawn across tile boundaries."""
+    rng = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(rng.random((rows, cols)), 4)
+    grey = ((smooth - smooth.mean()) * 2000 + 170).clip(60, 230)
+    rr = np.arange(rows)
+    cc = (0.2 * cols + 0.6 * cols * rr / rows).astype(int)
+    for d in (-1, 0, 1):
+        grey[rr, np.clip(cc + d, 0, cols - 1)] = 25
+    return np.repeat(grey[None].astype(np.uint8), 3, axis=0)
+
+
+def write_geotiff(path: Path, array: np.ndarray, **extra) -> Path:
+    profile = dict(
+        driver="GTiff",
+        height=array.shape[1],
+        width=array.shape[2],
+        count=array.shape[0],
+        dtype=array.dtype.name,
+        crs=CRS,
+        transform=TRANSFORM,
+        tiled=True,
+        blockxsize=64,
+        blockysize=64,
+        compress="deflate",
+    )
+    profile.update(extra)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(array)
+    return path
+
+
+def run(engine: Engine, image: Path, out_dir: Path, tag: str):
+    return engine.run_image(
+        image, distance_path=out_dir / f"d{tag}.tif", mask_path=out_dir / f"m{tag}.tif"
+    )
+
+
+def read_band(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A random-weight TernausNet (width 1/16, body head) saved with its card."""
+    torch.manual_seed(0)
+    model = TernausNet("unet16", width=1 / 16, body_head=True)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    with torch.no_grad():
+        model.final.bias.fill_(1.0)
+    path = tmp_path_factory.mktemp("weights") / "w16.safetensors"
+    save_model(model, ModelCard("w16", "unet16", 1 / 16, True, threshold_px=0.9), path)
+    return path
+
+
+def test_synchronous_engine_writes_georeferenced_cogs_equal_to_untiled(tmp_path):
+    img = facade(150, 190)
+    src = write_geotiff(tmp_path / "facade.tif", img)
+    model = TinyNet().eval()
+    calls = []
+    config = EngineConfig(tile_px=64, halo_px=32, precision="fp32")
+    result = run_image(
+        src,
+        distance_path=tmp_path / "out" / "d.tif",
+        mask_path=tmp_path / "out" / "m.tif",
+        model=(model, TINY_CARD),
+        config=config,
+        synchronous=True,
+        on_tile_done=lambda done, total: calls.append((done, total)),
+    )
+    assert result.n_tiles == 9 and calls == [(i, 9) for i in range(1, 10)]
+
+    for path in (result.distance_path, result.mask_path):
+        valid, errors, _ = cog_validate(str(path))
+        assert valid, errors
+        profile = raster_profile(path)
+        assert profile["crs"] == rasterio.crs.CRS.from_string(CRS)
+        assert profile["transform"] == TRANSFORM
+        assert (profile["height"], profile["width"]) == (150, 190)
+    assert np.isnan(raster_profile(result.distance_path)["nodata"])
+    assert raster_profile(result.mask_path)["nodata"] == 255
+
+    ref, _ = predict_untiled(img, model, TINY_CARD, halo_px=32, precision="fp32")
+    distance = read_band(result.distance_path)
+    np.testing.assert_allclose(distance, ref, rtol=0, atol=1e-5)
+    mask = read_band(result.mask_path)
+    np.testing.assert_array_equal(mask, (ref <= TINY_CARD.threshold_px).astype(np.uint8))
+
+    sk = result.skeleton
+    assert len(sk) > 50  # the drawn crack
+    assert (mask[sk.rows, sk.cols] == 1).all()  # image coordinates, on the mask
+    assert np.all(np.diff(sk.rows * 190 + sk.cols) > 0)  # row-major, no duplicates at seams
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["d.tif", "m.tif"]
+
+
+def test_local_cluster_matches_synchronous_and_survives_a_bad_image(tmp_path, weights):
+    img = facade(130, 170, seed=1)
+    src = write_geotiff(tmp_path / "facade.tif", img)
+    config = EngineConfig(
+        tile_px=64, halo_px=64, precision="fp32", processes=False, torch_threads=1, max_in_flight=2
+    )
+    with Engine(weights, config=config, synchronous=True) as engine:
+        sync = run(engine, src, tmp_path, "0")
+    truncated = tmp_path / "truncated.tif"
+    write_geotiff(truncated, facade(130, 170, seed=2))
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+
+    with Engine(weights, config=config) as engine:
+        with pytest.raises(InputRasterError, match="truncated.tif"):
+            run(engine, truncated, tmp_path, "x")
+        # the engine is still usable; nothing was left behind for the bad image
+        dask = run(engine, src, tmp_path, "1")
+    assert not list(tmp_path.glob("*x.tif*")) and not list(tmp_path.glob(".*"))
+    assert dask.n_tiles == sync.n_tiles == 9
+    np.testing.assert_allclose(
+        read_band(dask.distance_path), read_band(sync.distance_path), atol=1e-6
+    )
+    np.testing.assert_array_equal(read_band(dask.mask_path), read_band(sync.mask_path))
+    np.testing.assert_array_equal(dask.skeleton.rows, sync.skeleton.rows)
+    np.testing.assert_array_equal(dask.skeleton.cols, sync.skeleton.cols)
+
+
+def test_worker_processes_load_the_model_once_and_match_synchronous(tmp_path, weights):
+    src = write_geotiff(tmp_path / "facade.tif", facade(100, 140, seed=3))
+    config = EngineConfig(
+        tile_px=64, halo_px=64, precision="fp32", n_workers=1, threads_per_worker=1, torch_threads=1
+    )
+    sync = run_image(
+        src,
+        distance_path=tmp_path / "d0.tif",
+        mask_path=tmp_path / "m0.tif",
+        model=weights,
+        config=config,
+        synchronous=True,
+    )
+    with Engine(weights, config=config) as engine:
+        for i in (1, 2):
+            out = run(engine, src, tmp_path, str(i))
+        cache_sizes = engine._client.run(
+            eval, "len(__import__('cracksurvey.engine').engine._MODELS)"
+        )
+        threads = engine._client.run(eval, "__import__('torch').get_num_threads()")
+    assert list(cache_sizes.values()) == [1]  # one model per worker, loaded once for 2 images
+    assert list(threads.values()) == [1]  # set explicitly in the worker
+    np.testing.assert_allclose(
+        read_band(out.distance_path), read_band(sync.distance_path), atol=1e-6
+    )
+
+
+def test_rgba_nodata_and_16bit_inputs(tmp_path):
+    img = facade(96, 120)
+    alpha = np.full((1, 96, 120), 255, np.uint8)
+    alpha[0, :, :40] = 0
+    rgba = write_geotiff(
+        tmp_path / "rgba.tif", np.concatenate([img, alpha]), photometric="RGB", alpha="YES"
+    )
+    assert describe_raster(rgba).alpha_band == 3
+    config = EngineConfig(tile_px=64, halo_px=32)
+    engine = Engine((TinyNet().eval(), TINY_CARD), config=config, synchronous=True)
+    res = engine.run_image(rgba, distance_path=tmp_path / "d.tif", mask_path=tmp_path / "m.tif")
+    distance, mask = read_band(res.distance_path), read_band(res.mask_path)
+    assert np.isnan(distance[:, :40]).all() and (mask[:, :40] == 255).all()
+    assert np.isfinite(distance[:, 40:]).all() and set(np.unique(mask[:, 40:])) <= {0, 1}
+    assert (res.skeleton.cols >= 40).all()
+
+    u16 = write_geotiff(tmp_path / "u16.tif", img[:1].astype(np.uint16) * 200 + 1000, crs=None)
+    res = engine.run_image(u16, distance_path=tmp_path / "d16.tif", mask_path=tmp_path / "m16.tif")
+    assert np.isfinite(read_band(res.distance_path)).all() and len(res.skeleton) > 20
+    assert raster_profile(res.distance_path)["crs"] is None
+
+
+def test_unreadable_images_raise_one_clear_error(tmp_path):
+    bad = tmp_path / "not_a_raster.tif"
+    bad.write_bytes(b"this is not a tiff")
+    engine = Engine((TinyNet().eval(), TINY_CARD), synchronous=True)
+    with pytest.raises(InputRasterError, match=r"not_a_raster\.tif: cannot be opened"):
+        engine.run_image(bad, distance_path=tmp_path / "d.tif", mask_path=tmp_path / "m.tif")
+    with pytest.raises(InputRasterError, match="missing.tif"):
+        run(engine, tmp_path / "missing.tif", tmp_path, "")
+    assert isinstance(InputRasterError("x"), OSError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_raster.tif"]
+
+
+def test_writer_discards_everything_on_error_and_checks_windows(tmp_path):
+    out = tmp_path / "d.tif"
+    with pytest.raises(RuntimeError, match="boom"):
+        with TiledRasterWriter(out, height=10, width=10, transform=TRANSFORM, crs=CRS) as writer:
+            writer.write((0, 5, 0, 5), np.zeros((5, 5), np.float32))
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with TiledRasterWriter(out, height=10, width=10, transform=TRANSFORM, crs=CRS) as writer:
+        with pytest.raises(ValueError, match="does not fit"):
+            writer.write((0, 5, 0, 5), np.zeros((4, 5), np.float32))
+        with pytest.raises(ValueError, match="outside"):
+            writer.write((8, 12, 0, 5), np.zeros((4, 5), np.float32))
+        writer.write((0, 10, 0, 10), np.ones((10, 10), np.float32))
+    assert (read_band(out) == 1).all()
+
+
+def test_writer_makes_a_cog_with_overviews_from_windows(tmp_path):
+    out = tmp_path / "big.tif"
+    with TiledRasterWriter(out, height=700, width=1100, transform=TRANSFORM, crs=CRS) as writer:
+        for row0 in range(0, 700, 300):  # windows not aligned with the 512 px blocks
+            for col0 in range(0, 1100, 300):
+                rows, cols = min(300, 700 - row0), min(300, 1100 - col0)
+                value = np.full((rows, cols), row0 + col0, np.float32)
+                writer.write((row0, row0 + rows, col0, col0 + cols), value)
+    valid, errors, _ = cog_validate(str(out))
+    assert valid, errors
+    with rasterio.open(out) as ds:
+        assert ds.overviews(1) == [2, 4] and ds.block_shapes[0] == (512, 512)
+        assert ds.profile["compress"] == "deflate"
+        assert ds.read(1)[650, 1050] == 600 + 900
