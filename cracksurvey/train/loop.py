@@ -1,0 +1,405 @@
+"""The training loop: Adam, validation every epoch, selection on a validation metric, resume.
+
+A run directory holds ``config.yaml`` (effective), ``checkpoint.pt`` (last epoch: model, optimiser,
+history; loaded with ``weights_only=True``), ``best.safetensors`` + card (best epoch by the
+selection metric — B15: not the loss), ``history.json``, ``history.png`` and, after calibration,
+``model.safetensors`` + ``model.json`` (the card ``process`` reads).
+
+Exact resume: each epoch's crops and augmentations come from a generator seeded by
+``(seed, epoch)``, so ``--resume`` after an interruption replays the same batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+
+from ..errors import ConfigError
+from ..metrics import aggregate, relaxed_counts
+from ..model import ModelCard, TernausNet, build_model, save_model
+from .data import Augment, MixedCrops, Sample, load_samples, pad_to_multiple
+from .losses import LossWeights, combined_loss
+from .topo import TopoParams, set_threads
+
+log = logging.getLogger(__name__)
+
+SWEEP_COARSE = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str  # folder under data.root (or an absolute path)
+    weight: float = 1.0
+    split: str = "train"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe (configs/train/*.yaml). Unknown keys are errors."""
+
+    name: str = "mse+dice+topo"
+    seed: int = 27
+    architecture: Literal["unet16", "unet11"] = "unet16"
+    width: float = 0.25
+    body_head: bool = True
+    data_root: str = "../shared/data"
+    train: tuple[DatasetSpec, ...] = (DatasetSpec("masonry_dais2021"),)
+    val: tuple[DatasetSpec, ...] = (DatasetSpec("masonry_dais2021", split="val"),)
+    crop_px: int = 256
+    crops_per_epoch: int = 512
+    batch_size: int = 16
+    epochs: int = 50
+    lr: float = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    clip_px: float = 20.0
+    augment: Augment = field(default_factory=Augment)
+    loss: LossWeights = field(default_factory=LossWeights)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    threads: int = 0  # 0 = all cores
+    slack_px: float = 5.0
+    selection_metric: Literal["quality", "f1"] = "quality"
+    imagenet_init: bool = False
+    licence_note: str = ""
+
+
+def _strict(cls: type, d: dict[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(names)}")
+    return d
+
+
+def config_from_dict(d: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Build a :class:`TrainConfig` from a plain dict (as read from YAML)."""
+    d = dict(_strict(TrainConfig, d, where))
+    for key in ("train", "val"):
+        if key in d:
+            d[key] = tuple(
+                DatasetSpec(**_strict(DatasetSpec, s, f"{where}: {key}")) if isinstance(s, dict)
+                else DatasetSpec(str(s), split="train" if key == "train" else "val")
+                for s in d[key]
+            )
+    if "augment" in d:
+        d["augment"] = Augment(**_strict(Augment, d["augment"], f"{where}: augment"))
+    if "loss" in d:
+        loss = dict(_strict(LossWeights, d["loss"], f"{where}: loss"))
+        if "topo_params" in loss:
+            loss["topo_params"] = TopoParams(**_strict(TopoParams, loss["topo_params"], f"{where}: loss.topo_params"))
+        d["loss"] = LossWeights(**loss)
+    try:
+        return TrainConfig(**d)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a recipe YAML; ``overrides`` (e.g. from the CLI) take precedence."""
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    d.update(overrides or {})
+    return config_from_dict(d, str(path))
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _resolve(root: str, name: str) -> Path:
+    p = Path(name)
+    return p if p.is_absolute() else Path(root) / name
+
+
+def bf16_supported() -> bool:
+    """True when bf16 autocast runs on this CPU with native support (AVX-512 BF16 / AMX)."""
+    try:
+        flags = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover
+        return False
+    if "AVX512" not in flags.upper():
+        return False
+    try:
+        conv = torch.nn.Conv2d(3, 4, 3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            conv(torch.zeros(1, 3, 8, 8))
+        return True
+    except RuntimeError:  # pragma: no cover
+        return False
+
+
+def choose_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def predict_distance(model: TernausNet, image: np.ndarray, mean: tuple, std: tuple, *, device: torch.device, bf16: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Distance (and body probability) for one uint8 (3, H, W) image, padded to a multiple of 32."""
+    padded, (h, w) = pad_to_multiple(image, 32)
+    x = torch.from_numpy(padded.astype(np.float32) / 255.0)
+    x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    x = x[None].to(device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(x).float()
+    dist = out[0, 0, :h, :w].cpu().numpy()
+    body = torch.sigmoid(out[0, 1, :h, :w]).cpu().numpy() if out.shape[1] > 1 else None
+    return dist, body
+
+
+def validate(
+    model: TernausNet,
+    samples: list[Sample],
+    *,
+    cfg: TrainConfig,
+    device: torch.device,
+    bf16: bool,
+    thresholds: tuple[float, ...] = SWEEP_COARSE,
+) -> dict[str, Any]:
+    """Micro quality/F1 at each threshold; the best threshold by the selection metric."""
+    model.eval()
+    counts: dict[float, list] = {t: [] for t in thresholds}
+    mse = 0.0
+    for s in samples:
+        dist, _ = predict_distance(model, s.image, cfg_mean(cfg), cfg_std(cfg), device=device, bf16=bf16)
+        mse += float(((np.minimum(dist, cfg.clip_px) - s.distance) ** 2).mean())
+        for t in thresholds:
+            counts[t].append(relaxed_counts(dist <= t, s.body, slack_px=cfg.slack_px))
+    per_t = {t: aggregate(c)["micro"] for t, c in counts.items()}
+    metric = cfg.selection_metric
+
+    def score(t: float) -> float:
+        v = per_t[t][metric]
+        return -1.0 if v is None else float(v)
+
+    best_t = max(thresholds, key=score)
+    return {
+        "threshold_px": best_t,
+        metric: score(best_t),
+        "f1": per_t[best_t]["f1"] or 0.0,
+        "quality": per_t[best_t]["quality"] or 0.0,
+        "correctness": per_t[best_t]["correctness"] or 0.0,
+        "completeness": per_t[best_t]["completeness"] or 0.0,
+        "val_mse": mse / max(1, len(samples)),
+        "sweep": {str(t): per_t[t] for t in thresholds},
+    }
+
+
+def cfg_mean(cfg: TrainConfig) -> tuple[float, float, float]:
+    return (0.485, 0.456, 0.406)
+
+
+def cfg_std(cfg: TrainConfig) -> tuple[float, float, float]:
+    return (0.229, 0.224, 0.225)
+
+
+def _card(cfg: TrainConfig, model_id: str, threshold: float, metrics: dict[str, Any], notes: dict[str, Any]) -> ModelCard:
+    return ModelCard(
+        model_id=model_id,
+        architecture=cfg.architecture,
+        width=cfg.width,
+        body_head=cfg.body_head,
+        clip_px=cfg.clip_px,
+        threshold_px=float(threshold),
+        recipe=config_to_dict(cfg),
+        training_data=[dataclasses.asdict(s) for s in cfg.train],
+        licence=cfg.licence_note,
+        metrics=metrics,
+        notes=notes,
+    )
+
+
+def _plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key in sorted({k for h in history for k in h.get("train", {})}):
+        axes[0].plot(epochs, [h["train"].get(key, math.nan) for h in history], label=key)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("epoch")
+    axes[0].set_title("training loss terms (mean per step)")
+    axes[0].legend()
+    for key in ("quality", "f1", "correctness", "completeness"):
+        axes[1].plot(epochs, [h["val"].get(key, math.nan) for h in history], label=key)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_title("validation (micro, slack 5 px, best τ)")
+    axes[1].set_ylim(0, 1)
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+ProgressFactory = Callable[[int, str], Any]
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+    progress: ProgressFactory | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) a model; returns the final summary.
+
+    ``stop_after_epochs`` stops the loop early (as an interruption would), leaving a resumable
+    checkpoint. ``progress(total_steps, description)`` returns a tqdm-like object (the CLI owns it).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    threads = cfg.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    set_threads(threads)
+    device = choose_device()
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cpu" and bf16_supported())
+    amp_cuda = cfg.precision == "auto" and device.type == "cuda"
+    torch.manual_seed(cfg.seed)
+
+    train_sources = [load_samples(_resolve(cfg.data_root, s.name), s.split, clip_px=cfg.clip_px) for s in cfg.train]
+    val_samples = [x for s in cfg.val for x in load_samples(_resolve(cfg.data_root, s.name), s.split, clip_px=cfg.clip_px)]
+    crops = MixedCrops(train_sources, [s.weight for s in cfg.train], crop_px=cfg.crop_px, aug=cfg.augment)
+
+    model = TernausNet(cfg.architecture, width=cfg.width, body_head=cfg.body_head)
+    if cfg.imagenet_init:
+        from ..model import load_imagenet_encoder
+
+        load_imagenet_encoder(model)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    steps_per_epoch = max(1, cfg.crops_per_epoch // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        )
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_cuda)
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"score": -1.0, "epoch": -1}
+    start_epoch = 0
+    if resume:
+        if not ckpt_path.exists():
+            raise ConfigError(f"{ckpt_path}: nothing to resume; run without --resume")
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = json.loads(state["history"])
+        best = json.loads(state["best"])
+        start_epoch = int(state["epoch"]) + 1
+        log.info("resuming %s at epoch %d", run_dir, start_epoch)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+    last_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, stop_after_epochs)
+    for epoch in range(start_epoch, last_epoch):
+        model.train()
+        rng = np.random.default_rng([cfg.seed, epoch])
+        sums: dict[str, float] = {}
+        t0 = time.perf_counter()
+        bar = progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}") if progress else None
+        for _ in range(steps_per_epoch):
+            images, dist, body = crops.batch(cfg.batch_size, rng)
+            x = torch.from_numpy(images)
+            x = (x - torch.tensor(cfg_mean(cfg))[:, None, None]) / torch.tensor(cfg_std(cfg))[:, None, None]
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            y = torch.from_numpy(dist).to(device)
+            b = torch.from_numpy(body).to(device)
+            optimizer.zero_grad(set_to_none=True)
+            if amp_cuda:
+                ctx = torch.autocast("cuda", dtype=torch.float16)
+            else:
+                ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+            with ctx:
+                out = model(x)
+            loss, terms = combined_loss(out.float(), y, b, cfg.loss)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            terms["total"] = float(loss.detach())
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if bar is not None:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()}, refresh=False)
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        train_time = time.perf_counter() - t0
+        val = validate(model, val_samples, cfg=cfg, device=device, bf16=bf16)
+        entry = {
+            "epoch": epoch + 1,
+            "train": {k: v / steps_per_epoch for k, v in sums.items()},
+            "val": {k: v for k, v in val.items() if k != "sweep"},
+            "lr": scheduler.get_last_lr()[0],
+            "train_s": round(train_time, 2),
+            "val_s": round(time.perf_counter() - t0 - train_time, 2),
+        }
+        history.append(entry)
+        log.info("epoch %d: %s", epoch + 1, json.dumps(entry))
+        score = float(val[cfg.selection_metric])
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch + 1, "threshold_px": val["threshold_px"], "val": entry["val"]}
+            save_model(model, _card(cfg, f"{cfg.name}-best", val["threshold_px"], entry["val"], {"epoch": epoch + 1}), run_dir / "best")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "history": json.dumps(history),
+                "best": json.dumps(best),
+            },
+            run_dir / "checkpoint.pt.tmp",
+        )
+        (run_dir / "checkpoint.pt.tmp").replace(ckpt_path)
+        (run_dir / "history.json").write_text(json.dumps({"history": history, "best": best}, indent=1))
+        _plot_history(history, run_dir / "history.png")
+
+    done = len(history) >= cfg.epochs
+    summary = {"run_dir": str(run_dir), "epochs_done": len(history), "finished": done, "best": best}
+    if done and not (run_dir / "model.safetensors").exists():
+        summary["calibration"] = calibrate(cfg, run_dir, val_samples, device=device, bf16=bf16)
+    return summary
+
+
+def calibrate(
+    cfg: TrainConfig, run_dir: Path, val_samples: list[Sample], *, device: torch.device, bf16: bool
+) -> dict[str, Any]:
+    """Fine threshold sweep on validation with the best checkpoint; writes model.safetensors + card."""
+    from ..model import load_model
+
+    model, card = load_model(run_dir / "best.safetensors", device=device)
+    sweep = tuple(float(t) for t in np.arange(0.5, 10.01, 0.5))
+    val = validate(model, val_samples, cfg=cfg, device=device, bf16=bf16, thresholds=sweep)
+    metrics = {
+        "validation": {k: v for k, v in val.items() if k != "sweep"},
+        "validation_sweep": val["sweep"],
+        "selection": f"micro {cfg.selection_metric} (Wiedemann), slack {cfg.slack_px} px, on "
+        + ", ".join(f"{s.name}/{s.split}" for s in cfg.val),
+    }
+    notes = dict(card.notes)
+    final = dataclasses.replace(card, model_id=cfg.name, threshold_px=val["threshold_px"], metrics=metrics, notes=notes)
+    model_cpu = model.float().cpu()
+    final = save_model(model_cpu, final, run_dir / "model")
+    return {"threshold_px": final.threshold_px, cfg.selection_metric: val[cfg.selection_metric], "sha256": final.sha256}
