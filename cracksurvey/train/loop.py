@@ -113,6 +113,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
+    base = d.pop("base", None)
+    if base is not None:
+        # a recipe may derive from another one: its keys replace the base's, key by key
+        # (nested mappings such as `loss` are merged one level deep)
+        merged = config_to_dict(load_config(path.parent / base))
+        for key, value in d.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        d = merged
     d.update(overrides or {})
     return config_from_dict(d, str(path))
 

@@ -1,0 +1,226 @@
+"""Training submodule: data, loss gradients, a tiny end-to-end run, exact resume, evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cracksurvey.errors import ConfigError, DatasetError
+from cracksurvey.train.data import NO_AUGMENT, Augment, MixedCrops, Sample, augment, load_samples, random_crop
+from cracksurvey.train.losses import LossWeights, body_loss, combined_loss, mse_loss, soft_dice_loss
+from cracksurvey.train.loop import config_from_dict, load_config, train
+from cracksurvey.train.targets import distance_target, skeletonize_mask
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def write_dataset(root: Path, n: int = 2, size: int = 96, seed: int = 0) -> Path:
+    """A tiny dataset folder: grey texture with a dark drawn crack, and its mask."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(120, 160, (size, size, 3)).astype(np.uint8)
+            mask = np.zeros((size, size), np.uint8)
+            r = int(rng.integers(20, size - 20))
+            for c in range(size):
+                rr = r + int(8 * np.sin(c / 15))
+                mask[rr - 1 : rr + 2, c] = 255
+            img[mask > 0] = 40
+            Image.fromarray(img).save(root / split / "images" / f"im{i}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"im{i}.png")
+    return root
+
+
+def tiny_config(root: Path, **kw) -> dict:
+    d = {
+        "name": "tiny",
+        "width": 1 / 16,
+        "body_head": True,
+        "data_root": str(root.parent),
+        "train": [{"name": root.name}],
+        "val": [{"name": root.name, "split": "val"}],
+        "crop_px": 64,
+        "crops_per_epoch": 4,
+        "batch_size": 2,
+        "epochs": 3,
+        "threads": 1,
+        "precision": "fp32",
+        "loss": {"mse": 1.0, "dice": 1.0, "topo": 1.0, "body": 1.0},
+    }
+    d.update(kw)
+    return d
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def test_empty_mask_gives_all_clip_and_skeleton_is_2d():
+    assert (distance_target(skeletonize_mask(np.zeros((1, 8, 9), bool))) == 20).all()
+    sk = skeletonize_mask(np.pad(np.ones((1, 5, 30), bool), ((0, 0), (3, 3), (0, 0))))
+    assert sk.ndim == 2 and sk.sum() >= 26
+
+
+def test_samples_build_targets_from_skeleton(tmp_path):
+    root = write_dataset(tmp_path / "ds")
+    samples = load_samples(root, "train")
+    assert len(samples) == 2
+    s = samples[0]
+    assert s.distance.dtype == np.float32 and s.distance.min() == 0 and s.distance.max() == 20
+    # the target is the distance to the skeleton, not to the body: body pixels off the centreline > 0
+    assert (s.distance[s.body] > 0).any()
+
+
+def test_mismatched_mask_is_a_clear_error(tmp_path):
+    root = write_dataset(tmp_path / "ds", n=1)
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "train" / "masks" / "im0.png")
+    with pytest.raises(DatasetError, match="im0.png"):
+        load_samples(root, "train")
+
+
+def test_crop_and_augment_keep_image_and_targets_aligned():
+    rng = np.random.default_rng(0)
+    img = np.zeros((3, 50, 70), np.uint8)
+    body = np.zeros((50, 70), bool)
+    body[10:13, 5:60] = True
+    img[:, body] = 255
+    s = Sample("x", "d", img, distance_target(skeletonize_mask(body)), body)
+    for _ in range(20):
+        im, dist, b = augment(*random_crop(s, 64, rng), Augment(rot90=0.5, brightness=0, contrast=0, gamma=0, greyscale=0), rng)
+        assert im.shape == (3, 64, 64) and dist.shape == (64, 64)
+        bright = im[0] > 0.5
+        np.testing.assert_array_equal(bright, b)  # image and body move together
+        assert (dist[bright] <= 2.5).all()  # centreline distance small inside the thin crack (tips: √5)
+
+
+def test_mixed_crops_respect_weights():
+    a = [Sample("a", "A", np.zeros((3, 32, 32), np.uint8), np.full((32, 32), 20, np.float32), np.zeros((32, 32), bool))]
+    b = [Sample("b", "B", np.full((3, 32, 32), 255, np.uint8), np.full((32, 32), 20, np.float32), np.zeros((32, 32), bool))]
+    crops = MixedCrops([a, b], [0.9, 0.1], crop_px=32, aug=NO_AUGMENT)
+    images, _, _ = crops.batch(400, np.random.default_rng(1))
+    share_b = (images.mean(axis=(1, 2, 3)) > 0.5).mean()
+    assert 0.05 < share_b < 0.16
+
+
+# ------------------------------------------------------------------------------ losses
+
+
+def crack_target(col=16, size=32):
+    sk = np.zeros((size, size), bool)
+    sk[:, col] = True
+    return torch.from_numpy(distance_target(sk))[None, None]
+
+
+@pytest.mark.parametrize("term", ["mse", "dice", "body"])
+def test_each_loss_term_has_a_finite_nonzero_gradient(term):
+    y = crack_target(16)
+    misaligned = crack_target(22).clone().requires_grad_()  # prediction: crack 6 px off
+    if term == "mse":
+        loss = mse_loss(misaligned, y)
+    elif term == "dice":
+        loss = soft_dice_loss(misaligned, y)
+    else:
+        logit = torch.zeros_like(y).requires_grad_()
+        loss = body_loss(logit, (y <= 1).float())
+        misaligned = logit
+    loss.backward()
+    assert torch.isfinite(misaligned.grad).all() and misaligned.grad.abs().sum() > 0
+
+
+def test_soft_dice_prefers_the_aligned_crack():
+    y = crack_target(16)
+    assert soft_dice_loss(y, y) < 0.35 < soft_dice_loss(crack_target(24), y)
+
+
+def test_combined_loss_logs_every_active_term():
+    y = crack_target(16)
+    out = torch.cat([crack_target(18), torch.zeros_like(y)], 1).requires_grad_()
+    total, terms = combined_loss(out, y, (y <= 1).float(), LossWeights(mse=1, dice=1, topo=1, body=1))
+    assert set(terms) == {"mse", "dice", "topo", "body"}
+    total.backward()
+    assert out.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def test_unknown_recipe_keys_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="lrr"):
+        config_from_dict({"lrr": 1})
+    with pytest.raises(ConfigError, match="loss"):
+        config_from_dict({"loss": {"msee": 1}})
+
+
+@pytest.mark.parametrize("recipe", ["mse", "mse+topo", "mse+dice+topo", "dice+topo", "topo", "paper-faithful"])
+def test_shipped_recipes_load(recipe):
+    cfg = load_config(REPO / "configs" / "train" / f"{recipe}.yaml")
+    assert cfg.name.endswith(recipe.replace("paper-faithful", "mse+topo"))
+
+
+# ------------------------------------------------------------------------------ loop
+
+
+def test_tiny_training_run_writes_model_card_and_history(tmp_path):
+    root = write_dataset(tmp_path / "ds")
+    cfg = config_from_dict(tiny_config(root))
+    summary = train(cfg, tmp_path / "run")
+    assert summary["finished"] and summary["epochs_done"] == 3
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert card["architecture"] == "unet16" and card["sha256"] and 0 < card["threshold_px"] <= 10
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
+    assert {"mse", "dice", "topo", "body", "total"} <= set(hist[0]["train"])
+    assert (tmp_path / "run" / "history.png").stat().st_size > 0
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    root = write_dataset(tmp_path / "ds")
+    cfg = config_from_dict(tiny_config(root))
+    full = train(cfg, tmp_path / "a")
+    part = train(cfg, tmp_path / "b", stop_after_epochs=1)
+    assert not part["finished"]
+    resumed = train(cfg, tmp_path / "b", resume=True)
+    ha = json.loads((tmp_path / "a" / "history.json").read_text())["history"]
+    hb = json.loads((tmp_path / "b" / "history.json").read_text())["history"]
+    assert [h["train"] for h in ha] == [h["train"] for h in hb]
+    assert resumed["best"] == full["best"]
+
+
+@pytest.mark.skipif(not (SHARED / "masonry_dais2021").is_dir(), reason="needs ../shared/data (the curated datasets)")
+def test_overfitting_one_real_image_lowers_the_loss(tmp_path):
+    src = SHARED / "masonry_dais2021" / "train"
+    name = sorted((src / "images").iterdir())[0].name
+    for split in ("train", "val"):
+        for kind in ("images", "masks"):
+            (tmp_path / "one" / split / kind).mkdir(parents=True)
+            target = tmp_path / "one" / split / kind / name
+            target.write_bytes((src / kind / name).read_bytes())
+    cfg = config_from_dict(
+        tiny_config(tmp_path / "one", width=0.125, epochs=8, crops_per_epoch=20, batch_size=4, crop_px=96,
+                    augment={"hflip": 0, "vflip": 0, "rot90": 0, "brightness": 0, "contrast": 0, "gamma": 0, "greyscale": 0},
+                    loss={"mse": 1.0, "dice": 0.0, "topo": 0.0, "body": 0.0}, lr=3e-3, lr_schedule="constant")
+    )
+    train(cfg, tmp_path / "run")
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
+    losses = [h["train"]["mse"] for h in hist]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_evaluate_reports_every_metric(tmp_path):
+    from cracksurvey.evaluate import evaluate_model, format_table
+
+    root = write_dataset(tmp_path / "ds")
+    train(config_from_dict(tiny_config(root, epochs=1)), tmp_path / "run")
+    res = evaluate_model(tmp_path / "run" / "model.safetensors", [root], split="val", precision="fp32")
+    r = res["datasets"]["ds"]
+    assert r["n_images"] == 2
+    for key in ("cpp_pred_mean", "cpp_gt_mean", "abs_delta_cpp_mean", "cldice_mean", "betti0_error_mean"):
+        assert np.isfinite(r[key])
+    assert "quality" in r["micro"]
+    assert "ds" in format_table(res)
