@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from .datasets import list_pairs, read_mask, read_rgb
-from .metrics import aggregate, betti0_error, cldice, cpp_summary, relaxed_counts
+from .metrics import aggregate, betti0_error, cldice, cracks_per_patch, relaxed_counts
 from .model import load_model
 from .predict import effective_precision
 from .skeleton import measure_width_px, skeletonize_mask
@@ -108,9 +108,10 @@ def evaluate_model(
             distance, body = predict_untiled(image, model, card, halo_px=halo_px, precision=prec, device=device)
             pred = distance <= tau
             acc["counts"].append(relaxed_counts(pred, gt, slack_px=slack_px, variant=variant))  # type: ignore[arg-type]
-            cpp = cpp_summary(pred, gt, patch_px=cpp_patch_px, min_area_px=cpp_min_area_px)
-            acc["cpp_pred"].append(cpp["cpp_pred"]["mean"])
-            acc["cpp_gt"].append(cpp["cpp_gt"]["mean"])
+            # CPP pooled over every counted patch of every image (images smaller than half a
+            # patch have none)
+            acc["cpp_pred"].append(cracks_per_patch(pred, patch_px=cpp_patch_px, min_area_px=cpp_min_area_px))
+            acc["cpp_gt"].append(cracks_per_patch(gt, patch_px=cpp_patch_px, min_area_px=cpp_min_area_px))
             acc["cldice"].append(cldice(pred, gt))
             acc["betti0"].append(betti0_error(pred, gt, min_area_px=cpp_min_area_px))
             acc["width"].append(width_errors(body, skeletonize_mask(pred), gt, slack_px=slack_px))
@@ -128,18 +129,19 @@ def evaluate_model(
 
 def _summarise(acc: dict[str, list[Any]]) -> dict[str, Any]:
     agg = aggregate(acc["counts"])
-    pred = np.asarray(acc["cpp_pred"], float)
-    gt = np.asarray(acc["cpp_gt"], float)
+    pred = np.concatenate(acc["cpp_pred"]).astype(float) if acc["cpp_pred"] else np.zeros(0)
+    gt = np.concatenate(acc["cpp_gt"]).astype(float) if acc["cpp_gt"] else np.zeros(0)
     widths = np.concatenate(acc["width"]) if acc["width"] else np.zeros(0)
     return {
         "n_images": len(acc["counts"]),
         "micro": agg["micro"],
         "macro": agg["macro"],
         "counts": agg["counts"],
-        "cpp_pred_mean": float(pred.mean()) if pred.size else 0.0,
-        "cpp_gt_mean": float(gt.mean()) if gt.size else 0.0,
-        "delta_cpp_mean": float((pred - gt).mean()) if pred.size else 0.0,
-        "abs_delta_cpp_mean": float(np.abs(pred - gt).mean()) if pred.size else 0.0,
+        "cpp_n_patches": int(pred.size),
+        "cpp_pred_mean": float(pred.mean()) if pred.size else None,
+        "cpp_gt_mean": float(gt.mean()) if gt.size else None,
+        "delta_cpp_mean": float((pred - gt).mean()) if pred.size else None,
+        "abs_delta_cpp_mean": float(np.abs(pred - gt).mean()) if pred.size else None,
         "cldice_mean": float(np.mean(acc["cldice"])) if acc["cldice"] else 0.0,
         "betti0_error_mean": float(np.mean(acc["betti0"])) if acc["betti0"] else 0.0,
         "width_mae_px": float(np.abs(widths).mean()) if widths.size else None,

@@ -217,10 +217,12 @@ def test_evaluate_reports_every_metric(tmp_path):
 
     root = write_dataset(tmp_path / "ds")
     train(config_from_dict(tiny_config(root, epochs=1)), tmp_path / "run")
-    res = evaluate_model(tmp_path / "run" / "model.safetensors", [root], split="val", precision="fp32")
+    res = evaluate_model(tmp_path / "run" / "model.safetensors", [root], split="val", precision="fp32", cpp_patch_px=128)
     r = res["datasets"]["ds"]
     assert r["n_images"] == 2
-    for key in ("cpp_pred_mean", "cpp_gt_mean", "abs_delta_cpp_mean", "cldice_mean", "betti0_error_mean"):
+    assert r["cpp_n_patches"] == 2  # one 96-px patch per image (patch 128 below)
+    assert r["cpp_gt_mean"] == 1.0  # one drawn crack per image
+    for key in ("cpp_pred_mean", "abs_delta_cpp_mean", "cldice_mean", "betti0_error_mean"):
         assert np.isfinite(r[key])
     assert "quality" in r["micro"]
     assert "ds" in format_table(res)
