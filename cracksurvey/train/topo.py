@@ -69,9 +69,14 @@ def _window_labels(yw: np.ndarray, band_iterations: int) -> tuple[np.ndarray, in
     """Region labels (flat, 0 = band) of one window's target and their count."""
     ws = yw.shape[0]
     band = np.zeros((ws, ws), np.bool_)
+    n_centre = 0
     for r in range(ws):
         for c in range(ws):
-            band[r, c] = yw[r, c] == 0.0
+            if yw[r, c] == 0.0:
+                band[r, c] = True
+                n_centre += 1
+    if n_centre == 0:  # no crack in the window: one region, no dilation needed
+        return np.ones(ws * ws, np.int64), 1
     for _ in range(band_iterations):
         new = band.copy()
         for r in range(ws):
@@ -129,6 +134,40 @@ def _find(parent: np.ndarray, x: int) -> int:
 
 
 @njit(cache=True)
+def descending_order(values: np.ndarray) -> np.ndarray:
+    """Indices that sort float32 ``values`` in decreasing order, ties by increasing index.
+
+    An LSD radix sort (4 stable passes of 8 bits) on order-preserving integer keys: exact, stable
+    and several times faster than a comparison sort for the ~2000 edges of a window.
+    """
+    n = values.shape[0]
+    bits = values.view(np.uint32)
+    keys = np.empty(n, np.uint32)
+    for i in range(n):
+        b = bits[i]
+        if b == np.uint32(0x80000000):  # -0.0 ties with +0.0, as in a comparison sort
+            b = np.uint32(0)
+        # order-preserving map float -> uint (ascending), then inverted for descending order
+        k = (~b) if (b >> np.uint32(31)) else (b | np.uint32(0x80000000))
+        keys[i] = ~k
+    order = np.arange(n)
+    tmp = np.empty(n, np.int64)
+    counts = np.empty(257, np.int64)
+    for shift in range(0, 32, 8):
+        counts[:] = 0
+        for i in range(n):
+            counts[((keys[order[i]] >> np.uint32(shift)) & np.uint32(255)) + 1] += 1
+        for j in range(256):
+            counts[j + 1] += counts[j]
+        for i in range(n):
+            d = (keys[order[i]] >> np.uint32(shift)) & np.uint32(255)
+            tmp[counts[d]] = order[i]
+            counts[d] += 1
+        order, tmp = tmp, order
+    return order
+
+
+@njit(cache=True)
 def pair_counts(
     affinity: np.ndarray,
     labels: np.ndarray,
@@ -144,7 +183,7 @@ def pair_counts(
     n = labels.shape[0]
     n_e = affinity.shape[0]
     counts = np.zeros(n_e, np.float64)
-    order = np.argsort(-affinity, kind="mergesort")
+    order = descending_order(affinity)
     parent = np.arange(n)
     rank = np.zeros(n, np.int64)
     bags = np.zeros((n, n_labels + 1), np.int64)
