@@ -290,6 +290,10 @@ def train(
     crops = MixedCrops(train_sources, [s.weight for s in cfg.train], crop_px=cfg.crop_px, aug=cfg.augment)
 
     model = TernausNet(cfg.architecture, width=cfg.width, body_head=cfg.body_head)
+    with torch.no_grad():
+        # start the distance head mid-range: with a final ReLU and a small random bias, a
+        # from-scratch network can begin with most outputs stuck at 0 (no gradient)
+        model.final.bias.fill_(cfg.clip_px / 2)
     if cfg.imagenet_init:
         from ..model import load_imagenet_encoder
 
