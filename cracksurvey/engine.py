@@ -94,7 +94,8 @@ class EngineConfig:
         Local cluster layout; None = :func:`default_layout`.
     torch_threads : int or None
         Torch threads per running task. None: the cores divided among the task slots of the
-        local cluster; 1 on an external scheduler; unchanged in synchronous mode.
+        local cluster; unchanged in synchronous mode; on an external scheduler, each worker's
+        cores divided by its task slots.
     processes : bool
         Local cluster workers as processes (True) or threads of this process (False).
     max_in_flight : int or None
@@ -188,7 +189,16 @@ def _worker_model(ref: Any, device: str) -> tuple[nn.Module, ModelCard]:
         return _MODELS[key]
 
 
-def _set_torch_threads(n: int) -> None:
+def _set_torch_threads(n: int | None) -> None:
+    """Set torch's intra-op threads; None = this machine's cores / the worker's task slots."""
+    if n is None:
+        from distributed import get_worker
+
+        try:
+            slots = get_worker().state.nthreads
+        except ValueError:  # not in a worker
+            slots = 1
+        n = max(1, available_cores() // slots)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
@@ -200,7 +210,7 @@ def _tile_task(
     model_ref: Any,
     *,
     precision: Precision,
-    torch_threads: int,
+    torch_threads: int | None,
     device: str,
 ) -> tuple[Tile, TileResult | None]:
     """Read, predict and post-process one tile (runs in a worker, or in-process).
@@ -287,7 +297,7 @@ class Engine:
         self._cluster: Any = None
         self._scattered: Any = None
         self._n_slots = 1
-        self._torch_threads = 1
+        self._torch_threads: int | None = 1
 
     # -- cluster ---------------------------------------------------------------------------
 
@@ -311,7 +321,7 @@ class Engine:
             self._client = Client(self.scheduler)
             info = self._client.scheduler_info()["workers"]
             self._n_slots = max(1, sum(w.get("nthreads", 1) for w in info.values()))
-            self._torch_threads = self.config.torch_threads or 1
+            self._torch_threads = self.config.torch_threads  # None: decided in each worker
         else:
             n_workers, threads, torch_threads = self._layout()
             self._cluster = LocalCluster(
@@ -319,17 +329,26 @@ class Engine:
                 threads_per_worker=threads,
                 processes=self.config.processes,
                 dashboard_address=None,
+                # the scheduler's health/metrics HTTP server still starts: any free port, so
+                # concurrent clusters on one machine do not warn about port 8787
+                scheduler_kwargs={"dashboard_address": ":0"},
                 silence_logs=logging.WARNING,
             )
             self._client = Client(self._cluster)
             self._n_slots = n_workers * threads
             self._torch_threads = torch_threads
         log.info(
-            "dask: %d task slot(s), torch threads per task %d", self._n_slots, self._torch_threads
+            "dask: %d task slot(s), torch threads per task %s", self._n_slots, self._torch_threads
         )
         if isinstance(self._model_ref, tuple):
             self._scattered = self._client.scatter(self._model_ref, broadcast=True, hash=False)
         return self._client
+
+    def start(self) -> Engine:
+        """Start (or connect to) the Dask cluster now rather than at the first image."""
+        if not self.synchronous:
+            self._ensure_client()
+        return self
 
     def close(self) -> None:
         """Shut down the client and the local cluster (if this engine started them)."""

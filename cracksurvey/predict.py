@@ -5,11 +5,11 @@ trained on, plus a validity (nodata) mask.
 
 Band layouts (:func:`prepare_bands`):
 
-- 1 band: grey, replicated to R, G, B;
-- 2 bands: grey + alpha;
+- 1 band: grey, replicated to R, G, B (also 2 bands: the first is grey);
 - 3 bands: RGB;
-- 4 bands with an alpha band (RGBA): alpha dropped, alpha == 0 is nodata;
-- more bands: the first three are taken as RGB (a note is logged by the IO layer);
+- an alpha band (the file's colour interpretation says so; RGBA, grey + alpha): dropped,
+  alpha == 0 is nodata;
+- more colour bands: the first three are taken as RGB (the IO layer logs a note);
 - uint8 is used as is; any other dtype (16-bit, float) is scaled linearly from its 2nd-98th
   percentiles to 0-255. The percentiles are computed ONCE per image from a decimated overview
   read (:func:`percentile_scale` on what :meth:`cracksurvey.io.raster.RasterSource.read_overview`

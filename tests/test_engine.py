@@ -174,6 +174,27 @@ def test_local_cluster_matches_synchronous_and_survives_a_bad_image(tmp_path, we
     np.testing.assert_array_equal(dask.skeleton.cols, sync.skeleton.cols)
 
 
+def test_external_scheduler_with_an_in_memory_model(tmp_path):
+    from distributed import LocalCluster
+
+    img = facade(100, 120, seed=4)
+    src = write_geotiff(tmp_path / "facade.tif", img)
+    pair = (TinyNet().eval(), TINY_CARD)
+    config = EngineConfig(tile_px=64, halo_px=32, precision="fp32")
+    cluster = LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": ":0"},
+    )
+    with cluster:
+        with Engine(pair, config=config, scheduler=cluster.scheduler_address) as engine:
+            res = run(engine, src, tmp_path, "")
+    ref, _ = predict_untiled(img, pair[0], TINY_CARD, halo_px=32, precision="fp32")
+    np.testing.assert_allclose(read_band(res.distance_path), ref, rtol=0, atol=1e-5)
+
+
 def test_worker_processes_load_the_model_once_and_match_synchronous(tmp_path, weights):
     src = write_geotiff(tmp_path / "facade.tif", facade(100, 140, seed=3))
     config = EngineConfig(

@@ -1,0 +1,399 @@
+"""Benchmark the inference path on this machine: conv ceiling, model, engine, memory, layouts.
+
+Usage::
+
+    python workflows/benchmark.py                       # the shipped model
+    python workflows/benchmark.py --weights my.safetensors --skip-16k
+    python workflows/benchmark.py --json > bench.json
+
+Prints (a) the oneDNN 3x3-conv ceiling in GFLOP/s (fp32, bf16), (b) the model's FLOPs per MP and
+its forward throughput on a 1024 x 1024 tile (raw MP/s and core MP/s once the halo is paid),
+as a fraction of the ceiling, (c) end-to-end MP/s of the engine on a synthetic georeferenced
+4096 x 4096 GeoTIFF and its ratio to model-only, (d) peak RSS (this process plus Dask workers) on
+a 16k x 16k GeoTIFF, (e) throughput of the local-cluster layouts (1 vs 2 workers).
+
+A benchmark, not a test: it asserts nothing. The machine may be shared; quote ratios from one
+run. If the shipped weights are absent, a random-weight TernausNet with the default model's
+architecture (UNet16, width 0.25, body head) stands in, with a note: speed and memory do not
+depend on the weight values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import rasterio
+import torch
+from affine import Affine
+from scipy import ndimage
+
+from cracksurvey.engine import Engine, EngineConfig, available_cores
+from cracksurvey.model import (
+    ModelCard,
+    TernausNet,
+    count_parameters,
+    default_weights_path,
+    flops_per_megapixel,
+    load_model,
+    save_model,
+)
+from cracksurvey.predict import cpu_bf16_supported
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def best_time(fn, *, repeats: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) conv ceiling
+
+
+def conv_ceiling(precision: str, *, channels: int = 256, side: int = 128) -> float:
+    """GFLOP/s of one large 3x3 conv, channels-last, inference mode."""
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1).eval()
+    x = torch.randn(1, channels, side, side).contiguous(memory_format=torch.channels_last)
+    conv = conv.to(memory_format=torch.channels_last)
+    flops = 2.0 * channels * channels * 9 * side * side
+
+    def run() -> None:
+        with torch.inference_mode(), autocast(precision):
+            conv(x)
+
+    return flops / best_time(run, repeats=5, warmup=2) / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) model only
+
+
+def model_throughput(model: torch.nn.Module, precision: str, *, tile_px: int) -> float:
+    """Raw forward MP/s on one (1, 3, tile, tile) input (bf16 once only where it is emulated)."""
+    x = torch.randn(1, 3, tile_px, tile_px).contiguous(memory_format=torch.channels_last)
+
+    def run() -> None:
+        with torch.inference_mode(), autocast(precision):
+            model(x)
+
+    slow = precision == "bf16" and not cpu_bf16_supported()
+    return tile_px * tile_px / 1e6 / best_time(run, repeats=1 if slow else 2, warmup=0 if slow else 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic GeoTIFFs
+
+
+def write_synthetic_geotiff(path: Path, side: int, *, seed: int = 0, block: int = 1024) -> Path:
+    """A georeferenced RGB GeoTIFF (tiled, deflate): smooth masonry-like texture, a few cracks.
+
+    Written block by block, so a 16k x 16k image never exists in memory.
+    """
+    rng = np.random.default_rng(seed)
+    coarse_step = 64
+    coarse = rng.random((side // coarse_step + 3, side // coarse_step + 3)).astype(np.float32)
+    cracks = []  # polylines as (r0, c0, r1, c1) segments
+    for _ in range(6):
+        r, c = rng.uniform(0, side, 2)
+        angle = rng.uniform(0, math.pi)
+        for _ in range(12):
+            angle += rng.normal(0, 0.3)
+            step = side / 20
+            r1, c1 = r + step * math.sin(angle), c + step * math.cos(angle)
+            cracks.append((r, c, r1, c1))
+            r, c = r1, c1
+    profile = dict(
+        driver="GTiff",
+        height=side,
+        width=side,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=Affine(0.002, 0, 500_000, 0, -0.002, 4_100_000),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        photometric="RGB",
+    )
+    with rasterio.open(path, "w", **profile) as ds:
+        for row0 in range(0, side, block):
+            for col0 in range(0, side, block):
+                rows, cols = min(block, side - row0), min(block, side - col0)
+                rr = (np.arange(rows) + row0)[:, None] / coarse_step
+                cc = (np.arange(cols) + col0)[None, :] / coarse_step
+                smooth = ndimage.map_coordinates(
+                    coarse, np.broadcast_arrays(rr, cc), order=1, mode="nearest"
+                )
+                grey = 150 + 50 * smooth + rng.normal(0, 6, (rows, cols))
+                # mortar joints every 64 px make it look like masonry
+                grey[((np.arange(rows) + row0) % 64 < 3), :] -= 40
+                r_img = np.arange(rows)[:, None] + row0
+                c_img = np.arange(cols)[None, :] + col0
+                for r0, c0, r1, c1 in cracks:
+                    if max(r0, r1) < row0 - 5 or min(r0, r1) > row0 + rows + 5:
+                        continue
+                    if max(c0, c1) < col0 - 5 or min(c0, c1) > col0 + cols + 5:
+                        continue
+                    dr, dc = r1 - r0, c1 - c0
+                    t = ((r_img - r0) * dr + (c_img - c0) * dc) / (dr * dr + dc * dc)
+                    t = np.clip(t, 0, 1)
+                    dist = np.hypot(r_img - (r0 + t * dr), c_img - (c0 + t * dc))
+                    grey = np.where(dist < 2.0, 30.0, grey)
+                rgb = np.clip(grey, 0, 255).astype(np.uint8)
+                ds.write(np.stack([rgb, rgb * 0.95, rgb * 0.9]).astype(np.uint8),
+                         window=rasterio.windows.Window(col0, row0, cols, rows))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# memory
+
+
+class PeakRSS:
+    """Samples the RSS of this process plus all its children (Dask workers) in a thread."""
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._sample())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def engine_mps(
+    weights: Path, image: Path, out: Path, config: EngineConfig, side: int
+) -> dict[str, float]:
+    """Engine MP/s on one image (cluster start-up timed separately, first image warms up)."""
+    t = time.perf_counter()
+    with Engine(weights, config=config) as engine:
+        engine.start()
+        startup = time.perf_counter() - t
+        result = engine.run_image(image, distance_path=out / "d.tif", mask_path=out / "m.tif")
+    return {
+        "seconds": result.seconds,
+        "startup_seconds": startup,
+        "mp_per_s": side * side / 1e6 / result.seconds,
+        "n_tiles": result.n_tiles,
+        "skeleton_pixels": len(result.skeleton),
+    }
+
+
+def resolve_model(weights: str | None, tmp: Path) -> tuple[Path, torch.nn.Module, ModelCard, str]:
+    path = Path(weights) if weights else default_weights_path()
+    if path.with_suffix(".safetensors").exists():
+        model, card = load_model(path)
+        return path, model, card, f"weights {path}"
+    if weights:
+        raise SystemExit(f"{path}: weights file not found")
+    card = ModelCard("benchmark-random-unet16-w025", "unet16", 0.25, True)
+    torch.manual_seed(0)
+    model = TernausNet(card.architecture, width=card.width, body_head=card.body_head).eval()
+    with torch.no_grad():
+        # Random weights output about 0 everywhere, i.e. "all crack", which makes the skeleton
+        # stage far slower than on real imagery; a bias at the clip value makes the mask sparse.
+        model.final.bias.fill_(card.clip_px)
+    card = save_model(model, card, tmp / "random.safetensors")
+    note = (
+        f"shipped weights {path.name} absent: random-weight TernausNet "
+        f"({card.architecture}, width {card.width}, body head, distance bias at clip) stands in; "
+        "model speed does not depend on the weight values"
+    )
+    return tmp / "random.safetensors", model, card, note
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", help="model .safetensors (default: the shipped model)")
+    parser.add_argument("--tile", type=int, default=1024, help="forward size incl. halo (px)")
+    parser.add_argument("--halo", type=int, default=64, help="halo (px)")
+    parser.add_argument("--size", type=int, default=4096, help="side of the end-to-end image")
+    parser.add_argument("--big", type=int, default=16384, help="side of the memory image")
+    parser.add_argument("--skip-16k", action="store_true", help="skip the memory run (d)")
+    parser.add_argument("--skip-layouts", action="store_true", help="skip (e)")
+    parser.add_argument("--layout-size", type=int, default=2048, help="image side for (e)")
+    parser.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
+    args = parser.parse_args(argv)
+
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True))
+    report: dict[str, object] = {
+        "machine": {
+            "cores": available_cores(),
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": cpu_bf16_supported(),
+        }
+    }
+    with tempfile.TemporaryDirectory(prefix="cracksurvey-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        weights, model, card, note = resolve_model(args.weights, tmp)
+        model = model.eval().to(memory_format=torch.channels_last)
+        report["model"] = {
+            "note": note,
+            "model_id": card.model_id,
+            "architecture": card.architecture,
+            "width": card.width,
+            "parameters": count_parameters(model),
+            "gflop_per_mp": flops_per_megapixel(model) / 1e9,
+        }
+        torch.set_num_threads(available_cores())
+
+        log("(a) conv ceiling ...")
+        report["ceiling_gflops"] = {p: conv_ceiling(p) for p in PRECISIONS}
+
+        log("(b) model only ...")
+        core_px = args.tile - 2 * args.halo
+        model_only = {}
+        for p in PRECISIONS:
+            raw = model_throughput(model, p, tile_px=args.tile)
+            gflops = raw * report["model"]["gflop_per_mp"]
+            model_only[p] = {
+                "raw_mp_per_s": raw,
+                "core_mp_per_s": raw * core_px**2 / args.tile**2,
+                "gflops": gflops,
+                "fraction_of_ceiling": gflops / report["ceiling_gflops"][p],
+            }
+        report["model_only"] = model_only
+
+        precision = "bf16" if cpu_bf16_supported() else "fp32"
+        config = EngineConfig(tile_px=core_px, halo_px=args.halo, precision=precision)
+
+        log(f"(c) end-to-end {args.size}^2 ({precision}) ...")
+        img = write_synthetic_geotiff(tmp / "e2e.tif", args.size)
+        out = tmp / "out"
+        e2e = engine_mps(weights, img, out, config, args.size)
+        e2e["precision"] = precision
+        e2e["ratio_to_model_only"] = e2e["mp_per_s"] / model_only[precision]["core_mp_per_s"]
+        report["end_to_end"] = e2e
+        img.unlink()
+
+        if not args.skip_layouts:
+            log(f"(e) layouts on {args.layout_size}^2 ...")
+            img = write_synthetic_geotiff(tmp / "layout.tif", args.layout_size, seed=1)
+            cores = available_cores()
+            layouts = {
+                f"1 worker x 1 task, torch {cores} threads": dict(
+                    n_workers=1, threads_per_worker=1, torch_threads=cores
+                ),
+                f"1 worker x {cores} tasks, torch 1 thread": dict(
+                    n_workers=1, threads_per_worker=cores, torch_threads=1
+                ),
+                f"{cores} workers x 1 task, torch 1 thread": dict(
+                    n_workers=cores, threads_per_worker=1, torch_threads=1
+                ),
+            }
+            report["layouts"] = {}
+            for name, kw in layouts.items():
+                cfg = EngineConfig(tile_px=core_px, halo_px=args.halo, precision=precision, **kw)
+                with PeakRSS() as mem:
+                    res = engine_mps(weights, img, out, cfg, args.layout_size)
+                res["peak_rss_gb"] = mem.peak_bytes / 1e9
+                report["layouts"][name] = res
+            img.unlink()
+
+        if not args.skip_16k:
+            log(f"(d) memory on {args.big}^2 (writing the image) ...")
+            img = write_synthetic_geotiff(tmp / "big.tif", args.big, seed=2)
+            log(f"(d) memory on {args.big}^2 (processing) ...")
+            with PeakRSS() as mem:
+                big = engine_mps(weights, img, out, config, args.big)
+            big["peak_rss_gb"] = mem.peak_bytes / 1e9
+            big["image_gb_float32"] = args.big**2 * 4 / 1e9
+            report["memory_16k"] = big
+            img.unlink()
+
+    if args.json:
+        print(json.dumps(report, indent=2, default=float))
+    else:
+        print_table(report, args)
+    return 0
+
+
+def print_table(r: dict, args: argparse.Namespace) -> None:
+    m = r["model"]
+    print(f"machine: {r['machine']}")
+    print(f"model:   {m['note']}")
+    print(f"         {m['architecture']} width {m['width']}, {m['parameters'] / 1e6:.2f} M params, "
+          f"{m['gflop_per_mp']:.1f} GFLOP/MP")
+    print()
+    print("| measure | fp32 | bf16 |")
+    print("|---|---|---|")
+    c = r["ceiling_gflops"]
+    print(f"| (a) conv ceiling, 3x3 256->256 @128^2, GFLOP/s | {c['fp32']:.0f} | {c['bf16']:.0f} |")
+    mo = r["model_only"]
+    print(f"| (b) model forward {args.tile}^2, raw MP/s | {mo['fp32']['raw_mp_per_s']:.2f} | "
+          f"{mo['bf16']['raw_mp_per_s']:.2f} |")
+    print(f"| (b) model, core MP/s (halo {args.halo}) | {mo['fp32']['core_mp_per_s']:.2f} | "
+          f"{mo['bf16']['core_mp_per_s']:.2f} |")
+    print(f"| (b) model GFLOP/s (fraction of ceiling) | {mo['fp32']['gflops']:.0f} "
+          f"({mo['fp32']['fraction_of_ceiling']:.0%}) | {mo['bf16']['gflops']:.0f} "
+          f"({mo['bf16']['fraction_of_ceiling']:.0%}) |")
+    if not r["machine"]["native_bf16"]:
+        print("| note | | bf16 is emulated on this CPU; the engine falls back to fp32 |")
+    e = r["end_to_end"]
+    print()
+    print(f"(c) end-to-end {args.size}^2 ({e['precision']}): {e['mp_per_s']:.2f} MP/s "
+          f"({e['seconds']:.1f} s, {e['n_tiles']} tiles, cluster start {e['startup_seconds']:.1f} s); "
+          f"end-to-end / model-only core = {e['ratio_to_model_only']:.0%}")
+    if "memory_16k" in r:
+        b = r["memory_16k"]
+        print(f"(d) {args.big}^2: peak RSS {b['peak_rss_gb']:.2f} GB incl. workers "
+              f"(the image as float32 would be {b['image_gb_float32']:.1f} GB); "
+              f"{b['mp_per_s']:.2f} MP/s, {b['seconds']:.0f} s")
+    if "layouts" in r:
+        print()
+        print(f"(e) local cluster layouts, {args.layout_size}^2:")
+        print("| layout | MP/s | s | start s | peak RSS GB |")
+        print("|---|---|---|---|---|")
+        for name, v in r["layouts"].items():
+            print(f"| {name} | {v['mp_per_s']:.2f} | {v['seconds']:.1f} | "
+                  f"{v['startup_seconds']:.1f} | {v['peak_rss_gb']:.2f} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
