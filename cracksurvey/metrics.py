@@ -34,7 +34,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
-from skimage.morphology import skeletonize
+
+from .skeleton import skeletonize_mask
 
 __all__ = [
     "RelaxedCounts",
@@ -86,11 +87,7 @@ def _same_shape(a: NDArray[Any], b: NDArray[Any], names: str) -> None:
         raise ValueError(f"{names} have shapes {a.shape} and {b.shape}; expected equal shapes.")
 
 
-def _skeleton(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    """2-D (Zhang) skeleton of a 2-D bool mask."""
-    if not mask.any():
-        return np.zeros_like(mask)
-    return np.asarray(skeletonize(mask), dtype=bool)
+_skeleton = skeletonize_mask  # one 2-D (Zhang) skeleton for the whole package
 
 
 def _distance_to(skeleton: NDArray[np.bool_]) -> NDArray[np.float64]:

@@ -11,26 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage.morphology import skeletonize
 
+from ..skeleton import skeletonize_mask
 
-def skeletonize_mask(mask: np.ndarray) -> np.ndarray:
-    """2-D skeleton of a crack mask.
-
-    Parameters
-    ----------
-    mask : ndarray of shape (H, W) or (1, H, W), bool or numeric (crack > 0)
-
-    Returns
-    -------
-    ndarray of shape (H, W), bool
-    """
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[0] == 1:
-        mask = mask[0]  # never let skimage thin in 3-D (Lee) — B9
-    if mask.ndim != 2:
-        raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
-    return skeletonize(mask > 0)
+__all__ = ["distance_target", "skeletonize_mask"]
 
 
 def distance_target(skeleton: np.ndarray, *, clip_px: float = 20.0) -> np.ndarray:
