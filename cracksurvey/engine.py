@@ -21,11 +21,15 @@ Design points:
 - ``synchronous=True`` runs the very same task function in-process, in tile order, without Dask
   (tests, debugging).
 
-Default layout (:func:`default_layout`): on a machine with ``c`` cores, 1 worker process with
-1 task slot whose torch uses the ``c`` threads. Measured on 2 cores (workflows/benchmark.py):
-1 x 1 (torch 2 threads), 1 x 2 (torch 1 thread each) and 2 processes x 1 are within noise of each
-other (as MEASURED.md found), and a single process holds one model and one forward in memory
-instead of two, and starts faster.
+Default layout (:func:`default_layout`): one single-threaded worker process per core (torch 1
+thread each), capped so that each worker has about 3 GB of RAM (a 1 MP fp32 forward takes about
+2.5 GB). Measured with workflows/benchmark.py on 2 cores shared with a training run (2048 x 2048
+image, random UNet16 width 0.25, fp32): 2 workers x 1 task 0.177 MP/s, 1 worker x 2 tasks (torch
+1 thread each) 0.161 MP/s, 1 worker x 1 task with torch on 2 threads 0.122 MP/s; peak RSS 2.4 /
+2.1 / 1.5 GB. Task-level parallelism keeps cores busy when the machine is shared (multi-threaded
+torch stalls on a busy core) and overlaps one tile's reading/skeleton with another's forward;
+separate processes also run the numpy parts without sharing a GIL. On a quiet machine the three
+are within about 10 % (MEASURED.md).
 """
 
 from __future__ import annotations
@@ -67,14 +71,26 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_layout(cores: int | None = None) -> tuple[int, int, int]:
+def default_layout(
+    cores: int | None = None, memory_bytes: int | None = None
+) -> tuple[int, int, int]:
     """``(n_workers, threads_per_worker, torch_threads)`` for a local cluster on this machine.
 
-    One worker process, one task at a time, torch using every core: measured as fast as the
-    alternatives on 2 cores, with half the model/forward memory (see the module docstring).
+    One single-task worker process per core, at most one per ~3 GB of RAM, torch threads
+    sharing the cores among the workers (see the module docstring for the measurements).
+
+    >>> default_layout(2, 24 * 2**30)
+    (2, 1, 1)
+    >>> default_layout(16, 16 * 2**30)
+    (5, 1, 3)
     """
     cores = cores or available_cores()
-    return 1, 1, cores
+    if memory_bytes is None:
+        import psutil
+
+        memory_bytes = psutil.virtual_memory().total
+    n_workers = max(1, min(cores, int(memory_bytes // (3 * 2**30))))
+    return n_workers, 1, max(1, cores // n_workers)
 
 
 @dataclass(frozen=True)
