@@ -35,8 +35,11 @@ from ..errors import InputRasterError
 
 log = logging.getLogger(__name__)
 
-GDAL_CACHEMAX_MB = 256
-"""GDAL block cache (MB) while reading and writing; GDAL's default is 5 % of RAM."""
+GDAL_CACHEMAX_BYTES = 256 * 2**20
+"""GDAL block cache while reading and writing; GDAL's default is 5 % of RAM.
+
+In bytes: rasterio passes an integer straight to ``GDALSetCacheMax64``, so ``256`` would mean
+256 bytes (no cache: every partially written block is flushed, re-read and recompressed)."""
 
 _SUPPORTED_KINDS = "uint8, uint16, int16, uint32, int32, float32, float64"
 
@@ -103,7 +106,7 @@ def describe_raster(path: str | Path) -> RasterInfo:
         The file is missing, not a raster, empty, or has an unsupported data type.
     """
     try:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB), rasterio.open(path) as ds:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_BYTES), rasterio.open(path) as ds:
             if ds.count < 1 or ds.height < 1 or ds.width < 1:
                 raise _input_error(path, f"{ds.count} band(s) of {ds.height}x{ds.width} pixels")
             dtype = np.dtype(ds.dtypes[0])
@@ -139,7 +142,7 @@ class RasterSource:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB)
+        self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_BYTES)
         self._env.__enter__()
         try:
             self._ds = rasterio.open(self.path)
@@ -276,7 +279,7 @@ class TiledRasterWriter:
 
     def __enter__(self) -> TiledRasterWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB)
+        self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_BYTES)
         self._env.__enter__()
         try:
             self._ds = rasterio.open(self._tmp, "w", **self._profile)
