@@ -54,17 +54,24 @@ def _c(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+Norm = Literal["none", "batch"]
+
+
+def _norm(channels: int, norm: Norm) -> nn.Module:
+    return nn.BatchNorm2d(channels) if norm == "batch" else nn.Identity()
+
+
 class _ConvRelu(nn.Sequential):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True))
+    def __init__(self, cin: int, cout: int, norm: Norm = "none") -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), _norm(cout, norm), nn.ReLU(inplace=True))
 
 
 class _DecoderV2(nn.Module):
     """UNet16 decoder block (bilinear mode): upsample x2, then conv+ReLU twice."""
 
-    def __init__(self, cin: int, cmid: int, cout: int) -> None:
+    def __init__(self, cin: int, cmid: int, cout: int, norm: Norm = "none") -> None:
         super().__init__()
-        self.block = nn.Sequential(_ConvRelu(cin, cmid), _ConvRelu(cmid, cout))
+        self.block = nn.Sequential(_ConvRelu(cin, cmid, norm), _ConvRelu(cmid, cout, norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
@@ -74,11 +81,12 @@ class _DecoderV2(nn.Module):
 class _DecoderV1(nn.Module):
     """UNet11 decoder block: conv+ReLU, transposed conv (k3 s2 p1 op1), ReLU."""
 
-    def __init__(self, cin: int, cmid: int, cout: int) -> None:
+    def __init__(self, cin: int, cmid: int, cout: int, norm: Norm = "none") -> None:
         super().__init__()
         self.block = nn.Sequential(
-            _ConvRelu(cin, cmid),
+            _ConvRelu(cin, cmid, norm),
             nn.ConvTranspose2d(cmid, cout, 3, stride=2, padding=1, output_padding=1),
+            _norm(cout, norm),
             nn.ReLU(inplace=True),
         )
 
@@ -96,15 +104,28 @@ class TernausNet(nn.Module):
         Channel multiplier; 1.0 is the paper's network (29.3 M parameters for UNet16).
     body_head : bool
         Add a second 1x1 head predicting the crack-body logit (used to measure width).
+    norm : {'none', 'batch'}
+        'none' is TernausNet as published (ImageNet-initialised VGG encoder). 'batch' adds
+        BatchNorm after every conv: our deviation for training from scratch, where a deep
+        VGG-style stack without normalisation learns very slowly.
+
+    Weights are He-initialised (fan-in, ReLU gain) so the signal does not vanish through the
+    ~20 conv layers when training from scratch (PyTorch's default init shrinks it per layer).
 
     Input ``(N, 3, H, W)`` normalised RGB with H, W multiples of 32. Output ``(N, 1 or 2, H, W)``:
     channel 0 the distance in pixels (>= 0, final ReLU), channel 1 the body logit if present.
     """
 
     def __init__(
-        self, architecture: Architecture = "unet16", *, width: float = 1.0, body_head: bool = False
+        self,
+        architecture: Architecture = "unet16",
+        *,
+        width: float = 1.0,
+        body_head: bool = False,
+        norm: Norm = "none",
     ) -> None:
         super().__init__()
+        self.norm = norm
         if architecture not in _VGG_STAGES:
             raise ModelError(f"unknown architecture {architecture!r}; expected unet16 or unet11")
         self.architecture = architecture
@@ -120,6 +141,9 @@ class TernausNet(nn.Module):
             cin = cout
         n = max(layers) + 1
         self.encoder = nn.Sequential(*[layers.get(i, nn.Identity()) for i in range(n)])
+        self.encoder_norms = nn.ModuleDict(
+            {str(i): _norm(layers[i].out_channels, norm) for i in layers}  # type: ignore[attr-defined]
+        )
         self._stage_convs: list[list[int]] = []
         it = iter(_VGG_CONV_INDICES[architecture])
         for stage in stages:
@@ -128,25 +152,29 @@ class TernausNet(nn.Module):
         nf = _c(32, width)
         if architecture == "unet16":
             dec = _DecoderV2
-            self.center = dec(e[4], nf * 16, nf * 8)
-            self.dec5 = dec(e[4] + nf * 8, nf * 16, nf * 8)
-            self.dec4 = dec(e[3] + nf * 8, nf * 16, nf * 8)
-            self.dec3 = dec(e[2] + nf * 8, nf * 8, nf * 2)
-            self.dec2 = dec(e[1] + nf * 2, nf * 4, nf)
+            self.center = dec(e[4], nf * 16, nf * 8, norm)
+            self.dec5 = dec(e[4] + nf * 8, nf * 16, nf * 8, norm)
+            self.dec4 = dec(e[3] + nf * 8, nf * 16, nf * 8, norm)
+            self.dec3 = dec(e[2] + nf * 8, nf * 8, nf * 2, norm)
+            self.dec2 = dec(e[1] + nf * 2, nf * 4, nf, norm)
         else:
             dec = _DecoderV1  # type: ignore[assignment]
-            self.center = dec(e[4], nf * 16, nf * 8)
-            self.dec5 = dec(e[4] + nf * 8, nf * 16, nf * 8)
-            self.dec4 = dec(e[3] + nf * 8, nf * 16, nf * 4)
-            self.dec3 = dec(e[2] + nf * 4, nf * 8, nf * 2)
-            self.dec2 = dec(e[1] + nf * 2, nf * 4, nf)
-        self.dec1 = _ConvRelu(e[0] + nf, nf)
+            self.center = dec(e[4], nf * 16, nf * 8, norm)
+            self.dec5 = dec(e[4] + nf * 8, nf * 16, nf * 8, norm)
+            self.dec4 = dec(e[3] + nf * 8, nf * 16, nf * 4, norm)
+            self.dec3 = dec(e[2] + nf * 4, nf * 8, nf * 2, norm)
+            self.dec2 = dec(e[1] + nf * 2, nf * 4, nf, norm)
+        self.dec1 = _ConvRelu(e[0] + nf, nf, norm)
         self.final = nn.Conv2d(nf, 1, 1)
         self.body = nn.Conv2d(nf, 1, 1) if body_head else None
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def _stage(self, x: torch.Tensor, k: int) -> torch.Tensor:
         for idx in self._stage_convs[k]:
-            x = F.relu(self.encoder[idx](x), inplace=True)
+            x = F.relu(self.encoder_norms[str(idx)](self.encoder[idx](x)), inplace=True)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,6 +258,7 @@ class ModelCard:
     architecture: Architecture
     width: float
     body_head: bool
+    norm: Norm = "none"
     clip_px: float = 20.0
     threshold_px: float = 4.0
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -261,7 +290,7 @@ class ModelCard:
 
 def build_model(card: ModelCard) -> TernausNet:
     """An untrained :class:`TernausNet` with the architecture a card describes."""
-    return TernausNet(card.architecture, width=card.width, body_head=card.body_head)
+    return TernausNet(card.architecture, width=card.width, body_head=card.body_head, norm=card.norm)
 
 
 def sha256_file(path: Path) -> str:

@@ -209,7 +209,7 @@ def test_overfitting_one_real_image_lowers_the_loss(tmp_path):
     train(cfg, tmp_path / "run")
     hist = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
     losses = [h["train"]["mse"] for h in hist]
-    assert losses[-1] < 0.7 * losses[0], losses
+    assert losses[-1] < 0.85 * losses[0] and losses[-1] < min(losses[:3]), losses
 
 
 def test_evaluate_reports_every_metric(tmp_path):

@@ -53,6 +53,7 @@ class TrainConfig:
     architecture: Literal["unet16", "unet11"] = "unet16"
     width: float = 0.25
     body_head: bool = True
+    norm: Literal["none", "batch"] = "batch"  # BatchNorm after each conv: from-scratch training
     data_root: str = "../shared/data"
     train: tuple[DatasetSpec, ...] = (DatasetSpec("masonry_dais2021"),)
     val: tuple[DatasetSpec, ...] = (DatasetSpec("masonry_dais2021", split="val"),)
@@ -223,6 +224,7 @@ def _card(cfg: TrainConfig, model_id: str, threshold: float, metrics: dict[str, 
         architecture=cfg.architecture,
         width=cfg.width,
         body_head=cfg.body_head,
+        norm=cfg.norm,
         clip_px=cfg.clip_px,
         threshold_px=float(threshold),
         recipe=config_to_dict(cfg),
@@ -289,7 +291,7 @@ def train(
     val_samples = [x for s in cfg.val for x in load_samples(_resolve(cfg.data_root, s.name), s.split, clip_px=cfg.clip_px)]
     crops = MixedCrops(train_sources, [s.weight for s in cfg.train], crop_px=cfg.crop_px, aug=cfg.augment)
 
-    model = TernausNet(cfg.architecture, width=cfg.width, body_head=cfg.body_head)
+    model = TernausNet(cfg.architecture, width=cfg.width, body_head=cfg.body_head, norm=cfg.norm)
     with torch.no_grad():
         # start the distance head mid-range: with a final ReLU and a small random bias, a
         # from-scratch network can begin with most outputs stuck at 0 (no gradient)
