@@ -81,7 +81,8 @@ def train(config_path: str, run_dir: str | None, data_root: str | None, resume: 
     calibrates the threshold on validation and writes RUN/model.safetensors + model.json, the
     model card that `cracksurvey process --weights` reads.
     """
-    from .train.loop import load_config, train as run_training
+    from .train.loop import load_config
+    from .train.loop import train as run_training
 
     overrides: dict[str, Any] = {}
     if data_root:

@@ -305,7 +305,7 @@ def _one_building(
         return float(value) if has_length else float("nan")
 
     return {
-        "n_cracks": int(len(cracks)),
+        "n_cracks": len(cracks),
         "total_length_m": total,
         "longest_crack_m": if_length(lengths[metric].max() if metric.any() else 0.0),
         "mean_crack_length_m": if_length(stats["mean_length_m"]),

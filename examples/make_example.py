@@ -304,10 +304,9 @@ def write_geotiff(path: Path, pixels: np.ndarray, spec: ImageSpec) -> None:
         crs=CRS, transform=transform, tiled=True, blockxsize=256, blockysize=256,
         compress="JPEG", photometric="YCBCR", jpeg_quality=JPEG_QUALITY, interleave="pixel",
     )
-    with rasterio.Env(GDAL_PAM_ENABLED="NO"):
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(np.moveaxis(pixels, -1, 0))
-            dst.update_tags(TIFFTAG_IMAGEDESCRIPTION=NOTE)
+    with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.moveaxis(pixels, -1, 0))
+        dst.update_tags(TIFFTAG_IMAGEDESCRIPTION=NOTE)
 
 
 def world_file_text(spec: ImageSpec) -> str:

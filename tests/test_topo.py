@@ -11,7 +11,14 @@ from scipy import ndimage
 from skimage.measure import label as sk_label
 
 from cracksurvey.train.targets import distance_target
-from cracksurvey.train.topo import TopoParams, _window_edges, _window_labels, pair_counts, topo_loss, topo_weights
+from cracksurvey.train.topo import (
+    TopoParams,
+    _window_edges,
+    _window_labels,
+    pair_counts,
+    topo_loss,
+    topo_weights,
+)
 
 CLIP = 20.0
 
@@ -107,8 +114,7 @@ def brute_force_counts(aff, labels, u, v, positive):
             done[x] = True
             for y, w in adj[x]:
                 cand = min(best[x], w)
-                if cand > best[y]:
-                    best[y] = cand
+                best[y] = max(best[y], cand)
         for t in range(s + 1, n):
             if labels[t] == 0 or ((labels[s] == labels[t]) != positive):
                 continue
@@ -241,7 +247,7 @@ def test_labels_match_scipy_skimage():
 def test_batched_kernel_equals_reference(faithful):
     rng = np.random.default_rng(11)
     targets, preds = [], []
-    for i in range(3):
+    for _ in range(3):
         sk = np.zeros((64, 96), bool)
         r = rng.integers(5, 60)
         sk[r, 3:90] = True

@@ -11,9 +11,17 @@ import torch
 from PIL import Image
 
 from cracksurvey.errors import ConfigError, DatasetError
-from cracksurvey.train.data import NO_AUGMENT, Augment, MixedCrops, Sample, augment, load_samples, random_crop
-from cracksurvey.train.losses import LossWeights, body_loss, combined_loss, mse_loss, soft_dice_loss
+from cracksurvey.train.data import (
+    NO_AUGMENT,
+    Augment,
+    MixedCrops,
+    Sample,
+    augment,
+    load_samples,
+    random_crop,
+)
 from cracksurvey.train.loop import config_from_dict, load_config, train
+from cracksurvey.train.losses import LossWeights, body_loss, combined_loss, mse_loss, soft_dice_loss
 from cracksurvey.train.targets import distance_target, skeletonize_mask
 
 REPO = Path(__file__).resolve().parents[1]

@@ -65,7 +65,7 @@ def main() -> int:
         if not args.eval_only and not (run / "model.safetensors").exists():
             cfg = load_config(ROOT / "configs/train" / f"{recipe}.yaml", {"data_root": str(data)})
             train(cfg, run, resume=(run / "checkpoint.pt").exists(),
-                  progress=lambda n, d: tqdm(total=n, desc=f"{recipe} {d}", file=sys.stderr, mininterval=10))
+                  progress=lambda n, d, r=recipe: tqdm(total=n, desc=f"{r} {d}", file=sys.stderr, mininterval=10))
         weights = run / "model.safetensors"
         if not weights.exists():
             logging.warning("%s: not finished, skipped", run)

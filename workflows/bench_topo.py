@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cracksurvey.model import TernausNet  # noqa: E402
-from cracksurvey.train.losses import LossWeights, combined_loss  # noqa: E402
-from cracksurvey.train.loop import load_config  # noqa: E402
-from cracksurvey.train.targets import distance_target  # noqa: E402
-from cracksurvey.train.topo import (  # noqa: E402
+from cracksurvey.model import TernausNet
+from cracksurvey.train.loop import load_config
+from cracksurvey.train.losses import LossWeights, combined_loss
+from cracksurvey.train.targets import distance_target
+from cracksurvey.train.topo import (
     TopoParams,
     _window_edges,
     _window_labels,

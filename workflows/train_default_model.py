@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from cracksurvey.model import DEFAULT_MODEL_ID, SHIPPED_DIR, read_card, save_model, load_model
+from cracksurvey.model import DEFAULT_MODEL_ID, SHIPPED_DIR, load_model, save_model
 from cracksurvey.train.loop import load_config, train
 
 ROOT = Path(__file__).resolve().parents[1]

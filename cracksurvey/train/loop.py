@@ -27,7 +27,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..metrics import aggregate, relaxed_counts
-from ..model import ModelCard, TernausNet, build_model, save_model
+from ..model import ModelCard, TernausNet, save_model
 from .data import Augment, MixedCrops, Sample, load_samples, pad_to_multiple
 from .losses import LossWeights, combined_loss
 from .topo import TopoParams, set_threads
