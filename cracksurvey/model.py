@@ -47,7 +47,7 @@ _VGG_CONV_INDICES = {
 }
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL_ID = "cracksurvey-unet16-w025-mdt"
+DEFAULT_MODEL_ID = "cracksurvey-unet16w0125-mse-dice-topo"
 
 
 def _c(channels: int, width: float) -> int:
