@@ -35,6 +35,7 @@ import rasterio
 import torch
 from affine import Affine
 from scipy import ndimage
+from tqdm import tqdm
 
 from cracksurvey.engine import Engine, EngineConfig, available_cores
 from cracksurvey.model import (
@@ -97,7 +98,8 @@ def model_throughput(model: torch.nn.Module, precision: str, *, tile_px: int) ->
             model(x)
 
     slow = precision == "bf16" and not cpu_bf16_supported()
-    return tile_px * tile_px / 1e6 / best_time(run, repeats=1 if slow else 2, warmup=0 if slow else 1)
+    seconds = best_time(run, repeats=1 if slow else 2, warmup=0 if slow else 1)
+    return tile_px * tile_px / 1e6 / seconds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +216,18 @@ def engine_mps(
     with Engine(weights, config=config) as engine:
         engine.start()
         startup = time.perf_counter() - t
-        result = engine.run_image(image, distance_path=out / "d.tif", mask_path=out / "m.tif")
+        with tqdm(desc=image.name, unit="tile", file=sys.stderr, leave=False) as bar:
+
+            def on_tile_done(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            result = engine.run_image(
+                image,
+                distance_path=out / "d.tif",
+                mask_path=out / "m.tif",
+                on_tile_done=on_tile_done,
+            )
     return {
         "seconds": result.seconds,
         "startup_seconds": startup,
@@ -378,7 +391,8 @@ def print_table(r: dict, args: argparse.Namespace) -> None:
     e = r["end_to_end"]
     print()
     print(f"(c) end-to-end {args.size}^2 ({e['precision']}): {e['mp_per_s']:.2f} MP/s "
-          f"({e['seconds']:.1f} s, {e['n_tiles']} tiles, cluster start {e['startup_seconds']:.1f} s); "
+          f"({e['seconds']:.1f} s, {e['n_tiles']} tiles, "
+          f"cluster start {e['startup_seconds']:.1f} s); "
           f"end-to-end / model-only core = {e['ratio_to_model_only']:.0%}")
     if "memory_16k" in r:
         b = r["memory_16k"]
