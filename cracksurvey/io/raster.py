@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -28,7 +29,7 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from ..errors import InputRasterError
@@ -97,6 +98,14 @@ def _gdal_detail(exc: BaseException) -> str:
     return useful[-1] if useful else "unknown GDAL error"
 
 
+def _open_quietly(path: str | Path) -> rasterio.io.DatasetReader:
+    """rasterio.open for reading; a JPEG/PNG without georeferencing is expected here (the survey
+    supplies its georeferencing), so rasterio's NotGeoreferencedWarning is not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
+
+
 def describe_raster(path: str | Path) -> RasterInfo:
     """Open an image, check it can be processed, and describe it.
 
@@ -106,7 +115,7 @@ def describe_raster(path: str | Path) -> RasterInfo:
         The file is missing, not a raster, empty, or has an unsupported data type.
     """
     try:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_BYTES), rasterio.open(path) as ds:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_BYTES), _open_quietly(path) as ds:
             if ds.count < 1 or ds.height < 1 or ds.width < 1:
                 raise _input_error(path, f"{ds.count} band(s) of {ds.height}x{ds.width} pixels")
             dtype = np.dtype(ds.dtypes[0])
@@ -145,7 +154,7 @@ class RasterSource:
         self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_BYTES)
         self._env.__enter__()
         try:
-            self._ds = rasterio.open(self.path)
+            self._ds = _open_quietly(self.path)
         except RasterioError as exc:
             self._env.__exit__(None, None, None)
             raise _input_error(path, f"cannot be opened ({exc})") from exc
@@ -332,7 +341,7 @@ class TiledRasterWriter:
 
 def raster_profile(path: str | Path) -> dict[str, object]:
     """Georeferencing and layout of a raster (for checks and tests): crs, transform, size, dtype."""
-    with rasterio.open(path) as ds:
+    with _open_quietly(path) as ds:
         return {
             "crs": ds.crs,
             "transform": ds.transform,
