@@ -188,9 +188,8 @@ def test_external_scheduler_with_an_in_memory_model(tmp_path):
         dashboard_address=None,
         scheduler_kwargs={"dashboard_address": ":0"},
     )
-    with cluster:
-        with Engine(pair, config=config, scheduler=cluster.scheduler_address) as engine:
-            res = run(engine, src, tmp_path, "")
+    with cluster, Engine(pair, config=config, scheduler=cluster.scheduler_address) as engine:
+        res = run(engine, src, tmp_path, "")
     ref, _ = predict_untiled(img, pair[0], TINY_CARD, halo_px=32, precision="fp32")
     np.testing.assert_allclose(read_band(res.distance_path), ref, rtol=0, atol=1e-5)
 
