@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-# GDAL command-line tools (ogrinfo/gdalinfo) for the real-client tests; Debian package.
+# Real clients for the tests, from Debian: GDAL tools (ogrinfo/gdalinfo), QGIS Python bindings
+# (headless, for the system python3) and Chromium (report rendering). Measured here: about 3 min
+# for python3-qgis + chromium on a fresh machine; skipped when they are already there.
+SYSTEM_DEPS := gdal-bin python3-qgis chromium
 system-deps:
-	@command -v ogrinfo >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq gdal-bin >/dev/null; }
+	@missing=""; for p in $(SYSTEM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing (a few minutes, once)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 demo: $(STAMP)
 	$(BIN)/cracksurvey process examples/survey --overwrite

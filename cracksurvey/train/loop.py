@@ -407,7 +407,7 @@ def calibrate(
     from ..model import load_model
 
     model, card = load_model(run_dir / "best.safetensors", device=device)
-    sweep = tuple(float(t) for t in np.arange(0.5, 10.01, 0.5))
+    sweep = tuple(float(t) for t in np.arange(0.25, 12.01, 0.25))
     val = validate(model, val_samples, cfg=cfg, device=device, bf16=bf16, thresholds=sweep)
     metrics = {
         "validation": {k: v for k, v in val.items() if k != "sweep"},
