@@ -338,7 +338,11 @@ def read_card(path: str | Path) -> ModelCard:
 
 
 def load_model(
-    path: str | Path | None = None, *, device: str | torch.device = "cpu", verify: bool = True
+    path: str | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    verify: bool = True,
+    fold_bn: bool = True,
 ) -> tuple[TernausNet, ModelCard]:
     """Load weights and their card; verify the checksum and that the weights fit the architecture.
 
@@ -347,41 +351,100 @@ def load_model(
     path : path to a ``.safetensors`` file, or None for the shipped default model.
     device : torch device to place the model on.
     verify : check the SHA-256 against the card.
+    fold_bn : fold BatchNorm into the convolutions (:func:`fold_batchnorm`): faster inference,
+        same outputs; pass False to get a model that can be trained further.
 
     Returns
     -------
     (model in eval mode, card)
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     weights = Path(path) if path is not None else default_weights_path()
     weights = weights.with_suffix(".safetensors")
     if not weights.exists():
         raise ModelError(f"{weights}: weights file not found; pass --weights PATH to a .safetensors file")
     card = read_card(weights)
+    model = model_from_bytes(
+        weights.read_bytes(), card, device=device, verify=verify, source=str(weights), fold_bn=fold_bn
+    )
+    return model, card
+
+
+def model_from_bytes(
+    data: bytes,
+    card: ModelCard,
+    *,
+    device: str | torch.device = "cpu",
+    verify: bool = True,
+    source: str = "weights",
+    fold_bn: bool = True,
+) -> TernausNet:
+    """Build the card's network from the bytes of a ``.safetensors`` file (no file needed).
+
+    This is how weights reach Dask workers on other machines: the bytes travel once per worker.
+
+    Parameters
+    ----------
+    data : content of the safetensors file.
+    card : its model card.
+    device : torch device to place the model on.
+    verify : check the SHA-256 of ``data`` against the card.
+    source : name used in error messages (the file the bytes came from).
+    fold_bn : fold BatchNorm into the convolutions (:func:`fold_batchnorm`, inference only).
+
+    Raises
+    ------
+    ModelError
+        Checksum mismatch, unreadable bytes, or weights that do not fit the architecture.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     if verify and card.sha256:
-        digest = sha256_file(weights)
+        digest = hashlib.sha256(data).hexdigest()
         if digest != card.sha256:
             raise ModelError(
-                f"{weights}: checksum {digest[:12]}… does not match the card's {card.sha256[:12]}…; "
+                f"{source}: checksum {digest[:12]}… does not match the card's {card.sha256[:12]}…; "
                 "the file is corrupt or belongs to another card"
             )
     model = build_model(card)
     try:
-        state = load_file(str(weights))
+        state = load(data)
     except SafetensorError as exc:
-        raise ModelError(f"{weights}: not a readable safetensors file ({exc})") from exc
+        raise ModelError(f"{source}: not a readable safetensors file ({exc})") from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelError(
-            f"{weights}: weights do not match the card's architecture "
+            f"{source}: weights do not match the card's architecture "
             f"({card.architecture}, width {card.width}, body_head {card.body_head}): {first}"
         ) from exc
     model.eval().to(device)
-    return model, card
+    return fold_batchnorm(model) if fold_bn else model
+
+
+def fold_batchnorm(model: TernausNet) -> TernausNet:
+    """Fold every eval-mode BatchNorm into the convolution before it (in place), for inference.
+
+    ``conv -> BN`` becomes one conv with scaled weights and a shifted bias; the BN becomes an
+    Identity. Same outputs up to float rounding (tested), one pass less over every activation:
+    BatchNorm was about a fifth of the forward time on the CPU. Do not train the result.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ModelError("fold_batchnorm needs a model in eval mode (running statistics)")
+    for idx, norm in model.encoder_norms.items():
+        if isinstance(norm, nn.BatchNorm2d):
+            model.encoder[int(idx)] = fuse_conv_bn_eval(model.encoder[int(idx)], norm)
+            model.encoder_norms[idx] = nn.Identity()
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, norm = seq[i], seq[i + 1]
+            if isinstance(norm, nn.BatchNorm2d) and isinstance(conv, nn.Conv2d | nn.ConvTranspose2d):
+                seq[i] = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, nn.ConvTranspose2d))
+                seq[i + 1] = nn.Identity()
+    return model
 
 
 def load_imagenet_encoder(model: TernausNet) -> None:
