@@ -201,6 +201,46 @@ def _edge_distance(
     return out
 
 
+def _edt_at(
+    mask: NDArray[np.bool_], rows: NDArray[np.intp], cols: NDArray[np.intp], *, margin_px: int = 48
+) -> NDArray[np.float64]:
+    """Euclidean distance from ``mask`` pixels at ``(rows, cols)`` to the nearest background pixel.
+
+    Outside the array counts as background. Exact, but computed on the bounding box of the
+    queried pixels grown by ``margin_px`` instead of the whole tile (a tile-sized EDT cost more
+    than the skeleton): inside the box the outside is taken as foreground, which can only
+    lengthen distances, so a value shorter than the pixel's distance to the box's inner edges
+    is the true one; any other pixel is recomputed on the whole array.
+    """
+    h, w = mask.shape
+    r0, r1 = max(int(rows.min()) - margin_px, 0), min(int(rows.max()) + margin_px + 1, h)
+    c0, c1 = max(int(cols.min()) - margin_px, 0), min(int(cols.max()) + margin_px + 1, w)
+    # Pad with background on the array's own borders, with foreground on the box's inner edges.
+    pad = ((1, 1), (1, 1))
+    box = np.pad(mask[r0:r1, c0:c1], pad, constant_values=False)
+    if r0 > 0:
+        box[0, :] = True
+    if r1 < h:
+        box[-1, :] = True
+    if c0 > 0:
+        box[:, 0] = True
+    if c1 < w:
+        box[:, -1] = True
+    edt = ndimage.distance_transform_edt(box)[1:-1, 1:-1][rows - r0, cols - c0]
+    inf = np.inf
+    room = np.minimum.reduce([
+        rows - r0 + 1 if r0 > 0 else np.full(rows.shape, inf),
+        r1 - rows if r1 < h else np.full(rows.shape, inf),
+        cols - c0 + 1 if c0 > 0 else np.full(rows.shape, inf),
+        c1 - cols if c1 < w else np.full(rows.shape, inf),
+    ])
+    unsure = edt >= room
+    if unsure.any():
+        full = ndimage.distance_transform_edt(np.pad(mask, 1, constant_values=False))[1:-1, 1:-1]
+        edt[unsure] = full[rows[unsure], cols[unsure]]
+    return edt
+
+
 def measure_width_px(
     body: ArrayLike,
     skeleton: ArrayLike,
@@ -275,9 +315,8 @@ def measure_width_px(
     width[~inside] = np.nan
     failed = inside & ~np.isfinite(width)
     if failed.any():
-        body_mask = np.pad(b >= iso_level, 1, constant_values=False)
-        edt = ndimage.distance_transform_edt(body_mask)[1:-1, 1:-1]
-        width[failed] = np.maximum(2.0 * edt[rows[failed], cols[failed]] - 1.0, 1.0)
+        edt = _edt_at(b >= iso_level, rows[failed], cols[failed])
+        width[failed] = np.maximum(2.0 * edt - 1.0, 1.0)
         logger.debug("width: %d of %d profiles fell back to the EDT", failed.sum(), rows.size)
     return width.astype(np.float32)
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 
 from cracksurvey.skeleton import (
     TileSkeleton,
@@ -274,3 +275,25 @@ def test_tiled_extraction_equals_untiled(row_cut, col_cut, halo):
     np.testing.assert_array_equal(tiled.rows[order], whole.rows)
     np.testing.assert_array_equal(tiled.cols[order], whole.cols)
     np.testing.assert_allclose(tiled.width_px[order], whole.width_px, atol=1e-4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    shape=st.tuples(st.integers(3, 120), st.integers(3, 120)),
+    density=st.floats(0.005, 0.05),
+    grow=st.integers(0, 6),
+    margin=st.integers(0, 30),
+    seed=st.integers(0, 2**16),
+)
+def test_cropped_edt_equals_the_whole_array_edt(shape, density, grow, margin, seed):
+    from cracksurvey.skeleton import _edt_at
+
+    rng = np.random.default_rng(seed)
+    mask = ndimage.binary_dilation(rng.random(shape) < density, iterations=grow) if grow else rng.random(shape) < density
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return
+    pick = rng.choice(rows.size, size=min(rows.size, 12), replace=False)
+    expected = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1][rows[pick], cols[pick]]
+    got = _edt_at(mask, rows[pick], cols[pick], margin_px=margin)
+    np.testing.assert_array_equal(got, expected)
