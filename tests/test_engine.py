@@ -283,5 +283,5 @@ def test_writer_makes_a_cog_with_overviews_from_windows(tmp_path):
     assert valid, errors
     with rasterio.open(out) as ds:
         assert ds.overviews(1) == [2, 4] and ds.block_shapes[0] == (512, 512)
-        assert ds.profile["compress"] == "deflate"
+        assert ds.profile["compress"] == "zstd"
         assert ds.read(1)[650, 1050] == 600 + 900
