@@ -11,9 +11,18 @@ Design points:
 - **Tasks read their own pixels.** A task gets the image path and a
   :class:`~cracksurvey.tiling.Tile` and reads its window inside the worker; no pixel array
   travels from the client.
-- **One model per worker, loaded once.** Weights on disk are loaded by the worker on first use
-  and cached in the worker process, keyed by (weights path, SHA-256, device). An in-memory
-  ``(model, card)`` pair is scattered to the workers once per engine.
+- **One model per worker, loaded once; no shared filesystem needed.** The weights travel as
+  the bytes of the safetensors file (or, for an in-memory ``(model, card)`` pair, the pickled
+  pair) inside a Dask worker plugin: the scheduler sends it once to every worker, including
+  workers that join later or replace a dead one. A worker builds the model on first use and
+  caches it, keyed by (weights SHA-256, device).
+- **Device per worker.** ``device='auto'`` is resolved in each worker (cuda if that worker sees
+  a GPU, else cpu), and so is bf16 support. When the cluster has workers that advertise a
+  ``GPU`` resource (``dask worker --resources GPU=1``), tile tasks (the model work) are
+  submitted with ``resources={'GPU': 1}`` and run only there.
+- **Faults.** A worker that dies mid-task is replaced by its nanny (LocalCluster, ``dask
+  worker``) and the scheduler reruns its tasks elsewhere; a task that raises is retried
+  ``retries`` times before its image fails.
 - **Torch threads are set explicitly** in the worker (Dask sets OMP/MKL threads to 1 in worker
   processes): ``cores // (workers * threads_per_worker)`` per task by default.
 - **Backpressure.** At most ``max_in_flight`` tiles are submitted at any time, so memory is flat
@@ -39,6 +48,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,12 +57,13 @@ from typing import Any
 import numpy as np
 import torch
 from affine import Affine
+from distributed.diagnostics.plugin import WorkerPlugin
 from rasterio.crs import CRS
 from torch import nn
 
 from .errors import ModelError
 from .io.raster import RasterInfo, RasterSource, TiledRasterWriter, describe_raster
-from .model import ModelCard, default_weights_path, load_model, read_card
+from .model import ModelCard, default_weights_path, load_model, model_from_bytes, read_card
 from .predict import Precision, effective_precision, percentile_scale, prepare_bands, valid_pixels
 from .skeleton import TileSkeleton
 from .tiling import MASK_NODATA, Tile, TileResult, process_tile, read_window_reflect, tile_grid
@@ -117,7 +128,14 @@ class EngineConfig:
     max_in_flight : int or None
         Tiles submitted but not yet written; None = 2 per task slot.
     device : str
-        Torch device of the workers.
+        Torch device of the workers; ``auto`` = cuda if the worker sees a GPU, else cpu
+        (decided in each worker).
+    retries : int
+        Extra attempts for a tile task that raised (e.g. a network filesystem hiccup or a GPU
+        out of memory); tasks lost with a dead worker are rerun by the scheduler regardless.
+    gpu_resource : str
+        Dask resource name that GPU workers advertise; when any worker does, tile tasks need
+        one unit of it.
     """
 
     tile_px: int = 896
@@ -129,6 +147,8 @@ class EngineConfig:
     processes: bool = True
     max_in_flight: int | None = None
     device: str = "cpu"
+    retries: int = 1
+    gpu_resource: str = "GPU"
 
 
 @dataclass(frozen=True)
@@ -190,19 +210,103 @@ class _BandSpec:
     scale: np.ndarray | None = field(default=None, compare=False)
 
 
-_MODELS: dict[tuple[str, str, str], tuple[nn.Module, ModelCard]] = {}
+@dataclass(frozen=True)
+class _WeightsBytes:
+    """The content of a safetensors file and its card (what a remote worker needs)."""
+
+    data: bytes = field(repr=False)
+    card: ModelCard
+
+
+@dataclass(frozen=True)
+class _PluginModelRef:
+    """A model installed on every worker by the :class:`_ModelPlugin` called ``name``."""
+
+    name: str
+    sha256: str
+
+
+_MODELS: dict[tuple[str, str], tuple[nn.Module, ModelCard]] = {}
 _MODELS_LOCK = threading.Lock()
+_PAYLOADS: dict[str, Any] = {}  # plugin name -> _WeightsBytes or (model, card), in workers
+
+
+class _ModelPlugin(WorkerPlugin):
+    """Carries the model to every worker once, also to workers that join or restart later."""
+
+    def __init__(
+        self, ref: _PluginModelRef, payload: _WeightsBytes | tuple[nn.Module, ModelCard]
+    ) -> None:
+        self.name = ref.name
+        self.ref = ref
+        self.payload = payload
+
+    def setup(self, worker: Any) -> None:
+        _PAYLOADS[self.name] = self.payload
+
+    def teardown(self, worker: Any) -> None:
+        _PAYLOADS.pop(self.name, None)
+        # an in-memory model goes with its plugin; weights files stay cached for the next run
+        if isinstance(self.payload, tuple):
+            with _MODELS_LOCK:
+                for key in [k for k in _MODELS if k[0] == self.ref.sha256]:
+                    del _MODELS[key]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` if this process sees a GPU, else ``mps``, else ``cpu``.
+
+    Other values are returned unchanged. On a cluster this runs in each worker, so a mixed
+    cluster uses its GPUs where they are.
+    """
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 def _worker_model(ref: Any, device: str) -> tuple[nn.Module, ModelCard]:
-    if not isinstance(ref, _WeightsRef):
-        return ref  # an in-memory (model, card) pair, already resolved by Dask
-    key = (ref.path, ref.sha256, device)
+    """The model of ``ref`` on ``device``, built once per process (worker) and cached."""
+    if isinstance(ref, tuple):
+        return ref  # an in-memory (model, card) pair (synchronous mode)
+    key = (ref.sha256, device)
     with _MODELS_LOCK:
         if key not in _MODELS:
-            log.info("loading %s on %s", ref.path, device)
-            _MODELS[key] = load_model(ref.path, device=device)
+            _MODELS[key] = _build_worker_model(ref, device)
         return _MODELS[key]
+
+
+def _build_worker_model(ref: Any, device: str) -> tuple[nn.Module, ModelCard]:
+    if isinstance(ref, _WeightsRef):
+        log.info("loading %s on %s", ref.path, device)
+        return load_model(ref.path, device=device)
+    payload = _PAYLOADS.get(ref.name)
+    if payload is None:
+        raise RuntimeError(f"model plugin {ref.name} is not installed on this worker")
+    if isinstance(payload, tuple):
+        return payload
+    log.info("building %s on %s", payload.card.model_id, device)
+    model = model_from_bytes(
+        payload.data, payload.card, device=device, source=payload.card.model_id
+    )
+    return model, payload.card
+
+
+def _task_resources(workers: dict[str, Any], resource: str) -> dict[str, float] | None:
+    """``{resource: 1}`` when some worker advertises ``resource`` (GPU workers), else None.
+
+    >>> _task_resources({"a": {"resources": {"GPU": 1}}, "b": {"resources": {}}}, "GPU")
+    {'GPU': 1}
+    >>> _task_resources({"a": {}}, "GPU") is None
+    True
+    """
+    if any(w.get("resources", {}).get(resource, 0) > 0 for w in workers.values()):
+        return {resource: 1}
+    return None
 
 
 def _set_torch_threads(n: int | None) -> None:
@@ -234,6 +338,8 @@ def _tile_task(
     Returns ``(tile, None)`` when the whole core is nodata (no forward pass).
     """
     _set_torch_threads(torch_threads)
+    device = resolve_device(device)
+    precision = effective_precision(precision, device)
     with RasterSource(info.path) as source:
         raw = read_window_reflect(source.read, tile.read, info.height, info.width)
     valid = valid_pixels(raw, nodata=bands.nodata, alpha_band=bands.alpha_band)
@@ -311,7 +417,8 @@ class Engine:
             self._model_ref = _WeightsRef(str(path.resolve()), self.card.sha256)
         self._client: Any = None
         self._cluster: Any = None
-        self._scattered: Any = None
+        self._remote_ref: _PluginModelRef | None = None
+        self._resources: dict[str, float] | None = None
         self._n_slots = 1
         self._torch_threads: int | None = 1
 
@@ -331,34 +438,63 @@ class Engine:
     def _ensure_client(self) -> Any:
         if self._client is not None:
             return self._client
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
         if self.scheduler is not None:
             self._client = Client(self.scheduler)
-            info = self._client.scheduler_info()["workers"]
-            self._n_slots = max(1, sum(w.get("nthreads", 1) for w in info.values()))
+            workers = self._client.scheduler_info()["workers"]
+            self._n_slots = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
             self._torch_threads = self.config.torch_threads  # None: decided in each worker
+            self._resources = _task_resources(workers, self.config.gpu_resource)
         else:
-            n_workers, threads, torch_threads = self._layout()
-            self._cluster = LocalCluster(
-                n_workers=n_workers,
-                threads_per_worker=threads,
-                processes=self.config.processes,
-                dashboard_address=None,
-                # the scheduler's health/metrics HTTP server still starts: any free port, so
-                # concurrent clusters on one machine do not warn about port 8787
-                scheduler_kwargs={"dashboard_address": ":0"},
-                silence_logs=logging.WARNING,
-            )
-            self._client = Client(self._cluster)
-            self._n_slots = n_workers * threads
-            self._torch_threads = torch_threads
+            self._client = Client(self._start_local_cluster())
         log.info(
-            "dask: %d task slot(s), torch threads per task %s", self._n_slots, self._torch_threads
+            "dask: %d task slot(s), torch threads per task %s, task resources %s",
+            self._n_slots,
+            self._torch_threads,
+            self._resources,
         )
-        if isinstance(self._model_ref, tuple):
-            self._scattered = self._client.scatter(self._model_ref, broadcast=True, hash=False)
+        self._install_model()
         return self._client
+
+    def _start_local_cluster(self) -> Any:
+        from distributed import LocalCluster
+
+        n_workers, threads, torch_threads = self._layout()
+        self._cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads,
+            processes=self.config.processes,
+            dashboard_address=None,
+            # the scheduler's health/metrics HTTP server still starts: any free port, so
+            # concurrent clusters on one machine do not warn about port 8787
+            scheduler_kwargs={"dashboard_address": ":0"},
+            silence_logs=logging.WARNING,
+        )
+        self._n_slots = n_workers * threads
+        self._torch_threads = torch_threads
+        return self._cluster
+
+    def _install_model(self) -> None:
+        """Send the model to every worker once (a worker plugin; see the module docstring)."""
+        source = self._model_ref
+        if isinstance(source, _WeightsRef):
+            payload: Any = _WeightsBytes(Path(source.path).read_bytes(), self.card)
+            sha256 = source.sha256
+        else:
+            payload, sha256 = source, f"in-memory-{uuid.uuid4().hex}"
+        ref = _PluginModelRef(f"cracksurvey-model-{sha256[:16]}-{uuid.uuid4().hex[:8]}", sha256)
+        self._client.register_plugin(_ModelPlugin(ref, payload), name=ref.name)
+        self._remote_ref = ref
+
+    def _uninstall_model(self) -> None:
+        if self._remote_ref is None:
+            return
+        try:
+            self._client.unregister_worker_plugin(self._remote_ref.name)
+        except Exception as exc:  # a cluster going away must not hide the run's own outcome
+            log.warning("could not unregister the model plugin: %s", exc)
+        self._remote_ref = None
 
     def start(self) -> Engine:
         """Start (or connect to) the Dask cluster now rather than at the first image."""
@@ -369,6 +505,7 @@ class Engine:
     def close(self) -> None:
         """Shut down the client and the local cluster (if this engine started them)."""
         if self._client is not None:
+            self._uninstall_model()
             self._client.close()
             self._client = None
         if self._cluster is not None:
@@ -416,7 +553,7 @@ class Engine:
         from distributed import as_completed
 
         client = self._ensure_client()
-        model_ref = self._scattered if self._scattered is not None else self._model_ref
+        model_ref = self._remote_ref
         max_in_flight = self.config.max_in_flight or 2 * self._n_slots
         todo = iter(tiles)
 
@@ -429,10 +566,12 @@ class Engine:
                 tile,
                 bands,
                 model_ref,
-                precision=precision,
+                precision=self.config.precision,  # bf16 support: the worker's CPU/GPU
                 torch_threads=self._torch_threads,
                 device=self.config.device,
                 pure=False,
+                retries=self.config.retries,
+                resources=self._resources,
             )
             in_flight.add(future)
             return future
@@ -487,7 +626,8 @@ class Engine:
             halo_px=cfg.halo_px,
             multiple=self.card.input_multiple,
         )
-        precision = effective_precision(cfg.precision, cfg.device)
+        # as this process sees it; each worker decides for its own device (see _tile_task)
+        precision = effective_precision(cfg.precision, resolve_device(cfg.device))
         results = (
             self._results_synchronous(info, tiles, bands, precision)
             if self.synchronous
