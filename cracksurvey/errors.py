@@ -34,3 +34,7 @@ class DatasetError(CrackSurveyError, ValueError):
 
 class CrackSurveyWarning(UserWarning):
     """Warnings emitted by cracksurvey (tests turn them into errors)."""
+
+
+class OutputWriteError(CrackSurveyError, OSError):
+    """The output folder cannot be written (no space left, read-only, no permission)."""

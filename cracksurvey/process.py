@@ -36,8 +36,10 @@ the other images keep their results.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -54,7 +56,7 @@ import pandas as pd
 
 from cracksurvey import __version__
 from cracksurvey.config import ProcessConfig
-from cracksurvey.errors import CrackSurveyError, CrackSurveyWarning, ModelError
+from cracksurvey.errors import CrackSurveyError, CrackSurveyWarning, ModelError, OutputWriteError
 from cracksurvey.survey import ImageRecord, ImageStatus, Survey, discover_survey
 
 if TYPE_CHECKING:
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
 
     from cracksurvey.engine import Engine
     from cracksurvey.georef import Georef
+    from cracksurvey.io.cache import CachedImage, ImageCache
     from cracksurvey.model import ModelCard
 
 __all__ = [
@@ -89,6 +92,8 @@ class ProgressEvent:
         ``images``: the run starts, ``total`` images. ``image``: image number ``done + 1`` of
         ``total`` starts. ``tile``: ``done`` of ``total`` tiles of ``image`` are written.
         ``image_done``: ``outcome`` of image number ``done`` of ``total``.
+    cached : bool
+        ``image_done`` only: the outcome comes from the cache of a previous run.
     """
 
     kind: ProgressKind
@@ -96,6 +101,7 @@ class ProgressEvent:
     total: int
     image: str | None = None
     outcome: ImageOutcome | None = None
+    cached: bool = False
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -214,20 +220,6 @@ class _Timings:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
-
-
-def _resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` if available, else ``mps``, else ``cpu``; other values unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def _weights_path(weights: str | Path | None, survey_root: Path) -> Path | None:
@@ -378,20 +370,22 @@ def _process_image(
     config: ProcessConfig,
     card: ModelCard,
     raster_dir: Path,
+    write_dir: Path,
     root: Path,
     footprints: gpd.GeoDataFrame | None,
     timings: _Timings,
     on_tile_done: Callable[[int, int], None] | None,
 ) -> tuple[ImageOutcome, _ImageLayers]:
+    """Run one image; its COGs go to ``write_dir`` (the outcome names them in ``raster_dir``)."""
     import geopandas as gpd
     from rasterio.errors import NotGeoreferencedWarning
 
+    from cracksurvey.io.cache import RASTER_NAMES
     from cracksurvey.vectorize import vectorize_skeleton
 
     georef = record.georef
     assert georef is not None and record.width is not None and record.height is not None
-    distance_path = raster_dir / f"{record.stem}_distance.tif"
-    mask_path = raster_dir / f"{record.stem}_mask.tif"
+    distance_path, mask_path = (write_dir / name for name in RASTER_NAMES)
     with timings("engine"), warnings.catch_warnings():
         # The georeferencing was resolved at discovery (world files, images.csv, pixel units);
         # rasterio's warning about rasters without a geotransform is noise here.
@@ -556,6 +550,178 @@ def _record_fields(
 
 
 # --------------------------------------------------------------------------------------------
+# Cache (resume, idempotence) and output failures
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _ImageRun:
+    """What the images of one run share; runs an image through the cache (see process_survey)."""
+
+    engine: Engine
+    cache: ImageCache
+    config: ProcessConfig
+    card: ModelCard
+    root: Path
+    out: Path
+    raster_dir: Path
+    timings: _Timings
+    footprints_for: Callable[[Georef], gpd.GeoDataFrame | None]
+    model_sha256: str
+    buildings_sha256: str | None
+    reused: list[str] = field(default_factory=list)
+    computed: list[str] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+
+    def image(
+        self, record: ImageRecord, *, on_tile_done: Callable[[int, int], None] | None
+    ) -> tuple[ImageOutcome, _ImageLayers]:
+        """The image's outcome and layers: from its cache entry, else computed into one."""
+        from cracksurvey.io.cache import publish_raster
+
+        key = self._key(record)
+        entry = self.cache.lookup(key)
+        if entry is None:
+            entry = self._compute(record, key, on_tile_done)
+            self.computed.append(record.name)
+        else:
+            self.reused.append(record.name)
+        self.keys.add(key)
+        with self.timings("cache"):
+            for source, kind in ((entry.distance_path, "distance"), (entry.mask_path, "mask")):
+                publish_raster(source, self.raster_dir / f"{record.stem}_{kind}.tif")
+        outcome = ImageOutcome(**{**entry.record["outcome"],
+                                  "warnings": tuple(entry.record["outcome"]["warnings"])})
+        frames = entry.frames
+        layers = _ImageLayers(frames["cracks"], frames["branches"], frames["cracks_3d"],
+                              entry.record["coverage"])
+        return outcome, layers
+
+    def _compute(
+        self, record: ImageRecord, key: str, on_tile_done: Callable[[int, int], None] | None
+    ) -> CachedImage:
+        """Process the image into a staging folder and commit it as the entry of ``key``."""
+        assert record.georef is not None
+        staging = self.cache.stage()
+        try:
+            outcome, layers = _process_image(
+                self.engine, record, config=self.config, card=self.card,
+                raster_dir=self.raster_dir, write_dir=staging, root=self.root,
+                footprints=self.footprints_for(record.georef), timings=self.timings,
+                on_tile_done=on_tile_done,
+            )
+            with self.timings("cache"):
+                return self.cache.commit(
+                    staging, key,
+                    {"outcome": dataclasses.asdict(outcome), "coverage": layers.coverage},
+                    {"cracks": layers.cracks, "branches": layers.branches,
+                     "cracks_3d": layers.cracks_3d},
+                )
+        finally:
+            self.cache.discard(staging)  # gone already when committed
+
+    def _key(self, record: ImageRecord) -> str:
+        """Cache key: everything the image's rasters, layers and outcome depend on."""
+        from cracksurvey.io.cache import cache_key
+
+        georef = record.georef
+        assert georef is not None
+        plane = georef.plane
+        sections = self.config.to_dict()
+        joined_by_footprint = record.building_id is None and georef.kind == "map"
+        return cache_key({
+            "cracksurvey": __version__,
+            "image": {
+                "name": record.name, "path": _display_path(record, self.root),
+                "sha256": record.sha256, "building_id": record.building_id,
+                "facade_id": record.facade_id, "size": [record.width, record.height],
+                "warnings": list(record.warnings),
+            },
+            "georef": {
+                "kind": georef.kind, "source": georef.source,
+                "transform": list(georef.transform)[:6],
+                "crs": georef.crs.to_wkt() if georef.crs is not None else None,
+                "pixel_size_m": georef.pixel_size_m, "metres_per_unit": georef.metres_per_unit,
+                "plane": None if plane is None else {
+                    "start_xy": list(plane.start_xy), "end_xy": list(plane.end_xy),
+                    "base_z": plane.base_z, "crs": plane.crs.to_wkt(),
+                },
+            },
+            "model": {
+                "sha256": self.model_sha256, "threshold_px": self.card.threshold_px,
+                "precision": sections["model"]["precision"], "device": sections["model"]["device"],
+            },
+            "config": {name: sections[name] for name in ("tiling", "vectorize", "cpp")},
+            "buildings": self.buildings_sha256 if joined_by_footprint else None,
+        })
+
+
+def _weights_sha256(card: ModelCard, source: Any) -> str:
+    """The card's checksum; for an in-memory model without one, a hash of its weights."""
+    if card.sha256 or not isinstance(source, tuple):
+        return card.sha256
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(source[0].state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path | None) -> str | None:
+    from cracksurvey.io.survey_files import hash_file
+
+    return hash_file(path) if path is not None and path.is_file() else None
+
+
+def _check_writable(out: Path, raster_dir: Path) -> None:
+    """Create the output folders and write a probe file, or raise one clear error."""
+    import uuid
+
+    from cracksurvey.io.cache import CACHE_DIR
+
+    try:
+        for folder in (raster_dir, out / CACHE_DIR):
+            folder.mkdir(parents=True, exist_ok=True)
+        probe = out / CACHE_DIR / f".probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputWriteError(
+            f"{out}: the output folder cannot be written ({exc.strerror or exc}); fix its "
+            "permissions or free space, or choose another --out"
+        ) from exc
+
+
+#: errno values that mean "the output cannot be written", whichever file was being written.
+_FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+def _output_failure(exc: BaseException, out: Path, n_finished: int) -> OutputWriteError | None:
+    """One clear error for a full disk or an unwritable output folder; None for other errors.
+
+    Input problems are :class:`CrackSurveyError` (e.g. InputRasterError) and stay per-image;
+    GDAL reports write errors without an errno, so its message is matched too.
+    """
+    if isinstance(exc, CrackSurveyError) or not isinstance(exc, OSError):
+        return None
+    text = str(exc)
+    full = exc.errno in _FULL_OR_READ_ONLY or any(
+        os.strerror(code) in text for code in _FULL_OR_READ_ONLY
+    )
+    denied = exc.errno in (errno.EACCES, errno.EPERM) and exc.filename is not None and (
+        Path(str(exc.filename)).resolve().is_relative_to(out.resolve())
+    )
+    if not (full or denied):
+        return None
+    reason = exc.strerror or _one_line(text)
+    return OutputWriteError(
+        f"{out}: cannot write outputs ({reason}); the {n_finished} images finished so far are "
+        f"kept in {out / '.cache'}: free space or fix permissions, then rerun the same command "
+        "to resume"
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # The tool
 # --------------------------------------------------------------------------------------------
 def process_survey(
@@ -569,9 +735,15 @@ def process_survey(
     overwrite: bool = False,
     scheduler: str | None = None,
     synchronous: bool = False,
+    use_cache: bool = True,
     progress: ProgressCallback | None = None,
 ) -> RunSummary:
     """Process a survey directory: every image to crack layers, rasters and summaries.
+
+    Resumable and idempotent: each image's results are cached in ``out_dir/.cache`` (keyed by
+    its content, the model checksum and threshold, the per-image config and georeferencing;
+    :mod:`cracksurvey.io.cache`). A run interrupted before ``run.json`` is written is resumed
+    by running it again; a rerun with ``overwrite`` recomputes only images whose key changed.
 
     Parameters
     ----------
@@ -591,6 +763,8 @@ def process_survey(
         Address of a Dask scheduler (overrides ``engine.scheduler``); default: a local cluster.
     synchronous : bool
         Run the tiles in this process without Dask (debugging, tests).
+    use_cache : bool
+        False: recompute every image (``--no-cache``); results are still cached.
     progress : callable, optional
         Called with a :class:`ProgressEvent` as images and tiles complete.
 
@@ -607,8 +781,12 @@ def process_survey(
         ``out_dir`` holds a previous run and ``overwrite`` is False.
     ModelError
         No weights, or weights that do not match their card.
+    OutputWriteError
+        The output folder cannot be written (read-only, no permission, disk full); images
+        finished before stay in the cache, so rerunning the same command resumes.
     """
-    from cracksurvey.engine import Engine
+    from cracksurvey.engine import Engine, resolve_device
+    from cracksurvey.io.cache import CACHE_DIR, ImageCache
     from cracksurvey.io.outputs import RASTER_DIR, check_output_dir, clear_previous_outputs
 
     started = datetime.now(timezone.utc)
@@ -637,7 +815,8 @@ def process_survey(
             stacklevel=2,
         )
     scheduler = scheduler or config.engine.scheduler
-    device = _resolve_device(config.model.device)
+    # the client's device: to check the weights here; workers resolve "auto" for themselves
+    device = resolve_device(config.model.device)
     with timings("model"):
         model_source, card, model_info = _load_model(
             weights if isinstance(weights, tuple) else config.model.weights,
@@ -649,7 +828,9 @@ def process_survey(
     if overwrite:
         clear_previous_outputs(out)
     raster_dir = out / RASTER_DIR
-    raster_dir.mkdir(parents=True, exist_ok=True)
+    _check_writable(out, raster_dir)
+    cache = ImageCache(out, reuse=use_cache)
+    cache.prune(keep=None)  # staging folders of a killed run
 
     from cracksurvey.summary import footprints_in
 
@@ -667,9 +848,15 @@ def process_survey(
     results: list[tuple[ImageRecord, _ImageLayers]] = []
     total = len(survey.images)
     emit(ProgressEvent("images", 0, total))
-    engine_cfg = _engine_config(config, device)
+    engine_cfg = _engine_config(config, config.model.device)
     with Engine(model_source, config=engine_cfg, scheduler=scheduler,
                 synchronous=synchronous) as engine:
+        run = _ImageRun(
+            engine=engine, cache=cache, config=config, card=card, root=survey.root, out=out,
+            raster_dir=raster_dir, timings=timings, footprints_for=footprints_for,
+            model_sha256=_weights_sha256(card, model_source),
+            buildings_sha256=_file_sha256(survey.buildings_path),
+        )
         for index, record in enumerate(survey.images):
             emit(ProgressEvent("image", index, total, image=record.name))
             if record.status == "error" or record.georef is None:
@@ -682,22 +869,30 @@ def process_survey(
                     emit(ProgressEvent("tile", done, n, image=name))
 
                 try:
-                    outcome, layers = _process_image(
-                        engine, record, config=config, card=card, raster_dir=raster_dir,
-                        root=survey.root, footprints=footprints_for(record.georef),
-                        timings=timings, on_tile_done=on_tile,
-                    )
+                    outcome, layers = run.image(record, on_tile_done=on_tile)
                     results.append((record, layers))
                 except Exception as exc:  # one image must not cost the others their results
+                    failure = _output_failure(exc, out, len(run.keys))
+                    if failure is not None:  # every next image would fail the same way
+                        raise failure from exc
                     outcome = _failed(record, exc, root=survey.root, raster_dir=raster_dir)
             outcomes.append(outcome)
             emit(ProgressEvent("image_done", index + 1, total, image=record.name,
-                               outcome=outcome))
+                               outcome=outcome, cached=record.name in run.reused))
 
-    return _write_outputs(
-        survey, out, outcomes, results, model_info=model_info, timings=timings,
-        started=started, t0=t0,
-    )
+    try:
+        summary = _write_outputs(
+            survey, out, outcomes, results, model_info=model_info, timings=timings,
+            started=started, t0=t0,
+            cache_info={"dir": CACHE_DIR, "reused": run.reused, "computed": run.computed},
+        )
+    except OSError as exc:
+        failure = _output_failure(exc, out, len(run.keys))
+        if failure is None:
+            raise
+        raise failure from exc
+    cache.prune(keep=run.keys)  # entries of images no longer in the survey, or stale configs
+    return summary
 
 
 # --------------------------------------------------------------------------------------------
@@ -817,6 +1012,7 @@ def _write_outputs(
     timings: _Timings,
     started: datetime,
     t0: float,
+    cache_info: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     from cracksurvey.io.outputs import (
         describe_input_files,
@@ -898,6 +1094,7 @@ def _write_outputs(
             ),
         },
         "timings_s": {k: round(v, 3) for k, v in timings.seconds.items()},
+        "cache": dict(cache_info or {}),
         "n_images": len(outcomes),
         "n_images_failed": failed,
         "n_cracks": n_cracks,

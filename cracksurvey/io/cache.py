@@ -1,0 +1,264 @@
+"""Per-image result cache: what makes an interrupted run resumable and a rerun free.
+
+Each image that succeeds leaves one entry in ``<out>/.cache/<key>/``, where ``key`` is the
+SHA-256 of everything its results depend on (input content hash, model checksum and threshold,
+the config sections that change per-image results, its georeferencing and ids; see
+:func:`cache_key`). An entry holds:
+
+- ``distance.tif``, ``mask.tif``: the COGs, hard-linked (else copied) to ``<out>/rasters/``;
+- ``layers.npz`` + ``entry.json``: the image's outcome, crack and branch layers and coverage, in
+  a safe, exact format (no pickle: an output folder may come from someone else; numbers as
+  binary arrays, geometries as WKB, strings as JSON).
+
+Atomicity: an entry is built in a staging folder (``.cache/.staging-*``) and renamed to its
+key in one step, ``entry.json`` written last; a folder whose ``entry.json`` is missing,
+unreadable or whose files do not have the sizes it lists is not an entry (a crash, a full disk,
+a hand edit) and is recomputed. Staging leftovers of a killed run are removed by
+:meth:`ImageCache.prune`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["CACHE_DIR", "RASTER_NAMES", "CachedImage", "ImageCache", "cache_key", "publish_raster"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIR = ".cache"
+#: Bump when the entry layout changes: old entries then simply miss.
+CACHE_FORMAT = 1
+_ENTRY_JSON = "entry.json"
+_LAYERS_NPZ = "layers.npz"
+RASTER_NAMES = ("distance.tif", "mask.tif")
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of ``parts`` as canonical JSON (sorted keys; non-JSON values as ``str``).
+
+    >>> cache_key({"b": 1, "a": [0.5, None]}) == cache_key({"a": [0.5, None], "b": 1})
+    True
+    """
+    text = json.dumps(
+        {"format": CACHE_FORMAT, **parts}, sort_keys=True, default=str, allow_nan=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    """A cache entry read back.
+
+    Attributes
+    ----------
+    key : str
+    record : dict
+        JSON-ready data of the image (its outcome and coverage rows), as committed.
+    frames : dict of str to GeoDataFrame or None
+        The image's layers, as committed (``None`` stays ``None``).
+    distance_path, mask_path : Path
+        The COGs inside the entry.
+    """
+
+    key: str
+    record: dict[str, Any]
+    frames: dict[str, Any]
+    distance_path: Path
+    mask_path: Path
+
+
+class ImageCache:
+    """The entries of one output folder (``<out>/.cache``).
+
+    Parameters
+    ----------
+    out_dir : Path
+        The run's output folder.
+    reuse : bool
+        False: :meth:`lookup` always misses (``--no-cache``); results are still committed, so
+        an interrupted run stays resumable.
+    """
+
+    def __init__(self, out_dir: str | Path, *, reuse: bool = True) -> None:
+        self.root = Path(out_dir) / CACHE_DIR
+        self.reuse = reuse
+
+    def lookup(self, key: str) -> CachedImage | None:
+        """The complete entry of ``key``, or None (missing, half-written or damaged)."""
+        return self._read(key) if self.reuse else None
+
+    def _read(self, key: str) -> CachedImage | None:
+        entry = self.root / key
+        try:
+            meta = json.loads((entry / _ENTRY_JSON).read_text(encoding="utf-8"))
+            sizes = meta["sizes"]
+            if meta.get("key") != key or any(
+                (entry / name).stat().st_size != size for name, size in sizes.items()
+            ):
+                raise ValueError("its files do not match its manifest")
+            frames = _read_frames(entry / _LAYERS_NPZ, meta["frames"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if entry.exists():
+                logger.warning("%s: damaged cache entry, recomputing (%s)", entry, exc)
+            return None
+        return CachedImage(key, meta["record"], frames, *(entry / n for n in RASTER_NAMES))
+
+    def stage(self) -> Path:
+        """A new, empty staging folder for an entry (the engine writes the COGs there)."""
+        path = self.root / f".staging-{uuid.uuid4().hex}"
+        path.mkdir(parents=True)
+        return path
+
+    def commit(
+        self, staging: Path, key: str, record: Mapping[str, Any], frames: Mapping[str, Any]
+    ) -> CachedImage:
+        """Write ``record`` and ``frames`` into ``staging`` and make it the entry of ``key``.
+
+        The staging folder must already hold the COGs (:data:`RASTER_NAMES`). Returns the
+        entry as read back from disk, so a fresh and a resumed run use identical data.
+        """
+        frame_meta = _write_frames(staging / _LAYERS_NPZ, frames)
+        sizes = {name: (staging / name).stat().st_size for name in (*RASTER_NAMES, _LAYERS_NPZ)}
+        meta = {"key": key, "record": record, "frames": frame_meta, "sizes": sizes}
+        _write_synced(staging / _ENTRY_JSON, json.dumps(meta, allow_nan=True).encode())
+        entry = self.root / key
+        if entry.exists():  # a damaged entry of the same key
+            shutil.rmtree(entry)
+        os.replace(staging, entry)
+        cached = self._read(key)
+        if cached is None:
+            raise OSError(f"{entry}: cache entry unreadable right after writing it")
+        return cached
+
+    def discard(self, staging: Path) -> None:
+        """Delete a staging folder (the image failed)."""
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def prune(self, keep: set[str] | None) -> int:
+        """Delete staging leftovers and the entries whose key is not in ``keep``.
+
+        ``keep=None`` deletes staging leftovers only (start of a run).
+
+        Returns
+        -------
+        int
+            Folders deleted.
+        """
+        if not self.root.is_dir():
+            return 0
+        removed = 0
+        for path in self.root.iterdir():
+            staging = path.name.startswith(".staging-")
+            if path.is_dir() and (staging or (keep is not None and path.name not in keep)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed
+
+
+def publish_raster(source: Path, target: Path) -> None:
+    """Make ``target`` hold ``source``: a hard link (no extra space), else an atomic copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (another filesystem, FAT, some network shares)
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------------------------
+# GeoDataFrames <-> npz + JSON, exactly and without pickle
+# --------------------------------------------------------------------------------------------
+def _write_frames(path: Path, frames: Mapping[str, Any]) -> dict[str, Any]:
+    """Save the frames' columns into one ``.npz``; return the JSON metadata to read them back."""
+    import shapely
+
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {}
+    for name, frame in frames.items():
+        if frame is None:
+            meta[name] = None
+            continue
+        columns = []
+        for column in frame.columns:
+            if column == frame.geometry.name:
+                continue
+            series = frame[column]
+            key = f"{name}/{len(columns)}"
+            if isinstance(series.dtype, np.dtype) and series.dtype.kind in "biuf":
+                arrays[key] = series.to_numpy()
+                columns.append({"name": column, "dtype": series.dtype.str, "array": key})
+            else:
+                values = [None if _is_missing(v) else _json_scalar(v) for v in series]
+                columns.append({"name": column, "dtype": str(series.dtype), "values": values})
+        wkb = shapely.to_wkb(np.asarray(frame.geometry.values), output_dimension=3)
+        lengths = np.array([len(b) for b in wkb], np.int64)
+        arrays[f"{name}/wkb"] = np.frombuffer(b"".join(wkb), np.uint8)
+        arrays[f"{name}/wkb_lengths"] = lengths
+        meta[name] = {
+            "columns": columns,
+            "geometry": frame.geometry.name,
+            "crs": frame.crs.to_wkt() if frame.crs is not None else None,
+        }
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    return meta
+
+
+def _read_frames(path: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    import geopandas as gpd
+    import shapely
+
+    frames: dict[str, Any] = {}
+    with np.load(path, allow_pickle=False) as npz:
+        for name, spec in meta.items():
+            if spec is None:
+                frames[name] = None
+                continue
+            data = {}
+            for column in spec["columns"]:
+                if "array" in column:
+                    data[column["name"]] = pd.Series(npz[column["array"]], dtype=column["dtype"])
+                else:
+                    data[column["name"]] = pd.Series(column["values"], dtype=column["dtype"])
+            buffer = npz[f"{name}/wkb"].tobytes()
+            ends = np.cumsum(npz[f"{name}/wkb_lengths"])
+            starts = ends - npz[f"{name}/wkb_lengths"]
+            geometry = shapely.from_wkb([buffer[s:e] for s, e in zip(starts, ends)])
+            frames[name] = gpd.GeoDataFrame(
+                pd.DataFrame(data),
+                geometry=gpd.GeoSeries(geometry, crs=spec["crs"], name=spec["geometry"]),
+            )
+    return frames
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+
+
+def _json_scalar(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
