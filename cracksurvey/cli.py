@@ -202,7 +202,7 @@ class _ProcessProgress:
             self.images.update(1)
             outcome = event.outcome
             if outcome.status == "error" or not self.quiet:
-                self.write(outcome.line())
+                self.write(outcome.line() + (" (cached)" if event.cached else ""))
 
     def close(self) -> None:
         for bar in (self.tiles, self.images):
@@ -244,9 +244,25 @@ def _process_help() -> str:
                      per-image status
 
     \b
+    Resume: each finished image is cached in OUT/.cache (keyed by the image's
+    content, the model checksum and the config that changes its results).
+    A run stopped before the end (Ctrl-C, kill, power loss) writes no run.json:
+    run the same command again and only the missing images are computed. With
+    --overwrite, unchanged images are taken from the cache too; --no-cache
+    recomputes them all.
+
+    \b
+    Cluster: --scheduler tcp://HOST:8786 runs the tiles on an existing Dask
+    cluster (weights are sent to the workers; no shared folder needed for
+    them, but every worker must read the images at the same path). Workers
+    started with --resources GPU=1 take the model work; model.device=auto
+    picks cuda or cpu in each worker.
+
+    \b
     Config precedence: defaults < --preset < survey.yaml < --config < --set < options.
     Exit status: 0 all images processed, 1 some image failed (the others keep their
-    results), 2 usage, survey, model or output-folder error (nothing processed).
+    results), 2 usage, survey, model or output-folder error (nothing processed;
+    after a full disk mid-run, the finished images stay cached).
     """
 
 
@@ -265,7 +281,10 @@ def _process_help() -> str:
               help="Set any config key, e.g. --set vectorize.min_crack_length_px=20 "
                    "(repeatable).")
 @click.option("--overwrite", is_flag=True,
-              help="Replace the outputs of a previous run in the output folder.")
+              help="Replace the outputs of a previous run in the output folder (cached "
+                   "images are reused unless --no-cache).")
+@click.option("--no-cache", "no_cache", is_flag=True,
+              help="Recompute every image instead of reusing OUT/.cache.")
 @click.option("--scheduler", metavar="ADDRESS", default=None,
               show_default="a local Dask cluster",
               help="Dask scheduler address (tcp://host:8786); 'synchronous' runs the "
@@ -289,7 +308,7 @@ def _process_help() -> str:
 @click.pass_context
 def process(ctx: click.Context, survey_dir: Path, out_dir: Path | None, weights: str | None,
             config_path: str | None, preset: str | None, set_items: tuple[str, ...],
-            overwrite: bool, scheduler: str | None, workers: int | None,
+            overwrite: bool, no_cache: bool, scheduler: str | None, workers: int | None,
             tile_px: int | None, threshold_px: float | None, precision: str | None,
             as_json: bool, quiet: bool) -> None:
     import os
@@ -321,7 +340,7 @@ def process(ctx: click.Context, survey_dir: Path, out_dir: Path | None, weights:
             warnings.showwarning = show_warning
             summary = process_survey(
                 survey_dir, out_dir=out_dir, preset=preset, config_path=config_path,
-                overrides=overrides, overwrite=overwrite,
+                overrides=overrides, overwrite=overwrite, use_cache=not no_cache,
                 scheduler=None if scheduler == "synchronous" else scheduler,
                 synchronous=scheduler == "synchronous", progress=progress,
             )
