@@ -338,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
     args = parser.parse_args(argv)
 
-    log = (lambda *a: print(*a, file=sys.stderr, flush=True))
+    def log(*parts: object) -> None:
+        print(*parts, file=sys.stderr, flush=True)
+
     report: dict[str, object] = {
         "machine": {
             "cores": available_cores(),
