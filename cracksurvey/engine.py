@@ -599,6 +599,7 @@ class Engine:
         distance_path: str | Path,
         mask_path: str | Path,
         on_tile_done: ProgressCallback | None = None,
+        georeference: tuple[Affine, str | None] | None = None,
     ) -> ImageResult:
         """Process one image: write its distance and mask COGs, return its skeleton.
 
@@ -608,6 +609,10 @@ class Engine:
         distance_path, mask_path : output COG paths (written atomically).
         on_tile_done : callable ``(n_done, n_total)``, optional
             Called after each tile is written (wrap it in a tqdm bar in the CLI).
+        georeference : (transform, crs WKT or None), optional
+            Georeferencing of the COGs when the survey resolved it beyond the raster's own
+            tags (a world file with a .prj, an images.csv gsd, a façade frame, pixel units);
+            default: the input raster's transform and CRS.
 
         Raises
         ------
@@ -633,7 +638,8 @@ class Engine:
             if self.synchronous
             else self._results_dask(info, tiles, bands, precision)
         )
-        common = dict(height=info.height, width=info.width, transform=info.transform, crs=info.crs)
+        transform, crs = georeference if georeference is not None else (info.transform, info.crs)
+        common = dict(height=info.height, width=info.width, transform=transform, crs=crs)
         parts: list[TileSkeleton] = []
         distance_out = TiledRasterWriter(
             distance_path, dtype="float32", nodata=float("nan"), **common

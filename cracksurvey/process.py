@@ -393,6 +393,8 @@ def _process_image(
         result = engine.run_image(
             record.path, distance_path=distance_path, mask_path=mask_path,
             on_tile_done=on_tile_done,
+            # the COGs overlay the crack layers: same transform and CRS, as resolved
+            georeference=(georef.transform, georef.crs.to_wkt() if georef.crs else None),
         )
     skeleton = result.skeleton
     vcfg = config.vectorize
@@ -1050,7 +1052,8 @@ def _write_outputs(
                       "MultiPolygon", crs, "per-building crack summary"),
         )
     with timings("write"):
-        write_geopackage(out / "cracks.gpkg", specs)
+        write_geopackage(out / "cracks.gpkg", specs,
+                         metadata=_gpkg_metadata(survey, model_info, started))
         write_summary_tables(
             out, summary, columns={"building_id": "building id", **SUMMARY_COLUMNS}
         )
@@ -1122,6 +1125,22 @@ def _write_outputs(
         n_cracks_unassigned=unassigned,
         record=record,
     )
+
+
+def _gpkg_metadata(
+    survey: Survey, model_info: Mapping[str, Any], started: datetime
+) -> dict[str, str]:
+    """The run as GeoPackage metadata: what made these layers (run.json has the rest)."""
+    return {
+        "cracksurvey_version": __version__,
+        "model_id": str(model_info["model_id"]),
+        "model_sha256": str(model_info["sha256"]),
+        "model_threshold_px": f"{model_info['threshold_px']:g}",
+        "started_utc": started.isoformat(timespec="seconds"),
+        "written_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "survey": survey.root.resolve().name,
+        "run_record": "run.json",
+    }
 
 
 def _environment() -> dict[str, str]:

@@ -53,6 +53,7 @@ def test_layers_crs_types_and_version(tmp_path: Path) -> None:
         "cracks_px": "MultiLineString",
         "empty": "LineString",
         "cracks_3d": "MultiLineString Z",
+        "layer_styles": None,  # QGIS default styles (tests/test_styles.py)
     }
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 10300  # GeoPackage 1.3

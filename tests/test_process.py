@@ -127,7 +127,7 @@ def test_layers_crs_and_geometry_types(processed) -> None:
     expected = {f"{base}_{g}": kind for g in groups for base, kind in (
         ("cracks", "MultiLineString"), ("crack_branches", "LineString"), ("images", "Polygon"))}
     expected |= {"buildings": "MultiPolygon", "cracks_3d": "MultiLineString Z"}
-    assert layers == expected
+    assert layers == {**expected, "layer_styles": None}  # + QGIS styles table
     assert layer(processed, "cracks_epsg32633").crs.to_epsg() == 32633
     facade = layer(processed, "cracks_facade_b1_n").crs
     assert facade.is_engineering and facade.name == "cracksurvey facade B1-N"
@@ -139,7 +139,8 @@ def test_layers_crs_and_geometry_types(processed) -> None:
     listing = subprocess.run(["ogrinfo", "-so", str(processed.gpkg_path)], capture_output=True,
                              text=True, check=True)
     assert sorted(line.split(": ", 1)[1].split(" (")[0]
-                  for line in listing.stdout.splitlines() if line[:1].isdigit()) == sorted(expected)
+                  for line in listing.stdout.splitlines() if line[:1].isdigit()) == sorted(
+        [*expected, "layer_styles"])
     assert "Warning" not in listing.stderr, listing.stderr
 
 

@@ -22,6 +22,10 @@ placed façade's cracks in one layer; ``buildings`` is in the CRS of the buildin
 survey.crs, else the only projected CRS of the images). run.json lists every layer with its
 CRS.
 
+Every layer of a known kind opens styled in QGIS: its default style is stored in the
+``layer_styles`` table (:mod:`cracksurvey.io.styles`). The run (package version, model id and
+checksum, dates) is recorded as GeoPackage metadata (``gpkg_metadata``).
+
 The first layer is written with the dataset option ``VERSION=1.3`` (pyogrio/GDAL 3.8+ write
 GeoPackage 1.4 by default, on which GDAL 3.6 and QGIS 3.22 warn). Empty layers are still
 created with their full schema, so a QGIS project always finds them.
@@ -44,6 +48,7 @@ import pandas as pd
 from pyproj import CRS
 
 from cracksurvey.georef import facade_id_from_crs, same_crs
+from cracksurvey.io.styles import LayerKind, LayerStyle, default_style, write_layer_styles
 
 __all__ = [
     "GPKG_VERSION",
@@ -81,6 +86,9 @@ class LayerSpec:
         The layer CRS (None: no CRS, pixel units).
     description : str
         GeoPackage layer description (shown by QGIS).
+    kind : LayerKind, optional
+        What the layer holds, which decides its default QGIS style
+        (:func:`cracksurvey.io.styles.default_style`); default: from the name.
     """
 
     name: str
@@ -88,6 +96,7 @@ class LayerSpec:
     geometry_type: str
     crs: CRS | None
     description: str = ""
+    kind: LayerKind | None = None
 
 
 def crs_layer_suffix(crs: CRS | None) -> str:
@@ -283,12 +292,28 @@ def crack_layers(
     return specs
 
 
+def _default_styles(layers: Sequence[LayerSpec]) -> dict[str, LayerStyle]:
+    """Layer name to default style, for the layers of a known kind."""
+    styles = {
+        layer.name: default_style(layer.name, layer.frame, kind=layer.kind,
+                                  pixel_units=layer.crs is None)
+        for layer in layers
+    }
+    return {name: style for name, style in styles.items() if style is not None}
+
+
 def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial.gpkg")
 
 
-def write_geopackage(path: str | Path, layers: Sequence[LayerSpec]) -> Path:
-    """Write layers into one GeoPackage, atomically.
+def write_geopackage(
+    path: str | Path,
+    layers: Sequence[LayerSpec],
+    *,
+    styles: bool = True,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write layers into one GeoPackage, atomically, with their QGIS styles and run metadata.
 
     The layers go into a temporary file beside ``path`` which then replaces ``path`` in one
     rename: a reader (QGIS) never sees a half-written GeoPackage, and a failure leaves the
@@ -301,6 +326,13 @@ def write_geopackage(path: str | Path, layers: Sequence[LayerSpec]) -> Path:
     layers : sequence of LayerSpec
         In the order they are written (the first carries ``VERSION=1.3``). Names must be
         unique.
+    styles : bool
+        Store each layer's default QGIS style in the ``layer_styles`` table
+        (:mod:`cracksurvey.io.styles`); layers of no known kind get none.
+    metadata : mapping of str to str, optional
+        Dataset metadata (e.g. model id and checksum, version, run date), written by GDAL to
+        ``gpkg_metadata`` / ``gpkg_metadata_reference`` (scope ``geopackage``); ``gdalinfo``
+        and ``ogrinfo`` list it, QGIS shows it in the layer information.
 
     Returns
     -------
@@ -336,9 +368,12 @@ def write_geopackage(path: str | Path, layers: Sequence[LayerSpec]) -> Path:
                     driver="GPKG",
                     geometry_type=layer.geometry_type,
                     dataset_options={"VERSION": GPKG_VERSION} if index == 0 else None,
+                    dataset_metadata=dict(metadata) if metadata and index == 0 else None,
                     layer_options=layer_options,
                 )
             logger.debug("%s: layer %s, %d features", path.name, layer.name, len(frame))
+        if styles:
+            write_layer_styles(tmp, _default_styles(layers))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

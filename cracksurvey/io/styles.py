@@ -1,0 +1,524 @@
+"""QGIS styles embedded in the GeoPackage, so every layer opens styled in QGIS.
+
+QGIS reads a layer's default style from the ``layer_styles`` table of its GeoPackage (the row
+whose ``f_table_name`` is the layer and ``useAsDefault`` is true). :func:`write_layer_styles`
+creates that table exactly as QGIS does when it saves a style (through OGR: an attributes table
+registered in ``gpkg_contents``) and stores one style per layer: QML (what QGIS applies) and
+SLD 1.1 (for other clients, e.g. GeoServer). :func:`default_style` chooses the style of a layer
+from its kind (:func:`layer_kind`) and columns:
+
+==================  ============================================================================
+``cracks``          graduated by ``width_max_mm`` in the crack-width classes of BRE Digest 251
+``cracks_3d``       (:data:`WIDTH_CLASSES_MM`, legend labels in mm); a single symbol for layers
+                    in pixel units, whose widths are unknown
+``crack_branches``  graduated by ``width_mean_mm``, same classes, thinner lines
+``buildings``       choropleth of the damage indicator: categories of ``damage_level`` when the
+                    layer has it, else classes of ``crack_density_m_per_m2`` (m/m²); buildings
+                    without a processed image are drawn as "not assessed", never as undamaged
+``images``          footprint outlines by processing status
+==================  ============================================================================
+
+Fixed classes (not quantiles of the data) keep the legend of every survey, and of a city-wide
+merge, the same: a colour means the same width everywhere.
+
+Functions that build styles are pure (strings in, strings out); only
+:func:`write_layer_styles` touches a file.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+from xml.sax.saxutils import escape, quoteattr
+
+import pandas as pd
+
+__all__ = [
+    "DENSITY_CLASSES",
+    "LAYER_KINDS",
+    "WIDTH_CLASSES_MM",
+    "LayerKind",
+    "LayerStyle",
+    "StyleClass",
+    "buildings_style",
+    "crack_style",
+    "default_style",
+    "images_style",
+    "layer_kind",
+    "write_layer_styles",
+]
+
+LayerKind = Literal["cracks", "crack_branches", "cracks_3d", "images", "buildings"]
+
+#: Layer kinds, most specific first (``cracks_3d`` before ``cracks``).
+LAYER_KINDS: tuple[LayerKind, ...] = (
+    "crack_branches", "cracks_3d", "cracks", "images", "buildings"
+)
+
+#: Name of the default style stored for every layer.
+STYLE_NAME = "cracksurvey"
+
+
+@dataclass(frozen=True)
+class StyleClass:
+    """One legend entry: a range ``(lower, upper]`` of a numeric column or one category value.
+
+    Parameters
+    ----------
+    label : str
+        Legend text, with units.
+    colour : tuple of int
+        RGB (0-255).
+    lower, upper : float, optional
+        Range bounds (the first class of a renderer also includes ``lower``).
+    value : str, optional
+        Category value (categorized renderers); None matches every other value, NULL included.
+    size_mm : float
+        Line width on screen (millimetres); polygon outline width for fills.
+    """
+
+    label: str
+    colour: tuple[int, int, int]
+    lower: float = math.nan
+    upper: float = math.nan
+    value: str | None = None
+    size_mm: float = 0.4
+
+
+def _ylorrd(n: int) -> list[tuple[int, int, int]]:
+    """ColorBrewer YlOrRd without its palest colours (visible on bright façade images)."""
+    ramp = [(254, 217, 118), (254, 178, 76), (253, 141, 60), (252, 78, 42), (227, 26, 28),
+            (177, 0, 38)]
+    return ramp[len(ramp) - n:]
+
+
+#: Crack width classes of BRE Digest 251 (damage categories 0-5), millimetres.
+WIDTH_CLASSES_MM: tuple[StyleClass, ...] = tuple(
+    StyleClass(label, colour, lower, upper, size_mm=size)
+    for (label, lower, upper, size), colour in zip(
+        [
+            ("≤ 0.1 mm (hairline)", 0.0, 0.1, 0.3),
+            ("0.1 – 1 mm (very slight)", 0.1, 1.0, 0.45),
+            ("1 – 5 mm (slight)", 1.0, 5.0, 0.6),
+            ("5 – 15 mm (moderate)", 5.0, 15.0, 0.8),
+            ("15 – 25 mm (severe)", 15.0, 25.0, 1.0),
+            ("> 25 mm (very severe)", 25.0, 1e6, 1.3),
+        ],
+        _ylorrd(6),
+    )
+)
+
+#: Crack density classes of the buildings choropleth, metres of crack per square metre imaged.
+DENSITY_CLASSES: tuple[StyleClass, ...] = tuple(
+    StyleClass(label, colour, lower, upper, size_mm=0.26)
+    for (label, lower, upper), colour in zip(
+        [
+            ("0 m/m² (no crack found)", 0.0, 0.0),
+            ("0 – 0.1 m/m²", 0.0, 0.1),
+            ("0.1 – 0.25 m/m²", 0.1, 0.25),
+            ("0.25 – 0.5 m/m²", 0.25, 0.5),
+            ("0.5 – 1 m/m²", 0.5, 1.0),
+            ("> 1 m/m²", 1.0, 1e6),
+        ],
+        [(26, 152, 80), *_ylorrd(5)],
+    )
+)
+
+_NOT_ASSESSED = StyleClass("not assessed (no processed image)", (200, 200, 200), size_mm=0.26)
+
+
+@dataclass(frozen=True)
+class LayerStyle:
+    """A layer's default style, as stored in ``layer_styles``.
+
+    Parameters
+    ----------
+    qml : str
+        QGIS style document (symbology).
+    sld : str
+        The same classes as an SLD 1.1 document.
+    description : str
+        What the style shows (``layer_styles.description``).
+    """
+
+    qml: str
+    sld: str
+    description: str
+
+
+def layer_kind(name: str) -> LayerKind | None:
+    """The kind of a layer from its name (``cracks_epsg32633`` is a ``cracks`` layer).
+
+    >>> layer_kind("cracks_facade_b1_n"), layer_kind("cracks_3d"), layer_kind("summary")
+    ('cracks', 'cracks_3d', None)
+    """
+    for kind in LAYER_KINDS:
+        if re.fullmatch(rf"{kind}(_.*)?", name):
+            return kind
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# QML
+# --------------------------------------------------------------------------------------------
+def _rgba(colour: tuple[int, int, int], alpha: int = 255) -> str:
+    return f"{colour[0]},{colour[1]},{colour[2]},{alpha}"
+
+
+def _options(props: Mapping[str, str]) -> str:
+    items = "".join(
+        f'<Option type="QString" name={quoteattr(k)} value={quoteattr(v)}/>'
+        for k, v in props.items()
+    )
+    return f'<Option type="Map">{items}</Option>'
+
+
+def _symbol_xml(name: str, geometry: Literal["line", "fill"], cls: StyleClass,
+                *, fill_alpha: int) -> str:
+    if geometry == "line":
+        layer_class = "SimpleLine"
+        props = {"line_color": _rgba(cls.colour), "line_width": f"{cls.size_mm:g}",
+                 "line_width_unit": "MM", "line_style": "solid", "capstyle": "round",
+                 "joinstyle": "round"}
+    else:
+        layer_class = "SimpleFill"
+        props = {"color": _rgba(cls.colour, fill_alpha), "style": "solid" if fill_alpha else "no",
+                 "outline_color": _rgba(cls.colour if not fill_alpha else (60, 60, 60)),
+                 "outline_width": f"{cls.size_mm:g}", "outline_width_unit": "MM",
+                 "outline_style": "solid", "joinstyle": "miter"}
+    return (
+        f'<symbol type="{geometry}" name={quoteattr(name)} alpha="1" clip_to_extent="1" '
+        f'force_rhr="0"><layer class="{layer_class}" enabled="1" locked="0" pass="0">'
+        f"{_options(props)}</layer></symbol>"
+    )
+
+
+def _symbols_xml(classes: Sequence[StyleClass], geometry: Literal["line", "fill"],
+                 fill_alpha: int) -> str:
+    return "<symbols>" + "".join(
+        _symbol_xml(str(i), geometry, c, fill_alpha=fill_alpha) for i, c in enumerate(classes)
+    ) + "</symbols>"
+
+
+def _field(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'
+
+
+def _renderer_xml(
+    kind: Literal["graduated", "categorized", "rules", "single"],
+    column: str,
+    classes: Sequence[StyleClass],
+    geometry: Literal["line", "fill"],
+    fill_alpha: int,
+) -> str:
+    symbols = _symbols_xml(classes, geometry, fill_alpha)
+    common = 'enableorderby="0" forceraster="0" symbollevels="0" referencescale="-1"'
+    if kind == "single":
+        return f'<renderer-v2 type="singleSymbol" {common}>{symbols}</renderer-v2>'
+    if kind == "graduated":
+        ranges = "".join(
+            f'<range lower="{c.lower!r}" upper="{c.upper!r}" symbol="{i}" '
+            f'label={quoteattr(c.label)} render="true"/>'
+            for i, c in enumerate(classes)
+        )
+        return (
+            f'<renderer-v2 type="graduatedSymbol" attr={quoteattr(column)} '
+            f'graduatedMethod="GraduatedColor" {common}><ranges>{ranges}</ranges>{symbols}'
+            '<classificationMethod id="Custom"><labelFormat format="%1 - %2" '
+            'labelprecision="4" trimtrailingzeroes="1"/></classificationMethod>'
+            "</renderer-v2>"
+        )
+    if kind == "categorized":
+        categories = "".join(
+            f'<category value={quoteattr(c.value or "")} symbol="{i}" '
+            f'label={quoteattr(c.label)} render="true"/>'
+            for i, c in enumerate(classes)
+        )
+        return (
+            f'<renderer-v2 type="categorizedSymbol" attr={quoteattr(column)} {common}>'
+            f"<categories>{categories}</categories>{symbols}</renderer-v2>"
+        )
+    rules = "".join(
+        f'<rule key="r{i}" symbol="{i}" label={quoteattr(c.label)} '
+        f"filter={quoteattr(_rule_filter(column, c, first=i == 0))}/>"
+        for i, c in enumerate(classes)
+    )
+    return (
+        f'<renderer-v2 type="RuleRenderer" {common}><rules key="root">{rules}</rules>'
+        f"{symbols}</renderer-v2>"
+    )
+
+
+def _rule_filter(column: str, cls: StyleClass, *, first: bool) -> str:
+    """QGIS expression of a class: ``ELSE`` for a class without bounds."""
+    if math.isnan(cls.lower):
+        return "ELSE"
+    field = _field(column)
+    if cls.lower == cls.upper:
+        return f"{field} = {cls.lower!r}"
+    low = ">=" if first else ">"
+    return f"{field} {low} {cls.lower!r} AND {field} <= {cls.upper!r}"
+
+
+def _qml(renderer: str, geometry: Literal["line", "fill"]) -> str:
+    geometry_code = {"line": 1, "fill": 2}[geometry]
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        '<qgis version="3.22.0" styleCategories="Symbology">'
+        f"{renderer}<blendMode>0</blendMode><featureBlendMode>0</featureBlendMode>"
+        f"<layerGeometryType>{geometry_code}</layerGeometryType></qgis>\n"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# SLD
+# --------------------------------------------------------------------------------------------
+def _sld_filter(column: str, cls: StyleClass, *, first: bool) -> str:
+    prop = f"<ogc:PropertyName>{escape(column)}</ogc:PropertyName>"
+    if cls.value is not None:
+        return (f"<ogc:Filter><ogc:PropertyIsEqualTo>{prop}<ogc:Literal>{escape(cls.value)}"
+                "</ogc:Literal></ogc:PropertyIsEqualTo></ogc:Filter>")
+    if math.isnan(cls.lower):
+        return "<se:ElseFilter/>"
+    if cls.lower == cls.upper:
+        return (f"<ogc:Filter><ogc:PropertyIsEqualTo>{prop}<ogc:Literal>{cls.lower!r}"
+                "</ogc:Literal></ogc:PropertyIsEqualTo></ogc:Filter>")
+    low = "PropertyIsGreaterThanOrEqualTo" if first else "PropertyIsGreaterThan"
+    return (
+        f"<ogc:Filter><ogc:And><ogc:{low}>{prop}<ogc:Literal>{cls.lower!r}</ogc:Literal>"
+        f"</ogc:{low}><ogc:PropertyIsLessThanOrEqualTo>{prop}<ogc:Literal>{cls.upper!r}"
+        "</ogc:Literal></ogc:PropertyIsLessThanOrEqualTo></ogc:And></ogc:Filter>"
+    )
+
+
+def _hex(colour: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*colour)
+
+
+def _sld_symbolizer(cls: StyleClass, geometry: Literal["line", "fill"], fill_alpha: int) -> str:
+    # SLD widths are in pixels: 1 mm on screen is about 3.78 px at 96 dpi
+    width = f"{cls.size_mm * 3.78:.2f}"
+    if geometry == "line":
+        return (f'<se:LineSymbolizer><se:Stroke><se:SvgParameter name="stroke">{_hex(cls.colour)}'
+                f'</se:SvgParameter><se:SvgParameter name="stroke-width">{width}'
+                "</se:SvgParameter></se:Stroke></se:LineSymbolizer>")
+    fill = (f'<se:Fill><se:SvgParameter name="fill">{_hex(cls.colour)}</se:SvgParameter>'
+            f'<se:SvgParameter name="fill-opacity">{fill_alpha / 255:.2f}</se:SvgParameter>'
+            "</se:Fill>") if fill_alpha else ""
+    stroke = _hex(cls.colour) if not fill_alpha else "#3c3c3c"
+    return (f"<se:PolygonSymbolizer>{fill}<se:Stroke><se:SvgParameter name=\"stroke\">{stroke}"
+            f'</se:SvgParameter><se:SvgParameter name="stroke-width">{width}</se:SvgParameter>'
+            "</se:Stroke></se:PolygonSymbolizer>")
+
+
+def _sld(layer: str, column: str, classes: Sequence[StyleClass],
+         geometry: Literal["line", "fill"], fill_alpha: int, *, single: bool) -> str:
+    rules = "".join(
+        f"<se:Rule><se:Name>{escape(c.label)}</se:Name><se:Description><se:Title>"
+        f"{escape(c.label)}</se:Title></se:Description>"
+        f"{'' if single else _sld_filter(column, c, first=i == 0)}"
+        f"{_sld_symbolizer(c, geometry, fill_alpha)}</se:Rule>"
+        for i, c in enumerate(classes)
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<StyledLayerDescriptor xmlns="http://www.opengis.net/sld" '
+        'xmlns:ogc="http://www.opengis.net/ogc" xmlns:se="http://www.opengis.net/se" '
+        'xmlns:xlink="http://www.w3.org/1999/xlink" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" version="1.1.0" '
+        'xsi:schemaLocation="http://www.opengis.net/sld '
+        'http://schemas.opengis.net/sld/1.1.0/StyledLayerDescriptor.xsd">'
+        f"<NamedLayer><se:Name>{escape(layer)}</se:Name><UserStyle><se:Name>{STYLE_NAME}"
+        f"</se:Name><se:FeatureTypeStyle>{rules}</se:FeatureTypeStyle></UserStyle></NamedLayer>"
+        "</StyledLayerDescriptor>\n"
+    )
+
+
+def _style(
+    layer: str,
+    kind: Literal["graduated", "categorized", "rules", "single"],
+    column: str,
+    classes: Sequence[StyleClass],
+    geometry: Literal["line", "fill"],
+    description: str,
+    *,
+    fill_alpha: int = 0,
+) -> LayerStyle:
+    return LayerStyle(
+        qml=_qml(_renderer_xml(kind, column, classes, geometry, fill_alpha), geometry),
+        sld=_sld(layer, column, classes, geometry, fill_alpha, single=kind == "single"),
+        description=description,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Styles per layer kind
+# --------------------------------------------------------------------------------------------
+def crack_style(
+    layer: str, *, column: str = "width_max_mm", scale: float = 1.0, pixel_units: bool = False
+) -> LayerStyle:
+    """Cracks or branches graduated by a width column in :data:`WIDTH_CLASSES_MM`.
+
+    Parameters
+    ----------
+    layer : str
+        Layer name (SLD ``NamedLayer``).
+    column : str
+        Width column, millimetres.
+    scale : float
+        Factor on the line widths (branches are drawn thinner).
+    pixel_units : bool
+        The layer is in pixel units (widths unknown): one symbol, labelled so.
+    """
+    if pixel_units:
+        cls = StyleClass("crack (pixel units: width not measured)", (227, 26, 28),
+                         size_mm=0.5 * scale)
+        return _style(layer, "single", column, [cls], "line",
+                      "cracks in pixel units (no georeferencing): one symbol")
+    classes = [StyleClass(c.label, c.colour, c.lower, c.upper, size_mm=c.size_mm * scale)
+               for c in WIDTH_CLASSES_MM]
+    return _style(layer, "graduated", column, classes, "line",
+                  f"graduated by {column} (mm), crack width classes of BRE Digest 251")
+
+
+def buildings_style(
+    layer: str, *, column: str = "crack_density_m_per_m2", categories: Sequence[str] = ()
+) -> LayerStyle:
+    """Choropleth of the buildings' damage indicator.
+
+    Parameters
+    ----------
+    layer : str
+        Layer name.
+    column : str
+        The indicator column.
+    categories : sequence of str
+        Category values in legend order (a damage level): a categorized renderer, coloured
+        from light to dark in that order. Empty: ``column`` is a crack density in m/m²,
+        classed by :data:`DENSITY_CLASSES`.
+
+    Buildings whose indicator is NULL (no processed image) are drawn grey, "not assessed".
+    """
+    if categories:
+        colours = _ylorrd(min(len(categories), 6))
+        classes = [
+            StyleClass(f"{column.replace('_', ' ')}: {value}",
+                       colours[min(i * len(colours) // len(categories), len(colours) - 1)],
+                       value=str(value), size_mm=0.26)
+            for i, value in enumerate(categories)
+        ]
+        return _style(layer, "categorized", column, [*classes, _NOT_ASSESSED], "fill",
+                      f"buildings by {column}", fill_alpha=190)
+    return _style(layer, "rules", column, [*DENSITY_CLASSES, _NOT_ASSESSED], "fill",
+                  f"buildings by {column} (metres of crack per square metre imaged)",
+                  fill_alpha=190)
+
+
+def images_style(layer: str) -> LayerStyle:
+    """Image footprints as outlines: processed (blue), failed (red)."""
+    classes = [
+        StyleClass("image processed", (31, 120, 180), value="ok", size_mm=0.4),
+        StyleClass("image failed (see message)", (227, 26, 28), value="error", size_mm=0.6),
+        StyleClass("other status", (120, 120, 120), size_mm=0.3),
+    ]
+    return _style(layer, "categorized", "status", classes, "fill",
+                  "image footprints by processing status")
+
+
+def _categories(values: pd.Series) -> list[str]:
+    """Distinct non-null values in natural order (numbers numerically), as text."""
+    values = values.dropna()
+    if pd.api.types.is_numeric_dtype(values):
+        return [f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(values.unique())]
+    return sorted(str(v) for v in values.unique())
+
+
+def default_style(
+    name: str,
+    columns: pd.DataFrame,
+    *,
+    kind: LayerKind | None = None,
+    pixel_units: bool = False,
+    damage_column: str = "damage_level",
+) -> LayerStyle | None:
+    """The default style of a cracks.gpkg layer, or None for a layer of no known kind.
+
+    Parameters
+    ----------
+    name : str
+        Layer name.
+    columns : pandas.DataFrame
+        The layer's attributes (columns decide the buildings indicator, values its categories).
+    kind : LayerKind, optional
+        Default: :func:`layer_kind` of ``name``.
+    pixel_units : bool
+        The layer has no CRS (pixel units).
+    damage_column : str
+        Buildings indicator used when present, else ``crack_density_m_per_m2``.
+    """
+    kind = kind or layer_kind(name)
+    if kind in ("cracks", "cracks_3d"):
+        return crack_style(name, pixel_units=pixel_units)
+    if kind == "crack_branches":
+        return crack_style(name, column="width_mean_mm", scale=0.8, pixel_units=pixel_units)
+    if kind == "images":
+        return images_style(name)
+    if kind == "buildings":
+        if damage_column in columns:
+            values = _categories(columns[damage_column])
+            if pd.api.types.is_numeric_dtype(columns[damage_column]) and not values:
+                values = [str(v) for v in range(6)]
+            return buildings_style(name, column=damage_column, categories=values or ["unknown"])
+        return buildings_style(name)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The layer_styles table
+# --------------------------------------------------------------------------------------------
+def write_layer_styles(
+    path: str | Path, styles: Mapping[str, LayerStyle], *, geometry_column: str = "geom"
+) -> None:
+    """Store ``styles`` as the default styles of their layers in the GeoPackage ``path``.
+
+    Writes the ``layer_styles`` table with the columns QGIS reads and writes (through OGR, as
+    QGIS does, so it is registered in ``gpkg_contents`` as an attributes table). Replaces an
+    existing table.
+
+    Parameters
+    ----------
+    path : str or Path
+        An existing GeoPackage.
+    styles : mapping of str to LayerStyle
+        Layer name to its default style.
+    geometry_column : str
+        Geometry column of the layers (``geom`` for layers written by GDAL).
+    """
+    import pyogrio
+
+    if not styles:
+        return
+    now = pd.Timestamp(datetime.now(timezone.utc)).floor("ms")  # GeoPackage: ...SS.SSSZ
+    table = pd.DataFrame(
+        {
+            "f_table_catalog": "",
+            "f_table_schema": "",
+            "f_table_name": list(styles),
+            "f_geometry_column": geometry_column,
+            "styleName": STYLE_NAME,
+            "styleQML": [s.qml for s in styles.values()],
+            "styleSLD": [s.sld for s in styles.values()],
+            "useAsDefault": True,
+            "description": [s.description for s in styles.values()],
+            "owner": "",
+            "ui": None,
+            "update_time": now,
+        }
+    )
+    pyogrio.write_dataframe(table, path, layer="layer_styles", driver="GPKG",
+                            layer_options={"FID": "id", "OVERWRITE": "YES"})
