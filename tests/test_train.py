@@ -166,7 +166,9 @@ def test_unknown_recipe_keys_are_errors(tmp_path):
         config_from_dict({"loss": {"msee": 1}})
 
 
-@pytest.mark.parametrize("recipe", ["mse", "mse+topo", "mse+dice+topo", "dice+topo", "topo", "paper-faithful"])
+@pytest.mark.parametrize(
+    "recipe", ["mse", "mse+topo", "mse+dice+topo", "mse+dice+topo-w025", "dice+topo", "topo", "paper-faithful"]
+)
 def test_shipped_recipes_load(recipe):
     cfg = load_config(REPO / "configs" / "train" / f"{recipe}.yaml")
     assert cfg.name.endswith(recipe.replace("paper-faithful", "mse+topo"))
