@@ -12,6 +12,13 @@ as a fraction of the ceiling, (c) end-to-end MP/s of the engine on a synthetic g
 4096 x 4096 GeoTIFF and its ratio to model-only, (d) peak RSS (this process plus Dask workers) on
 a 16k x 16k GeoTIFF, (e) throughput of the local-cluster layouts (1 vs 2 workers).
 
+``--scaling`` prints only (f): peak RSS and MP/s of ``cracksurvey process`` on 4k, 16k and 40k
+square images (the 40k one a sparse, mostly-nodata GeoTIFF made on the fly) and engine MP/s with
+1 and 2 local workers::
+
+    python workflows/benchmark.py --scaling                       # 4096 16384 40000
+    python workflows/benchmark.py --scaling --sizes 512 1024 --sparse-from 1024   # a smoke run
+
 A benchmark, not a test: it asserts nothing. The machine may be shared; quote ratios from one
 run. If the shipped weights are absent, a random-weight TernausNet with the default model's
 architecture (UNet16, width 0.25, body head) stands in, with a note: speed and memory do not
@@ -302,6 +309,122 @@ def engine_mps(
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# (f) scaling: memory and throughput against image size, throughput against local workers
+
+
+def write_sparse_geotiff(path: Path, side: int, tmp: Path, *, patch_px: int = 2048) -> Path:
+    """A ``side``-square GeoTIFF that is nodata (0) except two textured ``patch_px`` patches.
+
+    Only the patches are written (tiled, deflate, sparse blocks), so a 40k x 40k image is a few
+    MB on disk and is made in seconds; the engine skips the all-nodata tiles without a forward.
+    """
+    patch_px = min(patch_px, side // 4)
+    patch = write_synthetic_geotiff(tmp / "patch.tif", patch_px, seed=3)
+    profile = dict(
+        driver="GTiff", height=side, width=side, count=3, dtype="uint8", nodata=0,
+        crs="EPSG:32633", transform=Affine(0.002, 0, 500_000, 0, -0.002, 4_100_000),
+        tiled=True, blockxsize=512, blockysize=512, compress="deflate", sparse_ok=True,
+        photometric="RGB",
+    )
+    offsets = [(0, 0), (side // 2 - patch_px // 2, side // 2 - patch_px // 2)]
+    with rasterio.open(patch) as src, rasterio.open(path, "w", **profile) as dst:
+        for row0, col0 in offsets:
+            for _, window in src.block_windows(1):
+                data = np.maximum(src.read(window=window), 1)  # 0 is nodata
+                dst.write(data, window=rasterio.windows.Window(
+                    col0 + window.col_off, row0 + window.row_off, window.width, window.height))
+    patch.unlink()
+    return path
+
+
+def scaling_table(
+    weights: Path, tmp: Path, config: EngineConfig, *, sizes: list[int], sparse_from: int,
+    worker_counts: list[int], workers_size: int, log,
+) -> dict[str, object]:
+    """Peak RSS and MP/s of ``cracksurvey process`` per image size; engine MP/s per worker count.
+
+    Images of ``sparse_from`` px and more are sparse (:func:`write_sparse_geotiff`); their
+    MP/s counts every pixel, nodata included, and ``valid_mp`` says how many were imagery.
+    """
+    by_size = {}
+    for side in sizes:
+        folder = tmp / f"scale-{side}"
+        folder.mkdir()
+        sparse = side >= sparse_from
+        log(f"(f) {side}^2 {'sparse ' if sparse else ''}image: writing ...")
+        image = (write_sparse_geotiff(folder / f"img{side}.tif", side, folder) if sparse
+                 else write_synthetic_geotiff(folder / f"img{side}.tif", side, seed=4))
+        log(f"(f) {side}^2: cracksurvey process ...")
+        with PeakRSS() as mem:
+            run = process_mps(weights, image, folder, config, side)
+        record = json.loads((folder / "process-out" / "run.json").read_text())
+        [outcome] = record["images"]
+        by_size[side] = {
+            "sparse": sparse,
+            "file_mb": image.stat().st_size / 1e6,
+            "valid_mp": outcome["valid_px"] / 1e6,
+            "n_cracks": outcome["n_cracks"],
+            "seconds": run["seconds"],
+            "mp_per_s": run["mp_per_s"],
+            "peak_rss_gb": mem.peak_bytes / 1e9,
+        }
+        image.unlink()
+    image = write_synthetic_geotiff(tmp / "workers.tif", workers_size, seed=5)
+    by_workers = {}
+    for n in worker_counts:
+        log(f"(f) {workers_size}^2 on {n} local worker(s) ...")
+        cfg = EngineConfig(tile_px=config.tile_px, halo_px=config.halo_px,
+                           precision=config.precision, n_workers=n, threads_per_worker=1,
+                           torch_threads=max(1, available_cores() // n))
+        with PeakRSS() as mem:
+            by_workers[n] = engine_mps(weights, image, tmp, cfg, workers_size)
+        by_workers[n]["peak_rss_gb"] = mem.peak_bytes / 1e9
+    image.unlink()
+    return {"sizes": by_size, "workers": by_workers, "workers_size": workers_size}
+
+
+def print_scaling(r: dict) -> None:
+    print("(f) scaling: cracksurvey process on one image (engine + vectorize + CPP + GeoPackage)")
+    print("| image | file MB | valid MP | cracks | s | MP/s (all px) | peak RSS GB |")
+    print("|---|---|---|---|---|---|---|")
+    for side, v in r["sizes"].items():
+        kind = " sparse" if v["sparse"] else ""
+        print(f"| {side}^2{kind} | {v['file_mb']:.1f} | {v['valid_mp']:.1f} | {v['n_cracks']} | "
+              f"{v['seconds']:.1f} | {v['mp_per_s']:.2f} | {v['peak_rss_gb']:.2f} |")
+    print()
+    print(f"(f) engine on {r['workers_size']}^2 with local workers (1 task each, torch threads "
+          "= cores / workers)")
+    print("| workers | MP/s | s | start s | peak RSS GB |")
+    print("|---|---|---|---|---|")
+    for n, v in r["workers"].items():
+        print(f"| {n} | {v['mp_per_s']:.2f} | {v['seconds']:.1f} | {v['startup_seconds']:.1f} | "
+              f"{v['peak_rss_gb']:.2f} |")
+
+
+def run_scaling(args: argparse.Namespace, log) -> int:
+    """``--scaling``: only the scaling table (f)."""
+    with tempfile.TemporaryDirectory(prefix="cracksurvey-scaling-") as tmpdir:
+        tmp = Path(tmpdir)
+        weights, _, _, note = resolve_model(args.weights, tmp)
+        log(f"model: {note}")
+        precision = "bf16" if cpu_bf16_supported() else "fp32"
+        config = EngineConfig(tile_px=args.tile - 2 * args.halo, halo_px=args.halo,
+                              precision=precision)
+        report = scaling_table(
+            weights, tmp, config, sizes=args.sizes, sparse_from=args.sparse_from,
+            worker_counts=args.scaling_workers, workers_size=args.workers_size or args.sizes[0],
+            log=log,
+        )
+    report["model"] = note
+    if args.json:
+        print(json.dumps(report, indent=2, default=float))
+    else:
+        print(f"model: {note}")
+        print_scaling(report)
+    return 0
+
+
 def resolve_model(weights: str | None, tmp: Path) -> tuple[Path, torch.nn.Module, ModelCard, str]:
     path = Path(weights) if weights else default_weights_path()
     if path.with_suffix(".safetensors").exists():
@@ -336,10 +459,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-layouts", action="store_true", help="skip (e)")
     parser.add_argument("--layout-size", type=int, default=2048, help="image side for (e)")
     parser.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
+    parser.add_argument("--scaling", action="store_true",
+                        help="only (f): memory and MP/s per image size, MP/s per worker count")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 40000],
+                        help="(f) image sides")
+    parser.add_argument("--sparse-from", type=int, default=20000,
+                        help="(f) sides from which the image is sparse (mostly nodata)")
+    parser.add_argument("--scaling-workers", type=int, nargs="+", default=[1, 2],
+                        help="(f) local worker counts")
+    parser.add_argument("--workers-size", type=int, default=None,
+                        help="(f) image side for the worker counts [default: the first size]")
     args = parser.parse_args(argv)
 
     def log(*parts: object) -> None:
         print(*parts, file=sys.stderr, flush=True)
+
+    if args.scaling:
+        return run_scaling(args, log)
 
     report: dict[str, object] = {
         "machine": {
