@@ -60,6 +60,7 @@ __all__ = [
     "crack_layers",
     "crs_layer_suffix",
     "empty_layer",
+    "read_geopackage",
     "write_geopackage",
 ]
 
@@ -383,3 +384,34 @@ def write_geopackage(
         for extra in tmp.parent.glob(tmp.name + "-*"):  # SQLite journal files
             extra.unlink(missing_ok=True)
     return path
+
+
+def read_geopackage(path: str | Path) -> list[LayerSpec]:
+    """Read back every spatial layer of a GeoPackage written by :func:`write_geopackage`.
+
+    Non-spatial tables (``layer_styles``) are skipped; ``kind`` is taken from the layer name,
+    ``description`` from ``gpkg_contents``.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    list of LayerSpec
+        In the file's layer order, frames with their CRS set (None for pixel units).
+    """
+    import pyogrio
+
+    from cracksurvey.io.styles import layer_kind
+
+    specs = []
+    for name, geometry_type in pyogrio.list_layers(path):
+        if geometry_type is None:
+            continue
+        info = pyogrio.read_info(path, layer=name)
+        frame = pyogrio.read_dataframe(path, layer=name)
+        description = (info.get("layer_metadata") or {}).get("DESCRIPTION", "")
+        specs.append(LayerSpec(str(name), frame, str(geometry_type), frame.crs, description,
+                               kind=layer_kind(str(name))))
+    return specs
