@@ -50,10 +50,12 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def read_layers(gpkg: Path, *, drop: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
-    """Every layer of a GeoPackage as a plain frame, geometry as WKB bytes (exact)."""
+    """Every feature layer of a GeoPackage as a plain frame, geometry as WKB bytes (exact)."""
     layers = {}
     for name, _ in pyogrio.list_layers(gpkg):
         frame = gpd.read_file(gpkg, layer=name, engine="pyogrio")
+        if not isinstance(frame, gpd.GeoDataFrame):  # layer_styles: presentation, timestamped
+            continue
         table = pd.DataFrame(frame.drop(columns=frame.geometry.name))
         table["wkb"] = shapely.to_wkb(np.asarray(frame.geometry.values), output_dimension=3)
         layers[name] = table.drop(columns=[c for c in drop if c in table.columns])
@@ -91,8 +93,8 @@ def run_json(out: Path) -> dict:
     return json.loads((out / "run.json").read_text())
 
 
-def make_slow_survey(root: Path, n: int = 6, size: int = 200) -> Path:
-    """``n`` façade images of ``size`` px, each with its own crack (49 tiles at core 32 px)."""
+def make_slow_survey(root: Path, n: int = 6, size: int = 160) -> Path:
+    """``n`` façade images of ``size`` px, each with its own crack (25 tiles at core 32 px)."""
     gsd = Affine(0.002, 0, 0, 0, -0.002, size * 0.002)
     rows = []
     for i in range(n):
