@@ -35,6 +35,9 @@ from .topo import TopoParams, set_threads
 log = logging.getLogger(__name__)
 
 SWEEP_COARSE = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+# Fine sweep for the final threshold: the TOPO-trained models calibrate below 0.5 px (the
+# distance map is near 0 only on the centreline), so the sweep starts at 0.05 px.
+CALIBRATION_SWEEP = (0.05, 0.1, 0.15, 0.2) + tuple(float(t) for t in np.arange(0.25, 12.01, 0.25))
 
 
 @dataclass(frozen=True)
@@ -407,7 +410,7 @@ def calibrate(
     from ..model import load_model
 
     model, card = load_model(run_dir / "best.safetensors", device=device)
-    sweep = tuple(float(t) for t in np.arange(0.25, 12.01, 0.25))
+    sweep = CALIBRATION_SWEEP
     val = validate(model, val_samples, cfg=cfg, device=device, bf16=bf16, thresholds=sweep)
     metrics = {
         "validation": {k: v for k, v in val.items() if k != "sweep"},
