@@ -45,6 +45,7 @@ def main(ctx: click.Context, verbose: int) -> None:
 
     \b
     cracksurvey process SURVEY_DIR      images -> cracks.gpkg, COGs, summary, report
+    cracksurvey report OUT_DIR... --out CITY   city-wide report + merged GeoPackage
     cracksurvey train --config RECIPE   train or fine-tune a model on image/mask folders
     cracksurvey evaluate --data DIR     score a model on labelled data
     """
@@ -362,3 +363,51 @@ def process(ctx: click.Context, survey_dir: Path, out_dir: Path | None, weights:
     if as_json:
         click.echo(json.dumps(json_ready(summary.record), indent=1))
     ctx.exit(summary.exit_code)
+
+
+@main.command("report")
+@click.argument("out_dirs", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "dest", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="City folder for report.html, summary.csv/json and cracks.gpkg.")
+@click.option("--crs", default=None, metavar="CRS",
+              show_default="the first survey's projected CRS",
+              help="Projected CRS of the merged GeoPackage, e.g. EPSG:32633.")
+@click.option("--no-gpkg", "no_gpkg", is_flag=True,
+              help="Write the report and tables only, no merged GeoPackage.")
+@click.option("--thumbnail-px", type=click.IntRange(min=64), default=360, show_default=True,
+              help="Longest side of each image thumbnail (the report grows with it).")
+@click.option("--max-images", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Images shown per building.")
+@click.option("--overwrite", is_flag=True, help="Replace a previous report in the city folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON on stdout.")
+def report(out_dirs: tuple[Path, ...], dest: Path, crs: str | None, no_gpkg: bool,
+           thumbnail_px: int, max_images: int, overwrite: bool, as_json: bool) -> None:
+    """Merge survey outputs (OUT_DIR...) into one city-wide damage report.
+
+    \b
+    Writes into --out:
+      report.html    self-contained: overview map, districts, buildings ranked
+                     across surveys, per-building sections, provenance
+      summary.csv    every survey's building summary with survey and district
+      summary.json   the same with column descriptions
+      cracks.gpkg    the surveys' layers merged (buildings, cracks_3d, ...)
+
+    A survey's district is survey.district of its survey.yaml, else its folder
+    name. Damage levels are indicative, not a structural assessment.
+    """
+    from cracksurvey.report import ReportOptions, write_city_report
+
+    result = write_city_report(
+        out_dirs, dest, overwrite=overwrite, merge=not no_gpkg, crs=crs,
+        options=ReportOptions(thumbnail_px=thumbnail_px, max_images=max_images),
+    )
+    click.echo(f"{result.n_buildings} buildings of {result.n_surveys} surveys -> "
+               f"{result.report}", err=True)
+    if as_json:
+        click.echo(json.dumps({
+            "report": str(result.report), "summary_csv": str(result.summary_csv),
+            "summary_json": str(result.summary_json),
+            "geopackage": str(result.geopackage) if result.geopackage else None,
+            "n_surveys": result.n_surveys, "n_buildings": result.n_buildings,
+        }, indent=1))

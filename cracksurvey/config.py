@@ -180,10 +180,14 @@ class SurveyConfig:
     gsd_mm : float or None
         Ground sampling distance (mm per pixel) for images with no georeferencing and no
         gsd_mm in images.csv. None leaves such images in pixel units (with a warning).
+    district : str or None
+        District (or any area name) the survey belongs to; the city-wide report groups surveys
+        by it. None: the name of the survey folder.
     """
 
     crs: str | None = None
     gsd_mm: float | None = None
+    district: str | None = None
 
     def __post_init__(self) -> None:
         if self.crs is not None:
@@ -221,25 +225,21 @@ class CppConfig:
 
 @dataclass(frozen=True)
 class DamageConfig:
-    """Indicative damage level from crack width (placeholder until calibrated on local data).
+    """Indicative damage level of each building (:mod:`cracksurvey.damage`).
 
     Parameters
     ----------
-    width_mm_limits : tuple of float
-        Upper crack-width limits (mm) of damage categories 0..4 after Burland et al. (1977):
-        negligible < 0.1, very slight < 1, slight < 5, moderate 5-15, severe 15-25,
-        very severe > 25. Must be strictly increasing.
+    scale : str
+        The damage scale: a name of ``configs/damage/<name>.yaml`` (``default``: levels 0-4
+        pointing to the EMS-98 grades for masonry) or a path to a YAML file of the same form
+        (relative to the survey directory).
     """
 
-    width_mm_limits: tuple[float, ...] = (0.1, 1.0, 5.0, 15.0, 25.0)
+    scale: str = "default"
 
     def __post_init__(self) -> None:
-        limits = self.width_mm_limits
-        if not limits or any(b <= a for a, b in zip(limits, limits[1:])) or limits[0] <= 0:
-            raise _invalid(
-                ["damage.width_mm_limits"],
-                f"damage.width_mm_limits={list(limits)} must be positive and strictly increasing",
-            )
+        if not str(self.scale).strip():
+            raise _invalid(["damage.scale"], "damage.scale is empty; use 'default' or a YAML path")
 
 
 @dataclass(frozen=True)

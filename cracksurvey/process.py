@@ -4,7 +4,7 @@
 
     discover_survey ─► Engine.run_image (tiles ─► model ─► COGs + sparse skeleton)
       ─► vectorize_skeleton ─► building join ─► CPP from the mask COG ─► summarize_buildings
-      ─► cracks.gpkg, summary.csv/json, run.json
+      ─► cracks.gpkg, summary.csv/json, report.html, run.json
 
 Outputs in ``out_dir`` (default ``survey_dir/cracksurvey/``)::
 
@@ -12,6 +12,7 @@ Outputs in ``out_dir`` (default ``survey_dir/cracksurvey/``)::
     rasters/<image>_distance.tif     distance map (COG), float32, pixels
     rasters/<image>_mask.tif         crack mask (COG), 1 crack, 0 background, 255 nodata
     summary.csv, summary.json        one row per building (= the buildings layer attributes)
+    report.html                      self-contained damage report (cracksurvey.report)
     run.json                         version, model, effective config, inputs + hashes,
                                      timings, per-image status; written last
 
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from pyproj import CRS
     from torch import nn
 
+    from cracksurvey.damage import DamageScale
     from cracksurvey.engine import Engine
     from cracksurvey.georef import Georef
     from cracksurvey.io.cache import CachedImage, ImageCache
@@ -787,6 +789,7 @@ def process_survey(
         The output folder cannot be written (read-only, no permission, disk full); images
         finished before stay in the cache, so rerunning the same command resumes.
     """
+    from cracksurvey.damage import load_damage_scale
     from cracksurvey.engine import Engine, resolve_device
     from cracksurvey.io.cache import CACHE_DIR, ImageCache
     from cracksurvey.io.outputs import RASTER_DIR, check_output_dir, clear_previous_outputs
@@ -809,6 +812,7 @@ def process_survey(
             survey_dir, preset=preset, config_path=config_path, overrides=overrides
         )
     config = survey.config
+    damage_scale = load_damage_scale(config.damage.scale, root=survey.root)
     if config.vectorize.bridge_gap_px:
         warnings.warn(
             f"vectorize.bridge_gap_px={config.vectorize.bridge_gap_px}: gap bridging is not "
@@ -885,7 +889,7 @@ def process_survey(
     try:
         summary = _write_outputs(
             survey, out, outcomes, results, model_info=model_info, timings=timings,
-            started=started, t0=t0,
+            started=started, t0=t0, damage_scale=damage_scale,
             cache_info={"dir": CACHE_DIR, "reused": run.reused, "computed": run.computed},
         )
     except OSError as exc:
@@ -1014,6 +1018,7 @@ def _write_outputs(
     timings: _Timings,
     started: datetime,
     t0: float,
+    damage_scale: DamageScale,
     cache_info: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     from cracksurvey.io.outputs import (
@@ -1022,6 +1027,7 @@ def _write_outputs(
         write_summary_tables,
     )
     from cracksurvey.io.vector import LayerSpec, write_geopackage
+    from cracksurvey.report import REPORT_HTML, write_survey_report
     from cracksurvey.summary import SUMMARY_COLUMNS, summarize_buildings
     from cracksurvey.vectorize import BRANCH_COLUMNS, CRACK_COLUMNS
 
@@ -1043,7 +1049,8 @@ def _write_outputs(
             list(survey.buildings["building_id"]) if survey.buildings is not None else []
         )
         summary = summarize_buildings(
-            cracks_table, branches_table, coverage, images_table, building_ids=footprint_ids
+            cracks_table, branches_table, coverage, images_table, building_ids=footprint_ids,
+            damage_scale=damage_scale,
         )
         crs = _buildings_crs(survey, [s.crs for s in specs if not s.name.startswith("cracks_3d")])
         specs.insert(
@@ -1083,6 +1090,7 @@ def _write_outputs(
         "survey_dir": str(survey.root.resolve()),
         "out_dir": str(out.resolve()),
         "model": model_info,
+        "damage_scale": {**damage_scale.to_dict(), "source": damage_scale.source},
         "config": survey.config.to_dict(),
         "config_sources": list(survey.config_sources),
         "inputs": {
@@ -1108,6 +1116,7 @@ def _write_outputs(
             "geopackage": "cracks.gpkg",
             "summary_csv": "summary.csv",
             "summary_json": "summary.json",
+            "report": REPORT_HTML,
             "rasters": sorted(
                 p for o in outcomes if o.status == "ok"
                 for p in (o.distance_raster, o.mask_raster) if p
@@ -1115,6 +1124,8 @@ def _write_outputs(
         },
         "environment": _environment(),
     }
+    with timings("report"):  # reads back the GeoPackage just written: one source of truth
+        write_survey_report(out, run_record=record)
     write_run_json(out / "run.json", record)  # last: its presence marks a finished run
     return RunSummary(
         out_dir=out,

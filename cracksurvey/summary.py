@@ -39,8 +39,9 @@ In a façade frame x runs along the façade and y up, so the bins are the usual 
 damage (shear cracks are diagonal). In a map CRS they are relative to the map grid (vertical =
 north-south) and carry no structural meaning.
 
-An indicative damage level (``damage`` config section) is not computed yet; it will be one more
-column of :data:`SUMMARY_COLUMNS`.
+**Damage level.** With a :class:`~cracksurvey.damage.DamageScale`, three more columns give an
+indicative damage level (``damage_level``, ``damage_label``, ``damage_basis``,
+:func:`cracksurvey.damage.assess_damage`): indicative, not a structural assessment.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ import pandas as pd
 import shapely
 from numpy.typing import ArrayLike, NDArray
 
+from cracksurvey.damage import DAMAGE_COLUMNS, DamageScale, assess_damage
 from cracksurvey.metrics import continuity_stats
 
 if TYPE_CHECKING:
@@ -96,7 +98,10 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "largest_crack_share": "longest_crack_m / total_length_m, 0-1",
     "n_images": "images that were processed and cover the building",
     "n_images_failed": "images of the building (images.csv) that failed",
+    **DAMAGE_COLUMNS,
 }
+#: Integer columns of the summary (the damage level is a nullable integer).
+_INT_COLUMNS = ("n_cracks", "cpp_patches", "n_images", "n_images_failed")
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,8 +341,9 @@ def summarize_buildings(
     images: pd.DataFrame,
     *,
     building_ids: Iterable[str] = (),
+    damage_scale: DamageScale | None = None,
 ) -> pd.DataFrame:
-    """Per-building crack statistics.
+    """Per-building crack statistics and indicative damage level.
 
     Parameters
     ----------
@@ -347,6 +353,8 @@ def summarize_buildings(
     building_ids : iterable of str
         Buildings to report even without images or cracks (e.g. every footprint of the
         buildings layer); their statistics are 0 or NaN.
+    damage_scale : DamageScale, optional
+        The scale of the damage columns; None leaves them empty (not assessed).
 
     Returns
     -------
@@ -392,11 +400,16 @@ def summarize_buildings(
                 ),
             }
         )
-    columns = ["building_id", *SUMMARY_COLUMNS]
-    frame = pd.DataFrame.from_records(records, columns=columns)
-    for column in ("n_cracks", "cpp_patches", "n_images", "n_images_failed"):
-        frame[column] = frame[column].astype(np.int64)
-    float_columns = [c for c in SUMMARY_COLUMNS if frame[c].dtype != np.int64]
+    measured = [c for c in SUMMARY_COLUMNS if c not in DAMAGE_COLUMNS]
+    frame = pd.DataFrame.from_records(records, columns=["building_id", *measured])
+    float_columns = [c for c in measured if c not in _INT_COLUMNS]
+    frame[list(_INT_COLUMNS)] = frame[list(_INT_COLUMNS)].astype(np.int64)
     frame[float_columns] = frame[float_columns].astype(np.float64)
     frame["building_id"] = frame["building_id"].astype(object)
-    return frame
+    if damage_scale is not None:
+        damage = assess_damage(frame, damage_scale)
+    else:
+        damage = pd.DataFrame({"damage_level": pd.Series(pd.NA, index=frame.index, dtype="Int64"),
+                               "damage_label": None, "damage_basis": None}, index=frame.index)
+    return pd.concat([frame, damage.astype({"damage_label": object, "damage_basis": object})],
+                     axis=1)

@@ -37,10 +37,11 @@ def test_defaults() -> None:
 
 
 def test_to_dict_round_trips_and_is_json() -> None:
-    cfg = build_config([("x", {"damage": {"width_mm_limits": [0.2, 2]}, "survey": {"gsd_mm": 1}})])
+    cfg = build_config([("x", {"damage": {"scale": "strict.yaml"},
+                               "survey": {"gsd_mm": 1, "district": "Centro"}})])
     data = cfg.to_dict()
     assert json.loads(json.dumps(data)) == data
-    assert data["damage"]["width_mm_limits"] == [0.2, 2.0]
+    assert data["damage"]["scale"] == "strict.yaml" and data["survey"]["district"] == "Centro"
     assert ProcessConfig.from_dict(data) == cfg
     assert cfg.survey.gsd_mm == 1.0 and isinstance(cfg.survey.gsd_mm, float)
 
@@ -59,7 +60,7 @@ def test_config_is_frozen() -> None:
          "batch_size, halo_px, tile_px"),
         ({"model": {"weight": "x"}}, "'model.weight'", "did you mean 'weights'",
          "device, precision, threshold, weights"),
-        ({"survey": {"zzz": 1}}, "'survey.zzz'", "", "crs, gsd_mm"),
+        ({"survey": {"zzz": 1}}, "'survey.zzz'", "", "crs, district, gsd_mm"),
     ],
 )
 def test_unknown_keys_name_file_key_and_allowed_keys(
@@ -107,8 +108,8 @@ def test_precedence_cli_over_config_over_survey_over_preset(tmp_path: Path) -> N
         ({"tiling": {"halo_px": 32}}, "halo_px=32 is below 64"),
         ({"survey": {"crs": "EPSG:999999"}}, "not a CRS"),
         ({"survey": {"gsd_mm": 0}}, "survey.gsd_mm=0.0 must be > 0"),
-        ({"damage": {"width_mm_limits": [1, 0.5]}}, "strictly increasing"),
-        ({"damage": {"width_mm_limits": 3}}, "expected list of number"),
+        ({"damage": {"scale": ""}}, "damage.scale is empty"),
+        ({"damage": {"scale": 3}}, "damage.scale=3 is not valid; expected string"),
         ({"engine": {"workers": 0}}, "engine.workers=0 must be > 0"),
         ({"tiling": [1, 2]}, "section 'tiling' must be a mapping"),
         ([1, 2], "expected a mapping of sections"),
@@ -150,13 +151,13 @@ def test_unknown_preset_lists_presets() -> None:
 
 def test_parse_set_options() -> None:
     layer = parse_set_options(
-        ["tiling.tile_px=512", "model.weights=null", "damage.width_mm_limits=[0.2, 2]",
+        ["tiling.tile_px=512", "model.weights=null", "damage.scale=strict.yaml",
          "engine.scheduler=tcp://h:8786"]
     )
     assert layer == {
         "tiling": {"tile_px": 512},
         "model": {"weights": None},
-        "damage": {"width_mm_limits": [0.2, 2]},
+        "damage": {"scale": "strict.yaml"},
         "engine": {"scheduler": "tcp://h:8786"},
     }
     assert build_config([("command line", layer)]).tiling.tile_px == 512

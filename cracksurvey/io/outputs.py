@@ -30,6 +30,7 @@ from cracksurvey.errors import OutputExistsError
 __all__ = [
     "OUTPUT_FILES",
     "RASTER_DIR",
+    "REPORT_HTML",
     "RUN_JSON",
     "SUMMARY_CSV",
     "SUMMARY_JSON",
@@ -49,9 +50,10 @@ RUN_JSON = "run.json"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
 GPKG = "cracks.gpkg"
+REPORT_HTML = "report.html"
 RASTER_DIR = "rasters"
 #: Files of a run in the output folder (rasters/ aside).
-OUTPUT_FILES = (GPKG, SUMMARY_CSV, SUMMARY_JSON, RUN_JSON)
+OUTPUT_FILES = (GPKG, SUMMARY_CSV, SUMMARY_JSON, REPORT_HTML, RUN_JSON)
 _RASTER_SUFFIXES = ("_distance.tif", "_mask.tif")
 
 

@@ -1,0 +1,245 @@
+"""Indicative damage level of a building from its crack summary (not a structural assessment).
+
+A :class:`DamageScale` is a list of levels, each with a label, the EMS-98 damage-grade wording
+for masonry it points to, and lower bounds (``when``) on columns of the building summary. A
+building reaches a level when **any** of the level's bounds is reached; its level is the highest
+level reached. Level 0 has no bound, so every imaged building reaches it. Unknown (NaN) values
+reach nothing; a building without a processed image gets no level (unknown, not undamaged).
+
+The shipped scale is ``configs/damage/default.yaml`` (its comments document the thresholds);
+the ``damage.scale`` config key names another one (``configs/damage/<name>.yaml``) or a YAML
+path. :func:`load_damage_scale` reads it; :func:`parse_damage_scale` and
+:func:`assess_damage` are pure.
+
+Examples
+--------
+>>> import pandas as pd
+>>> scale = parse_damage_scale({"name": "toy", "disclaimer": "indicative", "levels": [
+...     {"level": 0, "label": "none", "ems98": "-", "when": {}},
+...     {"level": 1, "label": "slight", "ems98": "grade 1", "when": {"n_cracks": 1}},
+...     {"level": 2, "label": "moderate", "ems98": "grade 2", "when": {"width_p95_mm": 1.0}}]})
+>>> summary = pd.DataFrame({"n_cracks": [0, 3, 5], "width_p95_mm": [float("nan"), 0.4, 2.0],
+...                         "n_images": [1, 1, 1]})
+>>> assess_damage(summary, scale)["damage_level"].tolist()
+[0, 1, 2]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cracksurvey.errors import ConfigError
+
+__all__ = [
+    "DAMAGE_COLUMNS",
+    "DAMAGE_SCALE_DIR",
+    "DamageLevel",
+    "DamageScale",
+    "assess_damage",
+    "load_damage_scale",
+    "parse_damage_scale",
+]
+
+#: Named damage scales: ``configs/damage/<name>.yaml`` of the source tree.
+DAMAGE_SCALE_DIR = Path(__file__).resolve().parents[1] / "configs" / "damage"
+
+#: Columns :func:`assess_damage` adds to the building summary, and what they mean.
+DAMAGE_COLUMNS: dict[str, str] = {
+    "damage_level": "indicative damage level (0 = no crack detected; levels point to EMS-98 "
+                    "grades for masonry); NOT a structural assessment; empty = not imaged",
+    "damage_label": "wording of the indicative damage level",
+    "damage_basis": "the summary values that set the level (value >= threshold)",
+}
+
+
+@dataclass(frozen=True)
+class DamageLevel:
+    """One level of a damage scale.
+
+    Parameters
+    ----------
+    level : int
+        0, 1, 2 ... (consecutive).
+    label : str
+        Short wording, e.g. ``'moderate'``.
+    ems98 : str
+        The EMS-98 damage-grade wording (masonry) the level points to, paraphrased.
+    when : mapping of str to float
+        Lower bounds on summary columns; reaching any one reaches the level. Empty: always.
+    """
+
+    level: int
+    label: str
+    ems98: str
+    when: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class DamageScale:
+    """A damage scale: levels in increasing order, a name, a disclaimer and where it came from."""
+
+    name: str
+    disclaimer: str
+    levels: tuple[DamageLevel, ...]
+    source: str = ""
+
+    def label(self, level: int) -> str:
+        """The label of ``level``."""
+        return self.levels[level].label
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scale as written in run.json (:func:`parse_damage_scale` reads it back)."""
+        return {
+            "name": self.name,
+            "disclaimer": self.disclaimer,
+            "levels": [{"level": v.level, "label": v.label, "ems98": v.ems98,
+                        "when": dict(v.when)} for v in self.levels],
+        }
+
+
+def _scale_error(source: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {message}")
+
+
+def _parse_level(item: Any, index: int, source: str) -> DamageLevel:
+    where = f"levels[{index}]"
+    if not isinstance(item, Mapping):
+        raise _scale_error(source, f"{where} must be a mapping with level, label, ems98, when")
+    unknown = sorted(set(item) - {"level", "label", "ems98", "when"})
+    if unknown:
+        raise _scale_error(source, f"{where}: unknown key(s) {', '.join(unknown)}; allowed: "
+                                   "level, label, ems98, when")
+    if item.get("level") != index:
+        raise _scale_error(source, f"{where}: level must be {index} (levels are 0, 1, 2 ... in "
+                                   f"order), found {item.get('level')!r}")
+    when = item.get("when") or {}
+    if not isinstance(when, Mapping) or not all(
+        isinstance(v, (int, float)) and math.isfinite(v) for v in when.values()
+    ):
+        raise _scale_error(source, f"{where}.when must map summary columns to numbers")
+    if index > 0 and not when:
+        raise _scale_error(source, f"{where}.when is empty; only level 0 may have no bound")
+    return DamageLevel(index, str(item.get("label", "")), str(item.get("ems98", "")),
+                       {str(k): float(v) for k, v in when.items()})
+
+
+def parse_damage_scale(mapping: Any, *, source: str = "damage scale") -> DamageScale:
+    """Validate a damage scale mapping (the YAML document); errors name ``source``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown keys, levels not numbered 0, 1, 2 ..., non-numeric bounds.
+    """
+    if not isinstance(mapping, Mapping):
+        raise _scale_error(source, "a damage scale must be a mapping with name, disclaimer, levels")
+    unknown = sorted(set(mapping) - {"name", "disclaimer", "levels"})
+    if unknown:
+        raise _scale_error(source, f"unknown key(s) {', '.join(unknown)}; allowed: name, "
+                                   "disclaimer, levels")
+    levels = mapping.get("levels")
+    if not isinstance(levels, list) or not levels:
+        raise _scale_error(source, "levels must be a non-empty list")
+    parsed = tuple(_parse_level(item, i, source) for i, item in enumerate(levels))
+    if parsed[0].when:
+        raise _scale_error(source, "levels[0].when must be empty (every imaged building is "
+                                   "at least level 0)")
+    return DamageScale(str(mapping.get("name", "")), str(mapping.get("disclaimer", "")),
+                       parsed, source)
+
+
+def load_damage_scale(scale: str | Path = "default", *, root: str | Path | None = None
+                      ) -> DamageScale:
+    """Read a damage scale: a name in ``configs/damage/`` or a YAML path.
+
+    Parameters
+    ----------
+    scale : str or Path
+        ``'default'``, another name of ``configs/damage/<name>.yaml``, or a path to a YAML file.
+    root : Path, optional
+        Relative paths are taken relative to it (the survey directory).
+    """
+    from cracksurvey.io.survey_files import read_yaml
+
+    path = Path(scale)
+    if path.suffix not in (".yaml", ".yml"):
+        path = DAMAGE_SCALE_DIR / f"{scale}.yaml"
+        if not path.is_file():
+            names = sorted(p.stem for p in DAMAGE_SCALE_DIR.glob("*.yaml"))
+            raise ConfigError(f"damage.scale={str(scale)!r}: no such scale; available: "
+                              f"{', '.join(names)} (in {DAMAGE_SCALE_DIR}), or a YAML path")
+    elif not path.is_absolute() and root is not None:
+        path = Path(root) / path
+    if not path.is_file():
+        raise ConfigError(f"damage.scale={str(scale)!r}: {path} does not exist")
+    return parse_damage_scale(read_yaml(path), source=str(path))
+
+
+def _reached(values: pd.DataFrame, bounds: Mapping[str, float]) -> tuple[np.ndarray, list[str]]:
+    """Per building: whether any bound is reached, and the ``column value >= bound`` texts."""
+    hit = np.zeros(len(values), dtype=bool)
+    basis = [""] * len(values)
+    for column, bound in bounds.items():
+        column_values = values[column].to_numpy(dtype=np.float64)
+        column_hit = np.isfinite(column_values) & (column_values >= bound)
+        for i in np.flatnonzero(column_hit):
+            text = f"{column} {column_values[i]:.3g} >= {bound:g}"
+            basis[i] = f"{basis[i]}; {text}" if basis[i] else text
+        hit |= column_hit
+    return hit, basis
+
+
+def assess_damage(summary: pd.DataFrame, scale: DamageScale) -> pd.DataFrame:
+    """Indicative damage level of each building of a summary.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        The building summary (:func:`cracksurvey.summary.summarize_buildings`), with
+        ``n_images`` and every column the scale's bounds name.
+    scale : DamageScale
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index of ``summary``; columns :data:`DAMAGE_COLUMNS`: ``damage_level`` (Int64, NA for
+        buildings without a processed image), ``damage_label`` and ``damage_basis`` (str or
+        None).
+
+    Raises
+    ------
+    ConfigError
+        A bound names a column the summary does not have.
+    """
+    needed = {c for level in scale.levels for c in level.when} | {"n_images"}
+    missing = sorted(needed - set(summary.columns))
+    if missing:
+        raise _scale_error(scale.source or "damage scale",
+                           f"bound(s) on unknown summary column(s) {', '.join(missing)}")
+    level = np.zeros(len(summary), dtype=np.int64)
+    basis: list[str] = ["no crack detected"] * len(summary)
+    for item in scale.levels[1:]:
+        hit, texts = _reached(summary, item.when)
+        level[hit] = item.level
+        for i in np.flatnonzero(hit):
+            basis[i] = texts[i]
+    imaged = summary["n_images"].to_numpy() > 0
+    return pd.DataFrame(
+        {
+            "damage_level": pd.Series(level, dtype="Int64", index=summary.index).where(imaged),
+            "damage_label": pd.Series(
+                [scale.label(v) if ok else None for v, ok in zip(level, imaged)], dtype=object,
+                index=summary.index),
+            "damage_basis": pd.Series(
+                [b if ok else None for b, ok in zip(basis, imaged)], dtype=object,
+                index=summary.index),
+        },
+        index=summary.index,
+    )
