@@ -8,8 +8,11 @@ report) runs for real and the summary must equal the drawn values.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from conftest import (
     write_images_csv,
     write_survey_yaml,
 )
+from PIL import Image
 from test_process import FAST, save_oracle
 
 from cracksurvey.cli import main
@@ -278,6 +282,23 @@ def test_report_is_self_contained_and_small(known) -> None:
     assert (out / "report.html").stat().st_size < 2_000_000
 
 
+def test_crack_overlays_lie_on_the_cracks_of_their_thumbnails(known) -> None:
+    html = (known[0].out_dir / "report.html").read_text(encoding="utf-8")
+    overlays = re.findall(r'<svg class="overlay".*?</svg>', html)
+    assert len(overlays) == 4
+    n_lines = 0
+    for svg in overlays:
+        data = re.search(r'href="data:image/jpeg;base64,([^"]+)"', svg).group(1)
+        grey = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("L"))
+        for line in re.findall(r'<polyline points="([^"]+)"', svg):
+            n_lines += 1
+            for x, y in (map(float, point.split(",")) for point in line.split()):
+                row, col = int(y), int(x)
+                around = grey[max(row - 1, 0): row + 2, max(col - 1, 0): col + 2]
+                assert around.min() < 60, (x, y)  # the drawn crack is 0, the wall 204
+    assert n_lines == 4  # F1: 2 cracks, F2: 1, M1: 1; M2's crop shows none of M1's cracks
+
+
 # --------------------------------------------------------------------------------------------
 # City-wide
 # --------------------------------------------------------------------------------------------
@@ -307,3 +328,42 @@ def test_city_report_merges_surveys(known, tmp_path: Path) -> None:
     assert html.count('class="district-row"') == 2
     again = CliRunner().invoke(main, ["report", str(summary.out_dir), "--out", str(city)])
     assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------
+def test_pixel_transform_recovers_the_image_transform() -> None:
+    import shapely
+
+    from cracksurvey.report.build import pixel_transform
+
+    transform = Affine(0.004, 0.001, 10.0, 0.0005, -0.004, 6.0)
+    corners = [transform @ c for c in [(0, 0), (300, 0), (300, 200), (0, 200)]]
+    assert pixel_transform(shapely.Polygon(corners), 300, 200).almost_equals(transform)
+
+
+def test_overview_draws_facade_only_buildings_schematically() -> None:
+    import shapely
+
+    from cracksurvey.report.figures import overview_map_svg
+
+    items = [
+        {"label": "A", "anchor": "b-0", "level": 2, "title": "A", "geometry":
+         shapely.MultiPolygon([shapely.box(0, 0, 10, 5)])},
+        {"label": "F<1>", "anchor": "b-1", "level": None, "title": "F", "geometry": None},
+    ]
+    svg = overview_map_svg(items, {0: "none", 1: "slight", 2: "moderate"})
+    assert svg.count("<path") == 1 and 'href="#b-0"' in svg and 'href="#b-1"' in svg
+    assert "schematic" in svg and "F&lt;1&gt;" in svg
+    assert "#fdae61" in svg and "#bdbdbd" in svg  # level 2 and unknown colours
+    only_facades = overview_map_svg(items[1:], {0: "none"})
+    assert "<path" not in only_facades and "<rect" in only_facades
+
+
+def test_format_value() -> None:
+    assert format_value("crack_density_m_per_m2", 0.12345) == "0.123"
+    assert format_value("imaged_area_m2", 12.345) == "12.3"
+    assert format_value("largest_crack_share", 1.0) == "100 %"
+    assert format_value("damage_level", pd.NA) == "–"
+    assert format_value("damage_label", "moderate") == "moderate"

@@ -145,8 +145,10 @@ def _keys(view: BuildingView) -> str:
 
 def _level_badge(view: BuildingView) -> str:
     level, label = view.level, view.values.get("damage_label")
-    text = ("not imaged" if _missing(level)
-            else f"level {int(level)}: {label}" if label else f"level {int(level)}")
+    if _missing(level):  # outputs of a version without damage levels: imaged, not assessed
+        text = "not assessed" if (view.values.get("n_images") or 0) > 0 else "not imaged"
+    else:
+        text = f"level {int(level)}: {label}" if not _missing(label) else f"level {int(level)}"
     dark = not _missing(level) and int(level) >= 3
     return (f'<span class="badge{" dark" if dark else ""}" '
             f'style="background:{level_colour(None if _missing(level) else int(level))}">'
