@@ -36,11 +36,13 @@ from pathlib import Path
 from typing import Literal
 from xml.sax.saxutils import escape, quoteattr
 
+import numpy as np
 import pandas as pd
 
 __all__ = [
     "DENSITY_CLASSES",
     "LAYER_KINDS",
+    "LEVEL_COLOURS",
     "WIDTH_CLASSES_MM",
     "LayerKind",
     "LayerStyle",
@@ -387,7 +389,10 @@ def crack_style(
 
 
 def buildings_style(
-    layer: str, *, column: str = "crack_density_m_per_m2", categories: Sequence[str] = ()
+    layer: str,
+    *,
+    column: str = "crack_density_m_per_m2",
+    categories: Mapping[str, str] | None = None,
 ) -> LayerStyle:
     """Choropleth of the buildings' damage indicator.
 
@@ -397,26 +402,35 @@ def buildings_style(
         Layer name.
     column : str
         The indicator column.
-    categories : sequence of str
-        Category values in legend order (a damage level): a categorized renderer, coloured
-        from light to dark in that order. Empty: ``column`` is a crack density in m/m²,
+    categories : mapping of str to str, optional
+        Category value to legend label, in legend order (a damage level): a categorized
+        renderer; integer levels 0-5 get fixed colours (0 green, then yellow to dark red) so
+        a level has one colour in every survey. None: ``column`` is a crack density in m/m²,
         classed by :data:`DENSITY_CLASSES`.
 
     Buildings whose indicator is NULL (no processed image) are drawn grey, "not assessed".
     """
     if categories:
-        colours = _ylorrd(min(len(categories), 6))
         classes = [
-            StyleClass(f"{column.replace('_', ' ')}: {value}",
-                       colours[min(i * len(colours) // len(categories), len(colours) - 1)],
-                       value=str(value), size_mm=0.26)
-            for i, value in enumerate(categories)
+            StyleClass(label, _level_colour(value, i), value=value, size_mm=0.26)
+            for i, (value, label) in enumerate(categories.items())
         ]
         return _style(layer, "categorized", column, [*classes, _NOT_ASSESSED], "fill",
-                      f"buildings by {column}", fill_alpha=190)
+                      f"buildings by {column} (indicative, not a structural assessment)",
+                      fill_alpha=190)
     return _style(layer, "rules", column, [*DENSITY_CLASSES, _NOT_ASSESSED], "fill",
                   f"buildings by {column} (metres of crack per square metre imaged)",
                   fill_alpha=190)
+
+
+#: Colours of damage levels 0-5 (0: no crack detected).
+LEVEL_COLOURS: tuple[tuple[int, int, int], ...] = ((26, 152, 80), *_ylorrd(5))
+
+
+def _level_colour(value: str, position: int) -> tuple[int, int, int]:
+    """The colour of level ``value`` (0-5), else of its position in the legend."""
+    level = int(value) if value.isdigit() else position
+    return LEVEL_COLOURS[min(level, len(LEVEL_COLOURS) - 1)]
 
 
 def images_style(layer: str) -> LayerStyle:
@@ -430,12 +444,22 @@ def images_style(layer: str) -> LayerStyle:
                   "image footprints by processing status")
 
 
-def _categories(values: pd.Series) -> list[str]:
-    """Distinct non-null values in natural order (numbers numerically), as text."""
-    values = values.dropna()
-    if pd.api.types.is_numeric_dtype(values):
-        return [f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(values.unique())]
-    return sorted(str(v) for v in values.unique())
+def _damage_categories(columns: pd.DataFrame, column: str) -> dict[str, str]:
+    """Level value to legend label, from the values present (with ``damage_label`` text when
+    the layer has it); levels 0-5 when no building has a level."""
+    present = columns[[column, *(["damage_label"] if "damage_label" in columns else [])]]
+    present = present.dropna(subset=[column]).drop_duplicates(column)
+    if not len(present):
+        return {str(level): f"damage level {level}" for level in range(len(LEVEL_COLOURS))}
+    values = present[column]
+    order = values.argsort() if pd.api.types.is_numeric_dtype(values) else values.astype(str).argsort()
+    categories = {}
+    for _, row in present.iloc[np.asarray(order)].iterrows():
+        value = row[column]
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        label = row.get("damage_label")
+        categories[text] = f"damage level {text}" + (f": {label}" if isinstance(label, str) else "")
+    return categories
 
 
 def default_style(
@@ -470,10 +494,8 @@ def default_style(
         return images_style(name)
     if kind == "buildings":
         if damage_column in columns:
-            values = _categories(columns[damage_column])
-            if pd.api.types.is_numeric_dtype(columns[damage_column]) and not values:
-                values = [str(v) for v in range(6)]
-            return buildings_style(name, column=damage_column, categories=values or ["unknown"])
+            return buildings_style(name, column=damage_column,
+                                   categories=_damage_categories(columns, damage_column))
         return buildings_style(name)
     return None
 
