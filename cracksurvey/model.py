@@ -308,6 +308,11 @@ def save_model(model: TernausNet, card: ModelCard, path: str | Path) -> ModelCar
     """
     from safetensors.torch import save_file
 
+    if card.norm == "batch" and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        raise ModelError(
+            f"{card.model_id}: the model's BatchNorm was folded for inference; save the unfolded "
+            "model (load_model(..., fold_bn=False))"
+        )
     weights = Path(path).with_suffix(".safetensors")
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}

@@ -52,3 +52,9 @@ def test_load_model_folds_unless_asked_not_to(tmp_path):
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     with torch.inference_mode():
         torch.testing.assert_close(folded(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_folded_model_cannot_be_saved_as_a_batchnorm_card(tmp_path):
+    model = fold_batchnorm(_trained_like("unet16"))
+    with pytest.raises(ModelError, match="folded"):
+        save_model(model, ModelCard("t", "unet16", 0.125, True, norm="batch"), tmp_path / "m")

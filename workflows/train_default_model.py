@@ -52,7 +52,7 @@ def install(run: Path, data: Path) -> None:
 
     from cracksurvey.evaluate import evaluate_model
 
-    model, card = load_model(run / "model.safetensors")
+    model, card = load_model(run / "model.safetensors", fold_bn=False)
     results = evaluate_model(run / "model.safetensors", [data / "masonry_dais2021", data / "deepcrack"], split="test")
     metrics = dict(card.metrics)
     metrics["test"] = {

@@ -409,7 +409,7 @@ def calibrate(
     """Fine threshold sweep on validation with the best checkpoint; writes model.safetensors + card."""
     from ..model import load_model
 
-    model, card = load_model(run_dir / "best.safetensors", device=device)
+    model, card = load_model(run_dir / "best.safetensors", device=device, fold_bn=False)
     sweep = CALIBRATION_SWEEP
     val = validate(model, val_samples, cfg=cfg, device=device, bf16=bf16, thresholds=sweep)
     metrics = {
