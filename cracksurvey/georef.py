@@ -568,7 +568,8 @@ def same_transform(a: Affine, b: Affine) -> bool:
 def _pick_transform(sources: GeorefSources, name: str) -> tuple[Affine | None, str]:
     raster, world = sources.raster_transform, sources.world_transform
     if raster is not None and world is not None and not same_transform(raster, world):
-        raise ConfigError(
+        # The image's own files disagree: that image fails alone (the others still run).
+        raise GeoreferenceError(
             f"{name}: world file {sources.world_file} ({tuple(world)[:6]}) contradicts the "
             f"raster's own transform ({tuple(raster)[:6]}); delete one of them"
         )
@@ -584,7 +585,7 @@ def _pick_transform(sources: GeorefSources, name: str) -> tuple[Affine | None, s
 def _pick_crs(sources: GeorefSources, name: str) -> tuple[CRS | None, str]:
     raster, prj = sources.raster_crs, sources.prj_crs
     if raster is not None and prj is not None and not same_crs(raster, prj):
-        raise ConfigError(
+        raise GeoreferenceError(
             f"{name}: {sources.prj_file} ({_crs_label(prj)}) contradicts the raster's own CRS "
             f"({_crs_label(raster)}); delete one of them"
         )

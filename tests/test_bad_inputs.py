@@ -1,10 +1,10 @@
 """The bad-input corpus through the CLI: one clear line each, the right status, the others finish.
 
 Per-image problems (the corpus of test_process plus a 1-band image, wrong extensions, a huge
-nodata area and a malformed world file) fail alone: exit status 1, one ``error`` line per bad
-image, every good image processed. Run-level problems (malformed images.csv or survey.yaml, a
-world file contradicting its raster, weights of the wrong architecture) are refused before any
-work: exit status 2, one line per problem, nothing written.
+nodata area, a malformed world file and one contradicting its raster's own transform) fail
+alone: exit status 1, one ``error`` line per bad image, every good image processed. Run-level
+problems (malformed images.csv or survey.yaml, weights of the wrong architecture) are refused
+before any work: exit status 2, one line per problem, nothing written.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def make_corpus(root: Path) -> Path:
     make_image(images / "badworld.png", crack_array((64, 64)))
     (images / "badworld.pgw").write_text("0.002\n0\n0\n-0.002\nabc\n1\n")
     write_world_file(make_image(images / "world.png", crack_array((64, 64))), GSD)
+    make_geotiff(images / "mismatched.tif", crack_array((64, 64)), GSD)
+    write_world_file(images / "mismatched.tif", Affine(0.5, 0, 0, 0, -0.5, 10))
     return root
 
 
@@ -78,6 +80,7 @@ def test_per_image_problems_fail_alone_with_one_line_each(tmp_path: Path, weight
         "empty.png": "the file is empty (0 bytes)",
         "notes.tif": "the file is corrupt or not an image",
         "badworld.png": "badworld.pgw: not a valid world file",
+        "mismatched.tif": "contradicts the raster's own transform",
     }
     assert len(errors) == len(expected)
     for name, text in expected.items():
@@ -114,7 +117,6 @@ def wrong_architecture_weights(folder: Path, weights: Path) -> Path:
         ("images_csv", "images.csv line 2: 3 fields but the header has 2"),
         ("survey_yaml_key", "unknown key"),
         ("survey_yaml_syntax", "survey.yaml"),
-        ("world_file", "contradicts the raster's own transform"),
         ("weights", "weights do not match the card's architecture (unet11"),
     ],
 )
@@ -130,8 +132,6 @@ def test_run_level_problems_are_refused_with_one_line(
         (root / "survey.yaml").write_text("tiling:\n  tile_size: 512\n")
     elif case == "survey_yaml_syntax":
         (root / "survey.yaml").write_text("tiling: [unclosed\n")
-    elif case == "world_file":
-        write_world_file(root / "images" / "a.tif", Affine(0.5, 0, 0, 0, -0.5, 10))
     else:
         options = ["--weights", wrong_architecture_weights(tmp_path, weights)]
     result = run("process", root, *options, *FAST_OPTIONS)

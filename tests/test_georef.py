@@ -297,12 +297,12 @@ def test_survey_crs_contradicting_the_raster_is_an_error() -> None:
                           survey_crs=same).kind == "map"
 
 
-def test_sidecars_contradicting_the_raster_are_errors() -> None:
+def test_sidecars_contradicting_the_raster_are_image_errors() -> None:
     other = MAP @ Affine.translation(10, 0)
-    with pytest.raises(ConfigError, match="world file a.tfw .* contradicts"):
+    with pytest.raises(GeoreferenceError, match="world file a.tfw .* contradicts"):
         resolve_georef(sources(raster_transform=MAP, world_transform=other, world_file="a.tfw",
                                raster_crs=UTM), name="a.tif")
-    with pytest.raises(ConfigError, match="a.prj .*EPSG:32632.* contradicts the raster's own CRS"):
+    with pytest.raises(GeoreferenceError, match="a.prj .*EPSG:32632.* contradicts the raster's own CRS"):
         resolve_georef(sources(raster_transform=MAP, raster_crs=UTM,
                                prj_crs=CRS.from_epsg(32632), prj_file="a.prj"), name="a.tif")
 
