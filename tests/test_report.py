@@ -13,8 +13,10 @@ import io
 import json
 import math
 import re
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -115,11 +117,22 @@ def process_known(root: Path, weights: Path, out: Path | None = None):
                           synchronous=True)
 
 
+@dataclass
+class Known:
+    """The processed known survey, its weights, and the GDAL sidecar files found right after
+    processing (before the tests read the GeoPackage themselves)."""
+
+    summary: Any
+    weights: Path
+    sidecars: list[Path]
+
+
 @pytest.fixture(scope="module")
-def known(tmp_path_factory: pytest.TempPathFactory):
+def known(tmp_path_factory: pytest.TempPathFactory) -> Known:
     base = tmp_path_factory.mktemp("known")
     weights = save_oracle(base)
-    return process_known(make_known_survey(base / "centre"), weights), weights
+    summary = process_known(make_known_survey(base / "centre"), weights)
+    return Known(summary, weights, sorted(base.rglob("*.aux.xml")))
 
 
 def read_buildings(out: Path) -> pd.DataFrame:
@@ -131,7 +144,7 @@ def read_buildings(out: Path) -> pd.DataFrame:
 # The summary equals the drawn pattern
 # --------------------------------------------------------------------------------------------
 def test_summary_equals_the_known_crack_pattern(known) -> None:
-    summary, _ = known
+    summary = known.summary
     table = read_buildings(summary.out_dir)
     assert sorted(table.index) == ["D", "F1", "F2", "M1", "M2"]
     for building, drawn in KNOWN.items():
@@ -166,12 +179,12 @@ def test_summary_equals_the_known_crack_pattern(known) -> None:
 
 
 def test_damage_columns_name_their_basis(known) -> None:
-    table = read_buildings(known[0].out_dir)
+    table = read_buildings(known.summary.out_dir)
     assert table.loc["F2", "damage_label"] == "shear"
     assert table.loc["F2", "damage_basis"].startswith("share_diagonal 1 >= 0.5")
     assert table.loc["M2", "damage_basis"] == "no crack detected"
     assert pd.isna(table.loc["D", "damage_label"])
-    run = json.loads((known[0].out_dir / "run.json").read_text())
+    run = json.loads((known.summary.out_dir / "run.json").read_text())
     assert run["damage_scale"]["name"] == "test scale"
     assert run["damage_scale"]["source"].endswith("scale.yaml")
     assert run["outputs"]["report"] == "report.html"
@@ -246,7 +259,7 @@ def assert_cell_matches(cell: dict[str, str], gpkg_value, csv_value) -> None:
 
 
 def test_report_numbers_equal_geopackage_and_summary_csv(known) -> None:
-    out = known[0].out_dir
+    out = known.summary.out_dir
     gpkg = read_buildings(out)
     csv = pd.read_csv(out / "summary.csv", dtype={"building_id": str}).set_index("building_id")
     report = parse_report(out / "report.html")
@@ -268,7 +281,7 @@ def test_report_numbers_equal_geopackage_and_summary_csv(known) -> None:
 
 
 def test_report_is_self_contained_and_small(known) -> None:
-    out = known[0].out_dir
+    out = known.summary.out_dir
     report = parse_report(out / "report.html")
     assert report.urls == [] or all(u.startswith("data:") for u in report.urls)
     assert report.images and all(i.startswith("data:image/jpeg;base64,") for i in report.images)
@@ -280,10 +293,12 @@ def test_report_is_self_contained_and_small(known) -> None:
     assert "Indicative, not a structural assessment" in html
     assert "oracle-dark-pixels" in html and "4.0 px" in html  # provenance: model, threshold
     assert (out / "report.html").stat().st_size < 2_000_000
+    # the report read the outputs and images back and left no GDAL sidecar file behind
+    assert known.sidecars == []
 
 
 def test_crack_overlays_lie_on_the_cracks_of_their_thumbnails(known) -> None:
-    html = (known[0].out_dir / "report.html").read_text(encoding="utf-8")
+    html = (known.summary.out_dir / "report.html").read_text(encoding="utf-8")
     overlays = re.findall(r'<svg class="overlay".*?</svg>', html)
     assert len(overlays) == 4
     n_lines = 0
@@ -303,7 +318,7 @@ def test_crack_overlays_lie_on_the_cracks_of_their_thumbnails(known) -> None:
 # City-wide
 # --------------------------------------------------------------------------------------------
 def test_city_report_merges_surveys(known, tmp_path: Path) -> None:
-    summary, weights = known
+    summary, weights = known.summary, known.weights
     other = process_known(make_known_survey(tmp_path / "east", district="East"), weights)
     city = tmp_path / "city"
     result = CliRunner().invoke(

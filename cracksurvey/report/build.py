@@ -140,11 +140,12 @@ def _same_crs(a: Any, b: Any) -> bool:
     return a is not None and b is not None and a.equals(b)
 
 
-def _images_of(survey: SurveyOutput, building_id: str, geometry: Any) -> pd.DataFrame:
+def _images_of(survey: SurveyOutput, building_id: str, geometry: Any, cracks: pd.DataFrame
+               ) -> pd.DataFrame:
     """The processed images showing a building: its images.csv rows, images holding its
-    cracks, and map images whose footprint meets its footprint (same CRS)."""
+    ``cracks``, and map images whose footprint meets its footprint (same CRS)."""
     images = survey.images[survey.images["status"].astype(str) == "ok"]
-    with_cracks = set(survey.cracks.loc[survey.cracks["building_id"] == building_id, "image"])
+    with_cracks = set(cracks["image"])
     crs = survey.buildings.crs
     meets = np.array([
         geometry is not None and row.georef_kind == "map" and _same_crs(row.crs, crs)
@@ -162,13 +163,15 @@ def build_building_views(survey: SurveyOutput, options: ReportOptions, *,
     """A :class:`BuildingView` for every row of the survey's ``buildings`` layer."""
     views = []
     buildings = survey.buildings
+    cracks_of = dict(list(survey.cracks.groupby("building_id", sort=False)))
+    branches_of = dict(list(survey.branches.groupby("building_id", sort=False)))
     for index, row in enumerate(buildings.itertuples(index=False)):
         values = {c: getattr(row, c) for c in buildings.columns if c != "geometry"}
         building_id = values["building_id"]
         geometry = row.geometry if row.geometry is not None and not row.geometry.is_empty else None
-        cracks = survey.cracks[survey.cracks["building_id"] == building_id]
-        branches = survey.branches[survey.branches["building_id"] == building_id]
-        images = _images_of(survey, building_id, geometry)
+        cracks = cracks_of.get(building_id, survey.cracks.iloc[:0])
+        branches = branches_of.get(building_id, survey.branches.iloc[:0])
+        images = _images_of(survey, building_id, geometry, cracks)
         shown = []
         for image in images.itertuples(index=False):
             image_row = pd.Series(image._asdict())

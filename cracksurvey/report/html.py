@@ -172,7 +172,8 @@ def ranked_table(views: Sequence[BuildingView], *, city: bool) -> str:
                              f'<a href="#{view.anchor}">{escape(str(value))}</a></td>')
             elif column == "damage_level":
                 colour = level_colour(None if _missing(value) else int(value))
-                cells.append(_cell(column, value, extra=f' style="background:{colour}"'))
+                ink = ";color:#fff" if not _missing(value) and int(value) >= 3 else ""
+                cells.append(_cell(column, value, extra=f' style="background:{colour}{ink}"'))
             else:
                 cells.append(_cell(column, value))
         rows.append(f'<tr class="building-row" {_keys(view)}>{"".join(cells)}</tr>')

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,20 @@ def survey_names(run: dict[str, Any], out_dir: Path) -> tuple[str, str]:
     return name, str(district)
 
 
+@contextmanager
+def _no_sidecar_files() -> Iterator[None]:
+    """GDAL writes a ``.aux.xml`` beside a GeoPackage with dataset metadata when it closes it
+    after reading; the report only reads, so it must leave the output folder as it was."""
+    import pyogrio
+
+    previous = pyogrio.get_gdal_config_option("GDAL_PAM_ENABLED")
+    pyogrio.set_gdal_config_options({"GDAL_PAM_ENABLED": "NO"})
+    try:
+        yield
+    finally:
+        pyogrio.set_gdal_config_options({"GDAL_PAM_ENABLED": previous})
+
+
 def _layers(gpkg: Path) -> list[str]:
     import pyogrio
 
@@ -146,21 +162,17 @@ def load_survey_output(out_dir: str | Path, *, run_record: dict[str, Any] | None
         run_record = json.loads((out / RUN_JSON).read_text(encoding="utf-8"))
     if not gpkg.is_file():
         raise ConfigError(f"{out}: no {GPKG}; run cracksurvey process first")
-    names = _layers(gpkg)
-    buildings = pyogrio.read_dataframe(gpkg, layer="buildings")
+    with _no_sidecar_files():
+        names = _layers(gpkg)
+        buildings = pyogrio.read_dataframe(gpkg, layer="buildings")
+        cracks = _read_layers(gpkg, _of_kind(names, "cracks"), _CRACK_COLUMNS, geometry=True)
+        branches = _read_layers(gpkg, _of_kind(names, "crack_branches"), _BRANCH_COLUMNS,
+                                geometry=False)
+        images = _read_layers(gpkg, _of_kind(names, "images"), _IMAGE_COLUMNS, geometry=True)
     buildings["building_id"] = buildings["building_id"].astype(object)
     name, district = survey_names(run_record, out)
-    return SurveyOutput(
-        out_dir=out,
-        name=name,
-        district=district,
-        run=run_record,
-        buildings=buildings,
-        cracks=_read_layers(gpkg, _of_kind(names, "cracks"), _CRACK_COLUMNS, geometry=True),
-        branches=_read_layers(gpkg, _of_kind(names, "crack_branches"), _BRANCH_COLUMNS,
-                              geometry=False),
-        images=_read_layers(gpkg, _of_kind(names, "images"), _IMAGE_COLUMNS, geometry=True),
-    )
+    return SurveyOutput(out_dir=out, name=name, district=district, run=run_record,
+                        buildings=buildings, cracks=cracks, branches=branches, images=images)
 
 
 def _to_rgb8(array: np.ndarray) -> np.ndarray:
