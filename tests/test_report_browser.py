@@ -116,18 +116,53 @@ def evaluate(tools: DevTools, expression: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def report_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def outputs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The known survey processed twice, as two surveys of two districts."""
     base = tmp_path_factory.mktemp("browser")
-    summary = process_known(make_known_survey(base / "centre"), save_oracle(base))
-    return summary.out_dir / "report.html"
+    weights = save_oracle(base)
+    return [process_known(make_known_survey(base / "centre"), weights).out_dir,
+            process_known(make_known_survey(base / "east", district="East"), weights).out_dir]
+
+
+@pytest.fixture(scope="module")
+def report_path(outputs: list[Path]) -> Path:
+    return outputs[0] / "report.html"
+
+
+def open_page(tools: DevTools, path: Path) -> None:
+    """Record network, console and log events, open ``path`` and wait for its load event."""
+    for domain in ("Network", "Runtime", "Log", "Page"):
+        tools.send(f"{domain}.enable")
+    tools.send("Page.navigate", url=path.as_uri())
+    tools.wait_for("Page.loadEventFired")
+
+
+def screenshot(tools: DevTools, path: Path) -> Path:
+    """A full-page PNG screenshot written to ``path``."""
+    png = base64.b64decode(tools.send("Page.captureScreenshot", format="png",
+                                      captureBeyondViewport=True)["data"])
+    path.write_bytes(png)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    return path
+
+
+def assert_offline_and_quiet(tools: DevTools) -> None:
+    """No request other than file:/data:, nothing logged as an error, no exception."""
+    requests = [e["params"]["request"]["url"] for e in tools.events
+                if e.get("method") == "Network.requestWillBeSent"]
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
+    errors = [e for e in tools.events
+              if (e.get("method") == "Runtime.consoleAPICalled"
+                  and e["params"]["type"] in ("error", "assert"))
+              or e.get("method") == "Runtime.exceptionThrown"
+              or (e.get("method") == "Log.entryAdded"
+                  and e["params"]["entry"]["level"] == "error")]
+    assert errors == []
 
 
 def test_report_renders_in_headless_chromium(browser: DevTools, report_path: Path,
                                              tmp_path: Path) -> None:
-    for domain in ("Network", "Runtime", "Log", "Page"):
-        browser.send(f"{domain}.enable")
-    browser.send("Page.navigate", url=report_path.as_uri())
-    browser.wait_for("Page.loadEventFired")
+    open_page(browser, report_path)
 
     rows = evaluate(browser, "[...document.querySelectorAll('tr.building-row')]"
                              ".map(r => r.dataset.building)")
@@ -147,24 +182,32 @@ def test_report_renders_in_headless_chromium(browser: DevTools, report_path: Pat
     maps = evaluate(browser, "document.querySelectorAll('svg.map path').length")
     assert maps == 5
 
-    png = base64.b64decode(browser.send("Page.captureScreenshot", format="png",
-                                        captureBeyondViewport=True)["data"])
-    screenshot = tmp_path / "report.png"
-    screenshot.write_bytes(png)
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
+    screenshot(browser, tmp_path / "report.png")
 
     # printing lays the page out without errors either
     browser.send("Emulation.setEmulatedMedia", media="print")
     pdf = base64.b64decode(browser.send("Page.printToPDF")["data"])
     assert pdf[:4] == b"%PDF"
 
-    requests = [e["params"]["request"]["url"] for e in browser.events
-                if e.get("method") == "Network.requestWillBeSent"]
-    assert all(u.startswith(("file:", "data:")) for u in requests), requests
-    errors = [e for e in browser.events
-              if (e.get("method") == "Runtime.consoleAPICalled"
-                  and e["params"]["type"] in ("error", "assert"))
-              or e.get("method") == "Runtime.exceptionThrown"
-              or (e.get("method") == "Log.entryAdded"
-                  and e["params"]["entry"]["level"] == "error")]
-    assert errors == []
+    assert_offline_and_quiet(browser)
+
+
+def test_city_report_renders_in_headless_chromium(browser: DevTools, outputs: list[Path],
+                                                  tmp_path: Path) -> None:
+    from cracksurvey.report import write_city_report
+
+    city = write_city_report(outputs, tmp_path / "city", merge=False)
+    open_page(browser, city.report)
+    rows = evaluate(browser, "[...document.querySelectorAll('tr.building-row')]"
+                             ".map(r => r.dataset.survey + '/' + r.dataset.building)")
+    assert sorted(rows) == sorted(f"{s}/{b}" for s in ("centre", "east")
+                                  for b in ("D", "F1", "F2", "M1", "M2"))
+    districts = evaluate(browser, "[...document.querySelectorAll('tr.district-row td:first-child')]"
+                                  ".map(c => c.textContent)")
+    assert districts == ["East", "centre"]
+    thumbnails = evaluate(browser, """Promise.all([...document.querySelectorAll('svg image')].map(
+        async i => { const im = new Image(); im.src = i.href.baseVal; await im.decode();
+                     return Math.max(im.naturalWidth, im.naturalHeight); }))""")
+    assert len(thumbnails) == 8 and max(thumbnails) <= 360
+    screenshot(browser, tmp_path / "city.png")
+    assert_offline_and_quiet(browser)
