@@ -323,6 +323,36 @@ def _set_torch_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+# Drivers whose files are not tiled: GDAL decodes a JPEG window from the top of the image, so
+# every tile of a façade photo re-decodes most of it (measured: 0.2 s per 1 MP tile of a 12 MP
+# JPEG, a quarter of the model's time). Such images, up to WHOLE_DECODE_MAX_PX, are decoded once
+# per worker and the tiles sliced from memory; tiled GeoTIFFs of any size are read by window.
+STREAM_DRIVERS = frozenset({"JPEG", "PNG"})
+WHOLE_DECODE_MAX_PX = 64_000_000
+_DECODED: dict[tuple[str, int, int], np.ndarray] = {}
+_DECODED_LOCK = threading.Lock()
+
+
+def _read_tile(info: RasterInfo, tile: Tile) -> np.ndarray:
+    """The tile's read window (core + halo, reflect-padded at the image borders)."""
+    stat = os.stat(info.path)
+    key = (info.path, stat.st_mtime_ns, stat.st_size)
+    with _DECODED_LOCK:
+        whole = _DECODED.get(key)
+        if whole is None:
+            with RasterSource(info.path) as source:
+                if source.driver not in STREAM_DRIVERS or info.n_pixels > WHOLE_DECODE_MAX_PX:
+                    return read_window_reflect(source.read, tile.read, info.height, info.width)
+                whole = source.read(0, info.height, 0, info.width)
+            _DECODED.clear()  # one decoded image per worker
+            _DECODED[key] = whole
+
+    def sliced(row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+        return whole[:, row0:row1, col0:col1]
+
+    return read_window_reflect(sliced, tile.read, info.height, info.width)
+
+
 def _tile_task(
     info: RasterInfo,
     tile: Tile,
@@ -340,8 +370,7 @@ def _tile_task(
     _set_torch_threads(torch_threads)
     device = resolve_device(device)
     precision = effective_precision(precision, device)
-    with RasterSource(info.path) as source:
-        raw = read_window_reflect(source.read, tile.read, info.height, info.width)
+    raw = _read_tile(info, tile)
     valid = valid_pixels(raw, nodata=bands.nodata, alpha_band=bands.alpha_band)
     if not valid[tile.core_in_read].any():
         return tile, None

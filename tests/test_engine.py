@@ -285,3 +285,23 @@ def test_writer_makes_a_cog_with_overviews_from_windows(tmp_path):
         assert ds.overviews(1) == [2, 4] and ds.block_shapes[0] == (512, 512)
         assert ds.profile["compress"] == "zstd"
         assert ds.read(1)[650, 1050] == 600 + 900
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_untiled_images_decoded_once_give_the_windowed_reads(tmp_path, suffix):
+    from PIL import Image
+
+    from cracksurvey.engine import _DECODED, _read_tile
+    from cracksurvey.io.raster import RasterSource
+    from cracksurvey.tiling import read_window_reflect, tile_grid
+
+    rng = np.random.default_rng(3)
+    path = tmp_path / f"photo{suffix}"
+    Image.fromarray(rng.integers(0, 255, (150, 230, 3), dtype=np.uint8)).save(path)
+    info = describe_raster(path)
+    with RasterSource(path) as source:
+        assert source.driver in ("PNG", "JPEG")
+        for tile in tile_grid(info.height, info.width, tile_px=64, halo_px=32):
+            expected = read_window_reflect(source.read, tile.read, info.height, info.width)
+            np.testing.assert_array_equal(_read_tile(info, tile), expected)
+    assert len(_DECODED) == 1  # decoded once, kept for the next tiles

@@ -159,6 +159,11 @@ class RasterSource:
             self._env.__exit__(None, None, None)
             raise _input_error(path, f"cannot be opened ({exc})") from exc
 
+    @property
+    def driver(self) -> str:
+        """GDAL driver short name (``GTiff``, ``JPEG``, ``PNG`` ...)."""
+        return str(self._ds.driver)
+
     def read(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
         """All bands of an in-image window, ``(bands, row1-row0, col1-col0)``.
 
