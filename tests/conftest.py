@@ -18,10 +18,13 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+import torch
 import yaml
 from affine import Affine
 from pyproj import CRS
 from rasterio.errors import NotGeoreferencedWarning
+
+from cracksurvey.model import ModelCard, TernausNet, save_model
 
 #: A projected CRS in metres (WGS 84 / UTM 33N, central Italy) and an origin inside it.
 UTM33 = "EPSG:32633"
@@ -270,3 +273,77 @@ def make_survey(root: str | Path, *, pixel_image: bool = False) -> Path:
 def survey_dir(tmp_path: Path) -> Path:
     """A tiny survey with map, façade (gsd, world file) and façade-in-the-world images."""
     return make_survey(tmp_path / "survey")
+
+
+# ---------------------------------------------------------------------------------------------
+# The oracle stand-in model and shared fixtures of the process / CLI / cluster / resume tests.
+#
+# The oracle is a real TernausNet (unet16, width 1/16, body head) saved with ``save_model``,
+# whose weights make it compute, per pixel, ``distance = relu(20 - 20 * relu(-mean of the
+# normalised RGB))``: a dark pixel (a drawn crack) gets distance 0, a bright one 20, so the mask
+# is exactly the drawn crack and the whole chain runs for real.
+
+#: Small tiles (core 32 px, halo 64 px), fp32, small CPP patches: fast and deterministic.
+FAST = {
+    "model": {"precision": "fp32"},
+    "tiling": {"tile_px": 160, "halo_px": 64},
+    "cpp": {"patch_px": 16, "min_area_px": 3},
+}
+def oracle_model() -> TernausNet:
+    """TernausNet whose output is a fixed function of the pixel darkness (module docstring)."""
+    model = TernausNet("unet16", width=1 / 16, body_head=True)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        model.encoder[0].weight[0, :, 1, 1] = -1.0 / 3.0  # darkness = -mean(normalised RGB)
+        model.encoder[2].weight[0, 0, 1, 1] = 1.0  # passed on by the second conv of stage 1
+        nf = model.final.in_channels  # dec1 sees cat([dec2 (nf channels, all 0), conv1])
+        model.dec1[0].weight[0, nf, 1, 1] = 1.0
+        model.final.weight[0, 0] = -20.0
+        model.final.bias[0] = 20.0
+        model.body.weight[0, 0] = 20.0  # crack body logit: +20 * darkness - 10
+        model.body.bias[0] = -10.0
+    return model.eval()
+
+
+def save_oracle(directory: Path) -> Path:
+    """Save the oracle with its card (threshold 4 px); returns the .safetensors path."""
+    path = directory / "oracle.safetensors"
+    card = ModelCard("oracle-dark-pixels", "unet16", 1 / 16, True, threshold_px=4.0)
+    save_model(oracle_model(), card, path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread per test: the machine is shared and the tiny models run faster so."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def oracle_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_oracle(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="session")
+def weights(oracle_weights: Path) -> Path:
+    """The oracle's weights (test modules with their own stand-in override this fixture)."""
+    return oracle_weights
+
+
+def run_cli(*args: str | Path) -> Any:
+    """``cracksurvey ARGS`` through click's runner (a click Result)."""
+    from click.testing import CliRunner
+
+    from cracksurvey.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def nonblank_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import shapely
 from affine import Affine
-from test_process import FAST, save_oracle
+from conftest import FAST, save_oracle
 
 from cracksurvey.errors import CrackSurveyWarning
 from cracksurvey.process import RunSummary, process_survey

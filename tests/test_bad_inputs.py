@@ -15,38 +15,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 from affine import Affine
-from click.testing import CliRunner
-from conftest import crack_array, make_geotiff, make_image, write_world_file
+from conftest import crack_array, make_geotiff, make_image, oracle_model, write_world_file
+from conftest import nonblank_lines as lines
+from conftest import run_cli as run
 from test_cli import FAST_OPTIONS
-from test_process import make_bad_input_survey, oracle_model, save_oracle
+from test_process import make_bad_input_survey
 
-from cracksurvey.cli import main
 from cracksurvey.model import ModelCard, save_model
 
 GSD = Affine(0.002, 0, 0, 0, -0.002, 64 * 0.002)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_oracle(tmp_path_factory.mktemp("weights"))
 
 
-def run(*args: str | Path):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
 
 
 def make_corpus(root: Path) -> Path:

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 from conftest import make_survey
-from test_process import make_bad_input_survey, save_oracle
+from conftest import nonblank_lines as lines
+from conftest import run_cli as run
+from test_process import make_bad_input_survey
 
 from cracksurvey.cli import main
 from cracksurvey.errors import ConfigError
@@ -20,25 +21,12 @@ FAST_OPTIONS = ["--scheduler", "synchronous", "--precision", "fp32",
                 "--set", "tiling.halo_px=64", "--tile-px", "160", "--set", "cpp.patch_px=16"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_oracle(tmp_path_factory.mktemp("weights"))
 
 
-def run(*args: str | Path):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
 
 
 def test_help_explains_inputs_and_outputs() -> None:

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_survey
-from test_process import FAST, oracle_model, save_oracle
+from conftest import FAST, make_survey, oracle_model
 from test_resume import TIMING_COLUMNS, assert_same_layers, make_slow_survey
 
 from cracksurvey.engine import resolve_device
@@ -34,17 +33,8 @@ WORKER = [sys.executable, "-m", "distributed.cli.dask_worker"]
 RTOL = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_oracle(tmp_path_factory.mktemp("weights"))
 
 
 def start_worker(scheduler_file: Path, *extra: str) -> subprocess.Popen:

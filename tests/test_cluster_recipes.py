@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_survey
-from test_process import save_oracle
+from conftest import make_survey, save_oracle
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 sys.path.insert(0, str(WORKFLOWS))

@@ -24,12 +24,6 @@ CRS = "EPSG:32633"
 TRANSFORM = Affine(0.005, 0.0, 500_000.0, 0.0, -0.005, 4_100_000.0)  # 5 mm pixels
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class TinyNet(nn.Module):

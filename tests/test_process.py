@@ -23,6 +23,7 @@ import rasterio
 import torch
 from affine import Affine
 from conftest import (
+    FAST,
     UTM33,
     UTM33_ORIGIN,
     crack_array,
@@ -37,54 +38,9 @@ from cracksurvey.config import ProcessConfig
 from cracksurvey.errors import ConfigError, CrackSurveyWarning, OutputExistsError
 from cracksurvey.io.survey_files import hash_file
 from cracksurvey.metrics import cracks_per_patch
-from cracksurvey.model import ModelCard, TernausNet, save_model
 from cracksurvey.process import process_survey
 
-#: Small tiles (core 32 px, halo 64 px), fp32, small CPP patches: fast and deterministic.
-FAST = {
-    "model": {"precision": "fp32"},
-    "tiling": {"tile_px": 160, "halo_px": 64},
-    "cpp": {"patch_px": 16, "min_area_px": 3},
-}
 X0, Y0 = UTM33_ORIGIN
-
-
-def oracle_model() -> TernausNet:
-    """TernausNet whose output is a fixed function of the pixel darkness (module docstring)."""
-    model = TernausNet("unet16", width=1 / 16, body_head=True)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.zero_()
-        model.encoder[0].weight[0, :, 1, 1] = -1.0 / 3.0  # darkness = -mean(normalised RGB)
-        model.encoder[2].weight[0, 0, 1, 1] = 1.0  # passed on by the second conv of stage 1
-        nf = model.final.in_channels  # dec1 sees cat([dec2 (nf channels, all 0), conv1])
-        model.dec1[0].weight[0, nf, 1, 1] = 1.0
-        model.final.weight[0, 0] = -20.0
-        model.final.bias[0] = 20.0
-        model.body.weight[0, 0] = 20.0  # crack body logit: +20 * darkness - 10
-        model.body.bias[0] = -10.0
-    return model.eval()
-
-
-def save_oracle(directory: Path) -> Path:
-    """Save the oracle with its card (threshold 4 px); returns the .safetensors path."""
-    path = directory / "oracle.safetensors"
-    card = ModelCard("oracle-dark-pixels", "unet16", 1 / 16, True, threshold_px=4.0)
-    save_model(oracle_model(), card, path)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model is slower on 2 contended threads
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def oracle_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_oracle(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")

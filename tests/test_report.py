@@ -26,6 +26,7 @@ import torch
 from affine import Affine
 from click.testing import CliRunner
 from conftest import (
+    FAST,
     UTM33,
     UTM33_ORIGIN,
     box_ring,
@@ -33,11 +34,11 @@ from conftest import (
     make_buildings,
     make_geotiff,
     make_image,
+    save_oracle,
     write_images_csv,
     write_survey_yaml,
 )
 from PIL import Image
-from test_process import FAST, save_oracle
 
 from cracksurvey.cli import main
 from cracksurvey.process import process_survey

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_process import save_oracle
+from conftest import save_oracle
 from test_report import make_known_survey, process_known
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

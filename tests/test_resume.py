@@ -21,10 +21,8 @@ import pandas as pd
 import pyogrio
 import pytest
 import shapely
-import torch
 from affine import Affine
-from conftest import crack_array, make_geotiff, make_survey, write_images_csv
-from test_process import FAST, save_oracle
+from conftest import FAST, crack_array, make_geotiff, make_survey, write_images_csv
 
 from cracksurvey.errors import OutputWriteError
 from cracksurvey.io.cache import CACHE_DIR, ImageCache
@@ -36,17 +34,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*not assigned to a building")
 TIMING_COLUMNS = ("seconds",)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_oracle(tmp_path_factory.mktemp("weights"))
 
 
 def read_layers(gpkg: Path, *, drop: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:

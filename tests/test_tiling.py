@@ -30,15 +30,6 @@ from cracksurvey.tiling import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # The test machine is shared: one thread avoids oversubscription (and is faster here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class SmallRF(nn.Module):
     """Stand-in with a small receptive field (< 16 px) but real pooling and upsampling.
 
