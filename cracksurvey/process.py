@@ -84,6 +84,9 @@ logger = logging.getLogger(__name__)
 ProgressKind = Literal["images", "image", "tile", "image_done"]
 
 
+#: Version of the per-image cache entries' content (part of every cache key).
+CACHE_ENTRY_FORMAT = 2
+
 @dataclass(frozen=True)
 class ProgressEvent:
     """What :func:`process_survey` reports to its ``progress`` callback.
@@ -633,6 +636,9 @@ class _ImageRun:
         joined_by_footprint = record.building_id is None and georef.kind == "map"
         return cache_key({
             "cracksurvey": __version__,
+            # Bump when what a cache entry holds changes within one version (2: COGs carry the
+            # resolved georeferencing, not only the input file's own tags).
+            "entry_format": CACHE_ENTRY_FORMAT,
             "image": {
                 "name": record.name, "path": _display_path(record, self.root),
                 "sha256": record.sha256, "building_id": record.building_id,
