@@ -36,7 +36,7 @@ def test_help_explains_inputs_and_outputs() -> None:
                  "summary.csv", "_distance.tif", "--overwrite", "--scheduler", "--workers",
                  "--tile-px", "--threshold-px", "[auto|bf16|fp32]", "--json", "Exit status"):
         assert text in result.output, text
-    assert "[default: (1024)" in " ".join(result.output.split())
+    assert "[default: (1280)" in " ".join(result.output.split())
     assert "process" in run("--help").output
 
 

@@ -30,7 +30,7 @@ def test_default_yaml_is_exactly_the_defaults() -> None:
 
 def test_defaults() -> None:
     cfg = ProcessConfig()
-    assert (cfg.tiling.tile_px, cfg.tiling.halo_px, cfg.tiling.batch_size) == (1024, 96, 1)
+    assert (cfg.tiling.tile_px, cfg.tiling.halo_px, cfg.tiling.batch_size) == (1280, 96, 1)
     assert cfg.model.weights is None and cfg.model.device == "auto"
     assert (cfg.cpp.patch_px, cfg.cpp.min_area_px) == (256, 50)
     assert cfg.survey.crs is None and cfg.engine.scheduler is None
