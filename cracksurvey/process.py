@@ -58,7 +58,8 @@ import pandas as pd
 from cracksurvey import __version__
 from cracksurvey.config import ProcessConfig
 from cracksurvey.errors import CrackSurveyError, CrackSurveyWarning, ModelError, OutputWriteError
-from cracksurvey.survey import ImageRecord, ImageStatus, Survey, discover_survey
+from cracksurvey.io.survey_files import discover_survey
+from cracksurvey.survey import ImageRecord, ImageStatus, Survey
 
 if TYPE_CHECKING:
     import geopandas as gpd

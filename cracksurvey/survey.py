@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -68,7 +68,6 @@ __all__ = [
     "Survey",
     "build_records",
     "check_building_ids",
-    "discover_survey",
     "id_text",
     "parse_images_csv",
 ]
@@ -222,47 +221,6 @@ class Survey:
     def failed_images(self) -> tuple[ImageRecord, ...]:
         """Images that failed discovery (their ``message`` says why)."""
         return tuple(r for r in self.images if r.status == "error")
-
-
-def discover_survey(
-    survey_dir: str | Path,
-    *,
-    preset: str | Path | None = None,
-    config_path: str | Path | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> Survey:
-    """Read and validate a survey directory (the tool; files are read by ``cracksurvey.io``).
-
-    Parameters
-    ----------
-    survey_dir : str or Path
-        The survey directory.
-    preset : str or Path, optional
-        Config preset name (``configs/process/<name>.yaml``) or YAML path.
-    config_path : str or Path, optional
-        ``--config FILE``, applied over survey.yaml.
-    overrides : mapping, optional
-        CLI values ``{section: {key: value}}``, applied last.
-    progress : callable, optional
-        ``progress(done, total)`` after each image header is read and hashed.
-
-    Returns
-    -------
-    Survey
-
-    Raises
-    ------
-    ConfigError
-        Malformed or contradictory survey inputs (all problems listed), before any work.
-
-    See :func:`cracksurvey.io.survey_files.discover_survey`.
-    """
-    from cracksurvey.io.survey_files import discover_survey as _discover
-
-    return _discover(
-        survey_dir, preset=preset, config_path=config_path, overrides=overrides, progress=progress
-    )
 
 
 def _cell(value: str | None) -> str | None:

@@ -10,7 +10,7 @@ import pytest
 from shapely.geometry import Point, box
 
 from cracksurvey.georef import facade_to_world
-from cracksurvey.survey import discover_survey
+from cracksurvey.io.survey_files import discover_survey
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

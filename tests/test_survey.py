@@ -25,8 +25,8 @@ from pyproj import CRS
 
 from cracksurvey.errors import ConfigError, CrackSurveyWarning
 from cracksurvey.georef import facade_id_from_crs, gsd_transform, same_crs
-from cracksurvey.io.survey_files import hash_file, read_raster_header
-from cracksurvey.survey import IMAGES_CSV_COLUMNS, discover_survey
+from cracksurvey.io.survey_files import discover_survey, hash_file, read_raster_header
+from cracksurvey.survey import IMAGES_CSV_COLUMNS
 
 H, W = SHAPE
 X0, Y0 = UTM33_ORIGIN
