@@ -62,7 +62,13 @@ from rasterio.crs import CRS
 from torch import nn
 
 from .errors import ModelError
-from .io.raster import RasterInfo, RasterSource, TiledRasterWriter, describe_raster
+from .io.raster import (
+    RasterInfo,
+    RasterSource,
+    TiledRasterWriter,
+    describe_raster,
+    finish_concurrently,
+)
 from .model import ModelCard, default_weights_path, load_model, model_from_bytes, read_card
 from .predict import Precision, effective_precision, percentile_scale, prepare_bands, valid_pixels
 from .skeleton import TileSkeleton
@@ -691,6 +697,7 @@ class Engine:
                             parts.append(result.skeleton.shifted(tile.read_row0, tile.read_col0))
                     if on_tile_done is not None:
                         on_tile_done(n_done, len(tiles))
+                finish_concurrently(distance_out, mask_out)
         finally:
             close = getattr(results, "close", None)
             if close is not None:
