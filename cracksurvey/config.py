@@ -121,7 +121,8 @@ class ModelConfig:
     device : str
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     precision : {'auto', 'bf16', 'fp32'}
-        ``auto`` uses bf16 where the device supports it, else fp32.
+        ``auto``: bf16 on CUDA devices with bf16 and on CPUs with AMX, else fp32 (see
+        :func:`cracksurvey.predict.auto_precision`).
     threshold : float or None
         Threshold on the predicted distance map; None uses the calibrated threshold of the
         model card.

@@ -122,8 +122,10 @@ class EngineConfig:
         shipped 1/8-width model in fp32), the fastest per core pixel measured here.
     halo_px : int
         Context kept around each core (pixels, >= 64 recommended, rounded up to 32).
-    precision : {'bf16', 'fp32'}
-        bf16 falls back to fp32 on CPUs without native bf16 (logged).
+    precision : {'auto', 'bf16', 'fp32'}
+        ``auto`` is resolved by each worker for its device
+        (:func:`cracksurvey.predict.auto_precision`); bf16 falls back to fp32 on CPUs without
+        native bf16 (logged).
     n_workers, threads_per_worker : int or None
         Local cluster layout; None = :func:`default_layout`.
     torch_threads : int or None
@@ -147,7 +149,7 @@ class EngineConfig:
 
     tile_px: int = 1088
     halo_px: int = 96
-    precision: Precision = "bf16"
+    precision: Precision = "auto"
     n_workers: int | None = None
     threads_per_worker: int | None = None
     torch_threads: int | None = None

@@ -85,7 +85,7 @@ def evaluate_model(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, card = load_model(weights, device=device)
     tau = card.threshold_px if threshold_px is None else float(threshold_px)
-    prec = effective_precision("bf16" if precision in ("auto", "bf16") else "fp32", device)
+    prec = effective_precision(precision, device)
     results: dict[str, Any] = {
         "model_id": card.model_id,
         "sha256": card.sha256,

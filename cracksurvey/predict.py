@@ -30,7 +30,7 @@ from .model import ModelCard
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["bf16", "fp32"]
+Precision = Literal["auto", "bf16", "fp32"]
 
 _BF16_SUPPORTED: bool | None = None
 
@@ -52,10 +52,41 @@ def cpu_bf16_supported() -> bool:
     return _BF16_SUPPORTED
 
 
+def cpu_amx_supported() -> bool:
+    """Whether this CPU exposes AMX tiles (Intel Sapphire Rapids and later, if the VM passes them)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # private API; absent on some builds
+        return False
+
+
+def auto_precision(device: str | torch.device = "cpu") -> Precision:
+    """What ``precision: auto`` runs on ``device``.
+
+    bf16 on CUDA devices that support it; on a CPU only with AMX. Measured 2026-11-29 on a
+    2-core Xeon (model 207) with AVX-512 BF16 but no AMX exposed: bf16 autocast ran UNet16
+    15-25 % *slower* than fp32 at 1/8, 1/4 and 1/2 width (1 and 2 threads, channels-last), so
+    AVX-512 BF16 alone is not a reason to leave fp32. Set ``precision: bf16`` explicitly where
+    ``workflows/benchmark.py`` shows it faster (e.g. wide models on some AVX-512 BF16 CPUs).
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if dev.type == "cpu":
+        return "bf16" if cpu_bf16_supported() and cpu_amx_supported() else "fp32"
+    return "fp32"
+
+
 def effective_precision(precision: Precision, device: str | torch.device = "cpu") -> Precision:
-    """The precision that will actually run: bf16 falls back to fp32 on CPUs without bf16."""
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision {precision!r}: expected 'bf16' or 'fp32'")
+    """The precision that will actually run.
+
+    ``auto`` resolves by :func:`auto_precision`; an explicit bf16 falls back to fp32 on CPUs
+    without native bf16 (emulated bf16 is several times slower).
+    """
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision {precision!r}: expected 'auto', 'bf16' or 'fp32'")
+    if precision == "auto":
+        return auto_precision(device)
     if precision == "bf16" and torch.device(device).type == "cpu" and not cpu_bf16_supported():
         return "fp32"
     return precision

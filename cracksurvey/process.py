@@ -291,7 +291,7 @@ def _engine_config(config: ProcessConfig, device: str) -> Any:
     tiling = config.tiling
     if tiling.batch_size != 1:
         logger.info("tiling.batch_size=%d: the engine runs one tile per call", tiling.batch_size)
-    precision = "bf16" if config.model.precision == "auto" else config.model.precision
+    precision = config.model.precision  # "auto" is resolved by each worker for its own device
     return EngineConfig(
         tile_px=tiling.tile_px - 2 * tiling.halo_px,  # config: tile side, halo included
         halo_px=tiling.halo_px,

@@ -28,6 +28,7 @@ import yaml
 from ..errors import ConfigError
 from ..metrics import aggregate, relaxed_counts
 from ..model import ModelCard, TernausNet, save_model
+from ..predict import auto_precision
 from .data import Augment, MixedCrops, Sample, load_samples, pad_to_multiple
 from .losses import LossWeights, combined_loss
 from .topo import TopoParams, set_threads
@@ -139,23 +140,6 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 def _resolve(root: str, name: str) -> Path:
     p = Path(name)
     return p if p.is_absolute() else Path(root) / name
-
-
-def bf16_supported() -> bool:
-    """True when bf16 autocast runs on this CPU with native support (AVX-512 BF16 / AMX)."""
-    try:
-        flags = torch.backends.cpu.get_cpu_capability()
-    except Exception:  # pragma: no cover
-        return False
-    if "AVX512" not in flags.upper():
-        return False
-    try:
-        conv = torch.nn.Conv2d(3, 4, 3)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            conv(torch.zeros(1, 3, 8, 8))
-        return True
-    except RuntimeError:  # pragma: no cover
-        return False
 
 
 def choose_device() -> torch.device:
@@ -286,7 +270,8 @@ def train(
     torch.set_num_threads(threads)
     set_threads(threads)
     device = choose_device()
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cpu" and bf16_supported())
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cpu"
+                                       and auto_precision("cpu") == "bf16")
     amp_cuda = cfg.precision == "auto" and device.type == "cuda"
     torch.manual_seed(cfg.seed)
 
