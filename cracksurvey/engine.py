@@ -408,6 +408,18 @@ def _tile_task(
 ModelSource = str | Path | None | tuple[nn.Module, ModelCard]
 
 
+@dataclass
+class _Prefetch:
+    """Tiles of the next image already submitted (see ``Engine.run_image(next_image=...)``)."""
+
+    path: Path
+    info: RasterInfo | None  # None: the image could not be described; nothing submitted
+    bands: _BandSpec | None
+    tiles: list[Tile]
+    futures: list[Any]
+    stat: tuple[int, int] | None = None  # (mtime_ns, size) when described
+
+
 class Engine:
     """Runs images through tile -> model -> stitched COGs + sparse skeleton.
 
@@ -459,6 +471,7 @@ class Engine:
         self._resources: dict[str, float] | None = None
         self._n_slots = 1
         self._torch_threads: int | None = 1
+        self._prefetch: _Prefetch | None = None
 
     # -- cluster ---------------------------------------------------------------------------
 
@@ -542,6 +555,7 @@ class Engine:
 
     def close(self) -> None:
         """Shut down the client and the local cluster (if this engine started them)."""
+        self._drop_prefetch()
         if self._client is not None:
             self._uninstall_model()
             self._client.close()
@@ -585,36 +599,46 @@ class Engine:
                 device=self.config.device,
             )
 
+    def _submit_tile(self, info: RasterInfo, tile: Tile, bands: _BandSpec) -> Any:
+        return self._client.submit(
+            _tile_task,
+            info,
+            tile,
+            bands,
+            self._remote_ref,
+            precision=self.config.precision,  # "auto" / bf16 support: the worker's device
+            torch_threads=self._torch_threads,
+            device=self.config.device,
+            pure=False,
+            retries=self.config.retries,
+            resources=self._resources,
+        )
+
     def _results_dask(
-        self, info: RasterInfo, tiles: list[Tile], bands: _BandSpec, precision: Precision
+        self,
+        info: RasterInfo,
+        tiles: list[Tile],
+        bands: _BandSpec,
+        precision: Precision,
+        next_image: str | Path | None = None,
     ) -> Iterator[tuple[Tile, TileResult | None]]:
         from distributed import as_completed
 
-        client = self._ensure_client()
-        model_ref = self._remote_ref
+        self._ensure_client()
         max_in_flight = self.config.max_in_flight or 2 * self._n_slots
-        todo = iter(tiles)
-
-        in_flight: set[Any] = set()
+        carried = self._take_prefetch(info, tiles)  # started while the previous image finished
+        todo = iter(tiles[len(carried):])
+        in_flight: set[Any] = set(carried)
 
         def submit(tile: Tile) -> Any:
-            future = client.submit(
-                _tile_task,
-                info,
-                tile,
-                bands,
-                model_ref,
-                precision=self.config.precision,  # bf16 support: the worker's CPU/GPU
-                torch_threads=self._torch_threads,
-                device=self.config.device,
-                pure=False,
-                retries=self.config.retries,
-                resources=self._resources,
-            )
+            future = self._submit_tile(info, tile, bands)
             in_flight.add(future)
             return future
 
-        pending = as_completed([submit(t) for t in itertools.islice(todo, max_in_flight)])
+        first = carried + [
+            submit(t) for t in itertools.islice(todo, max(0, max_in_flight - len(carried)))
+        ]
+        pending = as_completed(first)
         try:
             for future in pending:
                 tile_result = future.result()
@@ -623,12 +647,59 @@ class Engine:
                 nxt = next(todo, None)
                 if nxt is not None:
                     pending.add(submit(nxt))
+                elif next_image is not None:
+                    # Every tile of this image is out: keep the workers busy with the next
+                    # image while this one is finished (COGs) and vectorized on the client.
+                    self._prefetch_one(next_image, max_in_flight)
                 yield tile_result
         finally:
             # On error (or an abandoned generator) do not leave tiles running on the cluster.
             if in_flight:
-                client.cancel(list(in_flight))
+                self._client.cancel(list(in_flight))
             pending.clear()
+
+    # -- prefetch: the next image's first tiles run while this one is finished -------------
+
+    def _prefetch_one(self, image: str | Path, max_in_flight: int) -> None:
+        """Submit one more tile of ``image`` (the image :meth:`run_image` gets next)."""
+        pf = self._prefetch
+        if pf is None or pf.path != Path(image):
+            self._drop_prefetch()
+            try:
+                info = describe_raster(image)
+                bands = self._band_spec(info)
+            except Exception:  # the real run reports it, with its own clear error
+                pf = _Prefetch(Path(image), None, None, [], [])
+            else:
+                tiles = tile_grid(info.height, info.width, tile_px=self.config.tile_px,
+                                  halo_px=self.config.halo_px, multiple=self.card.input_multiple)
+                st = os.stat(image)
+                pf = _Prefetch(Path(image), info, bands, tiles, [], (st.st_mtime_ns, st.st_size))
+            self._prefetch = pf
+        if pf.info is None or len(pf.futures) >= min(max_in_flight, len(pf.tiles)):
+            return
+        pf.futures.append(self._submit_tile(pf.info, pf.tiles[len(pf.futures)], pf.bands))
+
+    def _take_prefetch(self, info: RasterInfo, tiles: list[Tile]) -> list[Any]:
+        """The futures already running for this image's first tiles (else none)."""
+        pf, self._prefetch = self._prefetch, None
+        if pf is None:
+            return []
+        try:
+            st = os.stat(info.path)
+            same_file = pf.stat == (st.st_mtime_ns, st.st_size)
+        except OSError:
+            same_file = False
+        if pf.info is not None and same_file and pf.info == info and pf.tiles == tiles:
+            return pf.futures
+        self._prefetch = pf
+        self._drop_prefetch()
+        return []
+
+    def _drop_prefetch(self) -> None:
+        pf, self._prefetch = self._prefetch, None
+        if pf is not None and pf.futures and self._client is not None:
+            self._client.cancel(pf.futures)
 
     def run_image(
         self,
@@ -638,6 +709,7 @@ class Engine:
         mask_path: str | Path,
         on_tile_done: ProgressCallback | None = None,
         georeference: tuple[Affine, str | None] | None = None,
+        next_image: str | Path | None = None,
     ) -> ImageResult:
         """Process one image: write its distance and mask COGs, return its skeleton.
 
@@ -651,6 +723,11 @@ class Engine:
             Georeferencing of the COGs when the survey resolved it beyond the raster's own
             tags (a world file with a .prj, an images.csv gsd, a façade frame, pixel units);
             default: the input raster's transform and CRS.
+        next_image : path, optional
+            The image this engine will run next. Once every tile of this image has been
+            submitted, freed task slots start the next image's first tiles, so the workers
+            keep computing while this image's COGs are finished (and, in ``process``, while
+            it is vectorized). Ignored by the synchronous engine.
 
         Raises
         ------
@@ -674,7 +751,7 @@ class Engine:
         results = (
             self._results_synchronous(info, tiles, bands, precision)
             if self.synchronous
-            else self._results_dask(info, tiles, bands, precision)
+            else self._results_dask(info, tiles, bands, precision, next_image)
         )
         transform, crs = georeference if georeference is not None else (info.transform, info.crs)
         common = dict(height=info.height, width=info.width, transform=transform, crs=crs)

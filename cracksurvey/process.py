@@ -381,8 +381,13 @@ def _process_image(
     footprints: gpd.GeoDataFrame | None,
     timings: _Timings,
     on_tile_done: Callable[[int, int], None] | None,
+    next_image: Path | None = None,
 ) -> tuple[ImageOutcome, _ImageLayers]:
-    """Run one image; its COGs go to ``write_dir`` (the outcome names them in ``raster_dir``)."""
+    """Run one image; its COGs go to ``write_dir`` (the outcome names them in ``raster_dir``).
+
+    ``next_image``: the image computed after this one; the engine starts its first tiles while
+    this one is finished and vectorized here.
+    """
     import geopandas as gpd
     from rasterio.errors import NotGeoreferencedWarning
 
@@ -398,7 +403,7 @@ def _process_image(
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         result = engine.run_image(
             record.path, distance_path=distance_path, mask_path=mask_path,
-            on_tile_done=on_tile_done,
+            on_tile_done=on_tile_done, next_image=next_image,
             # the COGs overlay the crack layers: same transform and CRS, as resolved
             georeference=(georef.transform, georef.crs.to_wkt() if georef.crs else None),
         )
@@ -560,6 +565,12 @@ def _record_fields(
 # --------------------------------------------------------------------------------------------
 # Cache (resume, idempotence) and output failures
 # --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Indexed:
+    index: int
+    path: Path
+
+
 @dataclass
 class _ImageRun:
     """What the images of one run share; runs an image through the cache (see process_survey)."""
@@ -579,16 +590,30 @@ class _ImageRun:
     computed: list[str] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
 
+    def needs_compute(self, record: ImageRecord) -> bool:
+        """Whether :meth:`image` will likely compute the record (no committed cache entry)."""
+        if record.status == "error" or record.georef is None:
+            return False
+        return not self.cache.has(self._key(record))
+
     def image(
-        self, record: ImageRecord, *, on_tile_done: Callable[[int, int], None] | None
+        self,
+        record: ImageRecord,
+        *,
+        on_tile_done: Callable[[int, int], None] | None,
+        next_image: Path | None = None,
     ) -> tuple[ImageOutcome, _ImageLayers]:
-        """The image's outcome and layers: from its cache entry, else computed into one."""
+        """The image's outcome and layers: from its cache entry, else computed into one.
+
+        ``next_image``: the next image to compute, started early by the engine (see
+        :func:`_process_image`).
+        """
         from cracksurvey.io.cache import publish_raster
 
         key = self._key(record)
         entry = self.cache.lookup(key)
         if entry is None:
-            entry = self._compute(record, key, on_tile_done)
+            entry = self._compute(record, key, on_tile_done, next_image)
             self.computed.append(record.name)
         else:
             self.reused.append(record.name)
@@ -604,7 +629,11 @@ class _ImageRun:
         return outcome, layers
 
     def _compute(
-        self, record: ImageRecord, key: str, on_tile_done: Callable[[int, int], None] | None
+        self,
+        record: ImageRecord,
+        key: str,
+        on_tile_done: Callable[[int, int], None] | None,
+        next_image: Path | None = None,
     ) -> CachedImage:
         """Process the image into a staging folder and commit it as the entry of ``key``."""
         assert record.georef is not None
@@ -614,7 +643,7 @@ class _ImageRun:
                 self.engine, record, config=self.config, card=self.card,
                 raster_dir=self.raster_dir, write_dir=staging, root=self.root,
                 footprints=self.footprints_for(record.georef), timings=self.timings,
-                on_tile_done=on_tile_done,
+                on_tile_done=on_tile_done, next_image=next_image,
             )
             with self.timings("cache"):
                 return self.cache.commit(
@@ -870,6 +899,10 @@ def process_survey(
             model_sha256=_weights_sha256(card, model_source),
             buildings_sha256=_file_sha256(survey.buildings_path),
         )
+        # what will be computed (not cached), in order: each image's engine run starts the
+        # next one's first tiles while it is finished and vectorized
+        to_compute = [_Indexed(i, r.path) for i, r in enumerate(survey.images)
+                      if run.needs_compute(r)]
         for index, record in enumerate(survey.images):
             emit(ProgressEvent("image", index, total, image=record.name))
             if record.status == "error" or record.georef is None:
@@ -881,8 +914,12 @@ def process_survey(
                 def on_tile(done: int, n: int, name: str = record.name) -> None:
                     emit(ProgressEvent("tile", done, n, image=name))
 
+                following = next((r for r in to_compute if r.index > index), None)
                 try:
-                    outcome, layers = run.image(record, on_tile_done=on_tile)
+                    outcome, layers = run.image(
+                        record, on_tile_done=on_tile,
+                        next_image=None if following is None else following.path,
+                    )
                     results.append((record, layers))
                 except Exception as exc:  # one image must not cost the others their results
                     failure = _output_failure(exc, out, len(run.keys))

@@ -168,6 +168,49 @@ def test_local_cluster_matches_synchronous_and_survives_a_bad_image(tmp_path, we
     np.testing.assert_array_equal(dask.skeleton.cols, sync.skeleton.cols)
 
 
+def test_next_image_starts_early_and_gives_the_same_results(tmp_path, weights):
+    """run_image(A, next_image=B) submits B's first tiles at A's end; B's run uses them."""
+    a = write_geotiff(tmp_path / "a.tif", facade(130, 170, seed=1))
+    b = write_geotiff(tmp_path / "b.tif", facade(150, 140, seed=5))
+    c = write_geotiff(tmp_path / "c.tif", facade(90, 100, seed=6))
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff")
+    config = EngineConfig(
+        tile_px=64, halo_px=64, precision="fp32", processes=False, torch_threads=1, max_in_flight=3
+    )
+    with Engine(weights, config=config, synchronous=True) as engine:
+        ref_b = run(engine, b, tmp_path, "b0")
+        ref_c = run(engine, c, tmp_path, "c0")
+    with Engine(weights, config=config) as engine:
+        submitted: list[str] = []
+        submit = engine._submit_tile
+
+        def counting(info, tile, bands):
+            submitted.append(Path(info.path).name)
+            return submit(info, tile, bands)
+
+        engine._submit_tile = counting
+        engine.run_image(a, distance_path=tmp_path / "da.tif", mask_path=tmp_path / "ma.tif",
+                         next_image=b)
+        started = submitted.count("b.tif")
+        assert 1 <= started <= 3 and len(engine._prefetch.futures) == started
+        got_b = run(engine, b, tmp_path, "b1")
+        assert submitted.count("b.tif") == got_b.n_tiles  # none submitted twice
+        # a next image that is not the one run next is cancelled; an unreadable one is ignored
+        engine.run_image(b, distance_path=tmp_path / "db2.tif", mask_path=tmp_path / "mb2.tif",
+                         next_image=a)
+        got_c = run(engine, c, tmp_path, "c1")
+        engine.run_image(c, distance_path=tmp_path / "dc2.tif", mask_path=tmp_path / "mc2.tif",
+                         next_image=bad)
+        assert engine._prefetch.info is None and engine._prefetch.futures == []
+    for got, ref in ((got_b, ref_b), (got_c, ref_c)):
+        np.testing.assert_allclose(read_band(got.distance_path), read_band(ref.distance_path),
+                                   atol=1e-6)
+        np.testing.assert_array_equal(read_band(got.mask_path), read_band(ref.mask_path))
+        np.testing.assert_array_equal(got.skeleton.rows, ref.skeleton.rows)
+        np.testing.assert_array_equal(got.skeleton.cols, ref.skeleton.cols)
+
+
 def test_external_scheduler_with_an_in_memory_model(tmp_path):
     from distributed import LocalCluster
 

@@ -164,28 +164,42 @@ def model_only_on_grid(
     }
 
 
-def process_mps(weights: Path, image: Path, tmp: Path, config: EngineConfig, side: int) -> dict:
-    """``cracksurvey process`` on a one-image survey: engine, vectorization, GeoPackage, run.json.
+def process_mps(
+    weights: Path, images: Path | list[Path], tmp: Path, config: EngineConfig, side: int,
+    *, prefetch: bool = True,
+) -> dict:
+    """``cracksurvey process`` on a survey of ``images``: engine, vectorization, GeoPackage, report.
 
     Cluster start-up is included (it is paid once per run); the engine-only figure of (c)
-    excludes it.
+    excludes it. ``prefetch=False`` switches off the engine's early start of the next image
+    (to measure what it brings).
     """
+    from cracksurvey.engine import Engine
     from cracksurvey.process import process_survey
 
-    survey = tmp / "survey"
+    images = [images] if isinstance(images, Path) else images
+    survey = tmp / f"survey-{len(images)}"
     survey.mkdir(exist_ok=True)
-    target = survey / image.name
-    if not target.exists():
-        target.symlink_to(image)
+    for image in images:
+        target = survey / image.name
+        if not target.exists():
+            target.symlink_to(image)
     overrides = {"tiling": {"tile_px": config.tile_px + 2 * config.halo_px,
                             "halo_px": config.halo_px}}
-    t = time.perf_counter()
-    summary = process_survey(survey, out_dir=tmp / "process-out", overrides=overrides,
-                             weights=weights, overwrite=True, use_cache=False)
-    seconds = time.perf_counter() - t
+    original = Engine._prefetch_one
+    if not prefetch:
+        Engine._prefetch_one = lambda self, image, max_in_flight: None
+    try:
+        t = time.perf_counter()
+        summary = process_survey(survey, out_dir=tmp / "process-out", overrides=overrides,
+                                 weights=weights, overwrite=True, use_cache=False)
+        seconds = time.perf_counter() - t
+    finally:
+        Engine._prefetch_one = original
     if summary.exit_code != 0:
-        raise SystemExit(f"process failed on the benchmark image: {summary.failed}")
-    return {"seconds": seconds, "mp_per_s": side * side / 1e6 / seconds}
+        raise SystemExit(f"process failed on the benchmark images: {summary.failed}")
+    return {"seconds": seconds, "mp_per_s": len(images) * side * side / 1e6 / seconds,
+            "n_images": len(images)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--halo", type=int, default=96, help="halo (px)")
     parser.add_argument("--size", type=int, default=4096, help="side of the end-to-end image")
     parser.add_argument("--big", type=int, default=16384, help="side of the memory image")
+    parser.add_argument("--survey-images", type=int, default=4,
+                        help="images in the (c) survey run of process (1: skip it)")
     parser.add_argument("--skip-16k", action="store_true", help="skip the memory run (d)")
     parser.add_argument("--skip-layouts", action="store_true", help="skip (e)")
     parser.add_argument("--layout-size", type=int, default=2048, help="image side for (e)")
@@ -560,6 +576,19 @@ def main(argv: list[str] | None = None) -> int:
         full = process_mps(weights, img, tmp, config, args.size)
         full["ratio_to_model_only_on_grid"] = full["mp_per_s"] / grid["mp_per_s"]
         e2e["process"] = full
+        if args.survey_images > 1:
+            log(f"(c) cracksurvey process on a survey of {args.survey_images} {args.size}^2 images, "
+                "with and without the early start of the next image ...")
+            imgs = [img] + [write_synthetic_geotiff(tmp / f"e2e-{i}.tif", args.size, seed=10 + i)
+                            for i in range(1, args.survey_images)]
+            survey = {}
+            for prefetch in (True, False):
+                run = process_mps(weights, imgs, tmp, config, args.size, prefetch=prefetch)
+                run["ratio_to_model_only_on_grid"] = run["mp_per_s"] / grid["mp_per_s"]
+                survey["prefetch" if prefetch else "no_prefetch"] = run
+            e2e["process_survey"] = survey
+            for extra in imgs[1:]:
+                extra.unlink()
         report["end_to_end"] = e2e
         img.unlink()
 
@@ -644,6 +673,13 @@ def print_table(r: dict, args: argparse.Namespace) -> None:
     print(f"    cracksurvey process (engine + vectorize + GeoPackage + cluster start): "
           f"{f['mp_per_s']:.2f} MP/s ({f['seconds']:.1f} s); "
           f"/ model only on the grid = {f['ratio_to_model_only_on_grid']:.0%}")
+    if "process_survey" in e:
+        for name, label in (("prefetch", "next image started early (default)"),
+                            ("no_prefetch", "without the early start")):
+            v = e["process_survey"][name]
+            print(f"    cracksurvey process, survey of {v['n_images']} images, {label}: "
+                  f"{v['mp_per_s']:.2f} MP/s ({v['seconds']:.1f} s incl. cluster start); "
+                  f"/ model only on the grid = {v['ratio_to_model_only_on_grid']:.0%}")
     if "memory_16k" in r:
         b = r["memory_16k"]
         print(f"(d) {args.big}^2: peak RSS {b['peak_rss_gb']:.2f} GB incl. workers "

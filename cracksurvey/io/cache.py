@@ -99,6 +99,10 @@ class ImageCache:
         """The complete entry of ``key``, or None (missing, half-written or damaged)."""
         return self._read(key) if self.reuse else None
 
+    def has(self, key: str) -> bool:
+        """Whether ``key`` has a committed entry (cheap: its manifest exists; not validated)."""
+        return self.reuse and (self.root / key / _ENTRY_JSON).is_file()
+
     def _read(self, key: str) -> CachedImage | None:
         entry = self.root / key
         try:
