@@ -408,6 +408,10 @@ def _tile_task(
 ModelSource = str | Path | None | tuple[nn.Module, ModelCard]
 
 
+def _forward_px(tile: Tile) -> int:
+    return (tile.read_row1 - tile.read_row0) * (tile.read_col1 - tile.read_col0)
+
+
 @dataclass
 class _Prefetch:
     """Tiles of the next image already submitted (see ``Engine.run_image(next_image=...)``)."""
@@ -658,6 +662,14 @@ class Engine:
                 self._client.cancel(list(in_flight))
             pending.clear()
 
+    def _tiles(self, info: RasterInfo) -> list[Tile]:
+        """The image's tiles in submission order: largest forward first (row-major among
+        equals), so the small edge tiles come last and the workers finish an image together."""
+        tiles = tile_grid(info.height, info.width, tile_px=self.config.tile_px,
+                          halo_px=self.config.halo_px, multiple=self.card.input_multiple)
+        order = sorted(range(len(tiles)), key=lambda i: (-_forward_px(tiles[i]), i))
+        return [tiles[i] for i in order]
+
     # -- prefetch: the next image's first tiles run while this one is finished -------------
 
     def _prefetch_one(self, image: str | Path, max_in_flight: int) -> None:
@@ -671,8 +683,7 @@ class Engine:
             except Exception:  # the real run reports it, with its own clear error
                 pf = _Prefetch(Path(image), None, None, [], [])
             else:
-                tiles = tile_grid(info.height, info.width, tile_px=self.config.tile_px,
-                                  halo_px=self.config.halo_px, multiple=self.card.input_multiple)
+                tiles = self._tiles(info)
                 st = os.stat(image)
                 pf = _Prefetch(Path(image), info, bands, tiles, [], (st.st_mtime_ns, st.st_size))
             self._prefetch = pf
@@ -739,13 +750,7 @@ class Engine:
         info = describe_raster(image)
         bands = self._band_spec(info)
         cfg = self.config
-        tiles = tile_grid(
-            info.height,
-            info.width,
-            tile_px=cfg.tile_px,
-            halo_px=cfg.halo_px,
-            multiple=self.card.input_multiple,
-        )
+        tiles = self._tiles(info)
         # as this process sees it; each worker decides for its own device (see _tile_task)
         precision = effective_precision(cfg.precision, resolve_device(cfg.device))
         results = (

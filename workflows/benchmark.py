@@ -146,6 +146,8 @@ def model_only_on_grid(
     tiles = tile_grid(side, side, tile_px=config.tile_px, halo_px=config.halo_px,
                       multiple=card.input_multiple)
     shapes = [(t.read_row1 - t.read_row0, t.read_col1 - t.read_col0) for t in tiles]
+    # largest first, dealt round robin: the workers get near-equal work (the best split)
+    shapes.sort(key=lambda hw: -hw[0] * hw[1])
     n = max(1, min(n_workers, len(tiles)))
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(n), ctx.Queue()
