@@ -408,6 +408,15 @@ def _tile_task(
 ModelSource = str | Path | None | tuple[nn.Module, ModelCard]
 
 
+def _file_stat(path: str | Path) -> tuple[int, int] | None:
+    """(mtime_ns, size) of a file, None if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 def _forward_px(tile: Tile) -> int:
     return (tile.read_row1 - tile.read_row0) * (tile.read_col1 - tile.read_col0)
 
@@ -683,9 +692,7 @@ class Engine:
             except Exception:  # the real run reports it, with its own clear error
                 pf = _Prefetch(Path(image), None, None, [], [])
             else:
-                tiles = self._tiles(info)
-                st = os.stat(image)
-                pf = _Prefetch(Path(image), info, bands, tiles, [], (st.st_mtime_ns, st.st_size))
+                pf = _Prefetch(Path(image), info, bands, self._tiles(info), [], _file_stat(image))
             self._prefetch = pf
         if pf.info is None or len(pf.futures) >= min(max_in_flight, len(pf.tiles)):
             return
@@ -693,21 +700,15 @@ class Engine:
 
     def _take_prefetch(self, info: RasterInfo, tiles: list[Tile]) -> list[Any]:
         """The futures already running for this image's first tiles (else none)."""
-        pf, self._prefetch = self._prefetch, None
-        if pf is None:
-            return []
-        try:
-            st = os.stat(info.path)
-            same_file = pf.stat == (st.st_mtime_ns, st.st_size)
-        except OSError:
-            same_file = False
-        if pf.info is not None and same_file and pf.info == info and pf.tiles == tiles:
+        pf = self._prefetch
+        if pf is not None and pf.info == info and pf.tiles == tiles and pf.stat == _file_stat(info.path):
+            self._prefetch = None
             return pf.futures
-        self._prefetch = pf
         self._drop_prefetch()
         return []
 
     def _drop_prefetch(self) -> None:
+        """Cancel the next image's tiles started early (it is not the one run next)."""
         pf, self._prefetch = self._prefetch, None
         if pf is not None and pf.futures and self._client is not None:
             self._client.cancel(pf.futures)

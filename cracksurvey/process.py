@@ -565,12 +565,6 @@ def _record_fields(
 # --------------------------------------------------------------------------------------------
 # Cache (resume, idempotence) and output failures
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Indexed:
-    index: int
-    path: Path
-
-
 @dataclass
 class _ImageRun:
     """What the images of one run share; runs an image through the cache (see process_survey)."""
@@ -899,10 +893,15 @@ def process_survey(
             model_sha256=_weights_sha256(card, model_source),
             buildings_sha256=_file_sha256(survey.buildings_path),
         )
-        # what will be computed (not cached), in order: each image's engine run starts the
-        # next one's first tiles while it is finished and vectorized
-        to_compute = [_Indexed(i, r.path) for i, r in enumerate(survey.images)
-                      if run.needs_compute(r)]
+        # the next image to compute (not cached) after each one: each image's engine run
+        # starts that image's first tiles while it is finished and vectorized
+        next_computed: list[Path | None] = []
+        following: Path | None = None
+        for record in reversed(survey.images):
+            next_computed.append(following)
+            if run.needs_compute(record):
+                following = record.path
+        next_computed.reverse()
         for index, record in enumerate(survey.images):
             emit(ProgressEvent("image", index, total, image=record.name))
             if record.status == "error" or record.georef is None:
@@ -914,11 +913,9 @@ def process_survey(
                 def on_tile(done: int, n: int, name: str = record.name) -> None:
                     emit(ProgressEvent("tile", done, n, image=name))
 
-                following = next((r for r in to_compute if r.index > index), None)
                 try:
                     outcome, layers = run.image(
-                        record, on_tile_done=on_tile,
-                        next_image=None if following is None else following.path,
+                        record, on_tile_done=on_tile, next_image=next_computed[index]
                     )
                     results.append((record, layers))
                 except Exception as exc:  # one image must not cost the others their results
