@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -322,6 +323,51 @@ def test_writer_makes_a_cog_with_overviews_from_windows(tmp_path):
         assert ds.overviews(1) == [2, 4] and ds.block_shapes[0] == (512, 512)
         assert ds.profile["compress"] == "zstd"
         assert ds.read(1)[650, 1050] == 600 + 900
+
+
+def block_nanmean(a: np.ndarray, f: int) -> np.ndarray:
+    """Mean of the valid pixels of every f x f block (partial blocks at the far edges)."""
+    rows, cols = -(-a.shape[0] // f), -(-a.shape[1] // f)
+    padded = np.full((rows * f, cols * f), np.nan, np.float64)
+    padded[: a.shape[0], : a.shape[1]] = a
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
+        return np.nanmean(padded.reshape(rows, f, cols, f), axis=(1, 3))
+
+
+@pytest.mark.parametrize("step", [448, 298, 301])  # aligned to 64, to 2 only, to nothing
+def test_writer_overviews_are_the_block_means_of_the_valid_pixels(tmp_path, step):
+    """Average overviews built as windows arrive (or derived when windows do not line up with
+    a level) are the NaN-aware block means: the first level exactly, coarser ones within what
+    averaging averages changes. Windows not aligned even to 2 px leave the overviews to GDAL,
+    which also fills blocks next to nodata (so they are compared loosely)."""
+    by_gdal = step % 2 == 1
+    rng = np.random.default_rng(5)
+    h, w = 1301, 2090  # odd sizes: partial blocks at the far edges; overviews 2, 4 and 8
+    data = ndimage.gaussian_filter(rng.random((h, w)), 3).astype(np.float32) * 20
+    data[100:340, 50:177] = np.nan  # nodata holes not aligned with anything
+    data[rng.random((h, w)) < 0.01] = np.nan
+    out = tmp_path / "d.tif"
+    with TiledRasterWriter(out, height=h, width=w, transform=TRANSFORM, crs=CRS) as writer:
+        for row0 in range(0, h, step):
+            for col0 in range(0, w, step):
+                window = (row0, min(row0 + step, h), col0, min(col0 + step, w))
+                writer.write(window, data[window[0]:window[1], window[2]:window[3]])
+    valid, errors, warns = cog_validate(str(out), strict=True)
+    assert valid and not warns, (errors, warns)
+    with rasterio.open(out) as ds:
+        assert ds.overviews(1) == [2, 4, 8] and ds.crs == CRS and ds.transform == TRANSFORM
+        np.testing.assert_array_equal(ds.read(1), data)
+        for f in ds.overviews(1):
+            level = ds.read(1, out_shape=(-(-h // f), -(-w // f)))
+            expected = block_nanmean(data, f)
+            if by_gdal:  # GDAL weighs fractional source pixels when a size is odd
+                assert np.nanmean(np.abs(level - expected)) < 0.5, f
+                continue
+            assert np.array_equal(np.isnan(level), np.isnan(expected)), f
+            tolerance = 1e-4 if f == 2 else 0.5  # coarser levels may average the averages
+            np.testing.assert_allclose(level, expected, atol=tolerance, equal_nan=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tif"]  # no temporary left
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
