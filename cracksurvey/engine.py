@@ -70,7 +70,14 @@ from .io.raster import (
     finish_concurrently,
 )
 from .model import ModelCard, default_weights_path, load_model, model_from_bytes, read_card
-from .predict import Precision, effective_precision, percentile_scale, prepare_bands, valid_pixels
+from .predict import (
+    Precision,
+    effective_precision,
+    keep_freed_memory,
+    percentile_scale,
+    prepare_bands,
+    valid_pixels,
+)
 from .skeleton import TileSkeleton
 from .tiling import MASK_NODATA, Tile, TileResult, process_tile, read_window_reflect, tile_grid
 
@@ -377,6 +384,7 @@ def _tile_task(
     Returns ``(tile, None)`` when the whole core is nodata (no forward pass).
     """
     _set_torch_threads(torch_threads)
+    keep_freed_memory()  # no page faults on every tile's activations (see its docstring)
     device = resolve_device(device)
     precision = effective_precision(precision, device)
     raw = _read_tile(info, tile)

@@ -24,7 +24,7 @@ from scipy import ndimage
 from .datasets import list_pairs, read_mask, read_rgb
 from .metrics import aggregate, betti0_error, cldice, cracks_per_patch, relaxed_counts
 from .model import load_model
-from .predict import effective_precision
+from .predict import effective_precision, keep_freed_memory
 from .skeleton import measure_width_px, skeletonize_mask
 from .tiling import predict_untiled
 
@@ -83,6 +83,7 @@ def evaluate_model(
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    keep_freed_memory()
     model, card = load_model(weights, device=device)
     tau = card.threshold_px if threshold_px is None else float(threshold_px)
     prec = effective_precision(precision, device)

@@ -92,6 +92,34 @@ def effective_precision(precision: Precision, device: str | torch.device = "cpu"
     return precision
 
 
+_HEAP_KEPT = False
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's allocator keep freed memory for reuse (once per process; True if done).
+
+    Torch's CPU tensors come from ``malloc``; glibc serves every block above 32 MB (a 1/8-width
+    UNet16 on a 1280 x 1280 tile has 52 MB activations) with a fresh ``mmap`` and returns it
+    on free, so every forward page-faults all its activations in again. Measured 2026-11-29
+    (2-core Xeon, one thread, shipped model, 1280 x 1280 fp32): 1.01 s per forward, 0.28 s of
+    it in the kernel (200 k page faults); with ``mmap`` off and no trimming 0.72 s, 3 k
+    faults. Memory is not lower or higher at the peak; it is just not handed back between
+    tiles. A no-op where the C library has no ``mallopt`` (not glibc).
+    """
+    global _HEAP_KEPT
+    if _HEAP_KEPT:
+        return True
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    _HEAP_KEPT = bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+    return _HEAP_KEPT
+
+
 _fallback_logged = False
 
 

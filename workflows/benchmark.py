@@ -55,7 +55,7 @@ from cracksurvey.model import (
     load_model,
     save_model,
 )
-from cracksurvey.predict import cpu_bf16_supported, effective_precision
+from cracksurvey.predict import cpu_bf16_supported, effective_precision, keep_freed_memory
 from cracksurvey.tiling import tile_grid
 
 PRECISIONS = ("fp32", "bf16")
@@ -116,6 +116,7 @@ def _forward_worker(
 ) -> None:
     """One model-only worker: load, warm up each shape, wait for the others, time its tiles."""
     torch.set_num_threads(1)
+    keep_freed_memory()  # as the engine's workers run the model
     model, _ = load_model(weights)
     model = model.to(memory_format=torch.channels_last)
     inputs = {s: torch.randn(1, 3, *s).contiguous(memory_format=torch.channels_last)
@@ -542,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             "gflop_per_mp": flops_per_megapixel(model) / 1e9,
         }
         torch.set_num_threads(available_cores())
+        keep_freed_memory()
 
         log("(a) conv ceiling ...")
         report["ceiling_gflops"] = {p: conv_ceiling(p) for p in PRECISIONS}

@@ -28,7 +28,7 @@ import yaml
 from ..errors import ConfigError
 from ..metrics import aggregate, relaxed_counts
 from ..model import ModelCard, TernausNet, save_model
-from ..predict import auto_precision
+from ..predict import auto_precision, keep_freed_memory
 from .data import Augment, MixedCrops, Sample, load_samples, pad_to_multiple
 from .losses import LossWeights, combined_loss
 from .topo import TopoParams, set_threads
@@ -269,6 +269,7 @@ def train(
     threads = cfg.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     set_threads(threads)
+    keep_freed_memory()  # activations reused, not page-faulted in every step
     device = choose_device()
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cpu"
                                        and auto_precision("cpu") == "bf16")
