@@ -71,6 +71,7 @@ from .io.raster import (
 )
 from .model import ModelCard, default_weights_path, load_model, model_from_bytes, read_card
 from .predict import (
+    HEAP_ENVIRON,
     Precision,
     effective_precision,
     keep_freed_memory,
@@ -493,6 +494,9 @@ class Engine:
         self._n_slots = 1
         self._torch_threads: int | None = 1
         self._prefetch: _Prefetch | None = None
+        # This process receives and writes every tile (and runs the model when synchronous):
+        # reuse freed blocks, before the Dask client's threads start (see keep_freed_memory).
+        keep_freed_memory()
 
     # -- cluster ---------------------------------------------------------------------------
 
@@ -530,19 +534,23 @@ class Engine:
         return self._client
 
     def _start_local_cluster(self) -> Any:
+        import dask
         from distributed import LocalCluster
 
         n_workers, threads, torch_threads = self._layout()
-        self._cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads,
-            processes=self.config.processes,
-            dashboard_address=None,
-            # the scheduler's health/metrics HTTP server still starts: any free port, so
-            # concurrent clusters on one machine do not warn about port 8787
-            scheduler_kwargs={"dashboard_address": ":0"},
-            silence_logs=logging.WARNING,
-        )
+        # glibc settings at worker start (each nanny keeps them for the restarts it does)
+        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **HEAP_ENVIRON}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            self._cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads,
+                processes=self.config.processes,
+                dashboard_address=None,
+                # the scheduler's health/metrics HTTP server still starts: any free port, so
+                # concurrent clusters on one machine do not warn about port 8787
+                scheduler_kwargs={"dashboard_address": ":0"},
+                silence_logs=logging.WARNING,
+            )
         self._n_slots = n_workers * threads
         self._torch_threads = torch_threads
         return self._cluster

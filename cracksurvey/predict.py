@@ -94,6 +94,12 @@ def effective_precision(precision: Precision, device: str | torch.device = "cpu"
 
 _HEAP_KEPT = False
 
+HEAP_ENVIRON = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+"""What :func:`keep_freed_memory` does, as glibc environment variables for a process about to
+start (the engine's local Dask workers get them; export them for ``dask worker`` elsewhere).
+At start they also cover threads that have already allocated when the call could come."""
+
 
 def keep_freed_memory() -> bool:
     """Make glibc's allocator keep freed memory for reuse (once per process; True if done).
@@ -104,7 +110,9 @@ def keep_freed_memory() -> bool:
     (2-core Xeon, one thread, shipped model, 1280 x 1280 fp32): 1.01 s per forward, 0.28 s of
     it in the kernel (200 k page faults); with ``mmap`` off and no trimming 0.72 s, 3 k
     faults. Memory is not lower or higher at the peak; it is just not handed back between
-    tiles. A no-op where the C library has no ``mallopt`` (not glibc).
+    tiles. A no-op where the C library has no ``mallopt`` (not glibc). Threads that allocated
+    before the call keep their own arena, whose heaps still come and go: processes started for
+    the model work get :data:`HEAP_ENVIRON` instead (the engine's local workers do).
     """
     global _HEAP_KEPT
     if _HEAP_KEPT:
@@ -115,8 +123,17 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError):
         return False
-    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
-    _HEAP_KEPT = bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's malloc.h
+    _HEAP_KEPT = all(
+        mallopt(option, value)
+        for option, value in (
+            (m_mmap_max, 0),
+            (m_trim_threshold, 2**31 - 1),
+            # one arena: the heaps of other threads' arenas are themselves mmap-ed and given
+            # back when free (a Dask task runs in a worker thread, not the main one)
+            (m_arena_max, 1),
+        )
+    )
     return _HEAP_KEPT
 
 
