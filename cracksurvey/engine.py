@@ -118,6 +118,16 @@ def default_layout(
     return n_workers, 1, max(1, cores // n_workers)
 
 
+def worker_environ() -> Any:
+    """A Dask config context: worker processes started inside it get :data:`HEAP_ENVIRON`
+    (glibc's allocator settings must be there at process start; each nanny keeps them for the
+    restarts it does). Wrap the creation of a ``LocalCluster`` in it."""
+    import dask
+
+    key = "distributed.nanny.pre-spawn-environ"
+    return dask.config.set({key: {**dask.config.get(key), **HEAP_ENVIRON}})
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Knobs of the engine (none of them changes results beyond floating-point noise).
@@ -534,13 +544,10 @@ class Engine:
         return self._client
 
     def _start_local_cluster(self) -> Any:
-        import dask
         from distributed import LocalCluster
 
         n_workers, threads, torch_threads = self._layout()
-        # glibc settings at worker start (each nanny keeps them for the restarts it does)
-        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **HEAP_ENVIRON}
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        with worker_environ():
             self._cluster = LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=threads,

@@ -178,18 +178,18 @@ def predict_tile(
         log.info("bf16 is not supported natively on this CPU; running in fp32")
         _fallback_logged = True
     device = torch.device(device)
-    mean = torch.tensor(card.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(card.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    mean = torch.tensor(card.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).unsqueeze(0).float()
-        x = ((x - mean) / std).to(device).contiguous(memory_format=torch.channels_last)
+        # uint8 -> float channels-last in one copy, then normalised in place
+        x = torch.empty((1, 3, h, w), dtype=torch.float32, memory_format=torch.channels_last)
+        x.copy_(torch.from_numpy(rgb).unsqueeze(0))
+        x = x.mul_(1.0 / std).add_(-mean / std).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run == "bf16"):
             out = model(x)
-        out = out.float()
-        distance = out[0, 0].cpu().numpy().astype(np.float32, copy=True)
-        body = None
-        if out.shape[1] > 1:
-            body = torch.sigmoid(out[0, 1]).cpu().numpy().astype(np.float32, copy=True)
+        planes = out[0].float().cpu().contiguous()  # (heads, H, W), one copy out of NHWC
+        distance = planes[0].numpy()
+        body = torch.sigmoid_(planes[1]).numpy() if planes.shape[0] > 1 else None
     return distance, body
 
 

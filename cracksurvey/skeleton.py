@@ -172,10 +172,11 @@ def _edge_distance(
     todo = np.arange(n)
     prev_val = body[rows, cols].astype(np.float64)
     n_steps = int(np.ceil(max_distance_px / step_px))
-    chunk = 32
+    chunk = 16  # samples per profile per round: most edges are found in the first one
     start = 1
     while todo.size and start <= n_steps:
         stop = min(start + chunk, n_steps + 1)
+        chunk = 32
         t = np.arange(start, stop) * step_px  # (k,)
         pr = rows[todo, None] + normal_r[todo, None] * t[None, :]
         pc = cols[todo, None] + normal_c[todo, None] * t[None, :]

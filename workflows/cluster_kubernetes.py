@@ -46,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     worker_command = ["dask", "worker", "--nthreads", "1"]
     if args.gpus:
         worker_command += ["--resources", f"GPU={args.gpus}"]
+    from cracksurvey.predict import HEAP_ENVIRON
+
     with KubeCluster(name="cracksurvey", image=args.image, n_workers=args.workers,
-                     resources=resources, worker_command=worker_command) as cluster:
+                     resources=resources, worker_command=worker_command,
+                     env=HEAP_ENVIRON) as cluster:
         return run_on(cluster.scheduler_address, args, log)
 
 

@@ -17,13 +17,15 @@ DEFAULTS = {"kind": "local", "workers": None, "threads_per_worker": 1, "resource
 def main(argv: list[str] | None = None) -> int:
     from distributed import LocalCluster
 
-    from cracksurvey.engine import default_layout
+    from cracksurvey.engine import default_layout, worker_environ
 
     args = parser("local", __doc__.splitlines()[0]).parse_args(argv)
     recipe = load_recipe(args.cluster_config, DEFAULTS)
     n_workers = recipe["workers"] or default_layout()[0]
-    with LocalCluster(n_workers=n_workers, threads_per_worker=recipe["threads_per_worker"],
-                      resources=recipe["resources"] or None, dashboard_address=":0") as cluster:
+    with worker_environ():  # the allocator settings the engine's own local workers get
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=recipe["threads_per_worker"],
+                               resources=recipe["resources"] or None, dashboard_address=":0")
+    with cluster:
         return run_on(cluster.scheduler_address, args, log)
 
 

@@ -31,10 +31,14 @@ def make_cluster(recipe: dict):
     if recipe["gpus"]:
         extra.append(f"--gres=gpu:{recipe['gpus']}")
         worker_extra += ["--resources", f"GPU={recipe['gpus']}"]
+    from cracksurvey.predict import HEAP_ENVIRON
+
     return SLURMCluster(
         cores=recipe["cores"], processes=1, memory=recipe["memory"],
         walltime=recipe["walltime"], queue=recipe["queue"], account=recipe["account"],
         job_extra_directives=extra, worker_extra_args=worker_extra,
+        # glibc allocator settings for the model work, set before the worker starts
+        job_script_prologue=[f"export {k}={v}" for k, v in HEAP_ENVIRON.items()],
         python=recipe["python"] or sys.executable,
     )
 
