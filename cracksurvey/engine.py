@@ -77,6 +77,7 @@ from .predict import (
     keep_freed_memory,
     percentile_scale,
     prepare_bands,
+    release_freed_memory,
     valid_pixels,
 )
 from .skeleton import TileSkeleton
@@ -504,9 +505,6 @@ class Engine:
         self._n_slots = 1
         self._torch_threads: int | None = 1
         self._prefetch: _Prefetch | None = None
-        # This process receives and writes every tile (and runs the model when synchronous):
-        # reuse freed blocks, before the Dask client's threads start (see keep_freed_memory).
-        keep_freed_memory()
 
     # -- cluster ---------------------------------------------------------------------------
 
@@ -730,6 +728,14 @@ class Engine:
         self._drop_prefetch()
         return []
 
+    def _release_worker_memory(self) -> None:
+        """Workers are idle until the next image: their kept heaps go back to the system
+        meanwhile (a millisecond round trip; the COGs and vectors need the memory now)."""
+        try:
+            self._client.run(release_freed_memory)
+        except Exception as exc:  # an optimisation: never the reason a run fails
+            log.debug("could not release worker memory: %s", exc)
+
     def _drop_prefetch(self) -> None:
         """Cancel the next image's tiles started early (it is not the one run next)."""
         pf, self._prefetch = self._prefetch, None
@@ -805,6 +811,8 @@ class Engine:
                             parts.append(result.skeleton.shifted(tile.read_row0, tile.read_col0))
                     if on_tile_done is not None:
                         on_tile_done(n_done, len(tiles))
+                if self._client is not None and self._prefetch is None:
+                    self._release_worker_memory()
                 finish_concurrently(distance_out, mask_out)
         finally:
             close = getattr(results, "close", None)

@@ -137,6 +137,17 @@ def keep_freed_memory() -> bool:
     return _HEAP_KEPT
 
 
+def release_freed_memory() -> None:
+    """Give the memory :func:`keep_freed_memory` keeps back to the system (``malloc_trim``);
+    for a worker about to sit idle. A no-op without glibc."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):
+        pass
+
+
 _fallback_logged = False
 
 

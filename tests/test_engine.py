@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from cracksurvey.engine import Engine, EngineConfig, run_image
 from cracksurvey.errors import InputRasterError
 from cracksurvey.io.raster import TiledRasterWriter, describe_raster, raster_profile
 from cracksurvey.model import ModelCard, TernausNet, save_model
+from cracksurvey.predict import HEAP_ENVIRON
 from cracksurvey.tiling import predict_untiled
 
 CRS = "EPSG:32633"
@@ -252,8 +254,14 @@ def test_worker_processes_load_the_model_once_and_match_synchronous(tmp_path, we
             eval, "len(__import__('cracksurvey.engine').engine._MODELS)"
         )
         threads = engine._client.run(eval, "__import__('torch').get_num_threads()")
+        environ = engine._client.run(eval, "dict(__import__('os').environ)")
+        kept = engine._client.run(eval, "__import__('cracksurvey.predict').predict._HEAP_KEPT")
     assert list(cache_sizes.values()) == [1]  # one model per worker, loaded once for 2 images
     assert list(threads.values()) == [1]  # set explicitly in the worker
+    # glibc keeps freed memory for the next tile: set at the worker's start and at its first tile
+    (worker_environ,) = environ.values()
+    assert {k: worker_environ.get(k) for k in HEAP_ENVIRON} == HEAP_ENVIRON
+    assert list(kept.values()) == [platform.libc_ver()[0] == "glibc"]
     np.testing.assert_allclose(
         read_band(out.distance_path), read_band(sync.distance_path), atol=1e-6
     )

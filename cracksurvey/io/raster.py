@@ -39,11 +39,14 @@ from ..errors import InputRasterError
 
 log = logging.getLogger(__name__)
 
-GDAL_CACHEMAX_BYTES = 256 * 2**20
+GDAL_CACHEMAX_BYTES = 64 * 2**20
 """GDAL block cache while reading and writing; GDAL's default is 5 % of RAM.
 
-In bytes: rasterio passes an integer straight to ``GDALSetCacheMax64``, so ``256`` would mean
-256 bytes (no cache: every partially written block is flushed, re-read and recompressed)."""
+In bytes: rasterio passes an integer straight to ``GDALSetCacheMax64``, so ``64`` would mean
+64 bytes (no cache: every partially written block is flushed and re-read). The COG copy at the
+end holds about twice the cache on top (measured on a 16384² distance map + mask: peak RSS
+0.41 GB with 64 MB, 1.0 GB with 256 MB, the same time); partially written blocks that leave
+the cache cost little because the temporary file is uncompressed."""
 
 _SUPPORTED_KINDS = "uint8, uint16, int16, uint32, int32, float32, float64"
 
