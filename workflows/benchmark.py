@@ -30,10 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -312,20 +314,25 @@ class PeakRSS:
 
 
 def engine_mps(
-    weights: Path, image: Path, out: Path, config: EngineConfig, side: int, *, warm: bool = False
-) -> dict[str, float]:
+    weights: Path, image: Path, out: Path, config: EngineConfig, side: int, *,
+    warm_runs: int = 0, before_warm: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Engine MP/s on one image (cluster start-up timed separately).
 
-    The first run includes each worker's model load and oneDNN warm-up; with ``warm`` the same
-    image runs again on the same workers and ``warm_mp_per_s`` is that second run (the steady
-    state of a survey with many images, comparable with the warmed-up model-only figure).
+    The first run includes each worker's model load and oneDNN warm-up; ``warm_runs`` more runs
+    of the same image on the same workers give ``warm_mp_per_s`` (a list: the steady state of a
+    survey with many images, comparable with the warmed-up model-only figure).
+    ``before_warm()`` runs before each of them (the model-only measurement of its pair: the
+    engine's workers sit idle meanwhile).
     """
     t = time.perf_counter()
     runs = []
     with Engine(weights, config=config) as engine:
         engine.start()
         startup = time.perf_counter() - t
-        for _ in range(2 if warm else 1):
+        for i in range(1 + warm_runs):
+            if i and before_warm is not None:
+                before_warm()
             with tqdm(desc=image.name, unit="tile", file=sys.stderr, leave=False) as bar:
 
                 def on_tile_done(done: int, total: int) -> None:
@@ -346,9 +353,9 @@ def engine_mps(
         "n_tiles": result.n_tiles,
         "skeleton_pixels": len(result.skeleton),
     }
-    if warm:
-        report["warm_seconds"] = runs[1].seconds
-        report["warm_mp_per_s"] = side * side / 1e6 / runs[1].seconds
+    if warm_runs:
+        report["warm_seconds"] = [r.seconds for r in runs[1:]]
+        report["warm_mp_per_s"] = [side * side / 1e6 / r.seconds for r in runs[1:]]
     return report
 
 
@@ -498,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--halo", type=int, default=96, help="halo (px)")
     parser.add_argument("--size", type=int, default=4096, help="side of the end-to-end image")
     parser.add_argument("--big", type=int, default=16384, help="side of the memory image")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="(c) model-only / warm-engine pairs measured back to back")
     parser.add_argument("--survey-images", type=int, default=4,
                         help="images in the (c) survey run of process (1: skip it)")
     parser.add_argument("--skip-16k", action="store_true", help="skip the memory run (d)")
@@ -568,14 +577,22 @@ def main(argv: list[str] | None = None) -> int:
         log(f"(c) end-to-end {args.size}^2 ({precision}) ...")
         img = write_synthetic_geotiff(tmp / "e2e.tif", args.size)
         out = tmp / "out"
-        e2e = engine_mps(weights, img, out, config, args.size, warm=True)
+        n_workers = default_layout()[0]
+        grids: list[dict[str, float]] = []
+        # pairs measured back to back (model only, then the engine on the warm workers): the
+        # machine's speed drifts between minutes, a ratio within a pair does not see it
+        e2e = engine_mps(weights, img, out, config, args.size, warm_runs=args.pairs,
+                         before_warm=lambda: grids.append(
+                             model_only_on_grid(weights, card, args.size, config, n_workers)))
         e2e["precision"] = precision
         e2e["ratio_to_model_only"] = e2e["mp_per_s"] / model_only[precision]["core_mp_per_s"]
-        n_workers = default_layout()[0]
-        grid = model_only_on_grid(weights, card, args.size, config, n_workers)
+        grid = dict(grids[0], mp_per_s=statistics.median(g["mp_per_s"] for g in grids),
+                    all_mp_per_s=[g["mp_per_s"] for g in grids])
         e2e["model_only_on_grid"] = grid
         e2e["ratio_to_model_only_on_grid"] = e2e["mp_per_s"] / grid["mp_per_s"]
-        e2e["warm_ratio_to_model_only_on_grid"] = e2e["warm_mp_per_s"] / grid["mp_per_s"]
+        ratios = [w / g["mp_per_s"] for w, g in zip(e2e["warm_mp_per_s"], grids)]
+        e2e["warm_ratios_to_model_only_on_grid"] = ratios
+        e2e["warm_ratio_to_model_only_on_grid"] = statistics.median(ratios)
         log(f"(c) cracksurvey process on the {args.size}^2 image ...")
         full = process_mps(weights, img, tmp, config, args.size)
         full["ratio_to_model_only_on_grid"] = full["mp_per_s"] / grid["mp_per_s"]
@@ -666,13 +683,17 @@ def print_table(r: dict, args: argparse.Namespace) -> None:
           f"cluster start {e['startup_seconds']:.1f} s); "
           f"end-to-end / model-only core = {e['ratio_to_model_only']:.0%}")
     g = e["model_only_on_grid"]
+    listed = ", ".join(f"{v:.2f}" for v in g["all_mp_per_s"])
     print(f"    model only on the same grid ({g['n_tiles']} tiles, {g['forward_mp']:.1f} MP forward) "
-          f"and layout ({g['n_workers']} workers x 1 thread, run at once): {g['mp_per_s']:.2f} MP/s; "
-          f"engine / that = {e['ratio_to_model_only_on_grid']:.0%}")
+          f"and layout ({g['n_workers']} workers x 1 thread, run at once): median "
+          f"{g['mp_per_s']:.2f} MP/s ({listed}); first engine run / that = "
+          f"{e['ratio_to_model_only_on_grid']:.0%}")
+    warm = ", ".join(f"{v:.2f}" for v in e["warm_mp_per_s"])
+    pairs = ", ".join(f"{v:.0%}" for v in e["warm_ratios_to_model_only_on_grid"])
     print(f"    engine again on the same workers (warm: model loaded, oneDNN primed, as for every "
-          f"image after the first of a survey): {e['warm_mp_per_s']:.2f} MP/s "
-          f"({e['warm_seconds']:.1f} s); / model only on the grid = "
-          f"{e['warm_ratio_to_model_only_on_grid']:.0%}")
+          f"image after the first of a survey), each run right after a model-only run: "
+          f"{warm} MP/s; engine / model only per pair: {pairs}, median "
+          f"**{e['warm_ratio_to_model_only_on_grid']:.0%}**")
     f = e["process"]
     print(f"    cracksurvey process (engine + vectorize + GeoPackage + cluster start): "
           f"{f['mp_per_s']:.2f} MP/s ({f['seconds']:.1f} s); "
