@@ -177,6 +177,8 @@ def _count_fragments(
     min_area_px: float,
     min_skeleton_length_px: float | None,
 ) -> int:
+    if not mask.any():  # most patches of a survey image: no labelling needed
+        return 0
     labels, n = _label(mask, connectivity)
     if n == 0:
         return 0

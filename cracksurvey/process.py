@@ -43,6 +43,7 @@ import math
 import os
 import platform
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -885,8 +886,9 @@ def process_survey(
     total = len(survey.images)
     emit(ProgressEvent("images", 0, total))
     engine_cfg = _engine_config(config, config.model.device)
-    with Engine(model_source, config=engine_cfg, scheduler=scheduler,
-                synchronous=synchronous) as engine:
+    engine = Engine(model_source, config=engine_cfg, scheduler=scheduler,
+                    synchronous=synchronous)
+    try:
         run = _ImageRun(
             engine=engine, cache=cache, config=config, card=card, root=survey.root, out=out,
             raster_dir=raster_dir, timings=timings, footprints_for=footprints_for,
@@ -926,7 +928,12 @@ def process_survey(
             outcomes.append(outcome)
             emit(ProgressEvent("image_done", index + 1, total, image=record.name,
                                outcome=outcome, cached=record.name in run.reused))
-
+    except BaseException:
+        engine.close()
+        raise
+    # the local cluster shuts down (its processes exit) while the outputs are written
+    closing = threading.Thread(target=engine.close, name="cracksurvey-engine-close")
+    closing.start()
     try:
         summary = _write_outputs(
             survey, out, outcomes, results, model_info=model_info, timings=timings,
@@ -938,6 +945,8 @@ def process_survey(
         if failure is None:
             raise
         raise failure from exc
+    finally:
+        closing.join()
     cache.prune(keep=run.keys)  # entries of images no longer in the survey, or stale configs
     return summary
 
