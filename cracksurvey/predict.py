@@ -271,7 +271,7 @@ def prepare_bands(
         raise ValueError(f"array of shape {array.shape}: expected (bands, rows, cols)")
     colour = colour_bands(array.shape[0], alpha_band=alpha_band)
     valid = valid_pixels(array, nodata=nodata, alpha_band=alpha_band)
-    data = array[colour]
+    data = _bands(array, colour)
     if data.dtype == np.uint8:
         rgb = np.ascontiguousarray(data)
     else:
@@ -287,7 +287,9 @@ def prepare_bands(
         rgb = np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).round().astype(np.uint8)
     if not valid.all():
         # Fill nodata with the ImageNet mean (about zero after normalisation): no invented
-        # texture. ``data`` came from fancy indexing, so ``rgb`` is never a view of ``array``.
+        # texture; on a copy, never on the caller's array.
+        if np.shares_memory(rgb, array):
+            rgb = rgb.copy()
         fill = np.asarray(_mean_uint8(), dtype=np.uint8).reshape(3, 1)
         rgb[:, ~valid] = fill
     return rgb, valid
@@ -309,12 +311,19 @@ def valid_pixels(
     valid = np.ones(array.shape[1:], dtype=bool)
     if alpha_band is not None:
         valid &= array[alpha_band] != 0
-    data = array[sorted(set(colour_bands(array.shape[0], alpha_band=alpha_band)))]
+    data = _bands(array, sorted(set(colour_bands(array.shape[0], alpha_band=alpha_band))))
     if nodata is not None and not np.isnan(nodata):
         valid &= ~np.all(data == nodata, axis=0)
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.all(np.isfinite(data), axis=0)
     return valid
+
+
+def _bands(array: np.ndarray, indices: list[int]) -> np.ndarray:
+    """``array[indices]``, as a view (no copy of the tile) when the bands are consecutive."""
+    if indices == list(range(indices[0], indices[0] + len(indices))):
+        return array[indices[0] : indices[0] + len(indices)]
+    return array[indices]
 
 
 def _mean_uint8(mean: Sequence[float] = (0.485, 0.456, 0.406)) -> list[int]:

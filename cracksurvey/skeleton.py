@@ -323,7 +323,9 @@ def measure_width_px(
             f"body has shape {b.shape} but skeleton has shape {skel.shape}; "
             "both must be on the same tile grid."
         )
-    b = np.nan_to_num(b.astype(np.float32), nan=0.0)
+    b = b.astype(np.float32, copy=False)
+    if np.isnan(b).any():
+        b = np.nan_to_num(b, nan=0.0)  # a copy: the caller's map keeps its NaN
     if at is None:
         rows, cols = np.nonzero(skel)
     else:

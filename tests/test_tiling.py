@@ -282,8 +282,11 @@ def test_prepare_bands_grey_rgba_16bit_and_extra_bands():
 
     nod = np.zeros((3, 2, 2), np.uint8)
     nod[:, 0, 0] = 7
-    _, valid = prepare_bands(nod, nodata=0)
+    before = nod.copy()
+    rgb, valid = prepare_bands(nod, nodata=0)
     assert valid.tolist() == [[True, False], [False, False]]
+    assert (rgb[:, 0, 1] > 0).all()  # nodata filled with the mean colour ...
+    np.testing.assert_array_equal(nod, before)  # ... in a copy, not in the caller's tile
 
 
 def test_percentile_scale_ignores_nodata_and_flat_bands():
