@@ -57,7 +57,12 @@ from cracksurvey.model import (
     load_model,
     save_model,
 )
-from cracksurvey.predict import cpu_bf16_supported, effective_precision, keep_freed_memory
+from cracksurvey.predict import (
+    cpu_bf16_supported,
+    effective_precision,
+    keep_freed_memory,
+    release_freed_memory,
+)
 from cracksurvey.tiling import tile_grid
 
 PRECISIONS = ("fp32", "bf16")
@@ -570,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                 "fraction_of_ceiling": gflops / report["ceiling_gflops"][p],
             }
         report["model_only"] = model_only
+        release_freed_memory()  # this process's kept heap is not the engine's memory in (d)
 
         precision = effective_precision("auto")  # what `cracksurvey process` runs here
         config = EngineConfig(tile_px=core_px, halo_px=args.halo, precision=precision)
