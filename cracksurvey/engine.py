@@ -63,6 +63,7 @@ from torch import nn
 
 from .errors import ModelError
 from .io.raster import (
+    TILE_READ_CACHE_BYTES,
     RasterInfo,
     RasterSource,
     TiledRasterWriter,
@@ -374,7 +375,7 @@ def _read_tile(info: RasterInfo, tile: Tile) -> np.ndarray:
     with _DECODED_LOCK:
         whole = _DECODED.get(key)
         if whole is None:
-            with RasterSource(info.path) as source:
+            with RasterSource(info.path, cache_bytes=TILE_READ_CACHE_BYTES) as source:
                 if source.driver not in STREAM_DRIVERS or info.n_pixels > WHOLE_DECODE_MAX_PX:
                     return read_window_reflect(source.read, tile.read, info.height, info.width)
                 whole = source.read(0, info.height, 0, info.width)

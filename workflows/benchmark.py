@@ -283,27 +283,36 @@ def write_synthetic_geotiff(path: Path, side: int, *, seed: int = 0, block: int 
 
 
 class PeakRSS:
-    """Samples the RSS of this process plus all its children (Dask workers) in a thread."""
+    """Samples the RSS of this process plus all its children (Dask workers) in a thread.
+
+    ``peak_bytes`` sums RSS, which counts the pages of shared libraries (torch, GDAL) once per
+    process; ``peak_pss_bytes`` sums PSS (shared pages split among the processes using them):
+    the memory the run actually occupies."""
 
     def __init__(self, interval_s: float = 0.2) -> None:
         self.interval_s = interval_s
         self.peak_bytes = 0
+        self.peak_pss_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
+    def _sample(self) -> tuple[int, int]:
         me = psutil.Process()
-        total = me.memory_info().rss
-        for child in me.children(recursive=True):
+        rss = pss = 0
+        for proc in [me, *me.children(recursive=True)]:
             try:
-                total += child.memory_info().rss
+                info = proc.memory_full_info()
             except psutil.Error:
-                pass
-        return total
+                continue
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+        return rss, pss
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._sample())
+            rss, pss = self._sample()
+            self.peak_bytes = max(self.peak_bytes, rss)
+            self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> PeakRSS:
@@ -423,6 +432,7 @@ def scaling_table(
             "seconds": run["seconds"],
             "mp_per_s": run["mp_per_s"],
             "peak_rss_gb": mem.peak_bytes / 1e9,
+            "peak_pss_gb": mem.peak_pss_bytes / 1e9,
         }
         image.unlink()
     image = write_synthetic_geotiff(tmp / "workers.tif", workers_size, seed=5)
@@ -435,26 +445,28 @@ def scaling_table(
         with PeakRSS() as mem:
             by_workers[n] = engine_mps(weights, image, tmp, cfg, workers_size)
         by_workers[n]["peak_rss_gb"] = mem.peak_bytes / 1e9
+        by_workers[n]["peak_pss_gb"] = mem.peak_pss_bytes / 1e9
     image.unlink()
     return {"sizes": by_size, "workers": by_workers, "workers_size": workers_size}
 
 
 def print_scaling(r: dict) -> None:
     print("(f) scaling: cracksurvey process on one image (engine + vectorize + CPP + GeoPackage)")
-    print("| image | file MB | valid MP | cracks | s | MP/s (all px) | peak RSS GB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| image | file MB | valid MP | cracks | s | MP/s (all px) | peak RSS GB | peak PSS GB |")
+    print("|---|---|---|---|---|---|---|---|")
     for side, v in r["sizes"].items():
         kind = " sparse" if v["sparse"] else ""
         print(f"| {side}^2{kind} | {v['file_mb']:.1f} | {v['valid_mp']:.1f} | {v['n_cracks']} | "
-              f"{v['seconds']:.1f} | {v['mp_per_s']:.2f} | {v['peak_rss_gb']:.2f} |")
+              f"{v['seconds']:.1f} | {v['mp_per_s']:.2f} | {v['peak_rss_gb']:.2f} | "
+              f"{v['peak_pss_gb']:.2f} |")
     print()
     print(f"(f) engine on {r['workers_size']}^2 with local workers (1 task each, torch threads "
           "= cores / workers)")
-    print("| workers | MP/s | s | start s | peak RSS GB |")
-    print("|---|---|---|---|---|")
+    print("| workers | MP/s | s | start s | peak RSS GB | peak PSS GB |")
+    print("|---|---|---|---|---|---|")
     for n, v in r["workers"].items():
         print(f"| {n} | {v['mp_per_s']:.2f} | {v['seconds']:.1f} | {v['startup_seconds']:.1f} | "
-              f"{v['peak_rss_gb']:.2f} |")
+              f"{v['peak_rss_gb']:.2f} | {v['peak_pss_gb']:.2f} |")
 
 
 def run_scaling(args: argparse.Namespace, log) -> int:
@@ -645,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
                 with PeakRSS() as mem:
                     res = engine_mps(weights, img, out, cfg, args.layout_size)
                 res["peak_rss_gb"] = mem.peak_bytes / 1e9
+                res["peak_pss_gb"] = mem.peak_pss_bytes / 1e9
                 report["layouts"][name] = res
             img.unlink()
 
@@ -655,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
             with PeakRSS() as mem:
                 big = engine_mps(weights, img, out, config, args.big)
             big["peak_rss_gb"] = mem.peak_bytes / 1e9
+            big["peak_pss_gb"] = mem.peak_pss_bytes / 1e9
             big["image_gb_float32"] = args.big**2 * 4 / 1e9
             report["memory_16k"] = big
             img.unlink()
@@ -722,16 +736,18 @@ def print_table(r: dict, args: argparse.Namespace) -> None:
     if "memory_16k" in r:
         b = r["memory_16k"]
         print(f"(d) {args.big}^2: peak RSS {b['peak_rss_gb']:.2f} GB incl. workers "
+              f"(PSS {b['peak_pss_gb']:.2f} GB: shared libraries counted once) "
               f"(the image as float32 would be {b['image_gb_float32']:.1f} GB); "
               f"{b['mp_per_s']:.2f} MP/s, {b['seconds']:.0f} s")
     if "layouts" in r:
         print()
         print(f"(e) local cluster layouts, {args.layout_size}^2:")
-        print("| layout | MP/s | s | start s | peak RSS GB |")
-        print("|---|---|---|---|---|")
+        print("| layout | MP/s | s | start s | peak RSS GB | peak PSS GB |")
+        print("|---|---|---|---|---|---|")
         for name, v in r["layouts"].items():
             print(f"| {name} | {v['mp_per_s']:.2f} | {v['seconds']:.1f} | "
-                  f"{v['startup_seconds']:.1f} | {v['peak_rss_gb']:.2f} |")
+                  f"{v['startup_seconds']:.1f} | {v['peak_rss_gb']:.2f} | "
+                  f"{v['peak_pss_gb']:.2f} |")
 
 
 if __name__ == "__main__":

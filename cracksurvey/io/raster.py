@@ -48,6 +48,11 @@ end holds about twice the cache on top (measured on a 16384² distance map + mas
 0.41 GB with 64 MB, 1.0 GB with 256 MB, the same time); partially written blocks that leave
 the cache cost little because the temporary file is uncompressed."""
 
+TILE_READ_CACHE_BYTES = 16 * 2**20
+"""GDAL block cache of a worker reading tile windows: a tile decodes each block once, and
+neighbouring tiles (which share the halo) mostly run on other workers; the default cache
+would fill to its cap in every worker of a large image and stay there."""
+
 _SUPPORTED_KINDS = "uint8, uint16, int16, uint32, int32, float32, float64"
 
 
@@ -153,11 +158,14 @@ class RasterSource:
     Parameters
     ----------
     path : str or Path
+    cache_bytes : int
+        GDAL block cache while open (process-wide in GDAL). A worker that only reads tile
+        windows needs little (:data:`TILE_READ_CACHE_BYTES`).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, cache_bytes: int = GDAL_CACHEMAX_BYTES) -> None:
         self.path = str(path)
-        self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_BYTES)
+        self._env = rasterio.Env(GDAL_CACHEMAX=cache_bytes)
         self._env.__enter__()
         try:
             self._ds = _open_quietly(self.path)
