@@ -826,6 +826,10 @@ class Engine:
             close = getattr(results, "close", None)
             if close is not None:
                 close()
+        if not self.synchronous:
+            # the tiles received and written are freed but glibc keeps most of it (a sparse
+            # 40000² image left this process at 2.0 GB, 0.6 GB once trimmed)
+            release_freed_memory()
         skeleton = TileSkeleton.concatenate(parts)
         order = np.lexsort((skeleton.cols, skeleton.rows))
         skeleton = TileSkeleton(

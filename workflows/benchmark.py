@@ -316,6 +316,9 @@ class PeakRSS:
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> PeakRSS:
+        # what this (benchmark) process freed earlier, e.g. writing a synthetic image, is not
+        # memory of the run measured next
+        release_freed_memory()
         self._thread.start()
         return self
 

@@ -26,6 +26,7 @@ import rasterio
 from rasterio.windows import Window
 
 from cracksurvey.errors import OutputExistsError
+from cracksurvey.io.raster import GDAL_CACHEMAX_BYTES
 
 __all__ = [
     "OUTPUT_FILES",
@@ -213,7 +214,9 @@ def read_mask_strips(path: str | Path, *, strip_rows: int) -> Iterator[tuple[int
     """
     if strip_rows < 1:
         raise ValueError(f"strip_rows={strip_rows} must be >= 1")
-    with rasterio.open(path) as ds:
+    # GDAL's default cache (5 % of RAM) would keep every block read: the whole mask
+    # (a 40000² mask grew this process by 1.3 GB); one row of blocks is all a strip needs
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_BYTES), rasterio.open(path) as ds:
         for row0 in range(0, ds.height, strip_rows):
             rows = min(strip_rows, ds.height - row0)
             yield row0, ds.read(1, window=Window(0, row0, ds.width, rows))
