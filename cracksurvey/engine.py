@@ -50,6 +50,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,14 +121,28 @@ def default_layout(
     return n_workers, 1, max(1, cores // n_workers)
 
 
-def worker_environ() -> Any:
-    """A Dask config context: worker processes started inside it get :data:`HEAP_ENVIRON`
-    (glibc's allocator settings must be there at process start; each nanny keeps them for the
-    restarts it does). Wrap the creation of a ``LocalCluster`` in it."""
+@contextmanager
+def worker_environ() -> Iterator[None]:
+    """Worker processes started inside this context get :data:`HEAP_ENVIRON` (glibc's
+    allocator settings must be there at process start; each nanny keeps them for the restarts
+    it does). Wrap the creation of a ``LocalCluster`` in it.
+
+    Dask's nanny puts these variables in this process's ``os.environ`` to spawn a worker; they
+    are put back as they were on exit, so programs this process starts later do not inherit
+    them (a nanny restarting a dead worker sets them again)."""
     import dask
 
     key = "distributed.nanny.pre-spawn-environ"
-    return dask.config.set({key: {**dask.config.get(key), **HEAP_ENVIRON}})
+    before = {k: os.environ.get(k) for k in HEAP_ENVIRON}
+    try:
+        with dask.config.set({key: {**dask.config.get(key), **HEAP_ENVIRON}}):
+            yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import warnings
 from pathlib import Path
@@ -247,6 +248,7 @@ def test_worker_processes_load_the_model_once_and_match_synchronous(tmp_path, we
         config=config,
         synchronous=True,
     )
+    environ_before = {k: os.environ.get(k) for k in HEAP_ENVIRON}
     with Engine(weights, config=config) as engine:
         for i in (1, 2):
             out = run(engine, src, tmp_path, str(i))
@@ -261,6 +263,9 @@ def test_worker_processes_load_the_model_once_and_match_synchronous(tmp_path, we
     # glibc keeps freed memory for the next tile: set at the worker's start and at its first tile
     (worker_environ,) = environ.values()
     assert {k: worker_environ.get(k) for k in HEAP_ENVIRON} == HEAP_ENVIRON
+    # ... and only there: this process's environment is as it was (no MALLOC_* leaked to
+    # the programs it starts later)
+    assert {k: os.environ.get(k) for k in HEAP_ENVIRON} == environ_before
     assert list(kept.values()) == [platform.libc_ver()[0] == "glibc"]
     np.testing.assert_allclose(
         read_band(out.distance_path), read_band(sync.distance_path), atol=1e-6
