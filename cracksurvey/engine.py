@@ -29,10 +29,15 @@ Design points:
   whatever the image size.
 - ``synchronous=True`` runs the very same task function in-process, in tile order, without Dask
   (tests, debugging).
+- **Memory kept between tiles.** Local workers start with glibc's allocator told to keep freed
+  memory (:data:`cracksurvey.predict.HEAP_ENVIRON`, :func:`worker_environ`): otherwise every
+  forward page-faults its activations in again (0.98 vs 0.70 s for a 1280 x 1280 forward of the
+  shipped model). A worker then holds its working set, about 1 GB, until an image of
+  :data:`RELEASE_AFTER_PX` or more ends with nothing queued.
 
 Default layout (:func:`default_layout`): one single-threaded worker process per core (torch 1
-thread each), capped so that each worker has about 3 GB of RAM (a 1 MP fp32 forward takes about
-2.5 GB). Measured with workflows/benchmark.py on 2 cores shared with a training run (2048 x 2048
+thread each), capped so that each worker has about 3 GB of RAM (the working set of a 1280 x 1280
+fp32 forward of the shipped model is about 1 GB; wider models need more). Measured with workflows/benchmark.py on 2 cores shared with a training run (2048 x 2048
 image, random UNet16 width 0.25, fp32): 2 workers x 1 task 0.177 MP/s, 1 worker x 2 tasks (torch
 1 thread each) 0.161 MP/s, 1 worker x 1 task with torch on 2 threads 0.122 MP/s; peak RSS 2.4 /
 2.1 / 1.5 GB. Task-level parallelism keeps cores busy when the machine is shared (multi-threaded
