@@ -37,10 +37,10 @@ Design points:
 
 Default layout (:func:`default_layout`): one single-threaded worker process per core (torch 1
 thread each), capped so that each worker has about 3 GB of RAM (the working set of a 1280 x 1280
-fp32 forward of the shipped model is about 1 GB; wider models need more). Measured with workflows/benchmark.py on 2 cores shared with a training run (2048 x 2048
-image, random UNet16 width 0.25, fp32): 2 workers x 1 task 0.177 MP/s, 1 worker x 2 tasks (torch
-1 thread each) 0.161 MP/s, 1 worker x 1 task with torch on 2 threads 0.122 MP/s; peak RSS 2.4 /
-2.1 / 1.5 GB. Task-level parallelism keeps cores busy when the machine is shared (multi-threaded
+fp32 forward of the shipped model is about 1 GB; wider models need more). Measured with
+workflows/benchmark.py on 2 cores shared with a training run (2048 x 2048 image, random UNet16
+width 0.25, fp32): 2 workers x 1 task 0.177 MP/s, 1 worker x 2 tasks (torch 1 thread each)
+0.161 MP/s, 1 worker x 1 task with torch on 2 threads 0.122 MP/s; peak RSS 2.4 / 2.1 / 1.5 GB. Task-level parallelism keeps cores busy when the machine is shared (multi-threaded
 torch stalls on a busy core) and overlaps one tile's reading/skeleton with another's forward;
 separate processes also run the numpy parts without sharing a GIL. On a quiet machine the three
 are within about 10 % (MEASURED.md).
@@ -379,13 +379,13 @@ def _set_torch_threads(n: int | None) -> None:
 STREAM_DRIVERS = frozenset({"JPEG", "PNG"})
 WHOLE_DECODE_MAX_PX = 64_000_000
 _DECODED: dict[tuple[str, int, int], np.ndarray] = {}
+_DECODED_LOCK = threading.Lock()
 
 RELEASE_AFTER_PX = 64_000_000
 """After an image this large, with nothing queued, idle workers give their kept heaps back
 while the client finishes the image (the 16384² benchmark: 2.7 GB peak with it, 3.4 GB
 without); after smaller ones they keep them: the next image's first forward would page-fault
 them in again (+0.25 s per worker)."""
-_DECODED_LOCK = threading.Lock()
 
 
 def _read_tile(info: RasterInfo, tile: Tile) -> np.ndarray:

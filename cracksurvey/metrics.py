@@ -136,11 +136,14 @@ def _ratios(
     }
 
 
-def _label(mask: NDArray[np.bool_], connectivity: int) -> tuple[NDArray[np.int32], int]:
+def _structure(connectivity: int) -> NDArray[np.bool_]:
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity is {connectivity!r}; expected 4 or 8.")
-    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
-    labels, n = ndimage.label(mask, structure=structure)
+    return ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+
+
+def _label(mask: NDArray[np.bool_], connectivity: int) -> tuple[NDArray[np.int32], int]:
+    labels, n = ndimage.label(mask, structure=_structure(connectivity))
     return np.asarray(labels, dtype=np.int32), int(n)
 
 
@@ -542,9 +545,7 @@ def _area_fragments_by_row(
     """:func:`_count_fragments` (area rule only) of every patch at ``origins``, labelling a
     whole row of patches at once: the patches are copied side by side with a blank column
     between them, which no 4- or 8-connected component crosses."""
-    if connectivity not in (4, 8):
-        raise ValueError(f"connectivity is {connectivity!r}; expected 4 or 8.")
-    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    structure = _structure(connectivity)
     counts = np.zeros(len(origins), dtype=np.int64)
     rows: dict[int, list[tuple[int, int]]] = {}
     for i, (r, c) in enumerate(origins):

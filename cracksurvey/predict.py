@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -117,11 +117,8 @@ def keep_freed_memory() -> bool:
     global _HEAP_KEPT
     if _HEAP_KEPT:
         return True
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
     m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's malloc.h
     _HEAP_KEPT = all(
@@ -140,12 +137,19 @@ def keep_freed_memory() -> bool:
 def release_freed_memory() -> None:
     """Give the memory :func:`keep_freed_memory` keeps back to the system (``malloc_trim``);
     for a worker about to sit idle. A no-op without glibc."""
+    malloc_trim = _libc_function("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
+
+
+def _libc_function(name: str) -> Any:
+    """A function of the process's C library (glibc's malloc tuning), None if it has none."""
     import ctypes
 
     try:
-        ctypes.CDLL(None).malloc_trim(0)
+        return getattr(ctypes.CDLL(None), name)
     except (AttributeError, OSError):
-        pass
+        return None
 
 
 _fallback_logged = False

@@ -256,6 +256,10 @@ def overview_factors(height: int, width: int, blocksize: int) -> list[int]:
     return factors
 
 
+def _sum_2x2(a: np.ndarray) -> np.ndarray:
+    return a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]
+
+
 def _halve(sums: np.ndarray, counts: np.ndarray | float) -> tuple[np.ndarray, np.ndarray | float]:
     """2 x 2 block sums of ``sums`` and ``counts`` (a scalar: the same count everywhere); an
     odd last row/column is a block of its own."""
@@ -265,10 +269,9 @@ def _halve(sums: np.ndarray, counts: np.ndarray | float) -> tuple[np.ndarray, np
         if not isinstance(counts, np.ndarray):
             counts = np.full((h, w), counts, np.float32)
         sums, counts = np.pad(sums, pad), np.pad(counts, pad)
-    out = sums[0::2, 0::2] + sums[1::2, 0::2] + sums[0::2, 1::2] + sums[1::2, 1::2]
     if isinstance(counts, np.ndarray):
-        return out, counts[0::2, 0::2] + counts[1::2, 0::2] + counts[0::2, 1::2] + counts[1::2, 1::2]
-    return out, counts * 4
+        return _sum_2x2(sums), _sum_2x2(counts)
+    return _sum_2x2(sums), counts * 4
 
 
 def _sums_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray | float]:
