@@ -1,0 +1,1 @@
+"""Evaluation helpers that need no model: synthetic cracks with exact ground truth."""

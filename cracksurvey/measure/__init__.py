@@ -1,0 +1,1 @@
+"""Measurements on the image itself, at positions the skeleton stage found."""
