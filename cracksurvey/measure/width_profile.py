@@ -59,6 +59,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _K, _W, _C, _S = 0, 1, 2, 3
 import os
 FINAL_FREE = (1,2,3) if os.environ.get('FF')=='3' else (1,2)
+_BG = os.environ.get('BG', 'sides')
 
 
 @dataclass(frozen=True, eq=False)
@@ -557,9 +558,12 @@ def measure_width_from_image(
     th = theta4.copy()
     th[:, _K] = k_used
     th[:, _S] = sig
-    th2, cov2, _ = prof.fit(th, FINAL_FREE, idx_ok)
+    th2, cov2, sse2 = prof.fit(th, FINAL_FREE, idx_ok)
     w_fit = np.where(ok, th2[:, _W], np.nan)
-    var_fit = np.where(ok, s2 * cov2[:, _W, _W], np.nan)
+    # A profile that the model does not fit (a texture edge, a crossing joint) is less
+    # trustworthy than its noise alone says: scale its variance by its normalised misfit.
+    misfit = np.maximum(prof.misfit(sse2), 1.0)
+    var_fit = np.where(ok, s2 * cov2[:, _W, _W] * misfit, np.nan)
 
     if pool_radius_px > 0:
         w_rep, var_rep = _smooth_along_crack(r0, c0, lab, ok, w_fit, var_fit, pool_radius_px)
@@ -587,7 +591,8 @@ def measure_width_from_image(
 #: Grids of the per-crack search for depth and blur (log-spaced), and the weak prior that
 #: decides where a crack's profiles cannot (a crack equally narrow everywhere).
 _K_GRID = np.exp(np.linspace(np.log(0.03), np.log(1.0), 13))
-_S_GRID = np.exp(np.linspace(np.log(0.35), np.log(2.4), 11))
+_S_GRID = np.exp(np.linspace(np.log(0.35), np.log(2.4), 9))
+_MAX_JOINT = 200
 _PRIOR_K, _PRIOR_K_SD = 0.5, 1.5  # logit scale
 _PRIOR_S, _PRIOR_S_SD = 0.9, 0.35  # log scale, pixels
 
@@ -611,7 +616,14 @@ def _joint_depth_blur(
     Returns per-sample arrays: depth, its relative uncertainty, and sigma (NaN where not ok).
     """
     n = prof.n
-    idx = np.nonzero(ok)[0]
+    idx_all = np.nonzero(ok)[0]
+    # At most _MAX_JOINT evenly spread samples per crack decide its depth and blur.
+    keep = np.zeros(n, bool)
+    for g in np.unique(lab[idx_all]):
+        members = idx_all[lab[idx_all] == g]
+        pick = np.unique(np.linspace(0, members.size - 1, min(members.size, _MAX_JOINT)).astype(int))
+        keep[members[pick]] = True
+    idx = np.nonzero(keep)[0]
     length = np.zeros(n)
     for cl in prof.classes:
         length[cl["idx"]] = cl["weight"].sum(1) * (cl["s"][0, 1] - cl["s"][0, 0])
@@ -627,7 +639,7 @@ def _joint_depth_blur(
         th = warm.copy()
         th[idx, _K] = k_g[gi]
         th[idx, _S] = s_g[gi]
-        fitted, _, sse = prof.fit(th, (_W, _C), idx, n_iter=8, with_cov=False)
+        fitted, _, sse = prof.fit(th, (_W, _C), idx, n_iter=6, with_cov=False)
         x = sse[idx] * step[idx] / scale[idx]
         per = np.maximum(length[idx], 1.0) * 4.0 * np.log1p(x / 4.0)
         c = np.bincount(gi, per, n_g)
@@ -674,9 +686,10 @@ def _joint_depth_blur(
     k_out = np.full(n, np.nan)
     r_out = np.full(n, np.nan)
     s_out = np.full(n, np.nan)
-    k_out[idx] = k_g[gi]
-    r_out[idx] = k_rel_g[gi]
-    s_out[idx] = s_g[gi]
+    where = np.searchsorted(groups, lab[idx_all])
+    k_out[idx_all] = k_g[where]
+    r_out[idx_all] = k_rel_g[where]
+    s_out[idx_all] = s_g[where]
     return k_out, r_out, s_out
 
 
@@ -724,6 +737,16 @@ class _Profiles:
     noise: NDArray[np.float64]
     s2: NDArray[np.float64]
     theta0: NDArray[np.float64]
+
+    def misfit(self, sse: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Normalised misfit of each profile: 1 for residuals at the noise level."""
+        out = np.full(self.n, np.nan)
+        for cl in self.classes:
+            step = cl["s"][0, 1] - cl["s"][0, 0]
+            length = np.maximum(cl["weight"].sum(1) * step, 1.0)
+            i = cl["idx"]
+            out[i] = sse[i] * step / (self.noise[i] ** 2 * length)
+        return out
 
     def fit(
         self,
@@ -802,6 +825,76 @@ def _coarse_band(
     return 0.5 * (e_lo + e_hi), np.maximum(0.5 * (e_hi - e_lo), 0.0), found
 
 
+def _band_from_sides(
+    coeffs: NDArray[np.float64],
+    bad: NDArray[np.float32] | None,
+    shape: tuple[int, int],
+    r0: NDArray[np.float64],
+    c0: NDArray[np.float64],
+    nrm: NDArray[np.float64],
+    *,
+    tail: float,
+    bg_len: float,
+    max_width_px: float,
+    search_px: float,
+    n_iter: int = 4,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """Centre and half-width (pixels) of the dark band, with the wall taken from its two sides.
+
+    Coarse scan (step 0.5 px). Start at the darkest point within ``search_px`` with a one-pixel
+    band; then repeat: the wall is the line through the medians of ``bg_len`` px of profile
+    beyond the band's tails on each side, the darkness is ``1 - profile / wall``, and the band
+    runs from the darkest point within it out to half of its darkness.
+    """
+    step = 0.5
+    reach = max_width_px / 2.0 + tail + bg_len + 2.0
+    s = np.arange(-reach, reach + step / 2, step)
+    rr = r0[:, None] + nrm[:, 0, None] * s
+    cc = c0[:, None] + nrm[:, 1, None] * s
+    p, valid = _sample(coeffs, bad, shape, rr, cc)
+    p = np.where(valid, p, np.nan)
+    ps = ndimage.uniform_filter1d(np.nan_to_num(p, nan=np.nanmax(p) if np.isfinite(p).any() else 0.0),
+                                  3, axis=1, mode="nearest")
+    n, m = p.shape
+    mid = m // 2
+    k_reach = min(int(round(search_px / step)), mid)
+    i_c = np.argmin(ps[:, mid - k_reach : mid + k_reach + 1], axis=1) + mid - k_reach
+    centre = s[i_c]
+    half = np.full(n, 0.5)
+    found = np.zeros(n, bool)
+    sv = s[None, :]
+    for _ in range(n_iter):
+        inner_edge = half + tail
+        left = valid & (sv < (centre - inner_edge)[:, None]) & (sv >= (centre - inner_edge - bg_len)[:, None])
+        right = valid & (sv > (centre + inner_edge)[:, None]) & (sv <= (centre + inner_edge + bg_len)[:, None])
+        m_l, m_r = _masked_median(p, left), _masked_median(p, right)
+        s_l, s_r = _masked_mean(np.broadcast_to(sv, p.shape), left), _masked_mean(np.broadcast_to(sv, p.shape), right)
+        both = np.isfinite(m_l) & np.isfinite(m_r)
+        slope = np.where(both, (m_r - m_l) / np.where(both, s_r - s_l, 1.0), 0.0)
+        one = np.where(np.isfinite(m_l), m_l, m_r)
+        level = np.where(both, 0.5 * (m_l + m_r) - slope * 0.5 * (s_l + s_r), one)
+        wall = level[:, None] + slope[:, None] * sv
+        with np.errstate(all="ignore"):
+            dark = np.where(valid & (wall > 0), 1.0 - ps / wall, 0.0)
+        near = np.abs(sv - centre[:, None]) <= (half + 1.0)[:, None]
+        i_pk = np.argmax(np.where(near, dark, -np.inf), axis=1)
+        pk = dark[np.arange(n), i_pk]
+        below = dark < 0.5 * pk[:, None]
+        cols = np.arange(m)[None, :]
+        i_hi = np.where(below & (cols > i_pk[:, None]), cols, m).min(axis=1)
+        i_lo = np.where(below & (cols < i_pk[:, None]), cols, -1).max(axis=1)
+        found = (i_lo >= 0) & (i_hi < m) & (pk > 0) & np.isfinite(level)
+        e_lo = s[np.clip(i_lo, 0, m - 1)] + step / 2
+        e_hi = s[np.clip(i_hi, 0, m - 1)] - step / 2
+        new_c = 0.5 * (e_lo + e_hi)
+        new_h = np.clip(0.5 * (e_hi - e_lo), 0.25, max_width_px / 2.0)
+        centre = np.where(found & (np.abs(new_c) <= search_px + new_h), new_c, centre)
+        half = np.where(found, new_h, half)
+    inside = (np.abs(sv - centre[:, None]) <= half[:, None])
+    found &= ~(inside & ~valid).any(axis=1) & valid[:, mid]
+    return centre, half, found
+
+
 def _take_profiles(
     img: NDArray[np.float64],
     bad: NDArray[np.float32] | None,
@@ -831,41 +924,27 @@ def _take_profiles(
     smooth = ndimage.gaussian_filter(img, 0.7, mode="nearest")
     bg_len = 3.0
     fill = 2.0 * (tail - 1.0) / 3.0 + 1.5  # two blur sigmas and a pixel and a half of wall
-    radii = _closing_radii(max_width_px, fill)
-    closings = [
-        ndimage.grey_closing(smooth, size=(2 * r + 1,) * 2, mode="reflect") for r in radii
-    ]
-    n_r = len(radii)
-    cen = np.zeros((n_r, n))
-    hal = np.zeros((n_r, n))
-    fnd = np.zeros((n_r, n), bool)
-    for j, (radius, closing) in enumerate(zip(radii, closings)):
-        cen[j], hal[j], fnd[j] = _coarse_band(
-            coeffs, closing, bad, r0, c0, nrm, reach_px=radius + tail + 2.0, search_px=search_px
-        )
-    radius_arr = np.asarray(radii, dtype=np.float64)
-    fits = fnd & (radius_arr[:, None] >= hal + fill)
-    # A closing too small to fill the band gives a false, narrower band that can look stable
-    # over a few sizes; the true band stays put up to well beyond its filling size.
-    stable = np.ones_like(fits)
-    for j in range(n_r):
-        tol = 0.25 + 0.1 * hal[j]
-        for jj in range(j + 1, n_r):
-            if radius_arr[jj] > 1.5 * radius_arr[j] + 3.0:
-                break
-            stable[j] &= ~fnd[jj] | (np.abs(hal[jj] - hal[j]) <= tol)
-    choice = fits & stable
-    has = choice.any(0) & (hal.max(0, initial=0.0) * 2.0 <= max_width_px + 2.0)
-    pick = np.argmax(choice, axis=0)
-    centre = np.where(has, cen[pick, np.arange(n)], 0.0)
-    half = np.where(has, hal[pick, np.arange(n)], 0.0)
-
+    centre, half, has = _band_from_sides(
+        coeffs, bad, shape, r0, c0, nrm, tail=tail, bg_len=bg_len,
+        max_width_px=max_width_px, search_px=search_px,
+    )
+    has &= 2.0 * half <= max_width_px
+    if _BG == "closing":
+        radii = _closing_radii(max_width_px, fill)
+        pick = np.searchsorted(np.asarray(radii), half + fill)
+        has &= pick < len(radii)
+        pick = np.minimum(pick, len(radii) - 1)
+        closings = {j: ndimage.grey_closing(smooth, size=(2 * radii[j] + 1,) * 2, mode="reflect")
+                    for j in np.unique(pick[has])}
+    else:
+        pick = np.zeros(n, np.int64)
+        closings = {0: None}
     ok = np.zeros(n, bool)
     noise = np.full(n, np.nan)
     s2 = np.full(n, np.nan)
     theta0 = np.zeros((n, 4))
     classes: list[dict[str, NDArray]] = []
-    for j, closing in enumerate(closings):
+    for j, closing in closings.items():
         idx = np.nonzero(has & (pick == j))[0]
         if idx.size == 0:
             continue
@@ -876,11 +955,14 @@ def _take_profiles(
         rr = r0[idx, None] + nrm[idx, 0, None] * (centre[idx, None] + sf)
         cc = c0[idx, None] + nrm[idx, 1, None] * (centre[idx, None] + sf)
         p, valid = _sample(coeffs, bad, shape, rr, cc)
-        bgr = ndimage.map_coordinates(
-            closing, [rr.ravel(), cc.ravel()], order=1, mode="nearest"
-        ).reshape(rr.shape)
-        with np.errstate(all="ignore"):
-            q = np.where(bgr > 0, p / bgr, np.nan)
+        if closing is None:
+            q = p
+        else:
+            bgr = ndimage.map_coordinates(
+                closing, [rr.ravel(), cc.ravel()], order=1, mode="nearest"
+            ).reshape(rr.shape)
+            with np.errstate(all="ignore"):
+                q = np.where(bgr > 0, p / bgr, np.nan)
         a = np.abs(sf)
         in_win = (a <= h_out[:, None]) & valid & np.isfinite(q)
         is_bg = in_win & (a > h_in[:, None])
