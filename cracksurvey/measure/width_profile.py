@@ -1,31 +1,32 @@
 """Crack width measured from the image: intensity profiles across the crack at skeleton samples.
 
-Model. Across a crack, the image is the wall's brightness ``B(s)`` (locally a linear trend)
-darkened by a band of width ``w`` and relative depth ``k`` (the crack is a shadow: inside it
-the wall keeps ``1 - k`` of its brightness), seen through a Gaussian PSF of standard deviation
-``sigma`` (lens blur, the pixel's own aperture and the interpolation together)::
+Model (see :mod:`cracksurvey.measure.profile_model`). Across a crack, the image is the wall's
+brightness darkened by a band of width ``w`` and relative depth ``k`` (a shadow: inside the
+crack the wall keeps ``1 - k`` of its brightness), seen through the pixel's aperture and a
+Gaussian PSF of ``sigma``. The darkness ``1 - image / wall`` integrates to ``k * w`` whatever
+the blur.
 
-    I(s) = B(s) * (1 - k * [Phi((s - c + w/2) / sigma) - Phi((s - c - w/2) / sigma)])
+Wall under the crack. The grey closing of the image with a square a little wider than the
+band (and its blur) fills the band from its surroundings and keeps texture edges; a line
+through the medians of ``image / closing`` on the two sides of the band sets its level.
 
-with ``s`` the offset along the normal (pixels) and ``c`` the crack centre. The *darkness*
-``D(s) = 1 - I(s) / B(s)`` integrates to ``k * w`` whatever the blur, so ``w = area / k``.
+Identifiability. Where a crack is several ``sigma`` wide its profile reaches its floor, and
+``k``, ``w``, ``c`` and ``sigma`` are all seen. Where it is narrower, only the darkness area
+``k * w`` (and the blurred spread) is seen: a thin dark crack and a wider pale one look alike.
+So ``k`` and ``sigma`` are shared by all samples of a crack (a ``labels`` group) and found by a
+joint, robust fit of all its profiles: its wide parts decide them. A crack that is narrow
+everywhere has only weak evidence (the profiles' fine shape, which the model reproduces only to
+a few per cent); a weak prior (``k`` near 0.5, ``sigma`` near 0.85 px) then decides and the
+width uncertainty grows to say so.
 
-Identifiability. Where the crack is several ``sigma`` wide the profile reaches its floor and
-``k``, ``w``, ``c`` and ``sigma`` are all seen. Where it is narrower than about ``2 sigma`` only
-the darkness area ``k * w`` (and the blurred spread) is seen: a thin dark crack and a wider pale
-one look alike. So ``sigma`` and ``k`` are pooled over the samples of one crack (a ``labels``
-group), each sample weighted by how well its own profile determines them (the wide parts
-dominate), and every sample's width is then fitted with the crack's ``k`` and ``sigma``. A crack
-that is narrow everywhere has only weak evidence for its depth; its width uncertainty says so.
-
-Measurable limit. A width under ``min_width_px`` (default one pixel: a sub-pixel crack is a
+Measurable limit. A width under ``min_width_px`` (one pixel: a crack narrower than a pixel is a
 mixed pixel, seen only through its darkness area) or under ``limit_z`` times the noise-only
-width uncertainty of its profile is reported as below the limit (``below_limit``), not as a
-number. :func:`measurable_limit_px` gives that limit for given image conditions and
-:func:`px_to_mm` converts with the ground sample distance.
+width uncertainty of its profile is reported as below the limit, not as a number.
+:func:`measurable_limit_px` gives that limit and :func:`px_to_mm` converts with the ground
+sample distance.
 
-Functions are pure: arrays in, arrays out. Pixel coordinates are ``(row, col)`` with pixel
-centres at integers.
+Pure functions: arrays in, arrays out. Pixel coordinates are ``(row, col)`` with pixel centres
+at integers.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from scipy.special import erf
 
+from .profile_model import C, K, S, W, fit_band_profiles, pool_robust
+
 __all__ = [
     "CrackWidth",
     "WidthMeasurement",
@@ -52,14 +55,28 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SQRT2 = math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-# Parameter order in the profile fits.
-_K, _W, _C, _S = 0, 1, 2, 3
-import os
-FINAL_FREE = (1,2,3) if os.environ.get('FF')=='3' else (1,2)
-_BG = os.environ.get('BG', 'sides')
+#: Search grids for a crack's depth (log-spaced) and PSF sigma (pixels, log-spaced); the
+#: coarse minimum is refined on a finer grid around it.
+_K_GRID = np.exp(np.linspace(np.log(0.03), np.log(1.0), 13))
+_S_GRID = np.exp(np.linspace(np.log(0.3), np.log(2.4), 9))
+_K_FINE = np.exp(np.linspace(-0.3, 0.3, 7))
+_S_FINE = np.exp(np.linspace(-0.2, 0.2, 5))
+#: At most this many evenly spread samples of a crack enter the joint depth/blur fit.
+_MAX_JOINT = 160
+#: A crack's profiles share the model's systematic error: they count as at most this many
+#: independent profiles for its depth and blur.
+_N_EFF = 10.0
+#: Model error, as a fraction of a profile's peak darkness (PSF not exactly Gaussian, pixel
+#: aperture, interpolation, JPEG).
+_MODEL_ERROR = 0.05
+#: Weak priors: depth (logit scale) and PSF sigma (log scale, pixels).
+_PRIOR_K, _PRIOR_K_SD = 0.5, 1.0
+_PRIOR_S, _PRIOR_S_SD = 0.85, 0.35
+#: Wall stretch on each side of the band (pixels) and the square closing's extra margin.
+_WALL_PX = 3.0
+_FILL_MARGIN_PX = 1.5
+#: A band stands out when its peak darkness exceeds this many times the profile's noise.
+_SIGNIFICANT = 3.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,23 +88,26 @@ class WidthMeasurement:
     width_px : ndarray of shape (n,), float64, pixels
         Crack width; NaN where the sample is below the measurable limit or not measured.
     width_sd_px : ndarray of shape (n,), float64, pixels
-        Standard uncertainty of the width (noise, texture and the crack depth's uncertainty);
+        Standard uncertainty of the width (noise, texture, misfit and the crack's depth);
         NaN where not measured.
     below_limit : ndarray of shape (n,), bool
-        The crack is visible in the profile but narrower than ``limit_px``.
+        A crack is seen in the profile but it is narrower than ``limit_px``.
     limit_px : ndarray of shape (n,), float64, pixels
-        Measurable limit at the sample (see :func:`measurable_limit_px`).
+        Measurable limit at the sample (:func:`measurable_limit_px`); NaN where not measured.
     measured : ndarray of shape (n,), bool
-        A profile could be taken and fitted (False at the image border, on nodata, where the
-        dark band is wider than ``max_width_px``, or where no darker band is found).
+        A profile was taken and fitted (False at the image border, on nodata, where the dark
+        band is wider than ``max_width_px``, or where no darker band is found).
     fitted_width_px : ndarray of shape (n,), float64, pixels
-        The fitted width even where it is below the limit: a diagnostic, not a result.
+        The sample's own fitted width before smoothing along the crack, also below the
+        limit: a diagnostic, not a result.
     centre_offset_px : ndarray of shape (n,), float64, pixels
         Fitted crack centre relative to the sample, along the normal (sub-pixel centreline).
     depth : ndarray of shape (n,), float64
-        Relative depth ``k`` of the crack used for the sample (its group's pooled value).
+        Relative depth ``k`` of the sample's crack (shared by its ``labels`` group).
+    depth_rel_sd : ndarray of shape (n,), float64
+        Relative uncertainty of ``depth``; it is common to all samples of the crack.
     psf_sigma_px : ndarray of shape (n,), float64, pixels
-        Effective blur ``sigma`` used for the sample (its group's pooled value).
+        PSF sigma of the sample's crack (shared by its group).
     normal_rc : ndarray of shape (n, 2), float64
         Unit normal along which the profile was taken.
     """
@@ -100,6 +120,7 @@ class WidthMeasurement:
     fitted_width_px: NDArray[np.float64]
     centre_offset_px: NDArray[np.float64]
     depth: NDArray[np.float64]
+    depth_rel_sd: NDArray[np.float64]
     psf_sigma_px: NDArray[np.float64]
     normal_rc: NDArray[np.float64]
 
@@ -109,10 +130,10 @@ class WidthMeasurement:
 
 @dataclass(frozen=True)
 class CrackWidth:
-    """Width summary of one crack (see :func:`aggregate_crack_width`). Pixels throughout.
+    """Width summary of one crack (:func:`aggregate_crack_width`), in pixels.
 
-    ``mean_px``, ``p95_px`` and ``max_px`` are NaN when fewer than ``min_samples`` samples are
-    above the limit; ``fraction_below_limit`` then tells why.
+    ``mean_px``, ``mean_sd_px``, ``p95_px`` and ``max_px`` are NaN when fewer than
+    ``min_samples`` samples are above the limit; ``fraction_below_limit`` then says why.
     """
 
     mean_px: float
@@ -125,7 +146,7 @@ class CrackWidth:
 
 
 # --------------------------------------------------------------------------------------------
-# Geometry: normals and profile sampling
+# Public helpers
 # --------------------------------------------------------------------------------------------
 def profile_normals(
     rows: ArrayLike,
@@ -134,47 +155,48 @@ def profile_normals(
     labels: ArrayLike | None = None,
     radius_px: float = 5.0,
 ) -> NDArray[np.float64]:
-    """Unit normals of a crack at its sample points, from the points' local principal axis.
+    """Unit normals of a crack at its samples, from the samples' local principal axis.
 
     Parameters
     ----------
     rows, cols : ndarray of shape (n,), float or int, pixels
         Sample positions along the crack(s), e.g. skeleton pixels.
     labels : ndarray of shape (n,), int, optional
-        Crack (group) of each sample; neighbours from other groups are ignored. None: one group.
+        Crack of each sample; neighbours on other cracks are ignored. None: one crack.
     radius_px : float
         Neighbourhood radius (pixels) for the local direction.
 
     Returns
     -------
     normal_rc : ndarray of shape (n, 2), float64
-        Unit normal ``(row, col)``; the sign is arbitrary. ``(1, 0)`` for an isolated point.
+        Unit normal ``(row, col)``, sign arbitrary; ``(1, 0)`` for an isolated sample.
+
+    Examples
+    --------
+    >>> n = profile_normals([5, 5, 5, 5], [1, 2, 3, 4])  # a horizontal crack
+    >>> np.abs(n[1]).round(3).tolist()
+    [1.0, 0.0]
     """
     r = np.asarray(rows, dtype=np.float64).ravel()
     c = np.asarray(cols, dtype=np.float64).ravel()
-    n = r.size
-    out = np.zeros((n, 2))
+    out = np.zeros((r.size, 2))
     out[:, 0] = 1.0
-    if n == 0:
+    if r.size == 0:
         return out
-    lab = np.zeros(n, np.int64) if labels is None else np.asarray(labels).ravel()
+    lab = np.zeros(r.size, np.int64) if labels is None else np.asarray(labels).ravel()
     for g in np.unique(lab):
         idx = np.nonzero(lab == g)[0]
         pts = np.column_stack([r[idx], c[idx]])
-        tree = cKDTree(pts)
-        pairs = tree.query_ball_point(pts, radius_px)
+        pairs = cKDTree(pts).query_ball_point(pts, radius_px)
         counts = np.fromiter((len(p) for p in pairs), np.int64, len(pairs))
         flat = np.fromiter((j for p in pairs for j in p), np.int64, int(counts.sum()))
         owner = np.repeat(np.arange(len(pts)), counts)
         d = pts[flat] - pts[owner]
-        s_rr = np.bincount(owner, d[:, 0] ** 2, len(pts))
-        s_cc = np.bincount(owner, d[:, 1] ** 2, len(pts))
-        s_rc = np.bincount(owner, d[:, 0] * d[:, 1], len(pts))
         m_r = np.bincount(owner, d[:, 0], len(pts)) / counts
         m_c = np.bincount(owner, d[:, 1], len(pts)) / counts
-        cov_rr = s_rr / counts - m_r**2
-        cov_cc = s_cc / counts - m_c**2
-        cov_rc = s_rc / counts - m_r * m_c
+        cov_rr = np.bincount(owner, d[:, 0] ** 2, len(pts)) / counts - m_r**2
+        cov_cc = np.bincount(owner, d[:, 1] ** 2, len(pts)) / counts - m_c**2
+        cov_rc = np.bincount(owner, d[:, 0] * d[:, 1], len(pts)) / counts - m_r * m_c
         theta = 0.5 * np.arctan2(2.0 * cov_rc, cov_rr - cov_cc)  # tangent angle in (row, col)
         alone = counts < 2
         out[idx, 0] = np.where(alone, 1.0, -np.sin(theta))
@@ -182,186 +204,6 @@ def profile_normals(
     return out
 
 
-def _sample(
-    coeffs: NDArray[np.float64],
-    bad: NDArray[np.float32] | None,
-    shape: tuple[int, int],
-    r: NDArray[np.float64],
-    c: NDArray[np.float64],
-) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """Cubic-spline samples of the image at ``(r, c)`` and whether each sample is usable.
-
-    A sample is unusable outside the image or within reach of a nodata pixel.
-    """
-    h, w = shape
-    ok = (r >= 0) & (r <= h - 1) & (c >= 0) & (c <= w - 1)
-    vals = ndimage.map_coordinates(
-        coeffs, [r.ravel(), c.ravel()], order=3, mode="nearest", prefilter=False
-    ).reshape(r.shape)
-    if bad is not None:
-        near_bad = ndimage.map_coordinates(
-            bad, [r.ravel(), c.ravel()], order=1, mode="nearest", prefilter=False
-        ).reshape(r.shape)
-        ok &= near_bad <= 0.0
-    return vals, ok
-
-
-# --------------------------------------------------------------------------------------------
-# Profile model and batched Levenberg-Marquardt fit
-# --------------------------------------------------------------------------------------------
-def _model(
-    theta: NDArray[np.float64], s: NDArray[np.float64], *, jacobian: bool
-) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
-    """Darkness model ``k * (Phi(a) - Phi(b))`` and its Jacobian in (k, w, c, sigma).
-
-    ``theta`` is (n, 4), ``s`` is (n, m); returns (n, m) and (n, m, 4).
-    """
-    k, w, c, sig = (theta[:, i, None] for i in range(4))
-    a = (s - c + 0.5 * w) / sig
-    b = (s - c - 0.5 * w) / sig
-    g = 0.5 * (erf(a / _SQRT2) - erf(b / _SQRT2))
-    if not jacobian:
-        return k * g, None
-    pa = np.exp(-0.5 * a * a) * _INV_SQRT_2PI
-    pb = np.exp(-0.5 * b * b) * _INV_SQRT_2PI
-    jac = np.empty(s.shape + (4,))
-    jac[..., _K] = g
-    jac[..., _W] = k * 0.5 * (pa + pb) / sig
-    jac[..., _C] = -k * (pa - pb) / sig
-    jac[..., _S] = -k * (a * pa - b * pb) / sig
-    return k * g, jac
-
-
-def _fit_profiles(
-    darkness: NDArray[np.float64],
-    s: NDArray[np.float64],
-    weight: NDArray[np.float64],
-    theta0: NDArray[np.float64],
-    free: tuple[int, ...],
-    lower: NDArray[np.float64],
-    upper: NDArray[np.float64],
-    *,
-    n_iter: int = 40,
-    with_cov: bool = True,
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """Batched, bounded Levenberg-Marquardt fit of the darkness model to many profiles.
-
-    Parameters
-    ----------
-    darkness, s, weight : ndarray of shape (n, m)
-        Observed darkness, offsets (pixels) and sample weights (0 excludes a sample).
-    theta0 : ndarray of shape (n, 4)
-        Start values; parameters not in ``free`` stay fixed.
-    free : tuple of int
-        Indices of the fitted parameters.
-    lower, upper : ndarray of shape (n, 4)
-        Bounds.
-
-    Returns
-    -------
-    theta : ndarray of shape (n, 4)
-    cov : ndarray of shape (n, 4, 4)
-        Unscaled covariance ``(J^T W J)^-1`` of the free parameters (zero rows/cols elsewhere).
-    sse : ndarray of shape (n,)
-        Weighted sum of squared residuals.
-    """
-    n = theta0.shape[0]
-    fi = np.asarray(free)
-    theta = np.clip(theta0, lower, upper)
-    model, jac = _model(theta, s, jacobian=True)
-    resid = (darkness - model) * weight
-    sse = (resid * (darkness - model)).sum(1)
-    lam = np.full(n, 1e-2)
-    active = np.ones(n, bool)
-    eye = np.eye(fi.size)
-    for _ in range(n_iter):
-        idx = np.nonzero(active)[0]
-        if idx.size == 0:
-            break
-        j = jac[idx][..., fi]  # (a, m, p)
-        wj = j * weight[idx, :, None]
-        jtj = np.einsum("amp,amq->apq", wj, j)
-        jtr = np.einsum("amp,am->ap", wj, darkness[idx] - model[idx])
-        diag = np.einsum("app->ap", jtj)
-        damp = jtj + lam[idx, None, None] * (diag[:, :, None] * eye + 1e-9 * eye)
-        try:
-            step = np.linalg.solve(damp, jtr[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            step = np.linalg.lstsq(damp.reshape(-1, fi.size), jtr.reshape(-1), rcond=None)[0]
-            step = step.reshape(jtr.shape)
-        trial = theta[idx].copy()
-        trial[:, fi] += step
-        trial = np.clip(trial, lower[idx], upper[idx])
-        t_model, t_jac = _model(trial, s[idx], jacobian=True)
-        t_res = darkness[idx] - t_model
-        t_sse = (t_res * t_res * weight[idx]).sum(1)
-        better = t_sse < sse[idx]
-        acc = idx[better]
-        theta[acc] = trial[better]
-        model[acc] = t_model[better]
-        jac[acc] = t_jac[better]
-        gain = sse[acc] - t_sse[better]
-        sse[acc] = t_sse[better]
-        lam[acc] = np.maximum(lam[acc] / 3.0, 1e-7)
-        rej = idx[~better]
-        lam[rej] = lam[rej] * 4.0
-        # Converged: a relative improvement under 1e-7, or damping so large nothing moves.
-        done = np.zeros(n, bool)
-        done[acc[gain <= 1e-7 * np.maximum(sse[acc], 1e-12)]] = True
-        done[rej[lam[rej] > 1e6]] = True
-        active &= ~done
-    cov = np.zeros((n, 4, 4))
-    if not with_cov:
-        return theta, cov, sse
-    j = jac[..., fi]
-    wj = j * weight[..., None]
-    jtj = np.einsum("nmp,nmq->npq", wj, j) + 1e-12 * eye
-    cov_free = np.linalg.pinv(jtj)
-    cov[:, fi[:, None], fi[None, :]] = cov_free
-    return theta, cov, sse
-
-
-# --------------------------------------------------------------------------------------------
-# Pooling
-# --------------------------------------------------------------------------------------------
-def _weighted_median(values: NDArray[np.float64], weights: NDArray[np.float64]) -> float:
-    """Median of ``values`` with non-negative ``weights`` (NaN if no positive weight)."""
-    ok = np.isfinite(values) & np.isfinite(weights) & (weights > 0)
-    if not ok.any():
-        return float("nan")
-    v, w = values[ok], weights[ok]
-    order = np.argsort(v)
-    v, w = v[order], w[order]
-    cum = np.cumsum(w)
-    return float(v[np.searchsorted(cum, 0.5 * cum[-1])])
-
-
-def _pool(
-    values: NDArray[np.float64], var: NDArray[np.float64]
-) -> tuple[float, float]:
-    """Robust inverse-variance pooling: (weighted median, its standard uncertainty).
-
-    The uncertainty is the inverse-variance standard error, inflated by the observed scatter
-    when the values disagree more than their variances say (reduced chi-square > 1), and by
-    the 1.25 efficiency factor of a median.
-    """
-    ok = np.isfinite(values) & np.isfinite(var) & (var > 0)
-    if not ok.any():
-        return float("nan"), float("nan")
-    v, s2 = values[ok], var[ok]
-    wts = 1.0 / s2
-    est = _weighted_median(v, wts)
-    se = math.sqrt(1.0 / wts.sum())
-    if v.size > 2:
-        z = (v - est) / np.sqrt(s2)
-        chi2 = float(np.median(z * z) / 0.455)  # robust reduced chi-square (median of chi2_1)
-        se *= math.sqrt(max(chi2, 1.0))
-    return est, 1.25 * se
-
-
-# --------------------------------------------------------------------------------------------
-# Limit
-# --------------------------------------------------------------------------------------------
 def measurable_limit_px(
     noise_sd: ArrayLike,
     depth: ArrayLike,
@@ -370,22 +212,22 @@ def measurable_limit_px(
     min_width_px: float = 1.0,
     limit_z: float = 2.0,
 ) -> NDArray[np.float64]:
-    """Narrowest width that a single profile can tell apart from no crack.
+    """Narrowest width that one profile tells apart from no crack, in pixels.
 
     For a crack much narrower than the blur, the fitted width's noise-only standard deviation
-    is ``noise_sd * sqrt(2 sqrt(pi) sigma) / depth`` (the matched-filter limit, with noise
-    correlated over one pixel). The limit is ``limit_z`` times that, and never under
-    ``min_width_px``: below one pixel a crack is a mixed pixel, and its width rests entirely on
-    the depth borrowed from the rest of the crack.
+    is ``noise_sd * sqrt(2 sqrt(pi) sigma_eff) / depth`` (the matched-filter limit, noise
+    correlated over one pixel; ``sigma_eff`` includes the pixel aperture). The limit is
+    ``limit_z`` times that, and never under ``min_width_px``.
 
     Parameters
     ----------
-    noise_sd : float or ndarray, relative to the wall brightness
-        Standard deviation of the darkness noise (image noise plus texture) of the profile.
+    noise_sd : float or ndarray
+        Standard deviation of the profile's darkness noise (image noise plus texture), as a
+        fraction of the wall's brightness.
     depth : float or ndarray
         Relative depth ``k`` of the crack (0-1).
     psf_sigma_px : float or ndarray, pixels
-        Effective blur.
+        PSF sigma.
     min_width_px : float
         Floor of the limit (pixels).
     limit_z : float
@@ -400,12 +242,12 @@ def measurable_limit_px(
     >>> float(measurable_limit_px(0.01, 0.5, 1.0))
     1.0
     >>> round(float(measurable_limit_px(0.1, 0.2, 1.0)), 2)
-    1.88
+    1.96
     """
     noise = np.asarray(noise_sd, dtype=np.float64)
     k = np.maximum(np.asarray(depth, dtype=np.float64), 1e-6)
-    sig = np.asarray(psf_sigma_px, dtype=np.float64)
-    sd0 = noise * np.sqrt(2.0 * math.sqrt(math.pi) * np.maximum(sig, 0.3)) / k
+    sig = np.sqrt(np.asarray(psf_sigma_px, dtype=np.float64) ** 2 + 1.0 / 12.0)
+    sd0 = noise * np.sqrt(2.0 * math.sqrt(math.pi) * sig) / k
     return np.maximum(limit_z * sd0, min_width_px)
 
 
@@ -416,7 +258,7 @@ def px_to_mm(width_px: ArrayLike, gsd_m: float) -> NDArray[np.float64]:
     ----------
     width_px : float or ndarray, pixels
     gsd_m : float
-        Ground sample distance: metres on the wall per pixel.
+        Ground sample distance: metres of wall per pixel.
 
     Returns
     -------
@@ -428,6 +270,79 @@ def px_to_mm(width_px: ArrayLike, gsd_m: float) -> NDArray[np.float64]:
     2.75
     """
     return np.asarray(width_px, dtype=np.float64) * (float(gsd_m) * 1000.0)
+
+
+def aggregate_crack_width(
+    width_px: ArrayLike,
+    width_sd_px: ArrayLike,
+    below_limit: ArrayLike,
+    *,
+    depth_rel_sd: ArrayLike | None = None,
+    limit_px: ArrayLike | None = None,
+    min_samples: int = 3,
+) -> CrackWidth:
+    """Summarise one crack's sample widths: mean with uncertainty, p95, max, fraction below.
+
+    Samples below the limit or not measured stay out of the statistics (those below the limit
+    count in ``fraction_below_limit``). The mean's uncertainty combines the samples' standard
+    error with the crack's depth uncertainty, which all its samples share and which does not
+    average down (``mean * depth_rel_sd``). ``p95`` and ``max`` are of the reported widths, so
+    they carry the per-sample noise.
+
+    Parameters
+    ----------
+    width_px, width_sd_px : ndarray of shape (n,), float, pixels
+        From :class:`WidthMeasurement` (NaN where not a number).
+    below_limit : ndarray of shape (n,), bool
+    depth_rel_sd : ndarray of shape (n,), float, optional
+        :attr:`WidthMeasurement.depth_rel_sd`; its median is used.
+    limit_px : ndarray of shape (n,), float, pixels, optional
+        Per-sample limit; the summary reports its median.
+    min_samples : int
+        Fewest samples above the limit for a number.
+
+    Returns
+    -------
+    CrackWidth
+
+    Examples
+    --------
+    >>> cw = aggregate_crack_width([2.0, 2.2, np.nan, 1.8], [0.2, 0.2, np.nan, 0.2],
+    ...                            [False, False, True, False])
+    >>> round(cw.mean_px, 2), round(cw.fraction_below_limit, 2)
+    (2.0, 0.25)
+    """
+    w = np.asarray(width_px, dtype=np.float64).ravel()
+    below = np.asarray(below_limit, dtype=bool).ravel()
+    ok = np.isfinite(w) & ~below
+    seen = ok | below
+    frac = float(below.sum() / seen.sum()) if seen.any() else float("nan")
+    lim = _nanmedian_or_nan(limit_px)
+    nan = float("nan")
+    if ok.sum() < min_samples:
+        return CrackWidth(nan, nan, nan, nan, frac, int(ok.sum()), lim)
+    wv = w[ok]
+    mean = float(wv.mean())
+    se = float(wv.std(ddof=1) / math.sqrt(wv.size))
+    rel = _nanmedian_or_nan(depth_rel_sd)
+    shared = mean * rel if np.isfinite(rel) else 0.0
+    return CrackWidth(
+        mean_px=mean,
+        mean_sd_px=math.hypot(se, shared),
+        p95_px=float(np.percentile(wv, 95)),
+        max_px=float(wv.max()),
+        fraction_below_limit=frac,
+        n_samples=int(wv.size),
+        limit_px=lim,
+    )
+
+
+def _nanmedian_or_nan(values: ArrayLike | None) -> float:
+    if values is None:
+        return float("nan")
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else float("nan")
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,32 +366,30 @@ def measure_width_from_image(
 ) -> WidthMeasurement:
     """Measure crack width from the image's intensity profiles at samples along the crack.
 
-    At each sample the grey level is sampled (cubic spline) along the normal. The wall's
-    brightness under the crack is the image's grey closing (a dark band narrower than the
-    structuring element is filled from its surroundings, texture edges are kept), rescaled by a
-    line through the medians of two stretches just outside the band. The darkness profile
-    ``1 - image / wall`` is fitted with a band of width ``w`` and depth ``k`` blurred by a
-    Gaussian of ``sigma`` (see the module docstring). ``sigma`` is pooled over all samples (one
-    PSF per image) and ``k`` over each ``labels`` group, each weighted by how well a profile
-    determines it; every width is then refitted with the pooled values and, finally, replaced
-    by the weighted median of the widths within ``pool_radius_px`` along the same crack.
+    At each sample the grey level is sampled (cubic spline) along the normal; the dark band is
+    located within ``search_px`` of the sample; the wall under it comes from a grey closing
+    levelled on the band's two sides; the darkness profile is fitted with the band model. The
+    depth ``k`` and PSF ``sigma`` are shared per ``labels`` group (a crack) and found by a
+    joint robust fit of its profiles; every width is then fitted with them, and finally
+    replaced by the weighted median of the widths within ``pool_radius_px`` on the same crack
+    (weights: inverse variance, inflated by each profile's misfit). See the module docstring.
 
     Parameters
     ----------
     grey : ndarray of shape (H, W), float or int
-        Image brightness (a single band). NaN is nodata.
+        Image brightness, one band (e.g. the mean of R, G and B). NaN is nodata.
     rows, cols : ndarray of shape (n,), float or int, pixels
-        Sample positions on the crack (e.g. skeleton pixels), within ``search_px`` of the
-        crack's centreline.
+        Sample positions on the crack (e.g. skeleton pixels), within ``search_px`` of its
+        centreline.
     normals : ndarray of shape (n, 2), float, optional
         Unit normals ``(row, col)``. None: from the samples (:func:`profile_normals`).
     labels : ndarray of shape (n,), int, optional
-        Crack (group) of each sample: the depth is pooled per group, and widths are smoothed
-        only within a group. None: one crack.
+        Crack of each sample (e.g. the skeleton's connected components): depth and blur are
+        shared within a crack, widths are smoothed within a crack. None: one crack.
     psf_sigma_px : float, optional
-        Effective blur (pixels) if known (e.g. from a calibration target); None: estimated.
+        PSF sigma (pixels, without the pixel aperture) if known; None: estimated per crack.
     max_width_px : float
-        Widest crack measured (pixels); wider dark bands are reported as not measured.
+        Widest crack measured (pixels); wider dark bands are not measured.
     min_width_px : float
         Floor of the measurable limit (pixels), see :func:`measurable_limit_px`.
     limit_z : float
@@ -484,9 +397,9 @@ def measure_width_from_image(
     search_px : float
         How far from the sample (pixels, along the normal) the band's centre may lie.
     pool_radius_px : float
-        Radius (pixels) of the robust smoothing along the crack; 0 keeps each sample's own fit.
+        Radius (pixels) of the robust smoothing along the crack; 0 keeps each sample's fit.
     direction_radius_px : float
-        Neighbourhood radius for normals computed here (pixels).
+        Neighbourhood radius (pixels) for normals computed here.
     step_px : float
         Sampling step along the normal (pixels).
 
@@ -507,7 +420,7 @@ def measure_width_from_image(
     n = r0.size
     lab = np.zeros(n, np.int64) if labels is None else np.asarray(labels).ravel()
     if lab.size != n:
-        raise ValueError(f"labels has {lab.size} values for {n} samples.")
+        raise ValueError(f"labels has {lab.size} values for {n} samples; they must align.")
     if normals is None:
         nrm = profile_normals(r0, c0, labels=lab, radius_px=direction_radius_px)
     else:
@@ -524,6 +437,7 @@ def measure_width_from_image(
         fitted_width_px=nan.copy(),
         centre_offset_px=nan.copy(),
         depth=nan.copy(),
+        depth_rel_sd=nan.copy(),
         psf_sigma_px=nan.copy(),
         normal_rc=nrm,
     )
@@ -538,65 +452,374 @@ def measure_width_from_image(
         bad = ndimage.binary_dilation(bad_px, iterations=2).astype(np.float32)
 
     sig_guess = 1.2 if psf_sigma_px is None else float(psf_sigma_px)
-    tail = 3.0 * max(sig_guess, 0.8) + 1.0
     prof = _take_profiles(
-        img, bad, r0, c0, nrm, tail=tail, max_width_px=max_width_px,
+        img, bad, r0, c0, nrm, sig_guess=sig_guess, max_width_px=max_width_px,
         search_px=search_px, step_px=step_px,
     )
     ok = prof.ok
     if not ok.any():
+        logger.debug("width: none of %d samples gave a usable profile", n)
         return WidthMeasurement(**out)
-    idx_ok = np.nonzero(ok)[0]
-    theta4, cov4, _ = prof.fit(prof.theta0, (_K, _W, _C, _S), idx_ok)
-    s2 = prof.s2
-
-    k_arr, k_rel, sig_arr = _joint_depth_blur(prof, theta4, lab, ok, psf_sigma_px=psf_sigma_px)
-    k_used = k_arr
-    sig = sig_arr
-    # Final width: depth fixed to the crack's, blur free (it absorbs JPEG and interpolation
-    # smoothing, so the width follows the darkness area rather than the profile's spread).
-    th = theta4.copy()
-    th[:, _K] = k_used
-    th[:, _S] = sig
-    th2, cov2, sse2 = prof.fit(th, FINAL_FREE, idx_ok)
-    w_fit = np.where(ok, th2[:, _W], np.nan)
-    # A profile that the model does not fit (a texture edge, a crossing joint) is less
-    # trustworthy than its noise alone says: scale its variance by its normalised misfit.
+    idx = np.nonzero(ok)[0]
+    theta4, _, _ = prof.fit(prof.theta0, (K, W, C, S), idx)
+    depth, depth_rel, sigma = _joint_depth_blur(
+        prof, theta4, lab, ok, psf_sigma_px=psf_sigma_px
+    )
+    theta = theta4.copy()
+    theta[:, K] = depth
+    theta[:, S] = sigma
+    theta2, cov2, sse2 = prof.fit(theta, (W, C), idx)
+    w_fit = np.where(ok, theta2[:, W], np.nan)
+    # A profile the model does not fit (a texture edge, a crossing joint) is less trustworthy
+    # than its noise says: its variance is scaled by its normalised misfit.
     misfit = np.maximum(prof.misfit(sse2), 1.0)
-    var_fit = np.where(ok, s2 * cov2[:, _W, _W] * misfit, np.nan)
-
+    var_fit = np.where(ok, prof.s2 * cov2[:, W, W] * misfit, np.nan)
     if pool_radius_px > 0:
         w_rep, var_rep = _smooth_along_crack(r0, c0, lab, ok, w_fit, var_fit, pool_radius_px)
     else:
         w_rep, var_rep = w_fit, var_fit
-    w_sd = np.sqrt(var_rep + (w_rep * k_rel) ** 2)
     limit = measurable_limit_px(
-        prof.noise, k_used, sig_arr, min_width_px=min_width_px, limit_z=limit_z
+        prof.noise, depth, sigma, min_width_px=min_width_px, limit_z=limit_z
     )
     below = ok & (w_rep < limit)
     out.update(
         width_px=np.where(ok & ~below, w_rep, np.nan),
-        width_sd_px=np.where(ok, w_sd, np.nan),
+        width_sd_px=np.where(ok, np.sqrt(var_rep + (w_rep * depth_rel) ** 2), np.nan),
         below_limit=below,
         limit_px=np.where(ok, limit, np.nan),
         measured=ok,
         fitted_width_px=w_fit,
-        centre_offset_px=np.where(ok, th2[:, _C] + prof.centre, np.nan),
-        depth=k_used,
-        psf_sigma_px=sig_arr,
+        centre_offset_px=np.where(ok, theta2[:, C] + prof.centre, np.nan),
+        depth=depth,
+        depth_rel_sd=depth_rel,
+        psf_sigma_px=sigma,
     )
     return WidthMeasurement(**out)
 
 
-#: Grids of the per-crack search for depth and blur (log-spaced), and the weak prior that
-#: decides where a crack's profiles cannot (a crack equally narrow everywhere).
-_K_GRID = np.exp(np.linspace(np.log(0.03), np.log(1.0), 13))
-_S_GRID = np.exp(np.linspace(np.log(0.35), np.log(2.4), 9))
-_MAX_JOINT = 200
-_PRIOR_K, _PRIOR_K_SD = 0.5, 1.5  # logit scale
-_PRIOR_S, _PRIOR_S_SD = 0.9, 0.35  # log scale, pixels
+# --------------------------------------------------------------------------------------------
+# Profiles
+# --------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class _Profiles:
+    """Fine darkness profiles of the usable samples, in classes of equal length."""
+
+    n: int
+    classes: list[dict[str, NDArray]]
+    ok: NDArray[np.bool_]
+    centre: NDArray[np.float64]
+    noise: NDArray[np.float64]
+    s2: NDArray[np.float64]
+    n_pts: NDArray[np.float64]
+    length_px: NDArray[np.float64]
+    theta0: NDArray[np.float64]
+
+    def fit(
+        self,
+        theta0: NDArray[np.float64],
+        free: tuple[int, ...],
+        idx: NDArray[np.intp],
+        *,
+        n_iter: int = 40,
+        with_cov: bool = True,
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """Fit the ``free`` parameters of the profiles ``idx`` (others keep ``theta0``)."""
+        theta = theta0.copy()
+        cov = np.zeros((self.n, 4, 4))
+        sse = np.zeros(self.n)
+        want = np.zeros(self.n, bool)
+        want[idx] = True
+        fixed = [p for p in range(4) if p not in free]
+        for cl in self.classes:
+            sel = want[cl["idx"]]
+            if not sel.any():
+                continue
+            i = cl["idx"][sel]
+            lower = cl["lower"][sel].copy()
+            upper = cl["upper"][sel].copy()
+            lower[:, fixed] = theta0[i][:, fixed]
+            upper[:, fixed] = theta0[i][:, fixed]
+            theta[i], cov[i], sse[i] = fit_band_profiles(
+                cl["darkness"][sel], cl["s"][sel], cl["weight"][sel], theta0[i], free,
+                lower, upper, n_iter=n_iter, with_cov=with_cov,
+            )
+        return theta, cov, sse
+
+    def misfit(self, sse: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Normalised misfit of each profile: about 1 for residuals at the noise level."""
+        with np.errstate(all="ignore"):
+            return sse / (self.noise**2 * self.n_pts)
 
 
+def _band_from_sides(
+    coeffs: NDArray[np.float64],
+    bad: NDArray[np.float32] | None,
+    r0: NDArray[np.float64],
+    c0: NDArray[np.float64],
+    nrm: NDArray[np.float64],
+    *,
+    tail_px: float,
+    max_width_px: float,
+    search_px: float,
+    n_iter: int = 4,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """Centre and half-width (pixels) of the dark band on each normal, and whether one is found.
+
+    On a coarse profile (step 0.5 px), from a starting half-width ``h0``, repeat: the wall is
+    the line through the medians of the profile over ``_WALL_PX`` beyond the band's blurred
+    tails on each side, the darkness is ``1 - profile / wall``, and the band runs from its
+    darkest point near the sample out to half that darkness. A sample inside a wide band sees
+    no band from a small start (its walls are inside the band too), so starts from one pixel
+    up to ``max_width_px / 2`` are tried; the smallest whose band stands out of the noise
+    (peak darkness over three times the profile's noise and over 0.03) with both walls brighter
+    than it wins (a larger start could lock onto a dark texture patch, e.g. a brick, around a
+    thin crack); when none does, the smallest band found is kept (a faint crack), unless the
+    sample is clearly darker than the wall ``max_width_px`` away on both sides (inside a band
+    too wide to measure: not found).
+    """
+    step = 0.5
+    reach = max_width_px + tail_px + _WALL_PX + 2.0
+    s = np.arange(-reach, reach + step / 2, step)
+    rr = r0[:, None] + nrm[:, 0, None] * s
+    cc = c0[:, None] + nrm[:, 1, None] * s
+    p, valid = _sample(coeffs, bad, rr, cc)
+    p_smooth = ndimage.uniform_filter1d(np.where(valid, p, 0.0), 3, axis=1, mode="nearest")
+    n, m = p.shape
+    mid = m // 2
+    rows = np.arange(n)
+    k_reach = min(int(round(search_px / step)), mid)
+    near_mid = np.where(valid, p_smooth, np.inf)[:, mid - k_reach : mid + k_reach + 1]
+    start = s[np.argmin(near_mid, axis=1) + mid - k_reach]
+    sv = np.broadcast_to(s, p.shape)
+    cols = np.arange(m)[None, :]
+    starts = [h for h in (0.5, 1.5, 3.0, 6.0, 10.0, 15.0, 20.0, 30.0) if h <= max_width_px / 2]
+    results = []
+    for h0 in starts:
+        centre = start.copy()
+        half = np.full(n, h0)
+        found = np.zeros(n, bool)
+        pk = np.zeros(n)
+        for _ in range(n_iter):
+            edge = (half + tail_px)[:, None]
+            rel = sv - centre[:, None]
+            left = valid & (rel < -edge) & (rel >= -edge - _WALL_PX)
+            right = valid & (rel > edge) & (rel <= edge + _WALL_PX)
+            level, slope = _wall_line(p, sv, left, right)
+            wall = level[:, None] + slope[:, None] * sv
+            with np.errstate(all="ignore"):
+                dark = np.where(valid & (wall > 0), 1.0 - p_smooth / wall, 0.0)
+            near = np.abs(rel) <= (half + 1.0)[:, None]
+            i_pk = np.argmax(np.where(near, dark, -np.inf), axis=1)
+            pk = dark[rows, i_pk]
+            below = dark < 0.5 * pk[:, None]
+            i_hi = np.where(below & (cols > i_pk[:, None]), cols, m).min(axis=1)
+            i_lo = np.where(below & (cols < i_pk[:, None]), cols, -1).max(axis=1)
+            e_lo = s[np.clip(i_lo, 0, m - 1)] + step / 2
+            e_hi = s[np.clip(i_hi, 0, m - 1)] - step / 2
+            new_c = 0.5 * (e_lo + e_hi)
+            new_h = np.clip(0.5 * (e_hi - e_lo), 0.25, max_width_px)
+            found = (i_lo >= 0) & (i_hi < m) & (pk > 0) & np.isfinite(level)
+            found &= np.abs(new_c) <= search_px + new_h
+            centre = np.where(found, new_c, centre)
+            half = np.where(found, new_h, half)
+        # From a wide start, both walls must be brighter than the band: a start inside a wide
+        # band can converge on its edge, with one "wall" inside the band. (Not asked of the
+        # one-pixel start: a thin crack on texture often has a darker patch on one side.)
+        rel = sv - centre[:, None]
+        edge = (half + tail_px)[:, None]
+        m_l = _masked_median(p, valid & (rel < -edge) & (rel >= -edge - _WALL_PX))
+        m_r = _masked_median(p, valid & (rel > edge) & (rel <= edge + _WALL_PX))
+        inner = _masked_median(p, valid & (np.abs(rel) <= np.maximum(0.5 * half, 0.5)[:, None]))
+        with np.errstate(all="ignore"):
+            lift = (np.fmin(m_l, m_r) - inner) / np.fmax(m_l, m_r)
+        if h0 > 1.0:
+            found &= ~(np.isfinite(lift) & (lift < 0.4 * pk))
+        results.append((centre, half, found, np.where(found, pk, 0.0)))
+    pks = np.array([r[3] for r in results])  # (n_starts, n)
+    # Noise of the darkness from the profile's pixel-to-pixel differences (robust).
+    diffs = np.abs(np.diff(np.where(valid, p, np.nan)[:, ::2], axis=1))
+    with np.errstate(all="ignore"):
+        level = np.nanmedian(np.where(valid, p, np.nan), axis=1)
+        nz = 1.4826 * np.nanmedian(diffs, axis=1) / math.sqrt(2.0) / level
+    nz = np.where(np.isfinite(nz), nz, 0.0)
+    found_any = np.array([r[2] for r in results])
+    good = found_any & (pks >= np.maximum(_SIGNIFICANT * nz, 0.03)[None, :])
+    # No start stands out: keep the smallest band found (a faint crack, fitted and flagged).
+    choice = np.where(good.any(0), np.argmax(good, axis=0), np.argmax(found_any, axis=0))
+    centre = np.array([r[0] for r in results])[choice, rows]
+    half = np.array([r[1] for r in results])[choice, rows]
+    found = found_any[choice, rows]
+    # No band stands out, yet the sample is clearly darker than the wall a whole max_width_px
+    # away on both sides: it lies inside a band too wide to measure.
+    far = np.abs(sv) >= reach - _WALL_PX
+    far_l = _masked_median(p, far & valid & (sv < 0))
+    far_r = _masked_median(p, far & valid & (sv > 0))
+    with np.errstate(all="ignore"):
+        dark_far = 1.0 - p_smooth[rows, mid] / np.fmin(far_l, far_r)
+    pk = pks[choice, rows]
+    too_wide = (~good.any(0) & np.isfinite(dark_far)
+                & (dark_far > np.maximum(_SIGNIFICANT * nz, 0.05)) & (dark_far > 2.0 * pk))
+    found &= ~too_wide
+    pk = pks[choice, rows]
+    across = np.abs(sv - centre[:, None]) <= half[:, None]
+    found &= ~(across & ~valid).any(axis=1) & valid[:, mid] & (2.0 * half <= max_width_px)
+    return centre, half, found
+
+
+def _wall_line(
+    values: NDArray[np.float64],
+    s: NDArray[np.float64],
+    left: NDArray[np.bool_],
+    right: NDArray[np.bool_],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Line (level at s = 0, slope) through the medians of ``values`` on the two sides.
+
+    One side missing (image border, nodata): a constant at the other side's median.
+    """
+    m_l, m_r = _masked_median(values, left), _masked_median(values, right)
+    s_l, s_r = _masked_mean(s, left), _masked_mean(s, right)
+    both = np.isfinite(m_l) & np.isfinite(m_r)
+    with np.errstate(all="ignore"):
+        slope = np.where(both, (m_r - m_l) / np.where(both, s_r - s_l, 1.0), 0.0)
+    level = np.where(both, 0.5 * (m_l + m_r) - slope * 0.5 * (s_l + s_r),
+                     np.where(np.isfinite(m_l), m_l, m_r))
+    return level, slope
+
+
+def _take_profiles(
+    img: NDArray[np.float64],
+    bad: NDArray[np.float32] | None,
+    r0: NDArray[np.float64],
+    c0: NDArray[np.float64],
+    nrm: NDArray[np.float64],
+    *,
+    sig_guess: float,
+    max_width_px: float,
+    search_px: float,
+    step_px: float,
+) -> _Profiles:
+    """Locate the band on each normal and take its fine darkness profile (``step_px``).
+
+    The wall under the band is the grey closing of the lightly smoothed image with the
+    smallest square of a ladder whose half-size covers the band's half-width, two PSF sigmas
+    and ``_FILL_MARGIN_PX`` (a larger square bridges texture, e.g. a brick between joints,
+    and makes the wall look dark), levelled by a line through the medians of
+    ``image / closing`` over ``_WALL_PX`` beyond the band's tails on each side. The profile
+    spans the band, its tails (``3 sigma + 1`` px) and that wall stretch.
+    """
+    n = r0.size
+    coeffs = ndimage.spline_filter(img, order=3, mode="nearest")
+    tail = 3.0 * max(sig_guess, 0.8) + 1.0
+    fill = 2.0 * max(sig_guess, 0.8) + _FILL_MARGIN_PX
+    centre, half, has = _band_from_sides(
+        coeffs, bad, r0, c0, nrm, tail_px=tail, max_width_px=max_width_px, search_px=search_px
+    )
+    radii = np.ceil(half + fill).astype(np.int64)
+    smooth = ndimage.gaussian_filter(img, 0.7, mode="nearest")
+
+    ok = np.zeros(n, bool)
+    noise = np.full(n, np.nan)
+    length = np.full(n, np.nan)
+    theta0 = np.zeros((n, 4))
+    classes: list[dict[str, NDArray]] = []
+    # Radii grow by ~15 % per class: one closing per class, a close-enough square for each.
+    ladder = [2]
+    while ladder[-1] < radii.max(initial=2):
+        ladder.append(max(ladder[-1] + 1, int(math.ceil(ladder[-1] * 1.15))))
+    pick = np.searchsorted(np.asarray(ladder), radii)
+    for j in np.unique(pick[has]):
+        idx = np.nonzero(has & (pick == j))[0]
+        closing = ndimage.grey_closing(smooth, size=(2 * ladder[j] + 1,) * 2, mode="reflect")
+        h_in = half[idx] + tail
+        h_out = h_in + _WALL_PX
+        u = np.arange(-h_out.max(), h_out.max() + step_px / 2, step_px)
+        s = np.ascontiguousarray(np.broadcast_to(u, (idx.size, u.size)))
+        rr = r0[idx, None] + nrm[idx, 0, None] * (centre[idx, None] + s)
+        cc = c0[idx, None] + nrm[idx, 1, None] * (centre[idx, None] + s)
+        p, valid = _sample(coeffs, bad, rr, cc)
+        wall = ndimage.map_coordinates(
+            closing, [rr.ravel(), cc.ravel()], order=1, mode="nearest"
+        ).reshape(rr.shape)
+        with np.errstate(all="ignore"):
+            q = np.where(wall > 0, p / wall, np.nan)
+        a = np.abs(s)
+        in_win = (a <= h_out[:, None]) & valid & np.isfinite(q)
+        is_wall = in_win & (a > h_in[:, None])
+        level, slope = _wall_line(q, s, is_wall & (s < 0), is_wall & (s > 0))
+        with np.errstate(all="ignore"):
+            darkness = 1.0 - q / (level[:, None] + slope[:, None] * s)
+        good = np.isfinite(level) & (level > 0)
+        inner = (a <= h_in[:, None]) & in_win
+        good &= inner.sum(1) * step_px >= 2.0 * half[idx] + 2.0
+        weight = (in_win & good[:, None]).astype(np.float64)
+        darkness = np.where(weight > 0, darkness, 0.0)
+        # Noise of the darkness: robust spread on the wall stretches.
+        wall_res = np.where(is_wall, darkness, np.nan)
+        centred = np.abs(wall_res - _masked_median(wall_res, is_wall)[:, None])
+        nz = 1.4826 * _masked_median(centred, is_wall)
+        nz = np.where(np.isfinite(nz), np.maximum(nz, 1e-3), 1e-2)
+        # Start values from the moments of the inner darkness.
+        din = np.where(inner, darkness, 0.0)
+        area = din.sum(1) * step_px
+        peak = ndimage.uniform_filter1d(din, max(int(round(1.0 / step_px)), 1), axis=1).max(1)
+        k0 = np.clip(peak, 0.02, 1.0)
+        cen0 = np.where(area > 0, (din * s).sum(1) * step_px / np.maximum(area, 1e-9), 0.0)
+        theta0[idx] = np.column_stack([
+            k0, np.clip(area / k0, 0.2, 2 * h_in), np.clip(cen0, -h_in, h_in),
+            np.full(idx.size, max(sig_guess, 0.8) * 0.75),
+        ])
+        lower = np.column_stack([np.full(idx.size, 1e-3), np.full(idx.size, 0.02), -h_in,
+                                 np.full(idx.size, 0.2)])
+        upper = np.column_stack([np.full(idx.size, 1.0), 2.0 * h_in + 1.0, h_in,
+                                 np.full(idx.size, 3.0)])
+        ok[idx] = good
+        noise[idx] = nz
+        length[idx] = np.maximum(weight.sum(1) * step_px, 1.0)
+        classes.append(dict(idx=idx, s=s, darkness=darkness, weight=weight, lower=lower,
+                            upper=upper))
+    # Variance scale of the fitted parameters: the points of a profile are correlated over
+    # about a pixel (cubic interpolation of pixels), so the noise counts once per pixel.
+    s2 = noise**2 / min(step_px, 1.0)
+    return _Profiles(n=n, classes=classes, ok=ok, centre=centre, noise=noise, s2=s2,
+                     n_pts=length / step_px, length_px=length, theta0=theta0)
+
+
+def _sample(
+    coeffs: NDArray[np.float64],
+    bad: NDArray[np.float32] | None,
+    r: NDArray[np.float64],
+    c: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Cubic-spline samples at ``(r, c)``, and whether each is usable (inside, off nodata)."""
+    h, w = coeffs.shape
+    ok = (r >= 0) & (r <= h - 1) & (c >= 0) & (c <= w - 1)
+    coords = [r.ravel(), c.ravel()]
+    vals = ndimage.map_coordinates(coeffs, coords, order=3, mode="nearest", prefilter=False)
+    if bad is not None:
+        near_bad = ndimage.map_coordinates(bad, coords, order=1, mode="nearest", prefilter=False)
+        ok &= near_bad.reshape(r.shape) <= 0.0
+    return vals.reshape(r.shape), ok
+
+
+def _masked_median(values: NDArray[np.float64], mask: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Row-wise median of ``values`` where ``mask`` (NaN for an empty row)."""
+    out = np.full(values.shape[0], np.nan)
+    has = mask.any(1)
+    if has.any():
+        out[has] = np.nanmedian(np.where(mask[has], values[has], np.nan), axis=1)
+    return out
+
+
+def _masked_mean(values: NDArray[np.float64], mask: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Row-wise mean of ``values`` where ``mask`` (NaN for an empty row)."""
+    cnt = mask.sum(1)
+    with np.errstate(all="ignore"):
+        return np.where(cnt > 0, (values * mask).sum(1) / np.maximum(cnt, 1), np.nan)
+
+
+# --------------------------------------------------------------------------------------------
+# Depth and blur per crack; smoothing along the crack
+# --------------------------------------------------------------------------------------------
 def _joint_depth_blur(
     prof: _Profiles,
     theta4: NDArray[np.float64],
@@ -605,90 +828,82 @@ def _joint_depth_blur(
     *,
     psf_sigma_px: float | None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """Depth ``k`` and blur ``sigma`` shared by each crack: a joint, robust profile fit.
+    """Depth ``k`` and PSF ``sigma`` of each crack from a joint, robust fit of its profiles.
 
-    For each ``(k, sigma)`` on a grid every profile's width and centre are fitted; the crack's
-    cost is the sum over its profiles of a robust (Cauchy) function of each profile's
-    normalised misfit, plus a weak prior on ``k`` and ``sigma``. The minimum is refined on a
-    finer grid. The relative uncertainty of ``k`` is where the cost rises by one unit of the
-    crack's misfit scale.
+    For each ``(k, sigma)`` of a coarse grid, then of a finer one around the coarse minimum,
+    every profile's width and centre are fitted. A crack's cost is the mean over its profiles
+    of a Cauchy function of the normalised misfit (noise plus a model-error floor of
+    ``_MODEL_ERROR`` times the profile's peak darkness), times ``min(n, _N_EFF)``, plus the
+    weak priors. The relative uncertainty of ``k`` is the half-range of ``log k`` where the
+    cost profile stays within one typical profile's cost of its minimum.
 
-    Returns per-sample arrays: depth, its relative uncertainty, and sigma (NaN where not ok).
+    Returns per-sample arrays (NaN where not ok): depth, its relative uncertainty, sigma.
     """
     n = prof.n
     idx_all = np.nonzero(ok)[0]
-    # At most _MAX_JOINT evenly spread samples per crack decide its depth and blur.
     keep = np.zeros(n, bool)
     for g in np.unique(lab[idx_all]):
         members = idx_all[lab[idx_all] == g]
-        pick = np.unique(np.linspace(0, members.size - 1, min(members.size, _MAX_JOINT)).astype(int))
-        keep[members[pick]] = True
+        pick = np.linspace(0, members.size - 1, min(members.size, _MAX_JOINT)).astype(int)
+        keep[members[np.unique(pick)]] = True
     idx = np.nonzero(keep)[0]
-    length = np.zeros(n)
-    for cl in prof.classes:
-        length[cl["idx"]] = cl["weight"].sum(1) * (cl["s"][0, 1] - cl["s"][0, 0])
-    scale = prof.noise**2 * np.maximum(length, 1.0)  # expected SSE * step of a good fit
-    step = np.zeros(n)
-    for cl in prof.classes:
-        step[cl["idx"]] = cl["s"][0, 1] - cl["s"][0, 0]
+    peak = theta4[:, K] * np.abs(
+        erf(theta4[:, W] / (2.0 * math.sqrt(2.0) * np.maximum(theta4[:, S], 0.3)))
+    )
+    expected_sse = (prof.noise**2 + (_MODEL_ERROR * peak) ** 2) * prof.n_pts
+    area = theta4[:, K] * theta4[:, W]
     groups, gi = np.unique(lab[idx], return_inverse=True)
     n_g = groups.size
-    warm = theta4.copy()
+    n_s = np.bincount(gi, minlength=n_g).astype(np.float64)
+    weight = np.minimum(n_s, _N_EFF) / n_s
+    logit0 = math.log(_PRIOR_K / (1.0 - _PRIOR_K))
 
     def cost(k_g: NDArray[np.float64], s_g: NDArray[np.float64]) -> NDArray[np.float64]:
-        th = warm.copy()
-        th[idx, _K] = k_g[gi]
-        th[idx, _S] = s_g[gi]
-        fitted, _, sse = prof.fit(th, (_W, _C), idx, n_iter=6, with_cov=False)
-        x = sse[idx] * step[idx] / scale[idx]
-        per = np.maximum(length[idx], 1.0) * 4.0 * np.log1p(x / 4.0)
-        c = np.bincount(gi, per, n_g)
-        logit = np.log(k_g / (1 - np.minimum(k_g, 0.999)))
-        prior = ((logit - math.log(_PRIOR_K / (1 - _PRIOR_K))) / _PRIOR_K_SD) ** 2
+        th = theta4.copy()
+        th[idx, K] = k_g[gi]
+        th[idx, S] = s_g[gi]
+        th[idx, W] = area[idx] / k_g[gi]  # the darkness area holds whatever k: a close start
+        _, _, sse = prof.fit(th, (W, C), idx, n_iter=6, with_cov=False)
+        # Cauchy cost in units of independent pixels: about the profile's length when it fits.
+        x = sse[idx] / expected_sse[idx]
+        per = prof.length_px[idx] * 4.0 * np.log1p(x / 4.0)
+        total = np.bincount(gi, per, n_g) * weight
+        kk = np.minimum(k_g, 0.999)
+        prior = ((np.log(kk / (1.0 - kk)) - logit0) / _PRIOR_K_SD) ** 2
         if psf_sigma_px is None:
-            prior += (np.log(s_g / _PRIOR_S) / _PRIOR_S_SD) ** 2
-        return c + prior
+            prior = prior + (np.log(s_g / _PRIOR_S) / _PRIOR_S_SD) ** 2
+        return total + prior
 
     s_grid = _S_GRID if psf_sigma_px is None else np.array([float(psf_sigma_px)])
-    table = np.empty((n_g, _K_GRID.size, s_grid.size))
-    for a, k in enumerate(_K_GRID):
-        for b, sg in enumerate(s_grid):
-            table[:, a, b] = cost(np.full(n_g, k), np.full(n_g, sg))
-    best = table.reshape(n_g, -1).argmin(1)
-    ka, sb = np.unravel_index(best, table.shape[1:])
-    k_best, s_best = _K_GRID[ka], s_grid[sb]
-    # Refine on a finer grid around each crack's minimum.
-    fk = np.exp(np.linspace(-0.3, 0.3, 7))
-    fs = np.exp(np.linspace(-0.18, 0.18, 5)) if psf_sigma_px is None else np.ones(1)
-    fine = np.empty((n_g, fk.size, fs.size))
-    for a, mk in enumerate(fk):
-        for b, ms in enumerate(fs):
-            fine[:, a, b] = cost(np.minimum(k_best * mk, 1.0), s_best * ms)
-    best = fine.reshape(n_g, -1).argmin(1)
-    fa, fb = np.unravel_index(best, fine.shape[1:])
-    k_g = np.minimum(k_best * fk[fa], 1.0)
-    s_g = s_best * fs[fb]
-    # Uncertainty of log k: profile of the cost over k (min over sigma) on both grids.
-    prof_k = np.concatenate([table.min(2), fine.min(2)], axis=1)
-    log_k = np.concatenate(
-        [np.broadcast_to(np.log(_K_GRID), (n_g, _K_GRID.size)),
-         np.log(k_best)[:, None] + np.log(fk)[None, :]], axis=1)
-    f_min = prof_k.min(1)
-    n_s = np.bincount(gi, minlength=n_g)
-    unit = np.maximum(f_min / np.maximum(n_s, 1), 1.0)  # misfit scale per profile
-    inside = prof_k <= (f_min + unit)[:, None]
-    lo = np.where(inside, log_k, np.inf).min(1)
-    hi = np.where(inside, log_k, -np.inf).max(1)
-    k_rel_g = np.maximum(0.5 * (hi - lo), 0.02)
+    s_fine = _S_FINE if psf_sigma_px is None else np.ones(1)
+    coarse = np.array([[cost(np.full(n_g, k), np.full(n_g, sg)) for sg in s_grid]
+                       for k in _K_GRID])  # (nk, ns, n_g)
+    a, b = np.unravel_index(coarse.reshape(-1, n_g).argmin(0), coarse.shape[:2])
+    k_best, s_best = _K_GRID[a], s_grid[b]
+    fine = np.array([[cost(np.minimum(k_best * mk, 1.0), s_best * ms) for ms in s_fine]
+                     for mk in _K_FINE])
+    fa, fb = np.unravel_index(fine.reshape(-1, n_g).argmin(0), fine.shape[:2])
+    k_g = np.minimum(k_best * _K_FINE[fa], 1.0)
+    s_g = s_best * s_fine[fb]
+    # Relative uncertainty of k: where the cost profile (min over sigma) stays within one unit.
+    prof_k = np.concatenate([coarse.min(1), fine.min(1)], axis=0)  # (nk + nf, n_g)
+    log_k = np.concatenate([np.broadcast_to(np.log(_K_GRID)[:, None], (_K_GRID.size, n_g)),
+                            np.log(k_best)[None, :] + np.log(_K_FINE)[:, None]], axis=0)
+    f_min = prof_k.min(0)
+    # One unit: a typical profile's cost at the optimum (the crack's evidence about k is
+    # limited by the model's systematic error, about one profile's worth).
+    unit = np.maximum(f_min / np.minimum(n_s, _N_EFF), 1.0)
+    inside = prof_k <= f_min + unit
+    lo = np.where(inside, log_k, np.inf).min(0)
+    hi = np.where(inside, log_k, -np.inf).max(0)
+    k_rel = np.maximum(0.5 * (hi - lo), 0.02)
     for g in range(n_g):
-        logger.debug("width group %s: %d samples, depth %.3f (x/ %.2f), sigma %.2f px",
-                     groups[g], n_s[g], k_g[g], math.exp(k_rel_g[g]), s_g[g])
-    k_out = np.full(n, np.nan)
-    r_out = np.full(n, np.nan)
-    s_out = np.full(n, np.nan)
+        logger.debug("width crack %s: %d profiles, depth %.3f (x/ %.2f), sigma %.2f px",
+                     groups[g], int(n_s[g]), k_g[g], math.exp(k_rel[g]), s_g[g])
     where = np.searchsorted(groups, lab[idx_all])
+    k_out, r_out, s_out = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     k_out[idx_all] = k_g[where]
-    r_out[idx_all] = k_rel_g[where]
+    r_out[idx_all] = k_rel[where]
     s_out[idx_all] = s_g[where]
     return k_out, r_out, s_out
 
@@ -708,381 +923,9 @@ def _smooth_along_crack(
     for g in np.unique(lab[ok]):
         idx = np.nonzero(ok & (lab == g))[0]
         pts = np.column_stack([r0[idx], c0[idx]])
-        nbrs = cKDTree(pts).query_ball_point(pts, radius_px)
-        for a, nb in zip(idx, nbrs):
-            j = idx[nb]
-            est, se = _pool(width[j], var[j])
+        for a, nb in zip(idx, cKDTree(pts).query_ball_point(pts, radius_px)):
+            est, se = pool_robust(width[idx[nb]], var[idx[nb]])
             if np.isfinite(est):
                 out_w[a] = est
                 out_v[a] = se**2
     return out_w, out_v
-
-
-def _closing_radii(max_width_px: float, fill_px: float) -> list[int]:
-    """Half-sizes (pixels) of the square closings, fine steps first, up to the widest band."""
-    radii = [2, 3, 4, 5, 6, 7, 8]
-    while radii[-1] < max_width_px / 2.0 + fill_px:
-        radii.append(int(math.ceil(radii[-1] * 1.2)))
-    return radii
-
-
-@dataclass(eq=False)
-class _Profiles:
-    """Fine darkness profiles of all samples, in classes of equal length, and their fit."""
-
-    n: int
-    classes: list[dict[str, NDArray]]
-    ok: NDArray[np.bool_]
-    centre: NDArray[np.float64]
-    noise: NDArray[np.float64]
-    s2: NDArray[np.float64]
-    theta0: NDArray[np.float64]
-
-    def misfit(self, sse: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Normalised misfit of each profile: 1 for residuals at the noise level."""
-        out = np.full(self.n, np.nan)
-        for cl in self.classes:
-            step = cl["s"][0, 1] - cl["s"][0, 0]
-            length = np.maximum(cl["weight"].sum(1) * step, 1.0)
-            i = cl["idx"]
-            out[i] = sse[i] * step / (self.noise[i] ** 2 * length)
-        return out
-
-    def fit(
-        self,
-        theta0: NDArray[np.float64],
-        free: tuple[int, ...],
-        idx: NDArray[np.intp],
-        *,
-        n_iter: int = 40,
-        with_cov: bool = True,
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-        """Fit the ``free`` parameters of every usable profile, class by class."""
-        theta = np.zeros((self.n, 4))
-        cov = np.zeros((self.n, 4, 4))
-        sse = np.zeros(self.n)
-        want = np.zeros(self.n, bool)
-        want[idx] = True
-        for cl in self.classes:
-            sel = want[cl["idx"]]
-            if not sel.any():
-                continue
-            i = cl["idx"][sel]
-            lower = cl["lower"][sel].copy()
-            upper = cl["upper"][sel].copy()
-            fixed = [p for p in range(4) if p not in free]
-            lower[:, fixed] = theta0[i][:, fixed]
-            upper[:, fixed] = theta0[i][:, fixed]
-            theta[i], cov[i], sse[i] = _fit_profiles(
-                cl["darkness"][sel], cl["s"][sel], cl["weight"][sel], theta0[i], free,
-                lower, upper, n_iter=n_iter, with_cov=with_cov,
-            )
-        return theta, cov, sse
-
-
-def _coarse_band(
-    coeffs: NDArray[np.float64],
-    closing: NDArray[np.float64],
-    bad: NDArray[np.float32] | None,
-    r0: NDArray[np.float64],
-    c0: NDArray[np.float64],
-    nrm: NDArray[np.float64],
-    *,
-    reach_px: float,
-    search_px: float,
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
-    """Centre and half-width (pixels) of the dark band on each normal, on ``1 - image / closing``.
-
-    Coarse scan (step 0.5 px): the darkest point within ``search_px`` of the sample; the band
-    runs outwards to where the darkness falls under half of that. Returns (centre, half, found).
-    """
-    step = 0.5
-    s = np.arange(-reach_px, reach_px + step / 2, step)
-    rr = r0[:, None] + nrm[:, 0, None] * s
-    cc = c0[:, None] + nrm[:, 1, None] * s
-    p, valid = _sample(coeffs, bad, closing.shape, rr, cc)
-    bgr = ndimage.map_coordinates(
-        closing, [rr.ravel(), cc.ravel()], order=1, mode="nearest"
-    ).reshape(rr.shape)
-    with np.errstate(all="ignore"):
-        dark = np.where(valid & (bgr > 0), 1.0 - p / bgr, 0.0)
-    dark = ndimage.uniform_filter1d(dark, 3, axis=1, mode="nearest")
-    n, m = dark.shape
-    mid = m // 2
-    k_reach = min(int(round(search_px / step)), mid)
-    i_pk = np.argmax(dark[:, mid - k_reach : mid + k_reach + 1], axis=1) + mid - k_reach
-    pk = dark[np.arange(n), i_pk]
-    below = dark < 0.5 * pk[:, None]
-    cols = np.arange(m)[None, :]
-    i_hi = np.where(below & (cols > i_pk[:, None]), cols, m).min(axis=1)
-    i_lo = np.where(below & (cols < i_pk[:, None]), cols, -1).max(axis=1)
-    found = (i_lo >= 0) & (i_hi < m) & (pk > 0) & valid[:, mid]
-    # Every sample across the band must be usable (no border, no nodata).
-    inside = (cols >= i_lo[:, None]) & (cols <= i_hi[:, None])
-    found &= ~(inside & ~valid).any(axis=1)
-    e_lo = s[np.clip(i_lo, 0, m - 1)] + step / 2
-    e_hi = s[np.clip(i_hi, 0, m - 1)] - step / 2
-    return 0.5 * (e_lo + e_hi), np.maximum(0.5 * (e_hi - e_lo), 0.0), found
-
-
-def _band_from_sides(
-    coeffs: NDArray[np.float64],
-    bad: NDArray[np.float32] | None,
-    shape: tuple[int, int],
-    r0: NDArray[np.float64],
-    c0: NDArray[np.float64],
-    nrm: NDArray[np.float64],
-    *,
-    tail: float,
-    bg_len: float,
-    max_width_px: float,
-    search_px: float,
-    n_iter: int = 4,
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
-    """Centre and half-width (pixels) of the dark band, with the wall taken from its two sides.
-
-    Coarse scan (step 0.5 px). Start at the darkest point within ``search_px`` with a one-pixel
-    band; then repeat: the wall is the line through the medians of ``bg_len`` px of profile
-    beyond the band's tails on each side, the darkness is ``1 - profile / wall``, and the band
-    runs from the darkest point within it out to half of its darkness.
-    """
-    step = 0.5
-    reach = max_width_px / 2.0 + tail + bg_len + 2.0
-    s = np.arange(-reach, reach + step / 2, step)
-    rr = r0[:, None] + nrm[:, 0, None] * s
-    cc = c0[:, None] + nrm[:, 1, None] * s
-    p, valid = _sample(coeffs, bad, shape, rr, cc)
-    p = np.where(valid, p, np.nan)
-    ps = ndimage.uniform_filter1d(np.nan_to_num(p, nan=np.nanmax(p) if np.isfinite(p).any() else 0.0),
-                                  3, axis=1, mode="nearest")
-    n, m = p.shape
-    mid = m // 2
-    k_reach = min(int(round(search_px / step)), mid)
-    i_c = np.argmin(ps[:, mid - k_reach : mid + k_reach + 1], axis=1) + mid - k_reach
-    centre = s[i_c]
-    half = np.full(n, 0.5)
-    found = np.zeros(n, bool)
-    sv = s[None, :]
-    for _ in range(n_iter):
-        inner_edge = half + tail
-        left = valid & (sv < (centre - inner_edge)[:, None]) & (sv >= (centre - inner_edge - bg_len)[:, None])
-        right = valid & (sv > (centre + inner_edge)[:, None]) & (sv <= (centre + inner_edge + bg_len)[:, None])
-        m_l, m_r = _masked_median(p, left), _masked_median(p, right)
-        s_l, s_r = _masked_mean(np.broadcast_to(sv, p.shape), left), _masked_mean(np.broadcast_to(sv, p.shape), right)
-        both = np.isfinite(m_l) & np.isfinite(m_r)
-        slope = np.where(both, (m_r - m_l) / np.where(both, s_r - s_l, 1.0), 0.0)
-        one = np.where(np.isfinite(m_l), m_l, m_r)
-        level = np.where(both, 0.5 * (m_l + m_r) - slope * 0.5 * (s_l + s_r), one)
-        wall = level[:, None] + slope[:, None] * sv
-        with np.errstate(all="ignore"):
-            dark = np.where(valid & (wall > 0), 1.0 - ps / wall, 0.0)
-        near = np.abs(sv - centre[:, None]) <= (half + 1.0)[:, None]
-        i_pk = np.argmax(np.where(near, dark, -np.inf), axis=1)
-        pk = dark[np.arange(n), i_pk]
-        below = dark < 0.5 * pk[:, None]
-        cols = np.arange(m)[None, :]
-        i_hi = np.where(below & (cols > i_pk[:, None]), cols, m).min(axis=1)
-        i_lo = np.where(below & (cols < i_pk[:, None]), cols, -1).max(axis=1)
-        found = (i_lo >= 0) & (i_hi < m) & (pk > 0) & np.isfinite(level)
-        e_lo = s[np.clip(i_lo, 0, m - 1)] + step / 2
-        e_hi = s[np.clip(i_hi, 0, m - 1)] - step / 2
-        new_c = 0.5 * (e_lo + e_hi)
-        new_h = np.clip(0.5 * (e_hi - e_lo), 0.25, max_width_px / 2.0)
-        centre = np.where(found & (np.abs(new_c) <= search_px + new_h), new_c, centre)
-        half = np.where(found, new_h, half)
-    inside = (np.abs(sv - centre[:, None]) <= half[:, None])
-    found &= ~(inside & ~valid).any(axis=1) & valid[:, mid]
-    return centre, half, found
-
-
-def _take_profiles(
-    img: NDArray[np.float64],
-    bad: NDArray[np.float32] | None,
-    r0: NDArray[np.float64],
-    c0: NDArray[np.float64],
-    nrm: NDArray[np.float64],
-    *,
-    tail: float,
-    max_width_px: float,
-    search_px: float,
-    step_px: float,
-) -> _Profiles:
-    """Locate the dark band on each normal and take its fine darkness profile.
-
-    The wall under the crack is the grey closing of the (lightly smoothed) image with the
-    smallest square that fills the band and its blur: too small a square leaves the band's
-    middle unfilled, too large a one bridges texture (bricks between mortar joints) and makes
-    the wall look dark. So each sample takes the smallest half-size ``r`` (of a fine ladder)
-    with ``r >= half + fill`` at which the band measured on ``1 - image / closing_r`` no longer
-    widens at the next ``r``. The fine profile (``step_px``) spans the band, its tails and
-    3 px of wall on each side; the wall level is a line through the medians of
-    ``image / closing_r`` on the two sides.
-    """
-    n = r0.size
-    shape = img.shape
-    coeffs = ndimage.spline_filter(img, order=3, mode="nearest")
-    smooth = ndimage.gaussian_filter(img, 0.7, mode="nearest")
-    bg_len = 3.0
-    fill = 2.0 * (tail - 1.0) / 3.0 + 1.5  # two blur sigmas and a pixel and a half of wall
-    centre, half, has = _band_from_sides(
-        coeffs, bad, shape, r0, c0, nrm, tail=tail, bg_len=bg_len,
-        max_width_px=max_width_px, search_px=search_px,
-    )
-    has &= 2.0 * half <= max_width_px
-    if _BG == "closing":
-        radii = _closing_radii(max_width_px, fill)
-        pick = np.searchsorted(np.asarray(radii), half + fill)
-        has &= pick < len(radii)
-        pick = np.minimum(pick, len(radii) - 1)
-        closings = {j: ndimage.grey_closing(smooth, size=(2 * radii[j] + 1,) * 2, mode="reflect")
-                    for j in np.unique(pick[has])}
-    else:
-        pick = np.zeros(n, np.int64)
-        closings = {0: None}
-    ok = np.zeros(n, bool)
-    noise = np.full(n, np.nan)
-    s2 = np.full(n, np.nan)
-    theta0 = np.zeros((n, 4))
-    classes: list[dict[str, NDArray]] = []
-    for j, closing in closings.items():
-        idx = np.nonzero(has & (pick == j))[0]
-        if idx.size == 0:
-            continue
-        h_in = half[idx] + tail
-        h_out = h_in + bg_len
-        u = np.arange(-h_out.max(), h_out.max() + step_px / 2, step_px)
-        sf = np.broadcast_to(u, (idx.size, u.size))
-        rr = r0[idx, None] + nrm[idx, 0, None] * (centre[idx, None] + sf)
-        cc = c0[idx, None] + nrm[idx, 1, None] * (centre[idx, None] + sf)
-        p, valid = _sample(coeffs, bad, shape, rr, cc)
-        if closing is None:
-            q = p
-        else:
-            bgr = ndimage.map_coordinates(
-                closing, [rr.ravel(), cc.ravel()], order=1, mode="nearest"
-            ).reshape(rr.shape)
-            with np.errstate(all="ignore"):
-                q = np.where(bgr > 0, p / bgr, np.nan)
-        a = np.abs(sf)
-        in_win = (a <= h_out[:, None]) & valid & np.isfinite(q)
-        is_bg = in_win & (a > h_in[:, None])
-        left, right = is_bg & (sf < 0), is_bg & (sf > 0)
-        m_l, m_r = _masked_median(q, left), _masked_median(q, right)
-        s_l, s_r = _masked_mean(sf, left), _masked_mean(sf, right)
-        both = np.isfinite(m_l) & np.isfinite(m_r)
-        slope = np.where(both, (m_r - m_l) / np.where(both, s_r - s_l, 1.0), 0.0)
-        one = np.where(np.isfinite(m_l), m_l, m_r)
-        level = np.where(both, 0.5 * (m_l + m_r) - slope * 0.5 * (s_l + s_r), one)
-        with np.errstate(all="ignore"):
-            darkness = 1.0 - q / (level[:, None] + slope[:, None] * sf)
-        good = np.isfinite(level) & (level > 0)
-        inner = (a <= h_in[:, None]) & in_win
-        good &= inner.sum(1) * step_px >= 2.0 * half[idx] + 2.0
-        weight = (in_win & good[:, None]).astype(np.float64)
-        darkness = np.where(weight > 0, darkness, 0.0)
-        bg_res = np.where(is_bg, darkness, np.nan)
-        nz = 1.4826 * _masked_median(np.abs(bg_res - _masked_median(bg_res, is_bg)[:, None]),
-                                     is_bg)
-        nz = np.where(np.isfinite(nz), np.maximum(nz, 1e-3), 1e-2)
-        # Start values from the moments of the inner darkness.
-        din = np.where(inner, darkness, 0.0)
-        area = din.sum(1) * step_px
-        peak = ndimage.uniform_filter1d(din, max(int(round(1.0 / step_px)), 1), axis=1).max(1)
-        k0 = np.clip(peak, 0.02, 1.0)
-        w0 = np.clip(area / k0, 0.2, 2 * h_in)
-        cen0 = np.where(area > 0, (din * sf).sum(1) * step_px / np.maximum(area, 1e-9), 0.0)
-        sig0 = np.full(idx.size, (tail - 1.0) / 3.0)
-        theta0[idx] = np.column_stack([k0, w0, np.clip(cen0, -h_in, h_in), sig0])
-        lower = np.column_stack(
-            [np.full(idx.size, 1e-3), np.full(idx.size, 0.02), -h_in, np.full(idx.size, 0.3)]
-        )
-        upper = np.column_stack(
-            [np.full(idx.size, 1.0), 2.0 * h_in + 1.0, h_in, np.full(idx.size, 3.0)]
-        )
-        ok[idx] = good
-        noise[idx] = nz
-        # Residual variance per unit length: samples finer than a pixel are correlated.
-        s2[idx] = nz**2 / min(step_px, 1.0)
-        classes.append(dict(idx=idx, s=np.ascontiguousarray(sf), darkness=darkness,
-                            weight=weight, lower=lower, upper=upper))
-    return _Profiles(n=n, classes=classes, ok=ok, centre=centre, noise=noise, s2=s2,
-                     theta0=theta0)
-
-
-def _masked_median(values: NDArray[np.float64], mask: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """Row-wise median of ``values`` where ``mask`` (NaN for an empty row)."""
-    v = np.where(mask, values, np.nan)
-    out = np.full(v.shape[0], np.nan)
-    has = mask.any(1)
-    if has.any():
-        out[has] = np.nanmedian(v[has], axis=1)
-    return out
-
-
-def _masked_mean(values: NDArray[np.float64], mask: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """Row-wise mean of ``values`` where ``mask`` (NaN for an empty row)."""
-    cnt = mask.sum(1)
-    return np.where(cnt > 0, (values * mask).sum(1) / np.maximum(cnt, 1), np.nan)
-
-
-# --------------------------------------------------------------------------------------------
-# Per-crack aggregate
-# --------------------------------------------------------------------------------------------
-def aggregate_crack_width(
-    width_px: ArrayLike,
-    width_sd_px: ArrayLike,
-    below_limit: ArrayLike,
-    *,
-    limit_px: ArrayLike | None = None,
-    min_samples: int = 3,
-) -> CrackWidth:
-    """Summarise one crack's sample widths: mean with uncertainty, p95, max, fraction below.
-
-    Samples below the limit or not measured are left out of the statistics (they are counted
-    in ``fraction_below_limit`` when below the limit). The mean's uncertainty combines the
-    samples' scatter (standard error) with their mean uncertainty as a fully correlated part,
-    since the crack's depth, shared by all its samples, is one of its sources. ``p95`` and
-    ``max`` are of the measured widths, so they carry the per-sample noise.
-
-    Parameters
-    ----------
-    width_px, width_sd_px : ndarray of shape (n,), float, pixels
-        From :class:`WidthMeasurement` (NaN where not a number).
-    below_limit : ndarray of shape (n,), bool
-    limit_px : ndarray of shape (n,), float, pixels, optional
-        Per-sample limit; the summary reports its median.
-    min_samples : int
-        Fewest measured samples for a number.
-
-    Returns
-    -------
-    CrackWidth
-    """
-    w = np.asarray(width_px, dtype=np.float64).ravel()
-    sd = np.asarray(width_sd_px, dtype=np.float64).ravel()
-    below = np.asarray(below_limit, dtype=bool).ravel()
-    ok = np.isfinite(w) & ~below
-    considered = ok | below
-    frac = float(below.sum() / considered.sum()) if considered.any() else float("nan")
-    lim = float("nan")
-    if limit_px is not None:
-        lv = np.asarray(limit_px, dtype=np.float64).ravel()
-        if np.isfinite(lv).any():
-            lim = float(np.nanmedian(lv))
-    if ok.sum() < min_samples:
-        nan = float("nan")
-        return CrackWidth(nan, nan, nan, nan, frac, int(ok.sum()), lim)
-    wv = w[ok]
-    sdv = sd[ok]
-    mean = float(wv.mean())
-    se = float(wv.std(ddof=1) / math.sqrt(wv.size))
-    shared = float(np.nanmedian(sdv)) / math.sqrt(max(wv.size, 1)) if np.isfinite(sdv).any() else 0.0
-    return CrackWidth(
-        mean_px=mean,
-        mean_sd_px=math.sqrt(se**2 + shared**2),
-        p95_px=float(np.percentile(wv, 95)),
-        max_px=float(wv.max()),
-        fraction_below_limit=frac,
-        n_samples=int(wv.size),
-        limit_px=lim,
-    )
