@@ -37,9 +37,11 @@ __all__ = [
     "WidthKind",
     "geometry_from_crack_map",
     "random_centreline",
+    "random_wall_crop",
     "random_width_profile",
-    "render_crack",
     "render_coverage",
+    "render_crack",
+    "skeleton_samples",
 ]
 
 logger = logging.getLogger(__name__)
@@ -456,3 +458,92 @@ def geometry_from_crack_map(
     width = (2.0 * edt[r, c] - 1.0) / factor
     rc = np.column_stack([(r + 0.5) / factor - 0.5, (c + 0.5) / factor - 0.5])
     return m.astype(np.float32), rc, width
+
+
+def random_wall_crop(
+    texture: ArrayLike,
+    shape: tuple[int, int],
+    *,
+    rng: np.random.Generator,
+    wall_mask: ArrayLike | None = None,
+    min_wall_fraction: float = 0.95,
+    max_range: float = 80.0,
+    min_mean: float = 60.0,
+    max_tries: int = 200,
+) -> NDArray[np.float64] | None:
+    """A random crop of a façade photo that looks like plain wall, or None if none is found.
+
+    A crop qualifies when at least ``min_wall_fraction`` of it is wall (if ``wall_mask`` is
+    given, e.g. a façade label map's building class), its mean grey level is at least
+    ``min_mean`` and its 2-98 percentile range at most ``max_range`` grey levels (no window,
+    sign, shadow edge or sky).
+
+    Parameters
+    ----------
+    texture : ndarray of shape (H, W) or (bands, H, W), grey levels in [0, 255]
+    shape : (rows, cols)
+        Crop size.
+    rng : numpy Generator
+    wall_mask : ndarray of shape (H, W), bool, optional
+
+    Returns
+    -------
+    crop : ndarray of shape (rows, cols) or (bands, rows, cols), float64, or None
+    """
+    t = np.asarray(texture, dtype=np.float64)
+    grey = t if t.ndim == 2 else t.mean(axis=0)
+    h, w = grey.shape
+    rows, cols = shape
+    if h < rows or w < cols:
+        return None
+    mask = None if wall_mask is None else np.asarray(wall_mask, dtype=bool)
+    for _ in range(max_tries):
+        r = int(rng.integers(0, h - rows + 1))
+        c = int(rng.integers(0, w - cols + 1))
+        g = grey[r : r + rows, c : c + cols]
+        if mask is not None and mask[r : r + rows, c : c + cols].mean() < min_wall_fraction:
+            continue
+        lo, hi = np.percentile(g, [2, 98])
+        if g.mean() >= min_mean and hi - lo <= max_range:
+            return t[..., r : r + rows, c : c + cols].copy()
+    return None
+
+
+def skeleton_samples(
+    centreline_rc: ArrayLike,
+    width_px: ArrayLike,
+    normal_rc: ArrayLike,
+    shape: tuple[int, int],
+    *,
+    rng: np.random.Generator,
+    spacing_px: float = 1.0,
+    jitter_px: float = 0.5,
+    margin_px: float = 2.0,
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
+    """Skeleton-like samples of a true centreline: one per ``spacing_px``, off by a skeleton's error.
+
+    Each sample is the true centreline point moved along the normal by Gaussian noise of
+    ``jitter_px`` and rounded to the nearest pixel (a skeleton is made of whole pixels);
+    duplicates are dropped and samples within ``margin_px`` of the border left out.
+
+    Returns
+    -------
+    rows, cols : ndarray of shape (n,), int64, pixels
+    true_width_px : ndarray of shape (n,), float64, pixels
+        True width at the centreline point each sample came from.
+    """
+    pts = np.asarray(centreline_rc, dtype=np.float64)
+    wid = np.asarray(width_px, dtype=np.float64)
+    nrm = np.asarray(normal_rc, dtype=np.float64)
+    arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])
+    take = np.searchsorted(arc, np.arange(0.0, arc[-1], spacing_px))
+    off = rng.normal(0.0, jitter_px, take.size) if jitter_px > 0 else np.zeros(take.size)
+    rc = np.round(pts[take] + nrm[take] * off[:, None]).astype(np.int64)
+    inside = (
+        (rc[:, 0] >= margin_px) & (rc[:, 0] < shape[0] - margin_px)
+        & (rc[:, 1] >= margin_px) & (rc[:, 1] < shape[1] - margin_px)
+    )
+    rc, take = rc[inside], take[inside]
+    _, first = np.unique(rc[:, 0] * (shape[1] + 1) + rc[:, 1], return_index=True)
+    first = np.sort(first)
+    return rc[first, 0], rc[first, 1], wid[take[first]]
