@@ -119,7 +119,7 @@ def random_centreline(
     """
     rows, cols = shape
     theta0 = np.deg2rad(angle_deg) if angle_deg is not None else rng.uniform(0.0, np.pi)
-    half = 0.5 * np.hypot(rows, cols) + 8.0
+    half = np.hypot(rows, cols) + 8.0  # long enough for a wandering curve to leave the image
     t = np.arange(-half, half + spacing_px, spacing_px)
     if curved:
         # heading(t) = theta0 + sum a_k sin(2 pi t / L_k + phi_k); curvature = d heading / dt

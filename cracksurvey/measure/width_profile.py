@@ -55,12 +55,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Search grids for a crack's depth (log-spaced) and PSF sigma (pixels, log-spaced); the
-#: coarse minimum is refined on a finer grid around it.
+#: Search grid for a crack's depth (log-spaced), the finer steps around its minimum, and the
+#: log-offsets of sigma tried around the value the profiles' spread gives for each depth.
 _K_GRID = np.exp(np.linspace(np.log(0.03), np.log(1.0), 13))
-_S_GRID = np.exp(np.linspace(np.log(0.3), np.log(2.4), 9))
-_K_FINE = np.exp(np.linspace(-0.3, 0.3, 7))
-_S_FINE = np.exp(np.linspace(-0.2, 0.2, 5))
+_K_FINE = np.exp(np.linspace(-0.3, 0.3, 9))
+_S_OFFSETS = np.array([-0.2, -0.08, 0.0, 0.08, 0.2])
 #: At most this many evenly spread samples of a crack enter the joint depth/blur fit.
 _MAX_JOINT = 160
 #: A crack's profiles share the model's systematic error: they count as at most this many
@@ -75,6 +74,10 @@ _PRIOR_S, _PRIOR_S_SD = 0.85, 0.35
 #: Wall stretch on each side of the band (pixels) and the square closing's extra margin.
 _WALL_PX = 3.0
 _FILL_MARGIN_PX = 1.5
+#: Half-length (pixels) along the crack of the strip of pixels that makes a profile, and the
+#: resulting pixels per pixel of offset across the crack.
+_STRIP_PX = 1.5
+_DENSITY = 2.0 * _STRIP_PX
 #: A band stands out when its peak darkness exceeds this many times the profile's noise.
 _SIGNIFICANT = 3.0
 
@@ -637,10 +640,11 @@ def _band_from_sides(
         results.append((centre, half, found, np.where(found, pk, 0.0)))
     pks = np.array([r[3] for r in results])  # (n_starts, n)
     # Noise of the darkness from the profile's pixel-to-pixel differences (robust).
-    diffs = np.abs(np.diff(np.where(valid, p, np.nan)[:, ::2], axis=1))
+    pixels = p[:, ::2]  # one value per pixel of offset
+    pair_ok = valid[:, ::2][:, 1:] & valid[:, ::2][:, :-1]
+    diffs = np.abs(np.diff(pixels, axis=1))
     with np.errstate(all="ignore"):
-        level = np.nanmedian(np.where(valid, p, np.nan), axis=1)
-        nz = 1.4826 * np.nanmedian(diffs, axis=1) / math.sqrt(2.0) / level
+        nz = 1.4826 * _masked_median(diffs, pair_ok) / math.sqrt(2.0) / _masked_median(p, valid)
     nz = np.where(np.isfinite(nz), nz, 0.0)
     found_any = np.array([r[2] for r in results])
     good = found_any & (pks >= np.maximum(_SIGNIFICANT * nz, 0.03)[None, :])
@@ -719,7 +723,7 @@ def _take_profiles(
 
     ok = np.zeros(n, bool)
     noise = np.full(n, np.nan)
-    length = np.full(n, np.nan)
+    n_pix = np.full(n, np.nan)
     theta0 = np.zeros((n, 4))
     classes: list[dict[str, NDArray]] = []
     # Radii grow by ~15 % per class: one closing per class, a close-enough square for each.
@@ -732,25 +736,19 @@ def _take_profiles(
         closing = ndimage.grey_closing(smooth, size=(2 * ladder[j] + 1,) * 2, mode="reflect")
         h_in = half[idx] + tail
         h_out = h_in + _WALL_PX
-        u = np.arange(-h_out.max(), h_out.max() + step_px / 2, step_px)
-        s = np.ascontiguousarray(np.broadcast_to(u, (idx.size, u.size)))
-        rr = r0[idx, None] + nrm[idx, 0, None] * (centre[idx, None] + s)
-        cc = c0[idx, None] + nrm[idx, 1, None] * (centre[idx, None] + s)
-        p, valid = _sample(coeffs, bad, rr, cc)
-        wall = ndimage.map_coordinates(
-            closing, [rr.ravel(), cc.ravel()], order=1, mode="nearest"
-        ).reshape(rr.shape)
+        s, p, wall, valid = _strip_pixels(img, closing, bad, r0[idx], c0[idx], nrm[idx],
+                                          centre[idx], h_out)
         with np.errstate(all="ignore"):
-            q = np.where(wall > 0, p / wall, np.nan)
+            q = np.where(valid & (wall > 0), p / wall, np.nan)
         a = np.abs(s)
-        in_win = (a <= h_out[:, None]) & valid & np.isfinite(q)
+        in_win = valid & np.isfinite(q)
         is_wall = in_win & (a > h_in[:, None])
         level, slope = _wall_line(q, s, is_wall & (s < 0), is_wall & (s > 0))
         with np.errstate(all="ignore"):
             darkness = 1.0 - q / (level[:, None] + slope[:, None] * s)
         good = np.isfinite(level) & (level > 0)
         inner = (a <= h_in[:, None]) & in_win
-        good &= inner.sum(1) * step_px >= 2.0 * half[idx] + 2.0
+        good &= inner.sum(1) >= _DENSITY * (2.0 * half[idx] + 2.0)
         weight = (in_win & good[:, None]).astype(np.float64)
         darkness = np.where(weight > 0, darkness, 0.0)
         # Noise of the darkness: robust spread on the wall stretches.
@@ -758,12 +756,12 @@ def _take_profiles(
         centred = np.abs(wall_res - _masked_median(wall_res, is_wall)[:, None])
         nz = 1.4826 * _masked_median(centred, is_wall)
         nz = np.where(np.isfinite(nz), np.maximum(nz, 1e-3), 1e-2)
-        # Start values from the moments of the inner darkness.
+        # Start values from the moments of the inner darkness (pixels sorted by offset).
         din = np.where(inner, darkness, 0.0)
-        area = din.sum(1) * step_px
-        peak = ndimage.uniform_filter1d(din, max(int(round(1.0 / step_px)), 1), axis=1).max(1)
+        area = din.sum(1) / _DENSITY
+        peak = ndimage.uniform_filter1d(din, int(_DENSITY), axis=1).max(1)
         k0 = np.clip(peak, 0.02, 1.0)
-        cen0 = np.where(area > 0, (din * s).sum(1) * step_px / np.maximum(area, 1e-9), 0.0)
+        cen0 = np.where(area > 0, (din * s).sum(1) / _DENSITY / np.maximum(area, 1e-9), 0.0)
         theta0[idx] = np.column_stack([
             k0, np.clip(area / k0, 0.2, 2 * h_in), np.clip(cen0, -h_in, h_in),
             np.full(idx.size, max(sig_guess, 0.8) * 0.75),
@@ -774,14 +772,60 @@ def _take_profiles(
                                  np.full(idx.size, 3.0)])
         ok[idx] = good
         noise[idx] = nz
-        length[idx] = np.maximum(weight.sum(1) * step_px, 1.0)
+        n_pix[idx] = np.maximum(weight.sum(1), 1.0)
         classes.append(dict(idx=idx, s=s, darkness=darkness, weight=weight, lower=lower,
                             upper=upper))
-    # Variance scale of the fitted parameters: the points of a profile are correlated over
-    # about a pixel (cubic interpolation of pixels), so the noise counts once per pixel.
-    s2 = noise**2 / min(step_px, 1.0)
-    return _Profiles(n=n, classes=classes, ok=ok, centre=centre, noise=noise, s2=s2,
-                     n_pts=length / step_px, length_px=length, theta0=theta0)
+    # Pixels are independent samples: the parameters' variance scale is the noise variance.
+    return _Profiles(n=n, classes=classes, ok=ok, centre=centre, noise=noise, s2=noise**2,
+                     n_pts=n_pix, length_px=n_pix / _DENSITY, theta0=theta0)
+
+
+def _strip_pixels(
+    img: NDArray[np.float64],
+    closing: NDArray[np.float64],
+    bad: NDArray[np.float32] | None,
+    r0: NDArray[np.float64],
+    c0: NDArray[np.float64],
+    nrm: NDArray[np.float64],
+    centre: NDArray[np.float64],
+    h_out: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """The pixels of a strip across the crack at each sample, sorted by offset along the normal.
+
+    The strip is ``2 * _STRIP_PX`` long along the crack and ``2 * h_out`` across, centred at
+    the band's centre. Each pixel keeps its own value and its exact offset from the band's
+    centre: no interpolation, so the model (band, pixel aperture, Gaussian) is evaluated at
+    the pixel centres exactly (the slanted-edge idea: a strip across an oblique band samples
+    the profile at many sub-pixel offsets).
+
+    Returns offsets ``s`` (n, K), pixel values, closing values and validity, padded with
+    invalid entries; ``K`` is the most pixels of any strip.
+    """
+    h, w = img.shape
+    n = r0.size
+    reach = int(math.ceil(h_out.max() + _STRIP_PX)) + 1
+    d = np.arange(-reach, reach + 1)
+    dr, dc = (g.ravel() for g in np.meshgrid(d, d, indexing="ij"))
+    base_r, base_c = np.round(r0).astype(np.int64), np.round(c0).astype(np.int64)
+    pr = base_r[:, None] + dr[None, :]
+    pc = base_c[:, None] + dc[None, :]
+    rel_r = pr - r0[:, None]
+    rel_c = pc - c0[:, None]
+    u = rel_r * nrm[:, 0, None] + rel_c * nrm[:, 1, None] - centre[:, None]
+    v = -rel_r * nrm[:, 1, None] + rel_c * nrm[:, 0, None]
+    keep = (np.abs(u) <= h_out[:, None]) & (np.abs(v) <= _STRIP_PX)
+    keep &= (pr >= 0) & (pr < h) & (pc >= 0) & (pc < w)
+    k_max = int(keep.sum(1).max(initial=1))
+    order = np.argsort(np.where(keep, u, np.inf), axis=1, kind="stable")[:, :k_max]
+    rows = np.arange(n)[:, None]
+    s = u[rows, order]
+    valid = keep[rows, order]
+    pr_k = np.clip(pr[rows, order], 0, h - 1)
+    pc_k = np.clip(pc[rows, order], 0, w - 1)
+    if bad is not None:
+        valid &= bad[pr_k, pc_k] <= 0.0
+    s = np.where(valid, s, 0.0)
+    return s, img[pr_k, pc_k], closing[pr_k, pc_k], valid
 
 
 def _sample(
@@ -830,8 +874,9 @@ def _joint_depth_blur(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """Depth ``k`` and PSF ``sigma`` of each crack from a joint, robust fit of its profiles.
 
-    For each ``(k, sigma)`` of a coarse grid, then of a finer one around the coarse minimum,
-    every profile's width and centre are fitted. A crack's cost is the mean over its profiles
+    For each ``k`` of a coarse grid, then of finer ones around the minimum (recentred while
+    the minimum sits on their edge), and a few ``sigma`` around the one the profiles' spread
+    implies for that ``k``, every profile's width and centre are fitted. A crack's cost is the mean over its profiles
     of a Cauchy function of the normalised misfit (noise plus a model-error floor of
     ``_MODEL_ERROR`` times the profile's peak darkness), times ``min(n, _N_EFF)``, plus the
     weak priors. The relative uncertainty of ``k`` is the half-range of ``log k`` where the
@@ -863,7 +908,7 @@ def _joint_depth_blur(
         th[idx, K] = k_g[gi]
         th[idx, S] = s_g[gi]
         th[idx, W] = area[idx] / k_g[gi]  # the darkness area holds whatever k: a close start
-        _, _, sse = prof.fit(th, (W, C), idx, n_iter=6, with_cov=False)
+        _, _, sse = prof.fit(th, (W, C), idx, n_iter=10, with_cov=False)
         # Cauchy cost in units of independent pixels: about the profile's length when it fits.
         x = sse[idx] / expected_sse[idx]
         per = prof.length_px[idx] * 4.0 * np.log1p(x / 4.0)
@@ -874,21 +919,63 @@ def _joint_depth_blur(
             prior = prior + (np.log(s_g / _PRIOR_S) / _PRIOR_S_SD) ** 2
         return total + prior
 
-    s_grid = _S_GRID if psf_sigma_px is None else np.array([float(psf_sigma_px)])
-    s_fine = _S_FINE if psf_sigma_px is None else np.ones(1)
-    coarse = np.array([[cost(np.full(n_g, k), np.full(n_g, sg)) for sg in s_grid]
-                       for k in _K_GRID])  # (nk, ns, n_g)
-    a, b = np.unravel_index(coarse.reshape(-1, n_g).argmin(0), coarse.shape[:2])
-    k_best, s_best = _K_GRID[a], s_grid[b]
-    fine = np.array([[cost(np.minimum(k_best * mk, 1.0), s_best * ms) for ms in s_fine]
-                     for mk in _K_FINE])
-    fa, fb = np.unravel_index(fine.reshape(-1, n_g).argmin(0), fine.shape[:2])
-    k_g = np.minimum(k_best * _K_FINE[fa], 1.0)
-    s_g = s_best * s_fine[fb]
+    # For a given k the blur is nearly fixed by the profiles' spread: a band of width A / k
+    # blurred by sigma (and the aperture) has variance (A/k)^2 / 12 + sigma^2 + 1/12. The
+    # low-cost set is a narrow curved valley in (k, sigma), so sigma is searched around that
+    # value for each k rather than on a fixed grid.
+    spread = theta4[:, W] ** 2 / 12.0 + theta4[:, S] ** 2
+
+    def sigma_for(k_g: NDArray[np.float64]) -> NDArray[np.float64]:
+        if psf_sigma_px is not None:
+            return np.full(n_g, float(psf_sigma_px))
+        s2_i = spread[idx] - (area[idx] / k_g[gi]) ** 2 / 12.0
+        med = np.array([np.median(s2_i[gi == g]) for g in range(n_g)])
+        return np.sqrt(np.clip(med, 0.2**2, 3.0**2))
+
+    s_offsets = np.array([0.0]) if psf_sigma_px is not None else _S_OFFSETS
+
+    def best_over_sigma(k_g):
+        centre_s = sigma_for(k_g)
+        c = np.array([cost(k_g, centre_s * math.exp(d)) for d in s_offsets])  # (ns, n_g)
+        j = c.argmin(0)
+        return c[j, np.arange(n_g)], centre_s * np.exp(s_offsets[j])
+
+    evaluated_k: list[NDArray[np.float64]] = []
+    evaluated_cost: list[NDArray[np.float64]] = []
+    best_cost = np.full(n_g, np.inf)
+    k_g, s_g = np.full(n_g, _PRIOR_K), sigma_for(np.full(n_g, _PRIOR_K))
+
+    def consider(k_try):
+        nonlocal k_g, s_g, best_cost
+        c, s_try = best_over_sigma(k_try)
+        evaluated_k.append(k_try)
+        evaluated_cost.append(c)
+        better = c < best_cost
+        best_cost = np.where(better, c, best_cost)
+        k_g, s_g = np.where(better, k_try, k_g), np.where(better, s_try, s_g)
+        return c
+
+    for k in _K_GRID:
+        consider(np.full(n_g, k))
+    for _ in range(3):  # refine k around the minimum, recentring while it sits on the edge
+        k_centre = k_g.copy()
+        sweep = np.array([consider(np.minimum(k_centre * mk, 1.0)) for mk in _K_FINE])
+        j = sweep.argmin(0)
+        if not ((j == 0) | (j == _K_FINE.size - 1)).any():
+            break
+    # Last, the vertex of the parabola through the best fine step and its neighbours (log k).
+    j = np.clip(sweep.argmin(0), 1, _K_FINE.size - 2)
+    cols = np.arange(n_g)
+    c0_, c1_, c2_ = sweep[j - 1, cols], sweep[j, cols], sweep[j + 1, cols]
+    step = np.log(_K_FINE[1] / _K_FINE[0])
+    curv = c0_ - 2.0 * c1_ + c2_
+    with np.errstate(all="ignore"):
+        shift = np.where(curv > 0, 0.5 * step * (c0_ - c2_) / curv, 0.0)
+    k_vertex = np.minimum(k_centre * _K_FINE[j] * np.exp(np.clip(shift, -step, step)), 1.0)
+    consider(k_vertex)
+    prof_k = np.array(evaluated_cost)  # (n_evaluated, n_g)
+    log_k = np.log(np.array(evaluated_k))
     # Relative uncertainty of k: where the cost profile (min over sigma) stays within one unit.
-    prof_k = np.concatenate([coarse.min(1), fine.min(1)], axis=0)  # (nk + nf, n_g)
-    log_k = np.concatenate([np.broadcast_to(np.log(_K_GRID)[:, None], (_K_GRID.size, n_g)),
-                            np.log(k_best)[None, :] + np.log(_K_FINE)[:, None]], axis=0)
     f_min = prof_k.min(0)
     # One unit: a typical profile's cost at the optimum (the crack's evidence about k is
     # limited by the model's systematic error, about one profile's worth).
