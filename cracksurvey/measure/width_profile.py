@@ -69,8 +69,13 @@ _N_EFF = 10.0
 #: aperture, interpolation, JPEG).
 _MODEL_ERROR = 0.05
 #: Weak priors: depth (logit scale) and PSF sigma (log scale, pixels).
-_PRIOR_K, _PRIOR_K_SD = 0.5, 1.0
-_PRIOR_S, _PRIOR_S_SD = 0.85, 0.35
+_PRIOR_K, _PRIOR_K_SD = 0.5, 0.6
+_PRIOR_S, _PRIOR_S_SD = 0.85, 10.0
+_K_REL_MAX = 0.25
+#: A crack whose freely fitted band is narrower than this (about the FWHM of the widest
+#: plausible blur, sigma 1.2 px and the aperture) may be unresolved.
+_RESOLVED_PX = 3.0
+_PRIOR_K_REL = 0.45
 #: Wall stretch on each side of the band (pixels) and the square closing's extra margin.
 _WALL_PX = 3.0
 _FILL_MARGIN_PX = 1.5
@@ -984,6 +989,17 @@ def _joint_depth_blur(
     lo = np.where(inside, log_k, np.inf).min(0)
     hi = np.where(inside, log_k, -np.inf).max(0)
     k_rel = np.maximum(0.5 * (hi - lo), 0.02)
+    # A crack whose profiles leave its depth this uncertain, and whose band (fitted freely) is
+    # narrower than a blurred line can look, is narrower than its blur everywhere: only its
+    # profiles' fine shape, which JPEG ringing and sharpening distort, would decide. Its depth is then the prior's, raised to the darkest peak seen (blur only
+    # lowers a peak), with the prior's spread as its uncertainty.
+    free_w = np.array([np.median(theta4[idx, W][gi == g]) for g in range(n_g)])
+    unresolved = (k_rel > _K_REL_MAX) & (free_w < _RESOLVED_PX)
+    if unresolved.any():
+        peak_g = np.array([np.median(peak[idx][gi == g]) for g in range(n_g)])
+        k_g = np.where(unresolved, np.clip(np.maximum(_PRIOR_K, peak_g), 0.0, 1.0), k_g)
+        s_g = np.where(unresolved, sigma_for(k_g), s_g)
+        k_rel = np.where(unresolved, np.maximum(k_rel, _PRIOR_K_REL), k_rel)
     for g in range(n_g):
         logger.debug("width crack %s: %d profiles, depth %.3f (x/ %.2f), sigma %.2f px",
                      groups[g], int(n_s[g]), k_g[g], math.exp(k_rel[g]), s_g[g])
