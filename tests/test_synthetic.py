@@ -25,8 +25,12 @@ def _darkness_per_length(crack, background: float, contrast: float, margin: int 
     """Integrated darkness per unit centreline length, over the inner part of the image."""
     h, w = crack.image.shape[-2:]
     pts = crack.centreline_rc
-    inner = ((pts[:, 0] > margin) & (pts[:, 0] < h - margin)
-             & (pts[:, 1] > margin) & (pts[:, 1] < w - margin))
+    inner = (
+        (pts[:, 0] > margin)
+        & (pts[:, 0] < h - margin)
+        & (pts[:, 1] > margin)
+        & (pts[:, 1] < w - margin)
+    )
     rr, cc = np.mgrid[0:h, 0:w]
     _, owner = cKDTree(pts).query(np.column_stack([rr.ravel(), cc.ravel()]))
     sel = inner[owner].reshape(h, w)
@@ -41,8 +45,9 @@ def test_partial_pixel_widths_are_exact_without_blur(width_px, curved):
     rng = np.random.default_rng(int(width_px * 10) + curved)
     tex = np.full((128, 128), 200.0)
     pts = random_centreline((128, 128), rng=rng, curved=curved)
-    crack = render_crack(tex, pts, width_px, psf_sigma_px=0.0, contrast=0.5, noise_sd=0.0,
-                         jpeg_quality=None, rng=rng)
+    crack = render_crack(
+        tex, pts, width_px, psf_sigma_px=0.0, contrast=0.5, noise_sd=0.0, jpeg_quality=None, rng=rng
+    )
     assert _darkness_per_length(crack, 200.0, 0.5) == pytest.approx(width_px, rel=0.02)
     # Coverage says the same thing as the image.
     assert crack.coverage.max() <= 1.0 and crack.coverage.min() >= 0.0
@@ -52,8 +57,9 @@ def test_blur_keeps_the_darkness_area():
     rng = np.random.default_rng(3)
     tex = np.full((128, 128), 180.0)
     pts = random_centreline((128, 128), rng=rng, curved=True)
-    crack = render_crack(tex, pts, 2.2, psf_sigma_px=1.2, contrast=0.4, noise_sd=0.0,
-                         jpeg_quality=None, rng=rng)
+    crack = render_crack(
+        tex, pts, 2.2, psf_sigma_px=1.2, contrast=0.4, noise_sd=0.0, jpeg_quality=None, rng=rng
+    )
     assert _darkness_per_length(crack, 180.0, 0.4) == pytest.approx(2.2, rel=0.03)
     # Blur lowers the peak: a 2.2 px band at sigma 1.2 does not reach its full depth.
     assert (1 - crack.image / 180.0).max() < 0.4 * 0.95
@@ -63,8 +69,9 @@ def test_noise_jpeg_and_colour_textures():
     rng = np.random.default_rng(4)
     tex = np.stack([np.full((64, 64), v) for v in (180.0, 150.0, 120.0)])
     pts = random_centreline((64, 64), rng=rng, curved=False, angle_deg=30)
-    crack = render_crack(tex, pts, 3.0, psf_sigma_px=0.8, contrast=0.6, noise_sd=3.0,
-                         jpeg_quality=75, rng=rng)
+    crack = render_crack(
+        tex, pts, 3.0, psf_sigma_px=0.8, contrast=0.6, noise_sd=3.0, jpeg_quality=75, rng=rng
+    )
     assert crack.image.shape == (3, 64, 64)
     assert crack.image.dtype == np.float32
     assert 0.0 <= crack.image.min() and crack.image.max() <= 255.0
@@ -76,8 +83,9 @@ def test_noise_jpeg_and_colour_textures():
 def test_centreline_crosses_the_image_and_respects_curvature():
     rng = np.random.default_rng(5)
     for angle in (0.0, 37.0, 90.0, 145.0):
-        pts = random_centreline((100, 140), rng=rng, curved=True, angle_deg=angle,
-                                min_radius_px=25.0)
+        pts = random_centreline(
+            (100, 140), rng=rng, curved=True, angle_deg=angle, min_radius_px=25.0
+        )
         assert pts[:, 0].min() < 5 or pts[:, 1].min() < 5
         assert pts[:, 0].max() > 95 or pts[:, 1].max() > 135
         d = np.diff(pts, axis=0)
@@ -107,9 +115,16 @@ def test_crack_map_geometry_gives_twice_the_centreline_to_edge_distance():
     assert np.allclose(width[inner], 13 / factor)
     assert np.allclose(skel_rc[inner, 0], (106 + 0.5) / factor - 0.5)
     rng = np.random.default_rng(7)
-    image = render_coverage(np.full((64, 64), 150.0), coverage, supersample=factor,
-                            psf_sigma_px=0.0, contrast=0.5, noise_sd=0.0, jpeg_quality=None,
-                            rng=rng)
+    image = render_coverage(
+        np.full((64, 64), 150.0),
+        coverage,
+        supersample=factor,
+        psf_sigma_px=0.0,
+        contrast=0.5,
+        noise_sd=0.0,
+        jpeg_quality=None,
+        rng=rng,
+    )
     dark = (1 - image / 150.0).sum(axis=0) / 0.5
     assert np.allclose(dark, 13 / factor)
     with pytest.raises(ValueError, match="multiples"):
@@ -119,10 +134,25 @@ def test_crack_map_geometry_gives_twice_the_centreline_to_edge_distance():
 def test_skeleton_samples_are_whole_pixels_near_the_centreline():
     rng = np.random.default_rng(8)
     pts = random_centreline((96, 96), rng=rng, curved=True)
-    crack = render_crack(np.full((96, 96), 150.0), pts, 2.0, psf_sigma_px=0.8, contrast=0.5,
-                         noise_sd=0.0, jpeg_quality=None, rng=rng)
-    rows, cols, true_w = skeleton_samples(crack.centreline_rc, crack.width_px, crack.normal_rc,
-                                          (96, 96), rng=rng, jitter_px=0.5, margin_px=2)
+    crack = render_crack(
+        np.full((96, 96), 150.0),
+        pts,
+        2.0,
+        psf_sigma_px=0.8,
+        contrast=0.5,
+        noise_sd=0.0,
+        jpeg_quality=None,
+        rng=rng,
+    )
+    rows, cols, true_w = skeleton_samples(
+        crack.centreline_rc,
+        crack.width_px,
+        crack.normal_rc,
+        (96, 96),
+        rng=rng,
+        jitter_px=0.5,
+        margin_px=2,
+    )
     assert rows.dtype == np.int64 and rows.size > 60
     assert rows.min() >= 2 and rows.max() < 94 and cols.min() >= 2 and cols.max() < 94
     assert len(set(zip(rows.tolist(), cols.tolist()))) == rows.size
@@ -141,8 +171,10 @@ def test_wall_crop_honours_the_mask_and_gives_up():
     assert random_wall_crop(img, (200, 20), rng=rng) is None
 
 
-@pytest.mark.skipif(not (DATA / "crackmaps_rezaie2020").is_dir(),
-                    reason="../shared/data/crackmaps_rezaie2020 (real crack maps) is absent")
+@pytest.mark.skipif(
+    not (DATA / "crackmaps_rezaie2020").is_dir(),
+    reason="../shared/data/crackmaps_rezaie2020 (real crack maps) is absent",
+)
 def test_real_crack_map_gives_plausible_widths():
     from PIL import Image
 

@@ -44,7 +44,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 # --- the band model --------------------------------------------------------------------------
-@pytest.mark.parametrize("theta", [(0.5, 3.0, 0.2, 1.0), (0.3, 0.6, -0.4, 0.5), (0.8, 12.0, 1.0, 1.2)])
+@pytest.mark.parametrize(
+    "theta", [(0.5, 3.0, 0.2, 1.0), (0.3, 0.6, -0.4, 0.5), (0.8, 12.0, 1.0, 1.2)]
+)
 def test_band_area_is_depth_times_width_whatever_the_blur(theta):
     s = np.arange(-30, 30, 0.01)[None, :]
     d, _ = band_darkness(np.array([theta]), s, jacobian=False)
@@ -58,8 +60,10 @@ def test_band_jacobian_matches_finite_differences():
     for p in range(4):
         d = np.zeros_like(th)
         d[:, p] = 1e-6
-        num = (band_darkness(th + d, s, jacobian=False)[0]
-               - band_darkness(th - d, s, jacobian=False)[0]) / 2e-6
+        num = (
+            band_darkness(th + d, s, jacobian=False)[0]
+            - band_darkness(th - d, s, jacobian=False)[0]
+        ) / 2e-6
         assert np.abs(num - jac[..., p]).max() < 1e-6
 
 
@@ -74,8 +78,9 @@ def test_fit_recovers_a_noise_free_profile():
     assert np.allclose(theta, truth, atol=1e-4)
     assert np.all(sse < 1e-10) and np.all(np.diagonal(cov, axis1=1, axis2=2) > 0)
     # Fixed parameters keep their start values.
-    theta2, cov2, _ = fit_band_profiles(d, s, np.ones_like(s), truth * [1, 0.5, 0, 1], (W, C),
-                                        lower, upper)
+    theta2, cov2, _ = fit_band_profiles(
+        d, s, np.ones_like(s), truth * [1, 0.5, 0, 1], (W, C), lower, upper
+    )
     assert np.allclose(theta2[:, [K, S]], truth[:, [K, S]])
     assert np.allclose(theta2[:, W], truth[:, W], atol=1e-5)
     assert np.all(cov2[:, K, K] == 0)
@@ -108,9 +113,13 @@ def test_limit_and_mm():
 
 
 def test_aggregate_crack_width():
-    cw = aggregate_crack_width([2.0, 2.4, np.nan, 1.6, np.nan], [0.2] * 5,
-                               [False, False, True, False, False], depth_rel_sd=[0.1] * 5,
-                               limit_px=[1.0] * 5)
+    cw = aggregate_crack_width(
+        [2.0, 2.4, np.nan, 1.6, np.nan],
+        [0.2] * 5,
+        [False, False, True, False, False],
+        depth_rel_sd=[0.1] * 5,
+        limit_px=[1.0] * 5,
+    )
     assert isinstance(cw, CrackWidth)
     assert cw.mean_px == pytest.approx(2.0)
     assert cw.max_px == pytest.approx(2.4)
@@ -123,15 +132,35 @@ def test_aggregate_crack_width():
 
 
 # --- one crack, controlled -------------------------------------------------------------------
-def _crack(width_px, *, shape=(96, 96), sigma=0.8, contrast=0.5, texture=None, seed=0,
-           angle=None, curved=False, noise=1.0, jpeg=None):
+def _crack(
+    width_px,
+    *,
+    shape=(96, 96),
+    sigma=0.8,
+    contrast=0.5,
+    texture=None,
+    seed=0,
+    angle=None,
+    curved=False,
+    noise=1.0,
+    jpeg=None,
+):
     rng = np.random.default_rng(seed)
     tex = np.full(shape, 160.0) if texture is None else texture
     pts = random_centreline(shape, rng=rng, curved=curved, angle_deg=angle)
-    crack = render_crack(tex, pts, width_px, psf_sigma_px=sigma, contrast=contrast,
-                         noise_sd=noise, jpeg_quality=jpeg, rng=rng)
-    rows, cols, true_w = skeleton_samples(crack.centreline_rc, crack.width_px,
-                                          crack.normal_rc, shape, rng=rng, jitter_px=0.5)
+    crack = render_crack(
+        tex,
+        pts,
+        width_px,
+        psf_sigma_px=sigma,
+        contrast=contrast,
+        noise_sd=noise,
+        jpeg_quality=jpeg,
+        rng=rng,
+    )
+    rows, cols, true_w = skeleton_samples(
+        crack.centreline_rc, crack.width_px, crack.normal_rc, shape, rng=rng, jitter_px=0.5
+    )
     return crack, rows, cols, true_w
 
 
@@ -171,9 +200,16 @@ def test_samples_at_the_image_border():
     assert on_crack.mean() > 0.9
     # A crack cut by the border still measures where the whole profile fits.
     edge = np.full(10, 48)
-    crack2 = render_crack(np.full((96, 96), 160.0), np.column_stack([np.arange(-5, 100.0),
-                          np.full(105, 3.0)]), 2.0, psf_sigma_px=0.8, contrast=0.5,
-                          noise_sd=1.0, jpeg_quality=None, rng=np.random.default_rng(0))
+    crack2 = render_crack(
+        np.full((96, 96), 160.0),
+        np.column_stack([np.arange(-5, 100.0), np.full(105, 3.0)]),
+        2.0,
+        psf_sigma_px=0.8,
+        contrast=0.5,
+        noise_sd=1.0,
+        jpeg_quality=None,
+        rng=np.random.default_rng(0),
+    )
     m2 = measure_width_from_image(crack2.image, np.arange(40, 50), np.full(10, 3))
     ok = np.isfinite(m2.width_px)
     assert not ok.any() or np.all(np.abs(m2.width_px[ok] - 2.0) < 0.5)
@@ -227,15 +263,31 @@ def test_labels_give_each_crack_its_own_depth():
     tex = np.full(shape, 160.0)
     pts_a = np.column_stack([np.full(400, 30.0), np.linspace(-5, 165, 400)])
     pts_b = np.column_stack([np.full(400, 66.0), np.linspace(-5, 165, 400)])
-    a = render_crack(tex, pts_a, np.linspace(1.5, 6.0, 400), psf_sigma_px=1.0, contrast=0.7,
-                     noise_sd=1.0, jpeg_quality=None, rng=rng)
-    both = render_crack(a.image, pts_b, np.linspace(6.0, 1.5, 400), psf_sigma_px=1.0,
-                        contrast=0.25, noise_sd=0.0, jpeg_quality=None, rng=rng)
+    a = render_crack(
+        tex,
+        pts_a,
+        np.linspace(1.5, 6.0, 400),
+        psf_sigma_px=1.0,
+        contrast=0.7,
+        noise_sd=1.0,
+        jpeg_quality=None,
+        rng=rng,
+    )
+    both = render_crack(
+        a.image,
+        pts_b,
+        np.linspace(6.0, 1.5, 400),
+        psf_sigma_px=1.0,
+        contrast=0.25,
+        noise_sd=0.0,
+        jpeg_quality=None,
+        rng=rng,
+    )
     cols = np.arange(5, 155)
     rows = np.concatenate([np.full(cols.size, 30), np.full(cols.size, 66)])
     cc = np.concatenate([cols, cols])
     truth = np.interp(cc, pts_a[:, 1], np.linspace(1.5, 6.0, 400))
-    truth[cols.size:] = np.interp(cols, pts_b[:, 1], np.linspace(6.0, 1.5, 400))
+    truth[cols.size :] = np.interp(cols, pts_b[:, 1], np.linspace(6.0, 1.5, 400))
     labels = np.repeat([0, 1], cols.size)
     m = measure_width_from_image(both.image, rows, cc, labels=labels)
     assert m.depth[0] == pytest.approx(0.7, abs=0.05)
@@ -263,15 +315,31 @@ def _benchmark(textures, n_cracks, seed, shape=(112, 112)):
         pts = random_centreline(shape, rng=rng, curved=bool(rng.random() < 0.5))
         kind = "constant" if rng.random() < 0.5 else "varying"
         width = random_width_profile(pts, rng=rng, kind=kind)
-        crack = render_crack(tex, pts, width, psf_sigma_px=rng.uniform(0.5, 1.2),
-                             contrast=rng.uniform(0.2, 0.8), noise_sd=rng.uniform(1, 4),
-                             jpeg_quality=int(rng.integers(70, 96)), rng=rng)
-        rows, cols, true_w = skeleton_samples(crack.centreline_rc, crack.width_px,
-                                              crack.normal_rc, shape, rng=rng, jitter_px=0.5)
+        crack = render_crack(
+            tex,
+            pts,
+            width,
+            psf_sigma_px=rng.uniform(0.5, 1.2),
+            contrast=rng.uniform(0.2, 0.8),
+            noise_sd=rng.uniform(1, 4),
+            jpeg_quality=int(rng.integers(70, 96)),
+            rng=rng,
+        )
+        rows, cols, true_w = skeleton_samples(
+            crack.centreline_rc, crack.width_px, crack.normal_rc, shape, rng=rng, jitter_px=0.5
+        )
         m = measure_width_from_image(crack.image, rows, cols)
         for j in range(rows.size):
-            out.append((true_w[j], m.width_px[j], m.below_limit[j], m.width_sd_px[j], i,
-                        kind == "constant"))
+            out.append(
+                (
+                    true_w[j],
+                    m.width_px[j],
+                    m.below_limit[j],
+                    m.width_sd_px[j],
+                    i,
+                    kind == "constant",
+                )
+            )
     return np.array(out, dtype=np.float64)
 
 
@@ -327,12 +395,16 @@ def test_brick_benchmark_crack_means(brick_benchmark):
     assert np.mean(np.abs(errs)) <= 0.4 and abs(np.mean(errs)) <= 0.3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known miss of the issue's bars on brick(): per-sample MAE about 0.45 px and bias about "
-    "-0.2 px for widths >= 1.5 px. The wall under a crack is interpolated from its sides and a "
-    "grey closing; brick mortar edges next to the crack bias it, and wide cracks on texture "
-    "read narrow (the closing under-fills them). A crack narrower than its blur everywhere "
-    "does not show its depth, so its width rests on the depth prior."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known miss of the issue's bars on brick(): per-sample MAE about 0.45 px and bias about "
+        "-0.2 px for widths >= 1.5 px. The wall under a crack is interpolated from its sides and a "
+        "grey closing; brick mortar edges next to the crack bias it, and wide cracks on texture "
+        "read narrow (the closing under-fills them). A crack narrower than its blur everywhere "
+        "does not show its depth, so its width rests on the depth prior."
+    ),
+)
 def test_brick_benchmark_issue_bars(brick_benchmark):
     mae, bias, _ = _scores(brick_benchmark)
     assert mae <= 0.3 and abs(bias) <= 0.2
@@ -378,10 +450,14 @@ def test_facade_wall_benchmark(facade_benchmark):
     assert (res[big, 2] == 1).mean() <= 0.1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known miss of the issue's MAE bar on plain-wall façade crops: per-sample MAE about "
-    "0.35-0.5 px for widths >= 1.5 px, driven by a few low-contrast cracks whose depth is "
-    "uncertain and by wide cracks on texture; the median error is about 0.1 px"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known miss of the issue's MAE bar on plain-wall façade crops: per-sample MAE about "
+        "0.35-0.5 px for widths >= 1.5 px, driven by a few low-contrast cracks whose depth is "
+        "uncertain and by wide cracks on texture; the median error is about 0.1 px"
+    ),
+)
 def test_facade_wall_benchmark_issue_bars(facade_benchmark):
     mae, bias, _ = _scores(facade_benchmark)
     assert mae <= 0.3 and abs(bias) <= 0.2

@@ -106,8 +106,10 @@ def load_textures(names: Iterable[str], data_root: Path) -> dict[str, Texture]:
         elif name == "facades":
             walls = _facade_walls(data_root)
             if not walls:
-                print(f"note: no façade photos under {data_root}/negatives; 'facades' skipped",
-                      file=sys.stderr)
+                print(
+                    f"note: no façade photos under {data_root}/negatives; 'facades' skipped",
+                    file=sys.stderr,
+                )
                 continue
 
             def facade_crop(shape, rng, rgb, _w=walls):
@@ -166,8 +168,14 @@ def synthetic_crack(
     pts = random_centreline(shape, rng=rng, curved=params["curved"])
     width = random_width_profile(pts, rng=rng, kind=params["kind"])
     return render_crack(
-        texture, pts, width, psf_sigma_px=params["psf_sigma_px"], contrast=params["contrast"],
-        noise_sd=params["noise_sd"], jpeg_quality=params["jpeg_quality"], rng=rng,
+        texture,
+        pts,
+        width,
+        psf_sigma_px=params["psf_sigma_px"],
+        contrast=params["contrast"],
+        noise_sd=params["noise_sd"],
+        jpeg_quality=params["jpeg_quality"],
+        rng=rng,
     )
 
 
@@ -188,8 +196,12 @@ def run_mode_a(args: argparse.Namespace, textures: dict[str, Texture]) -> list[d
         params = draw_params(rng)
         crack = synthetic_crack(tex, params, rng)
         rows, cols, true_w = skeleton_samples(
-            crack.centreline_rc, crack.width_px, crack.normal_rc, crack.image.shape,
-            rng=rng, jitter_px=0.5,
+            crack.centreline_rc,
+            crack.width_px,
+            crack.normal_rc,
+            crack.image.shape,
+            rng=rng,
+            jitter_px=0.5,
         )
         m = measure_width_from_image(crack.image, rows, cols)
         records += _records(m, true_w, crack=i, texture=tex_name, **params)
@@ -198,8 +210,15 @@ def run_mode_a(args: argparse.Namespace, textures: dict[str, Texture]) -> list[d
 
 
 def _records(m, true_w, **meta) -> list[dict[str, Any]]:
-    keys = ("width_px", "width_sd_px", "below_limit", "measured", "fitted_width_px",
-            "depth_rel_sd", "limit_px")
+    keys = (
+        "width_px",
+        "width_sd_px",
+        "below_limit",
+        "measured",
+        "fitted_width_px",
+        "depth_rel_sd",
+        "limit_px",
+    )
     cols = {k: getattr(m, k) for k in keys}
     return [
         dict(true_px=float(true_w[j]), **{k: _py(v[j]) for k, v in cols.items()}, **meta)
@@ -247,9 +266,15 @@ def run_mode_b(args: argparse.Namespace, textures: dict[str, Texture]) -> tuple[
         match = inner & (d <= 2.0)
         n_skel += int(inner.sum())
         n_match += int(match.sum())
-        t_rows, t_cols, _ = skeleton_samples(crack.centreline_rc, crack.width_px,
-                                            crack.normal_rc, (size, size), rng=rng,
-                                            jitter_px=0.0, margin_px=4)
+        t_rows, t_cols, _ = skeleton_samples(
+            crack.centreline_rc,
+            crack.width_px,
+            crack.normal_rc,
+            (size, size),
+            rng=rng,
+            jitter_px=0.0,
+            margin_px=4,
+        )
         if rows.size:
             dd, _ = cKDTree(np.column_stack([rows, cols])).query(np.column_stack([t_rows, t_cols]))
             n_hit += int((dd <= 2.0).sum())
@@ -260,11 +285,15 @@ def run_mode_b(args: argparse.Namespace, textures: dict[str, Texture]) -> tuple[
         labels = cc_label(skel, connectivity=2)[rows, cols]
         grey = crack.image.mean(axis=0)
         m = measure_width_from_image(grey, rows, cols, labels=labels)
-        old = (measure_width_px(body, skel, at=(rows, cols)) if body is not None
-               else np.full(rows.size, np.nan))
+        old = (
+            measure_width_px(body, skel, at=(rows, cols))
+            if body is not None
+            else np.full(rows.size, np.nan)
+        )
         sel = np.nonzero(match)[0]
-        recs = _records(_subset(m, sel), crack.width_px[j[sel]], crack=i, texture=tex_name,
-                        **params)
+        recs = _records(
+            _subset(m, sel), crack.width_px[j[sel]], crack=i, texture=tex_name, **params
+        )
         for r, o in zip(recs, old[sel]):
             r["old_px"] = float(o)
         records += recs
@@ -316,9 +345,14 @@ def run_rezaie(args: argparse.Namespace, textures: dict[str, Texture]) -> list[d
         tex_name, tex = _crop(textures, (size, size), rng, rgb=False)
         params = draw_params(rng)
         image = render_coverage(
-            tex, coverage, supersample=factor, psf_sigma_px=params["psf_sigma_px"],
-            contrast=params["contrast"], noise_sd=params["noise_sd"],
-            jpeg_quality=params["jpeg_quality"], rng=rng,
+            tex,
+            coverage,
+            supersample=factor,
+            psf_sigma_px=params["psf_sigma_px"],
+            contrast=params["contrast"],
+            noise_sd=params["noise_sd"],
+            jpeg_quality=params["jpeg_quality"],
+            rng=rng,
         )
         rows, cols, true_w, labels = _map_samples(crop, skel_rc, width, factor, size, rng)
         if rows.size < 10:
@@ -404,8 +438,9 @@ def run_masonry(args: argparse.Namespace) -> dict[str, Any]:
         gt_below.append(m.below_limit[ok])
         both = ok & np.isfinite(m.width_px)
         if both.any():
-            per_image.append((path.stem, float(np.median(w_mask[both])),
-                              float(np.median(m.width_px[both]))))
+            per_image.append(
+                (path.stem, float(np.median(w_mask[both])), float(np.median(m.width_px[both])))
+            )
         # The evaluation's width error, today's width and the image-based one.
         distance, body = predict_untiled(rgb, model, card, halo_px=32)
         pskel = skeletonize_mask(threshold_distance(distance, threshold_px=card.threshold_px))
@@ -418,8 +453,11 @@ def run_masonry(args: argparse.Namespace) -> dict[str, Any]:
         if pr.size == 0:
             continue
         w_gt = measure_width_px(mask, gskel, at=(nr[pr, pc], nc[pr, pc])).astype(np.float64)
-        w_old = (measure_width_px(body, pskel, at=(pr, pc)).astype(np.float64)
-                 if body is not None else np.full(pr.size, np.nan))
+        w_old = (
+            measure_width_px(body, pskel, at=(pr, pc)).astype(np.float64)
+            if body is not None
+            else np.full(pr.size, np.nan)
+        )
         plab = cc_label(pskel, connectivity=2)[pr, pc]
         w_new = measure_width_from_image(grey, pr, pc, labels=plab).width_px
         err_old.append(w_old - w_gt)
@@ -465,31 +503,47 @@ def _row(label: str, recs: list[dict[str, Any]], key: str = "width_px") -> str:
     cover = np.mean(np.abs(e) <= 2 * sd[rep]) if rep.any() and key == "width_px" else np.nan
     mae = f"{np.mean(np.abs(e)):.3f}" if e.size else "-"
     bias = f"{np.mean(e):+.3f}" if e.size else "-"
-    return (f"| {label} | {len(recs)} | {mae} | {bias} | {below.mean():.2f} | "
-            f"{1 - meas.mean():.2f} | {rep.mean():.2f} | {cover:.2f} |")
+    return (
+        f"| {label} | {len(recs)} | {mae} | {bias} | {below.mean():.2f} | "
+        f"{1 - meas.mean():.2f} | {rep.mean():.2f} | {cover:.2f} |"
+    )
 
 
-HEADER = ("| group | samples | MAE px | bias px | below limit | not measured | reported "
-          "| within 2 sd |\n|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| group | samples | MAE px | bias px | below limit | not measured | reported "
+    "| within 2 sd |\n|---|---|---|---|---|---|---|---|"
+)
 
 
 def tables(records: list[dict[str, Any]], *, key: str = "width_px") -> str:
     out = [HEADER]
     t = np.array([r["true_px"] for r in records])
     for lo, hi in zip(BINS[:-1], BINS[1:]):
-        out.append(_row(f"true {lo:g}-{hi:g} px", [r for r, v in zip(records, t)
-                                                     if lo <= v < hi], key))
+        out.append(
+            _row(f"true {lo:g}-{hi:g} px", [r for r, v in zip(records, t) if lo <= v < hi], key)
+        )
     big = [r for r in records if r["true_px"] >= 1.5]
     out.append(_row("**all >= 1.5 px**", big, key))
     for lo, hi in zip(SIGMA_BINS[:-1], SIGMA_BINS[1:]):
-        out.append(_row(f">= 1.5 px, PSF sigma {lo:g}-{min(hi, 1.2):g}",
-                        [r for r in big if lo <= r["psf_sigma_px"] < hi], key))
+        out.append(
+            _row(
+                f">= 1.5 px, PSF sigma {lo:g}-{min(hi, 1.2):g}",
+                [r for r in big if lo <= r["psf_sigma_px"] < hi],
+                key,
+            )
+        )
     for lo, hi in zip(CONTRAST_BINS[:-1], CONTRAST_BINS[1:]):
-        out.append(_row(f">= 1.5 px, contrast {lo:g}-{min(hi, 0.8):g}",
-                        [r for r in big if lo <= r["contrast"] < hi], key))
+        out.append(
+            _row(
+                f">= 1.5 px, contrast {lo:g}-{min(hi, 0.8):g}",
+                [r for r in big if lo <= r["contrast"] < hi],
+                key,
+            )
+        )
     for name in sorted({r["texture"] for r in records}):
-        out.append(_row(f">= 1.5 px, texture {name}", [r for r in big if r["texture"] == name],
-                        key))
+        out.append(
+            _row(f">= 1.5 px, texture {name}", [r for r in big if r["texture"] == name], key)
+        )
     for kind in sorted({r["kind"] for r in records}):
         out.append(_row(f">= 1.5 px, width {kind}", [r for r in big if r["kind"] == kind], key))
     if key == "width_px":
@@ -502,9 +556,12 @@ def crack_mean_row(records: list[dict[str, Any]]) -> str:
     errs = []
     for cid in sorted({r["crack"] for r in records}):
         rs = [r for r in records if r["crack"] == cid]
-        cw = aggregate_crack_width([r["width_px"] for r in rs], [r["width_sd_px"] for r in rs],
-                                   [r["below_limit"] for r in rs],
-                                   depth_rel_sd=[r["depth_rel_sd"] for r in rs])
+        cw = aggregate_crack_width(
+            [r["width_px"] for r in rs],
+            [r["width_sd_px"] for r in rs],
+            [r["below_limit"] for r in rs],
+            depth_rel_sd=[r["depth_rel_sd"] for r in rs],
+        )
         if not math.isfinite(cw.mean_px):
             continue
         t = np.mean([r["true_px"] for r in rs if math.isfinite(r["width_px"])])
@@ -513,8 +570,10 @@ def crack_mean_row(records: list[dict[str, Any]]) -> str:
     if not errs:
         return "| crack mean, true >= 1.5 px | 0 | | | | | | |"
     e = np.array(errs)
-    return (f"| crack mean, true >= 1.5 px | {len(e)} cracks | {np.mean(np.abs(e[:, 0])):.3f} | "
-            f"{np.mean(e[:, 0]):+.3f} | | | | {np.mean(np.abs(e[:, 0]) <= 2 * e[:, 1]):.2f} |")
+    return (
+        f"| crack mean, true >= 1.5 px | {len(e)} cracks | {np.mean(np.abs(e[:, 0])):.3f} | "
+        f"{np.mean(e[:, 0]):+.3f} | | | | {np.mean(np.abs(e[:, 0]) <= 2 * e[:, 1]):.2f} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -546,8 +605,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(dict(records=records, detection=detection, seconds=elapsed, cpu=cpu)))
         return
-    print(f"\nImage-based width, mode {args.mode} ({len(records)} samples, "
-          f"{len({r['crack'] for r in records})} cracks, {elapsed:.0f} s, {cpu}):\n")
+    print(
+        f"\nImage-based width, mode {args.mode} ({len(records)} samples, "
+        f"{len({r['crack'] for r in records})} cracks, {elapsed:.0f} s, {cpu}):\n"
+    )
     print(tables(records))
     if args.mode == "b":
         print("\nToday's width (measure_width_px on the model's body map), same pixels:\n")

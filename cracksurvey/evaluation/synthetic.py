@@ -327,8 +327,8 @@ def render_coverage(
     out = np.clip(out, 0.0, 255.0)
     if jpeg_quality is not None:
         out = _jpeg_round_trip(out, int(jpeg_quality))
-    out = out.astype(np.float32)
-    return out[0] if single else out
+    image = out.astype(np.float32)
+    return image[0] if single else image
 
 
 def _jpeg_round_trip(bands: NDArray[np.float64], quality: int) -> NDArray[np.float64]:
@@ -451,7 +451,9 @@ def geometry_from_crack_map(
 
     m = np.asarray(crack_map, dtype=bool)
     if m.shape[0] % factor or m.shape[1] % factor:
-        raise ValueError(f"crack_map has shape {m.shape}; both sides must be multiples of {factor}.")
+        raise ValueError(
+            f"crack_map has shape {m.shape}; both sides must be multiples of {factor}."
+        )
     skel = skeletonize(m)
     edt = ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
     r, c = np.nonzero(skel)
@@ -540,8 +542,10 @@ def skeleton_samples(
     off = rng.normal(0.0, jitter_px, take.size) if jitter_px > 0 else np.zeros(take.size)
     rc = np.round(pts[take] + nrm[take] * off[:, None]).astype(np.int64)
     inside = (
-        (rc[:, 0] >= margin_px) & (rc[:, 0] < shape[0] - margin_px)
-        & (rc[:, 1] >= margin_px) & (rc[:, 1] < shape[1] - margin_px)
+        (rc[:, 0] >= margin_px)
+        & (rc[:, 0] < shape[0] - margin_px)
+        & (rc[:, 1] >= margin_px)
+        & (rc[:, 1] < shape[1] - margin_px)
     )
     rc, take = rc[inside], take[inside]
     _, first = np.unique(rc[:, 0] * (shape[1] + 1) + rc[:, 1], return_index=True)

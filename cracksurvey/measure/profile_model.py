@@ -79,8 +79,9 @@ def band_darkness(
     half_ap = 0.5 * APERTURE_PX
     u1 = s - c + 0.5 * w
     u2 = s - c - 0.5 * w
-    x = np.stack([(u1 + half_ap) / sig, (u1 - half_ap) / sig,
-                  (u2 + half_ap) / sig, (u2 - half_ap) / sig])
+    x = np.stack(
+        [(u1 + half_ap) / sig, (u1 - half_ap) / sig, (u2 + half_ap) / sig, (u2 - half_ap) / sig]
+    )
     cdf = ndtr(x)
     pdf = np.exp(-0.5 * x * x) * _INV_SQRT_2PI
     g = sig * (_SIGN * (x * cdf + pdf)).sum(0) / APERTURE_PX
