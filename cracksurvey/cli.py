@@ -123,7 +123,7 @@ def train(config_path: str, run_dir: str | None, data_root: str | None, resume: 
 def evaluate(weights: str | None, data_dirs: tuple[str, ...], split: str, slack_px: float, threshold_px: float | None,
              variant: str, cpp_patch_px: int, cpp_min_area_px: int, precision: str, as_json: bool) -> None:
     """Score a model on labelled data: correctness, completeness, quality, F1, CPP, clDice, Betti-0."""
-    from .evaluate import evaluate_model, format_table
+    from .evaluation.evaluate import evaluate_model, format_table
 
     results = evaluate_model(
         weights, [Path(d) for d in data_dirs], split=split, slack_px=slack_px, threshold_px=threshold_px,

@@ -350,7 +350,7 @@ def _patch_counts(
     The mask COG is read one row of patches at a time (memory: ``patch_px`` x width bytes).
     """
     from cracksurvey.io.outputs import read_mask_strips
-    from cracksurvey.metrics import cracks_per_patch, patch_origins
+    from cracksurvey.measure.continuity import cracks_per_patch, patch_origins
     from cracksurvey.tiling import MASK_NODATA
 
     patch = config.cpp.patch_px

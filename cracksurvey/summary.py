@@ -55,7 +55,7 @@ import shapely
 from numpy.typing import ArrayLike, NDArray
 
 from cracksurvey.damage import DAMAGE_COLUMNS, DamageScale, assess_damage
-from cracksurvey.metrics import continuity_stats
+from cracksurvey.measure.continuity import continuity_stats
 
 if TYPE_CHECKING:
     import geopandas as gpd

@@ -37,7 +37,7 @@ from cracksurvey import __version__
 from cracksurvey.config import ProcessConfig
 from cracksurvey.errors import ConfigError, CrackSurveyWarning, OutputExistsError
 from cracksurvey.io.survey_files import hash_file
-from cracksurvey.metrics import cracks_per_patch
+from cracksurvey.measure.continuity import cracks_per_patch
 from cracksurvey.process import process_survey
 
 X0, Y0 = UTM33_ORIGIN

@@ -93,7 +93,7 @@ def test_crack_layer_does_not_depend_on_tile_size(north_facade_crop, tmp_path_fa
 
 @pytest.mark.skipif(not (SHARED / "masonry_dais2021").is_dir(), reason="needs ../shared/data")
 def test_evaluate_real_model_on_masonry_test():
-    from cracksurvey.evaluate import evaluate_model
+    from cracksurvey.evaluation.evaluate import evaluate_model
 
     res = evaluate_model(None, [SHARED / "masonry_dais2021"], split="test")
     r = res["datasets"]["masonry_dais2021"]

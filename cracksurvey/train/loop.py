@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from ..errors import ConfigError
-from ..metrics import aggregate, relaxed_counts
+from ..evaluation.metrics import aggregate, relaxed_counts
 from ..model import ModelCard, TernausNet, save_model
 from ..predict import auto_precision, keep_freed_memory
 from .data import Augment, MixedCrops, Sample, load_samples, pad_to_multiple

@@ -1,4 +1,4 @@
-"""Labelled crack datasets: folders of images and masks (the ../shared/data layout).
+"""Labelled crack datasets: folders of images and masks.
 
 ```
 <root>/<split>/images/<name>.<jpg|png>
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError
+from cracksurvey.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a mask as bool (rows, cols); crack = value > 0 in the first channel (B7: 1 channel)."""
+    """Read a mask as bool (rows, cols); crack = value > 0 in the first channel (one channel: docs/method.md, D3)."""
     from PIL import Image
 
     with Image.open(path) as im:

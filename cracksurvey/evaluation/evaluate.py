@@ -3,9 +3,9 @@
 For every image of a split: predict the distance map (whole image, reflect-padded; the same
 network call as the engine's), threshold at the card's calibrated τ, and compare with the GT mask:
 
-- relaxed correctness / completeness / quality / F1 at a slack (METHOD.md §7.1; Wiedemann
-  completeness by default, the authors' variant on request), micro and macro;
-- CPP (§7.4) of prediction and GT per 256-px patch, ΔCPP and mean |ΔCPP|;
+- relaxed correctness / completeness / quality / F1 at a slack (docs/method.md, "Metrics";
+  Wiedemann completeness by default, the authors' variant on request), micro and macro;
+- CPP of prediction and GT per 256-px patch, ΔCPP and mean |ΔCPP|;
 - clDice and the Betti-0 (component count) error;
 - width: at predicted skeleton pixels matched (within the slack) to the GT centreline, the width
   measured on the predicted body map vs the width measured the same way on the GT mask (px).
@@ -21,12 +21,14 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .datasets import list_pairs, read_mask, read_rgb
-from .metrics import aggregate, betti0_error, cldice, cracks_per_patch, relaxed_counts
-from .model import load_model
-from .predict import effective_precision, keep_freed_memory
-from .skeleton import measure_width_px, skeletonize_mask
-from .tiling import predict_untiled
+from cracksurvey.evaluation.datasets import list_pairs, read_mask, read_rgb
+from cracksurvey.evaluation.metrics import aggregate, betti0_error, cldice, relaxed_counts
+from cracksurvey.measure.continuity import cracks_per_patch
+from cracksurvey.measure.width import measure_width_px
+from cracksurvey.model import load_model
+from cracksurvey.predict import effective_precision, keep_freed_memory
+from cracksurvey.skeleton import skeletonize_mask
+from cracksurvey.tiling import predict_untiled
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def width_errors(
 ) -> np.ndarray:
     """Predicted minus GT width (px) at predicted skeleton pixels within ``slack_px`` of the GT.
 
-    Both widths are measured with :func:`cracksurvey.skeleton.measure_width_px`: the predicted
+    Both widths are measured with :func:`cracksurvey.measure.width.measure_width_px`: the predicted
     one on the body probability, the GT one on the GT mask at the nearest GT skeleton pixel.
     """
     if pred_body is None or not pred_skeleton.any() or not gt_mask.any():
