@@ -115,10 +115,10 @@ def train(config_path: str, run_dir: str | None, data_root: str | None, resume: 
 @click.option("--slack-px", default=5.0, show_default=True, help="Relaxed matching tolerance (pixels).")
 @click.option("--threshold-px", type=float, default=None, help="Override the card's calibrated threshold.")
 @click.option("--variant", type=click.Choice(["wiedemann", "authors"]), default="wiedemann", show_default=True,
-              help="Completeness/quality formulas: fixed (B9) or as in the authors' code.")
+              help="Completeness/quality formulas: Wiedemann's (docs/method.md, D16) or as in the authors' code.")
 @click.option("--cpp-patch-px", default=256, show_default=True, help="CPP patch size (pixels).")
 @click.option("--cpp-min-area-px", default=50, show_default=True, help="CPP minimum fragment area (pixels).")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(typing.get_args(Precision)), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the full results as JSON on stdout.")
 def evaluate(weights: str | None, data_dirs: tuple[str, ...], split: str, slack_px: float, threshold_px: float | None,
              variant: str, cpp_patch_px: int, cpp_min_area_px: int, precision: str, as_json: bool) -> None:
@@ -159,7 +159,7 @@ def _process_overrides(
         ("engine", "scheduler"): scheduler if scheduler != "synchronous" else None,
         ("engine", "workers"): workers,
         ("tiling", "tile_px"): tile_px,
-        ("model", "threshold"): threshold_px,
+        ("model", "threshold_px"): threshold_px,
         ("model", "precision"): precision,
     }
     for (section, key), value in options.items():
@@ -215,7 +215,7 @@ def _drop_reported_image_errors(record: logging.LogRecord) -> bool:
     """Logging filter: image errors of discovery and processing (the progress prints them)."""
     return not (
         record.levelno == logging.ERROR
-        and record.name in ("cracksurvey.survey", "cracksurvey.process")
+        and (record.name == "cracksurvey.survey" or record.name.startswith("cracksurvey.process"))
     )
 
 

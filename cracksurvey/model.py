@@ -1,6 +1,6 @@
 """TernausNet (UNet16 / UNet11) with a width multiplier, and the model card that travels with weights.
 
-METHOD.md §2: a VGG encoder (convs at torchvision's layer indices, so a torchvision
+The model (docs/method.md, "The model"): a VGG encoder (convs at torchvision's layer indices, so a torchvision
 ``vgg16().features`` state dict loads unchanged at width 1), a bilinear decoder (UNet16) or a
 transposed-convolution decoder (UNet11), a 1x1 head and a final ReLU. The output is the clipped
 distance to the crack centreline in pixels at training scale. An optional second head predicts the
@@ -8,7 +8,9 @@ crack body (a logit; sigmoid gives the probability) from which widths are measur
 
 Weights are safetensors; the :class:`ModelCard` (JSON beside them) carries everything inference
 needs (architecture, width, normalisation, clip, calibrated threshold) and a SHA-256 of the weights
-that is verified at load time.
+that is verified at load time. :func:`read_weights` reads a weights file once into
+:class:`Weights` (its bytes and card): what the engine sends to its workers, which build the
+network from the bytes (:func:`model_from_bytes`), so no shared filesystem is needed.
 """
 
 from __future__ import annotations
@@ -342,6 +344,63 @@ def read_card(path: str | Path) -> ModelCard:
         raise ModelError(f"{card_path}: not a valid model card ({exc})") from exc
 
 
+@dataclass(frozen=True, eq=False)
+class Weights:
+    """The content of a weights file and its card, read once (:func:`read_weights`).
+
+    Attributes
+    ----------
+    data : bytes
+        The safetensors file, checked against ``card.sha256``.
+    card : ModelCard
+    source : str
+        Where the bytes came from (error messages).
+    """
+
+    data: bytes = field(repr=False)
+    card: ModelCard
+    source: str = "weights"
+
+
+def read_weights(path: str | Path | None = None, *, verify: bool = True) -> Weights:
+    """Read a ``.safetensors`` file and its card, and check the checksum.
+
+    Parameters
+    ----------
+    path : path to a ``.safetensors`` file (the suffix may be omitted), or None for the shipped
+        default model.
+    verify : check the SHA-256 of the bytes against the card.
+
+    Raises
+    ------
+    ModelError
+        No such file, no card, or a checksum that does not match the card.
+    """
+    weights = Path(path) if path is not None else default_weights_path()
+    weights = weights.with_suffix(".safetensors")
+    if not weights.exists():
+        if path is None:
+            raise ModelError(
+                f"no default model is shipped yet ({weights} is missing); pass --weights PATH "
+                "to a .safetensors file with its .json model card (cracksurvey train writes one)"
+            )
+        raise ModelError(f"{weights}: weights file not found; pass --weights PATH to a .safetensors file")
+    card = read_card(weights)
+    data = weights.read_bytes()
+    if verify and card.sha256:
+        _check_sha256(data, card, str(weights))
+    return Weights(data, card, str(weights))
+
+
+def _check_sha256(data: bytes, card: ModelCard, source: str) -> None:
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != card.sha256:
+        raise ModelError(
+            f"{source}: checksum {digest[:12]}… does not match the card's {card.sha256[:12]}…; "
+            "the file is corrupt or belongs to another card"
+        )
+
+
 def load_model(
     path: str | Path | None = None,
     *,
@@ -363,15 +422,11 @@ def load_model(
     -------
     (model in eval mode, card)
     """
-    weights = Path(path) if path is not None else default_weights_path()
-    weights = weights.with_suffix(".safetensors")
-    if not weights.exists():
-        raise ModelError(f"{weights}: weights file not found; pass --weights PATH to a .safetensors file")
-    card = read_card(weights)
+    weights = read_weights(path, verify=verify)
     model = model_from_bytes(
-        weights.read_bytes(), card, device=device, verify=verify, source=str(weights), fold_bn=fold_bn
+        weights.data, weights.card, device=device, verify=False, source=weights.source, fold_bn=fold_bn
     )
-    return model, card
+    return model, weights.card
 
 
 def model_from_bytes(
@@ -405,12 +460,7 @@ def model_from_bytes(
     from safetensors.torch import load
 
     if verify and card.sha256:
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != card.sha256:
-            raise ModelError(
-                f"{source}: checksum {digest[:12]}… does not match the card's {card.sha256[:12]}…; "
-                "the file is corrupt or belongs to another card"
-            )
+        _check_sha256(data, card, source)
     model = build_model(card)
     try:
         state = load(data)

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .model import ModelCard
+from cracksurvey.config import Precision
+from cracksurvey.model import ModelCard
 
 log = logging.getLogger(__name__)
-
-Precision = Literal["auto", "bf16", "fp32"]
 
 _BF16_SUPPORTED: bool | None = None
 
@@ -60,13 +59,28 @@ def cpu_amx_supported() -> bool:
         return False
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` if this process sees a GPU, else ``mps``, else ``cpu``.
+
+    Other values are returned unchanged. On a cluster this runs in each worker, so a mixed
+    cluster uses its GPUs where they are.
+    """
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def auto_precision(device: str | torch.device = "cpu") -> Precision:
     """What ``precision: auto`` runs on ``device``.
 
-    bf16 on CUDA devices that support it; on a CPU only with AMX. Measured 2026-11-29 on a
-    2-core Xeon (model 207) with AVX-512 BF16 but no AMX exposed: bf16 autocast ran UNet16
-    15-25 % *slower* than fp32 at 1/8, 1/4 and 1/2 width (1 and 2 threads, channels-last), so
-    AVX-512 BF16 alone is not a reason to leave fp32. Set ``precision: bf16`` explicitly where
+    bf16 on CUDA devices that support it; on a CPU only with AMX. On CPUs with AVX-512 BF16 but
+    no AMX, bf16 autocast was measured slower than fp32 (docs/performance.md), so AVX-512 BF16
+    alone is not a reason to leave fp32. Set ``precision: bf16`` explicitly where
     ``workflows/benchmark.py`` shows it faster (e.g. wide models on some AVX-512 BF16 CPUs).
     """
     dev = torch.device(device)
@@ -106,11 +120,9 @@ def keep_freed_memory() -> bool:
 
     Torch's CPU tensors come from ``malloc``; glibc serves every block above 32 MB (a 1/8-width
     UNet16 on a 1280 x 1280 tile has 52 MB activations) with a fresh ``mmap`` and returns it
-    on free, so every forward page-faults all its activations in again. Measured 2026-11-29
-    (2-core Xeon, one thread, shipped model, 1280 x 1280 fp32): 1.01 s per forward, 0.28 s of
-    it in the kernel (200 k page faults); with ``mmap`` off and no trimming 0.72 s, 3 k
-    faults. Memory is not lower or higher at the peak; it is just not handed back between
-    tiles. A no-op where the C library has no ``mallopt`` (not glibc). Threads that allocated
+    on free, so every forward page-faults all its activations in again (about a quarter of a
+    forward's time on the CPU; docs/performance.md). Memory is not lower or higher at the
+    peak; it is just not handed back between tiles. A no-op where the C library has no ``mallopt`` (not glibc). Threads that allocated
     before the call keep their own arena, whose heaps still come and go: processes started for
     the model work get :data:`HEAP_ENVIRON` instead (the engine's local workers do).
     """

@@ -237,14 +237,14 @@ def test_full_disk_is_one_error_and_keeps_finished_images(
 def test_gdal_write_error_without_errno_is_recognised(tmp_path: Path):
     from rasterio.errors import RasterioIOError
 
-    from cracksurvey.process import _output_failure
+    from cracksurvey.process.run import output_failure
 
     gdal = RasterioIOError("Write error: wrote 0 bytes: No space left on device")
-    assert isinstance(_output_failure(gdal, tmp_path, 1), OutputWriteError)
+    assert isinstance(output_failure(gdal, tmp_path, 1), OutputWriteError)
     denied_input = PermissionError(errno.EACCES, "Permission denied", "/elsewhere/a.tif")
-    assert _output_failure(denied_input, tmp_path, 1) is None  # an input problem: per image
+    assert output_failure(denied_input, tmp_path, 1) is None  # an input problem: per image
     denied_output = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "x"))
-    assert isinstance(_output_failure(denied_output, tmp_path, 1), OutputWriteError)
+    assert isinstance(output_failure(denied_output, tmp_path, 1), OutputWriteError)
 
 
 def test_unwritable_output_folder_is_one_clear_cli_error(tmp_path: Path, weights: Path):

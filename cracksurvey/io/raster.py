@@ -3,7 +3,8 @@
 The only place (with the rest of :mod:`cracksurvey.io`) that opens raster files.
 
 Reading: :func:`describe_raster` opens an image once to check it and describe it
-(:class:`RasterInfo`, picklable, sent to workers); :class:`RasterSource` reads in-image windows,
+(:class:`RasterHeader`, picklable, sent to workers; survey discovery reads the same header
+with :func:`read_header`); :class:`RasterSource` reads in-image windows,
 which :func:`cracksurvey.tiling.read_window_reflect` turns into boundless reflect-padded reads.
 
 Writing: :class:`TiledRasterWriter` writes one window at a time into a tiled temporary GeoTIFF
@@ -16,6 +17,7 @@ Average overviews (the distance map's) are built as the windows arrive
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import uuid
@@ -57,39 +59,61 @@ _SUPPORTED_KINDS = "uint8, uint16, int16, uint32, int32, float32, float64"
 
 
 @dataclass(frozen=True)
-class RasterInfo:
-    """What the pipeline needs to know about an input image (picklable, small).
+class RasterHeader:
+    """What a raster file says about itself, without its pixels (picklable, small).
+
+    The one description of a raster's header in the package: survey discovery, the engine and
+    the report read it.
 
     Attributes
     ----------
     path : str
     height, width : int
         Pixels.
-    count : int
-        Number of bands.
+    band_count : int
     dtype : str
-        numpy dtype name of the bands.
+        numpy dtype name of the first band.
     nodata : float or None
     alpha_band : int or None
         0-based index of the alpha band (colour interpretation ``alpha``), if any.
     transform : affine.Affine
         Pixel to map/façade coordinates (identity when the image has none).
     crs : rasterio.crs.CRS or None
+    driver : str
+        GDAL driver short name (``GTiff``, ``JPEG``, ``PNG`` ...).
     """
 
     path: str
     height: int
     width: int
-    count: int
+    band_count: int
     dtype: str
     nodata: float | None
     alpha_band: int | None
     transform: Affine
     crs: CRS | None
+    driver: str = ""
 
     @property
     def n_pixels(self) -> int:
         return self.height * self.width
+
+
+def read_header(ds: rasterio.io.DatasetReader) -> RasterHeader:
+    """The header of an open dataset (no check: see :func:`describe_raster`)."""
+    alpha = [i for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha]
+    return RasterHeader(
+        path=str(ds.name),
+        height=ds.height,
+        width=ds.width,
+        band_count=ds.count,
+        dtype=np.dtype(ds.dtypes[0]).name,
+        nodata=ds.nodata,
+        alpha_band=alpha[0] if alpha else None,
+        transform=ds.transform,
+        crs=ds.crs,
+        driver=str(ds.driver),
+    )
 
 
 def _input_error(path: str | Path, what: str) -> InputRasterError:
@@ -117,7 +141,7 @@ def _open_quietly(path: str | Path, mode: str = "r") -> rasterio.io.DatasetReade
         return rasterio.open(path, mode)
 
 
-def describe_raster(path: str | Path) -> RasterInfo:
+def describe_raster(path: str | Path) -> RasterHeader:
     """Open an image, check it can be processed, and describe it.
 
     Raises
@@ -132,20 +156,10 @@ def describe_raster(path: str | Path) -> RasterInfo:
             dtype = np.dtype(ds.dtypes[0])
             if dtype.kind not in "uif" or len(set(ds.dtypes)) != 1:
                 raise _input_error(path, f"band data types {ds.dtypes} are not supported")
-            alpha = [i for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha]
-            if ds.count > 4 or (ds.count == 4 and not alpha):
+            header = dataclasses.replace(read_header(ds), path=str(path))
+            if ds.count > 4 or (ds.count == 4 and header.alpha_band is None):
                 log.info("%s: %d bands without alpha; using bands 1-3 as RGB", path, ds.count)
-            return RasterInfo(
-                path=str(path),
-                height=ds.height,
-                width=ds.width,
-                count=ds.count,
-                dtype=dtype.name,
-                nodata=ds.nodata,
-                alpha_band=alpha[0] if alpha else None,
-                transform=ds.transform,
-                crs=ds.crs,
-            )
+            return header
     except RasterioError as exc:
         raise _input_error(path, f"cannot be opened ({exc})") from exc
 
@@ -570,17 +584,3 @@ def finish_concurrently(*writers: TiledRasterWriter) -> None:
     with ThreadPoolExecutor(max_workers=len(writers)) as pool:
         for future in [pool.submit(w.finish) for w in writers]:
             future.result()
-
-
-def raster_profile(path: str | Path) -> dict[str, object]:
-    """Georeferencing and layout of a raster (for checks and tests): crs, transform, size, dtype."""
-    with _open_quietly(path) as ds:
-        return {
-            "crs": ds.crs,
-            "transform": ds.transform,
-            "height": ds.height,
-            "width": ds.width,
-            "dtype": ds.dtypes[0],
-            "nodata": ds.nodata,
-            "count": ds.count,
-        }
