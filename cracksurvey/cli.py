@@ -315,12 +315,12 @@ def process(ctx: click.Context, survey_dir: Path, out_dir: Path | None, weights:
     import os
     import warnings
 
-    from .errors import CrackSurveyWarning
-    from .io.outputs import json_ready
-    from .process import process_survey
-
     if not ctx.obj.get("verbose"):  # read when Dask is imported: its scheduler logs at INFO
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+
+    from .errors import CrackSurveyWarning
+    from .io.outputs import json_ready
+    from .process import process_survey  # imports Dask
 
     overrides = _process_overrides(
         set_items, weights=weights, scheduler=scheduler, workers=workers, tile_px=tile_px,

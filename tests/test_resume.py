@@ -138,6 +138,29 @@ def test_key_follows_input_model_and_config(tmp_path: Path, weights: Path):
     assert len(run_json(out)["cache"]["computed"]) == 5  # --no-cache
 
 
+def test_measurement_settings_reuse_the_predictions(tmp_path: Path, weights: Path):
+    """Vectorize, CPP and damage settings only remeasure; the tiling or threshold repredict."""
+    root = make_survey(tmp_path / "survey")
+    out = process_survey(root, weights=weights, overrides=FAST, synchronous=True).out_dir
+    names = sorted(run_json(out)["cache"]["predictions"]["computed"])
+    assert len(names) == 5
+    rasters = {p.name: p.stat().st_ino for p in (out / "rasters").iterdir()}
+
+    measured = {**FAST, "vectorize": {"min_spur_px": 3}, "cpp": {"patch_px": 8},
+                "damage": {"scale": "default"}}
+    process_survey(root, weights=weights, overrides=measured, synchronous=True, overwrite=True)
+    cache = run_json(out)["cache"]
+    assert sorted(cache["computed"]) == names and cache["predictions"]["computed"] == []
+    assert sorted(cache["predictions"]["reused"]) == names
+    assert {p.name: p.stat().st_ino for p in (out / "rasters").iterdir()} == rasters
+
+    for changed in ({"tiling": {"tile_px": 192, "halo_px": 64}},
+                    {"model": {"precision": "fp32", "threshold_px": 3.0}}):
+        process_survey(root, weights=weights, overrides={**FAST, **changed}, synchronous=True,
+                       overwrite=True)
+        assert sorted(run_json(out)["cache"]["predictions"]["computed"]) == names
+
+
 def test_half_written_or_damaged_entries_are_recomputed(tmp_path: Path, weights: Path):
     root = make_survey(tmp_path / "survey")
     first = process_survey(root, weights=weights, overrides=FAST, synchronous=True)
