@@ -106,6 +106,9 @@ class TernausNet(nn.Module):
         Channel multiplier; 1.0 is the paper's network (29.3 M parameters for UNet16).
     body_head : bool
         Add a second 1x1 head predicting the crack-body logit (used to measure width).
+    classes : int
+        0 (default): the crack network (distance head). ``k > 0``: a segmentation network with
+        ``k`` class logits and no final ReLU (the façade-semantics model).
     norm : {'none', 'batch'}
         'none' is TernausNet as published (ImageNet-initialised VGG encoder). 'batch' adds
         BatchNorm after every conv: our deviation for training from scratch, where a deep
@@ -125,9 +128,13 @@ class TernausNet(nn.Module):
         width: float = 1.0,
         body_head: bool = False,
         norm: Norm = "none",
+        classes: int = 0,
     ) -> None:
         super().__init__()
         self.norm = norm
+        self.classes = classes
+        if classes and body_head:
+            raise ModelError("a class-logit network (classes > 0) has no body head")
         if architecture not in _VGG_STAGES:
             raise ModelError(f"unknown architecture {architecture!r}; expected unet16 or unet11")
         self.architecture = architecture
@@ -167,7 +174,7 @@ class TernausNet(nn.Module):
             self.dec3 = dec(e[2] + nf * 4, nf * 8, nf * 2, norm)
             self.dec2 = dec(e[1] + nf * 2, nf * 4, nf, norm)
         self.dec1 = _ConvRelu(e[0] + nf, nf, norm)
-        self.final = nn.Conv2d(nf, 1, 1)
+        self.final = nn.Conv2d(nf, classes or 1, 1)
         self.body = nn.Conv2d(nf, 1, 1) if body_head else None
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
@@ -192,6 +199,8 @@ class TernausNet(nn.Module):
         dec3 = self.dec3(torch.cat([dec4, conv3], 1))
         dec2 = self.dec2(torch.cat([dec3, conv2], 1))
         dec1 = self.dec1(torch.cat([dec2, conv1], 1))
+        if self.classes:
+            return self.final(dec1)  # class logits
         distance = F.relu(self.final(dec1))
         if self.body is None:
             return distance
@@ -267,6 +276,7 @@ class ModelCard:
     std: tuple[float, float, float] = IMAGENET_STD
     input_multiple: int = 32
     output: str = "distance_px (channel 0, >=0); body logit (channel 1) if body_head"
+    classes: tuple[str, ...] = ()  # non-empty: a class-logit network (façade semantics)
     sha256: str = ""
     recipe: dict[str, Any] = field(default_factory=dict)
     training_data: list[dict[str, Any]] = field(default_factory=list)
@@ -284,7 +294,7 @@ class ModelCard:
         if unknown:
             raise ModelError(f"model card has unknown keys {sorted(unknown)}; expected {sorted(names)}")
         d = dict(d)
-        for key in ("mean", "std"):
+        for key in ("mean", "std", "classes"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -292,7 +302,9 @@ class ModelCard:
 
 def build_model(card: ModelCard) -> TernausNet:
     """An untrained :class:`TernausNet` with the architecture a card describes."""
-    return TernausNet(card.architecture, width=card.width, body_head=card.body_head, norm=card.norm)
+    return TernausNet(
+        card.architecture, width=card.width, body_head=card.body_head, norm=card.norm, classes=len(card.classes)
+    )
 
 
 def sha256_file(path: Path) -> str:
