@@ -121,7 +121,7 @@ def train(config_path: str, run_dir: str | None, data_root: str | None, resume: 
 @click.option("--precision", type=click.Choice(typing.get_args(Precision)), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the full results as JSON on stdout.")
 def evaluate(weights: str | None, data_dirs: tuple[str, ...], split: str, slack_px: float, threshold_px: float | None,
-             variant: str, cpp_patch_px: int, cpp_min_area_px: int, precision: str, as_json: bool) -> None:
+             variant: str, cpp_patch_px: int, cpp_min_area_px: int, precision: Precision, as_json: bool) -> None:
     """Score a model on labelled data: correctness, completeness, quality, F1, CPP, clDice, Betti-0."""
     from .evaluation.evaluate import evaluate_model, format_table
 

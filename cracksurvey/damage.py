@@ -235,7 +235,7 @@ def assess_damage(summary: pd.DataFrame, scale: DamageScale) -> pd.DataFrame:
         {
             "damage_level": pd.Series(level, dtype="Int64", index=summary.index).where(imaged),
             "damage_label": pd.Series(
-                [scale.label(v) if ok else None for v, ok in zip(level, imaged)], dtype=object,
+                [scale.label(int(v)) if ok else None for v, ok in zip(level, imaged)], dtype=object,
                 index=summary.index),
             "damage_basis": pd.Series(
                 [b if ok else None for b, ok in zip(basis, imaged)], dtype=object,

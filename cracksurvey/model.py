@@ -142,7 +142,7 @@ class TernausNet(nn.Module):
         self.body_head = body_head
         stages = [[_c(c, width) for c in stage] for stage in _VGG_STAGES[architecture]]
         # Encoder as a flat Sequential whose conv indices match torchvision's vgg features.
-        layers: dict[int, nn.Module] = {}
+        layers: dict[int, nn.Conv2d] = {}
         cin = 3
         flat = [c for stage in stages for c in stage]
         for idx, cout in zip(_VGG_CONV_INDICES[architecture], flat, strict=True):
@@ -151,7 +151,7 @@ class TernausNet(nn.Module):
         n = max(layers) + 1
         self.encoder = nn.Sequential(*[layers.get(i, nn.Identity()) for i in range(n)])
         self.encoder_norms = nn.ModuleDict(
-            {str(i): _norm(layers[i].out_channels, norm) for i in layers}  # type: ignore[attr-defined]
+            {str(i): _norm(conv.out_channels, norm) for i, conv in layers.items()}
         )
         self._stage_convs: list[list[int]] = []
         it = iter(_VGG_CONV_INDICES[architecture])
@@ -179,7 +179,8 @@ class TernausNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def _stage(self, x: torch.Tensor, k: int) -> torch.Tensor:
         for idx in self._stage_convs[k]:
@@ -502,8 +503,9 @@ def fold_batchnorm(model: TernausNet) -> TernausNet:
     if model.training:
         raise ModelError("fold_batchnorm needs a model in eval mode (running statistics)")
     for idx, norm in model.encoder_norms.items():
-        if isinstance(norm, nn.BatchNorm2d):
-            model.encoder[int(idx)] = fuse_conv_bn_eval(model.encoder[int(idx)], norm)
+        conv = model.encoder[int(idx)]
+        if isinstance(norm, nn.BatchNorm2d) and isinstance(conv, nn.Conv2d):
+            model.encoder[int(idx)] = fuse_conv_bn_eval(conv, norm)
             model.encoder_norms[idx] = nn.Identity()
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):

@@ -136,7 +136,8 @@ class TileSkeleton:
     @classmethod
     def empty(cls) -> TileSkeleton:
         """A skeleton with no pixels."""
-        return cls(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
+        i, f = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return cls(i, i, f, f)
 
     def shifted(self, row_off: int, col_off: int) -> TileSkeleton:
         """Return a copy with ``row_off`` and ``col_off`` added to the pixel indices."""

@@ -483,31 +483,31 @@ def build_records(
     facades: dict[str, ImageRow] = {}
     records: list[ImageRecord] = []
     for image_file in sorted(image_files, key=lambda f: f.name):
-        row = by_name.get(image_file.name)
+        image_row = by_name.get(image_file.name)
         label = image_file.display_name
-        if row is not None:
-            problems.extend(_check_row_ids(row, building_ids, csv_source, buildings_source))
-            problems.extend(_check_facade_consistency(row, facades, csv_source))
+        if image_row is not None:
+            problems.extend(_check_row_ids(image_row, building_ids, csv_source, buildings_source))
+            problems.extend(_check_facade_consistency(image_row, facades, csv_source))
         plane: FacadePlane | None = None
-        if row is not None and row.plane is not None:
+        if image_row is not None and image_row.plane is not None:
             if survey_crs is None:
                 problems.append(
-                    f"{csv_source} line {row.line}: a façade plane is given for {image_file.name} but "
+                    f"{csv_source} line {image_row.line}: a façade plane is given for {image_file.name} but "
                     "survey.yaml has no survey.crs to place it in; add e.g. "
                     "'survey: {crs: EPSG:32633}'"
                 )
                 continue
             try:
-                x0, y0, x1, y1, z = row.plane
+                x0, y0, x1, y1, z = image_row.plane
                 plane = FacadePlane((x0, y0), (x1, y1), z, survey_crs)
             except GeoreferenceError as exc:
-                problems.append(f"{csv_source} line {row.line}: {exc}")
+                problems.append(f"{csv_source} line {image_row.line}: {exc}")
                 continue
         record_kwargs: dict[str, Any] = dict(
             path=image_file.path,
             name=image_file.name,
-            building_id=row.building_id if row else None,
-            facade_id=row.facade_id if row else None,
+            building_id=image_row.building_id if image_row else None,
+            facade_id=image_row.facade_id if image_row else None,
             header=image_file.header,
             sha256=image_file.sha256,
         )
@@ -521,8 +521,8 @@ def build_records(
             georef = resolve_georef(
                 image_file.sources,
                 name=label,
-                facade_id=row.facade_id if row else None,
-                gsd_mm=row.gsd_mm if row else None,
+                facade_id=image_row.facade_id if image_row else None,
+                gsd_mm=image_row.gsd_mm if image_row else None,
                 plane=plane,
                 survey_crs=survey_crs,
                 survey_gsd_mm=config.survey.gsd_mm,

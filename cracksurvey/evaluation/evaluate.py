@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from cracksurvey.config import Precision
 from cracksurvey.evaluation.datasets import list_pairs, read_mask, read_rgb
 from cracksurvey.evaluation.metrics import aggregate, betti0_error, cldice, relaxed_counts
 from cracksurvey.measure.continuity import cracks_per_patch
@@ -72,7 +73,7 @@ def evaluate_model(
     variant: str = "wiedemann",
     cpp_patch_px: int = 256,
     cpp_min_area_px: int = 50,
-    precision: str = "auto",
+    precision: Precision = "auto",
     halo_px: int = 64,
     progress: Callable[[int, str], Any] | None = None,
 ) -> dict[str, Any]:

@@ -253,7 +253,7 @@ def _write_frames(path: Path, frames: Mapping[str, Any]) -> dict[str, Any]:
     """Save the frames' columns into one ``.npz``; return the JSON metadata to read them back."""
     import shapely
 
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Any] = {}
     meta: dict[str, Any] = {}
     for name, frame in frames.items():
         if frame is None:

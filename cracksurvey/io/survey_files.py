@@ -143,9 +143,9 @@ def config_layers(
     if preset is not None:
         path = _preset_path(preset)
         layers.append((str(path), read_yaml(path)))
-    for path in (survey_yaml, config_path):
-        if path is not None:
-            layers.append((str(path), read_yaml(path)))
+    for layer_path in (survey_yaml, config_path):
+        if layer_path is not None:
+            layers.append((str(layer_path), read_yaml(layer_path)))
     if overrides:
         layers.append(("command line", overrides))
     return layers
@@ -377,8 +377,8 @@ def read_image_file(
         siblings = {p.name.lower(): p for p in path.parent.iterdir()}
     size_bytes = path.stat().st_size
     digest = hash_file(path)
-    base = dict(path=path, name=path.name, display_name=shown, sha256=digest,
-                size_bytes=size_bytes)
+    base: dict[str, Any] = dict(path=path, name=path.name, display_name=shown, sha256=digest,
+                                size_bytes=size_bytes)
     if size_bytes == 0:
         return ImageFile(
             **base, error=f"{shown}: the file is empty (0 bytes); copy it again from the source"

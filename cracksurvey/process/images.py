@@ -242,7 +242,7 @@ def _join_buildings(
     # patch centres (clipped to the image for partial border patches) to map coordinates
     rows = origins[:, 0] + np.minimum(patch_px, (record.height or 0) - origins[:, 0]) / 2.0
     cols = origins[:, 1] + np.minimum(patch_px, (record.width or 0) - origins[:, 1]) / 2.0
-    x, y = georef.transform @ (cols, rows)  # type: ignore[operator]
+    x, y = georef.transform @ (cols, rows)
     patch_building = join_points_to_footprints(np.column_stack([x, y]), footprints)
     polygon = image_footprint(georef, record.width or 0, record.height or 0)
     square_m = (georef.metres_per_unit or 1.0) ** 2

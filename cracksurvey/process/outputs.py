@@ -126,7 +126,8 @@ def _building_layer(
     for outcome in outcomes:
         georef = records[outcome.image].georef
         if (outcome.status == "ok" and outcome.building_id is not None and georef is not None
-                and georef.kind == "map" and crs is not None and same_crs(georef.crs, crs)):
+                and georef.kind == "map" and crs is not None and georef.crs is not None
+                and same_crs(georef.crs, crs)):
             image_footprints.setdefault(outcome.building_id, []).append(
                 image_footprint(georef, outcome.width_px or 0, outcome.height_px or 0)
             )

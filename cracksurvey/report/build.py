@@ -69,11 +69,19 @@ def pixel_transform(footprint: Any, width_px: int, height_px: int) -> Affine:
                   (p[1, 1] - p[0, 1]) / width_px, (p[3, 1] - p[0, 1]) / height_px, p[0, 1])
 
 
+def _apply(
+    transform: Affine, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``transform @ (x, y)`` on arrays (affine's type hints cover scalars only)."""
+    a, b, c, d, e, f = tuple(transform)[:6]
+    return a * x + b * y + c, d * x + e * y + f
+
+
 def _window(inverse: Affine, geometry: Any, width: int, height: int
             ) -> tuple[int, int, int, int] | None:
     """Pixel window (row0, row1, col0, col1) around ``geometry``; None: (nearly) whole image."""
     x0, y0, x1, y1 = geometry.bounds
-    cols, rows = inverse @ (np.array([x0, x1, x0, x1]), np.array([y0, y0, y1, y1]))
+    cols, rows = _apply(inverse, np.array([x0, x1, x0, x1]), np.array([y0, y0, y1, y1]))
     pad = 0.05 * max(cols.max() - cols.min(), rows.max() - rows.min())
     row0, row1 = max(0, int(rows.min() - pad)), min(height, math.ceil(rows.max() + pad))
     col0, col1 = max(0, int(cols.min() - pad)), min(width, math.ceil(cols.max() + pad))
@@ -85,7 +93,7 @@ def _window(inverse: Affine, geometry: Any, width: int, height: int
 def _to_view(coords: np.ndarray, inverse: Affine, window: tuple[int, int, int, int],
              scale: tuple[float, float]) -> np.ndarray:
     """CRS coordinates (n, 2) to thumbnail (x, y) pixels."""
-    cols, rows = inverse @ (coords[:, 0], coords[:, 1])
+    cols, rows = _apply(inverse, coords[:, 0], coords[:, 1])
     return np.column_stack([(cols - window[2]) * scale[1], (rows - window[0]) * scale[0]])
 
 
@@ -199,6 +207,8 @@ def build_building_views(survey: SurveyOutput, options: ReportOptions, *,
 def _sort_key(view: BuildingView) -> tuple[float, float, float, str, str]:
     def number(column: str) -> float:
         value = view.values.get(column)
+        if value is None:
+            return -math.inf
         try:
             value = float(value)
         except (TypeError, ValueError):

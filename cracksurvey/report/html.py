@@ -171,8 +171,9 @@ def ranked_table(views: Sequence[BuildingView], *, city: bool) -> str:
                 cells.append(f'<td data-column="building_id" data-value="{escape(str(value))}">'
                              f'<a href="#{view.anchor}">{escape(str(value))}</a></td>')
             elif column == "damage_level":
-                colour = level_colour(None if _missing(value) else int(value))
-                ink = ";color:#fff" if not _missing(value) and int(value) >= 3 else ""
+                level = None if value is None or _missing(value) else int(value)
+                colour = level_colour(level)
+                ink = ";color:#fff" if level is not None and level >= 3 else ""
                 cells.append(_cell(column, value, extra=f' style="background:{colour}{ink}"'))
             else:
                 cells.append(_cell(column, value))
