@@ -1,7 +1,7 @@
 """Georeferencing of an image: map, façade frame, façade placed in the world, or pixel units.
 
 Pure: takes what the image files and images.csv say (:class:`GeorefSources`, numbers, CRS
-objects) and decides how pixel coordinates map to x, y. The four kinds (DESIGN.md):
+objects) and decides how pixel coordinates map to x, y. The four kinds (docs/survey.md):
 
 ``map``
     GeoTIFF tags, or a world file plus .prj/.aux.xml, in a **projected** CRS. Cracks are written

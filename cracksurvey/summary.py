@@ -20,7 +20,7 @@ Inputs are plain tables assembled by :func:`cracksurvey.process.process_survey`:
 ``coverage``
     What each image contributes to a building: ``image``, ``building_id``, ``area_m2`` (imaged
     area, NaN when unknown), ``cpp_fragments`` (sum over the patches of the number of crack
-    fragments, METHOD.md 7.4), ``cpp_patches`` (number of counted patches).
+    fragments, docs/method.md), ``cpp_patches`` (number of counted patches).
 ``images``
     One row per image of the survey: ``image``, ``building_id`` (images.csv, may be None),
     ``status`` ('ok' or 'error').
@@ -92,7 +92,7 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "share_vertical": "share of crack length within 22.5 degrees of vertical (y axis), 0-1",
     "share_horizontal": "share of crack length within 22.5 degrees of horizontal (x axis), 0-1",
     "share_diagonal": "share of crack length in the diagonal bins, 0-1",
-    "cpp_mean": "mean number of crack fragments per counted patch (CPP, METHOD.md 7.4)",
+    "cpp_mean": "mean number of crack fragments per counted patch (CPP, docs/method.md)",
     "cpp_patches": "number of patches the CPP mean is taken over",
     "fragments_per_m": "number of cracks / total_length_m, per metre",
     "largest_crack_share": "longest_crack_m / total_length_m, 0-1",

@@ -97,7 +97,7 @@ def test_empty_prediction():
 
 
 def test_empty_gt_has_no_phantom_point():
-    # B6: scipy's EDT of an all-True array measures to a point outside the top-left corner,
+    # docs/method.md, D19: scipy's EDT of an all-True array measures to a point outside the top-left corner,
     # which would match a prediction drawn in the corner.
     pred = line(row=0, cols=(0, 6))
     c = relaxed_counts(pred, np.zeros((30, 50), bool))

@@ -46,9 +46,9 @@ GDAL_CACHEMAX_BYTES = 64 * 2**20
 
 In bytes: rasterio passes an integer straight to ``GDALSetCacheMax64``, so ``64`` would mean
 64 bytes (no cache: every partially written block is flushed and re-read). The COG copy at the
-end holds about twice the cache on top (measured on a 16384² distance map + mask: peak RSS
-0.41 GB with 64 MB, 1.0 GB with 256 MB, the same time); partially written blocks that leave
-the cache cost little because the temporary file is uncompressed."""
+end holds about twice the cache on top, so a larger cache costs memory without saving time
+(docs/performance.md); partially written blocks that leave the cache cost little because the
+temporary file is uncompressed."""
 
 TILE_READ_CACHE_BYTES = 16 * 2**20
 """GDAL block cache of a worker reading tile windows: a tile decodes each block once, and
@@ -246,8 +246,8 @@ OverviewResampling = Literal["average", "nearest", "mode", "bilinear"]
 UNCOMPRESSED_TMP_MAX_BYTES = 2 * 2**30
 """Largest temporary full-resolution file kept uncompressed (larger ones: ZSTD level 1).
 
-Uncompressed, finishing the COG does not decompress what it compresses again (measured on a
-4096 x 4096 distance map: finish 0.58 s instead of 0.96 s); above this size the disk use wins."""
+Uncompressed, finishing the COG does not decompress what it compresses again (docs/performance.md);
+above this size the disk use wins."""
 
 _DERIVE_BAND_ROWS = 1024  # rows of the finer overview read at once when deriving a coarser one
 

@@ -52,7 +52,7 @@ HEADINGS = {
 #: One line for each continuity number.
 CONTINUITY_NOTES = {
     "cpp_mean": "Cracks Per Patch: the average number of separate crack fragments in one "
-                "{patch_px}-pixel image patch (METHOD.md 7.4); higher means more cracks or "
+                "{patch_px}-pixel image patch (docs/method.md); higher means more cracks or "
                 "more broken-up cracks.",
     "fragments_per_m": "Separate cracks per metre of crack: high values mean many short, "
                        "disconnected pieces rather than a few continuous cracks.",
