@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from affine import Affine
+from distributed import Client, as_completed
 from rasterio.crs import CRS
 from torch import nn
 
@@ -209,8 +210,6 @@ class Engine:
     def _ensure_client(self) -> Any:
         if self._client is not None:
             return self._client
-        from distributed import Client
-
         if self.config.scheduler is not None:
             self._client = Client(self.config.scheduler)
             workers = self._client.scheduler_info()["workers"]
@@ -325,8 +324,6 @@ class Engine:
         bands: BandSpec,
         next_image: str | Path | None = None,
     ) -> Iterator[tuple[Tile, TileResult | None]]:
-        from distributed import as_completed
-
         self._ensure_client()
         max_in_flight = self.config.max_in_flight or 2 * self._n_slots
         carried = self._take_prefetch(header, tiles)  # started while the previous image finished

@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import dask
+from distributed import LocalCluster
+
 from cracksurvey.config import EngineConfig
 from cracksurvey.predict import HEAP_ENVIRON
 
@@ -78,8 +81,6 @@ def worker_environ() -> Iterator[None]:
     Dask's nanny puts these variables in this process's ``os.environ`` to spawn a worker; they
     are put back as they were on exit, so programs this process starts later do not inherit
     them (a nanny restarting a dead worker sets them again)."""
-    import dask
-
     key = "distributed.nanny.pre-spawn-environ"
     before = {k: os.environ.get(k) for k in HEAP_ENVIRON}
     try:
@@ -96,8 +97,6 @@ def worker_environ() -> Iterator[None]:
 def start_local_cluster(config: EngineConfig) -> tuple[Any, int, int]:
     """A ``LocalCluster`` laid out by :func:`local_layout`; returns it, its task slots and the
     torch threads per task."""
-    from distributed import LocalCluster
-
     workers, threads, torch_threads = local_layout(config)
     with worker_environ():
         cluster = LocalCluster(

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 from torch import nn
 
@@ -123,8 +124,6 @@ def worker_model(ref: ModelRef, device: str) -> tuple[nn.Module, ModelCard]:
 def _set_torch_threads(n: int | None) -> None:
     """Set torch's intra-op threads; None = this machine's cores / the worker's task slots."""
     if n is None:
-        from distributed import get_worker
-
         try:
             slots = get_worker().state.nthreads
         except ValueError:  # not in a worker

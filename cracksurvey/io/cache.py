@@ -34,8 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 
 from cracksurvey.skeleton import TileSkeleton
 
@@ -251,8 +253,6 @@ def _write_synced(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------------------------
 def _write_frames(path: Path, frames: Mapping[str, Any]) -> dict[str, Any]:
     """Save the frames' columns into one ``.npz``; return the JSON metadata to read them back."""
-    import shapely
-
     arrays: dict[str, Any] = {}
     meta: dict[str, Any] = {}
     for name, frame in frames.items():
@@ -288,9 +288,6 @@ def _write_frames(path: Path, frames: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _read_frames(path: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
-    import geopandas as gpd
-    import shapely
-
     frames: dict[str, Any] = {}
     with np.load(path, allow_pickle=False) as npz:
         for name, spec in meta.items():
