@@ -522,21 +522,15 @@ def run_image(
     distance_path: str | Path,
     mask_path: str | Path,
     model: ModelSource = None,
-    core_px: int = 1088,
-    halo_px: int = 96,
-    precision: Precision = "auto",
-    device: str = "cpu",
-    threshold_px: float | None = None,
-    config: EngineConfig = EngineConfig(),
-    synchronous: bool = False,
     progress: ProgressCallback | None = None,
+    **engine_options: Any,
 ) -> ImageResult:
-    """Process one image with a short-lived :class:`Engine` (see :meth:`Engine.run_image`).
+    """Process one image with a short-lived :class:`Engine` (see :meth:`Engine.run_image`);
+    ``engine_options`` are the keyword arguments of :class:`Engine`.
 
     For many images keep one :class:`Engine` open: its cluster and worker models are reused.
     """
-    with Engine(model, core_px=core_px, halo_px=halo_px, precision=precision, device=device,
-                threshold_px=threshold_px, config=config, synchronous=synchronous) as engine:
+    with Engine(model, **engine_options) as engine:
         return engine.run_image(
             image, distance_path=distance_path, mask_path=mask_path, progress=progress
         )

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
+from cracksurvey.measure.width import as_2d
 from cracksurvey.skeleton import skeletonize_mask
 
 __all__ = [
@@ -42,13 +43,7 @@ Connectivity = Literal[4, 8]
 
 def as_mask(mask: ArrayLike, name: str) -> NDArray[np.bool_]:
     """Return ``mask`` as a 2-D bool array, squeezing a leading band axis of size 1."""
-    arr = np.asarray(mask)
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{name} has shape {arr.shape}; expected a 2-D (rows, cols) mask or (1, rows, cols)."
-        )
+    arr = as_2d(mask, name)
     if arr.dtype == np.bool_:
         return arr
     if np.issubdtype(arr.dtype, np.integer):

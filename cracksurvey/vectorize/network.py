@@ -244,7 +244,7 @@ def _polylines(
     n_vertex = stops - starts
     coords = np.column_stack([rows[path], cols[path]]).astype(np.float64)
     labels = graph.node_label
-    junction_px = np.nonzero((labels >= 0) & flag(branches.node_is_junction, labels))[0]
+    junction_px = _junction_pixels(graph, branches)
     n_nodes = branches.node_is_junction.size
     count = np.bincount(labels[junction_px], minlength=n_nodes).astype(np.float64)
     centroid_r = np.bincount(labels[junction_px], weights=rows[junction_px], minlength=n_nodes)
@@ -268,6 +268,12 @@ def _polylines(
     return smoothed
 
 
+def _junction_pixels(graph: PixelGraph, branches: Branches) -> NDArray[np.intp]:
+    """Pixels that belong to a junction node (three or more branch ends)."""
+    labels = graph.node_label
+    return np.nonzero((labels >= 0) & flag(branches.node_is_junction, labels))[0]
+
+
 def _junctions_per_crack(
     graph: PixelGraph,
     branches: Branches,
@@ -280,7 +286,7 @@ def _junctions_per_crack(
     if junction_nodes.size == 0:
         return np.zeros(n_crack, dtype=np.int64)
     labels = graph.node_label
-    junction_px = np.nonzero((labels >= 0) & flag(branches.node_is_junction, labels))[0]
+    junction_px = _junction_pixels(graph, branches)
     # Component of each junction node: that of any of its pixels.
     node_comp = np.full(branches.node_is_junction.size, -1, dtype=np.int64)
     node_comp[labels[junction_px]] = component[junction_px]
