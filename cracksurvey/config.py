@@ -372,9 +372,7 @@ def _type_name(hint: Any) -> str:
         )
     if origin is tuple:
         return f"list of {_type_name(typing.get_args(hint)[0])}"
-    return {int: "integer", float: "number", str: "string", bool: "true/false"}.get(
-        hint, str(hint)
-    )
+    return {int: "integer", float: "number", str: "string", bool: "true/false"}.get(hint, str(hint))
 
 
 def _coerce(value: Any, hint: Any) -> Any:

@@ -65,7 +65,9 @@ def _norm(channels: int, norm: Norm) -> nn.Module:
 
 class _ConvRelu(nn.Sequential):
     def __init__(self, cin: int, cout: int, norm: Norm = "none") -> None:
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), _norm(cout, norm), nn.ReLU(inplace=True))
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1), _norm(cout, norm), nn.ReLU(inplace=True)
+        )
 
 
 class _DecoderV2(nn.Module):
@@ -226,7 +228,9 @@ def flops_per_megapixel(model: TernausNet) -> float:
         nonlocal total
         if isinstance(mod, nn.ConvTranspose2d):
             k = mod.kernel_size[0] * mod.kernel_size[1]
-            total += 2.0 * inp[0].shape[-1] * inp[0].shape[-2] * k * mod.in_channels * mod.out_channels
+            total += (
+                2.0 * inp[0].shape[-1] * inp[0].shape[-2] * k * mod.in_channels * mod.out_channels
+            )
         elif isinstance(mod, nn.Conv2d):
             k = mod.kernel_size[0] * mod.kernel_size[1]
             total += 2.0 * out.shape[-1] * out.shape[-2] * k * mod.in_channels * mod.out_channels
@@ -293,7 +297,9 @@ class ModelCard:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ModelError(f"model card has unknown keys {sorted(unknown)}; expected {sorted(names)}")
+            raise ModelError(
+                f"model card has unknown keys {sorted(unknown)}; expected {sorted(names)}"
+            )
         d = dict(d)
         for key in ("mean", "std", "classes"):
             if key in d:
@@ -304,7 +310,11 @@ class ModelCard:
 def build_model(card: ModelCard) -> TernausNet:
     """An untrained :class:`TernausNet` with the architecture a card describes."""
     return TernausNet(
-        card.architecture, width=card.width, body_head=card.body_head, norm=card.norm, classes=len(card.classes)
+        card.architecture,
+        width=card.width,
+        body_head=card.body_head,
+        norm=card.norm,
+        classes=len(card.classes),
     )
 
 
@@ -397,7 +407,9 @@ def read_weights(path: str | Path | None = None, *, verify: bool = True) -> Weig
                 f"no default model is shipped yet ({weights} is missing); pass --weights PATH "
                 "to a .safetensors file with its .json model card (cracksurvey train writes one)"
             )
-        raise ModelError(f"{weights}: weights file not found; pass --weights PATH to a .safetensors file")
+        raise ModelError(
+            f"{weights}: weights file not found; pass --weights PATH to a .safetensors file"
+        )
     card = read_card(weights)
     data = weights.read_bytes()
     if verify and card.sha256:
@@ -437,7 +449,12 @@ def load_model(
     """
     weights = read_weights(path, verify=verify)
     model = model_from_bytes(
-        weights.data, weights.card, device=device, verify=False, source=weights.source, fold_bn=fold_bn
+        weights.data,
+        weights.card,
+        device=device,
+        verify=False,
+        source=weights.source,
+        fold_bn=fold_bn,
     )
     return model, weights.card
 
@@ -510,8 +527,12 @@ def fold_batchnorm(model: TernausNet) -> TernausNet:
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):
             conv, norm = seq[i], seq[i + 1]
-            if isinstance(norm, nn.BatchNorm2d) and isinstance(conv, nn.Conv2d | nn.ConvTranspose2d):
-                seq[i] = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, nn.ConvTranspose2d))
+            if isinstance(norm, nn.BatchNorm2d) and isinstance(
+                conv, nn.Conv2d | nn.ConvTranspose2d
+            ):
+                seq[i] = fuse_conv_bn_eval(
+                    conv, norm, transpose=isinstance(conv, nn.ConvTranspose2d)
+                )
                 seq[i + 1] = nn.Identity()
     return model
 
@@ -528,7 +549,9 @@ def load_imagenet_encoder(model: TernausNet) -> None:
         import torchvision  # noqa: F401
         from torchvision.models import VGG11_Weights, VGG16_Weights, vgg11, vgg16
     except ImportError as exc:  # pragma: no cover - optional extra
-        raise ModelError("ImageNet initialisation needs the [imagenet] extra (torchvision)") from exc
+        raise ModelError(
+            "ImageNet initialisation needs the [imagenet] extra (torchvision)"
+        ) from exc
     if model.architecture == "unet16":
         vgg = vgg16(weights=VGG16_Weights.IMAGENET1K_V1)
     else:

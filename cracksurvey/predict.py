@@ -108,8 +108,11 @@ def effective_precision(precision: Precision, device: str | torch.device = "cpu"
 
 _HEAP_KEPT = False
 
-HEAP_ENVIRON = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
-                "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+HEAP_ENVIRON = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
+}
 """What :func:`keep_freed_memory` does, as glibc environment variables for a process about to
 start (the engine's local Dask workers get them; export them for ``dask worker`` elsewhere).
 At start they also cover threads that have already allocated when the call could come."""
@@ -297,9 +300,9 @@ def prepare_bands(
             )
         lo = scale[colour, 0].reshape(3, 1, 1)
         hi = scale[colour, 1].reshape(3, 1, 1)
-        scaled = (data.astype(np.float32) - lo.astype(np.float32)) * (
-            255.0 / (hi - lo)
-        ).astype(np.float32)
+        scaled = (data.astype(np.float32) - lo.astype(np.float32)) * (255.0 / (hi - lo)).astype(
+            np.float32
+        )
         rgb = np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).round().astype(np.uint8)
     if not valid.all():
         # Fill nodata with the ImageNet mean (about zero after normalisation): no invented

@@ -34,7 +34,6 @@ __all__ = [
 SkeletonMethod = Literal["zhang", "thin"]
 
 
-
 def threshold_distance(distance: ArrayLike, *, threshold_px: float) -> NDArray[np.bool_]:
     """Threshold a distance map into a crack mask.
 
@@ -61,9 +60,7 @@ def threshold_distance(distance: ArrayLike, *, threshold_px: float) -> NDArray[n
     return np.asarray(mask & ~np.isnan(d), dtype=bool)
 
 
-def skeletonize_mask(
-    mask: ArrayLike, *, method: SkeletonMethod = "zhang"
-) -> NDArray[np.bool_]:
+def skeletonize_mask(mask: ArrayLike, *, method: SkeletonMethod = "zhang") -> NDArray[np.bool_]:
     """Thin a crack mask to its one-pixel-wide, 8-connected skeleton.
 
     Parameters

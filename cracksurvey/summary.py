@@ -374,8 +374,9 @@ def summarize_buildings(
     """
     _require(cracks, "cracks", ("building_id", "length_m", "width_max_mm", "orientation_deg"))
     _require(branches, "branches", ("building_id", "length_m", "width_mean_mm"))
-    _require(coverage, "coverage", ("image", "building_id", "area_m2", "cpp_fragments",
-                                    "cpp_patches"))
+    _require(
+        coverage, "coverage", ("image", "building_id", "area_m2", "cpp_fragments", "cpp_patches")
+    )
     _require(images, "images", ("image", "building_id", "status"))
 
     ids: set[str] = {str(b) for b in building_ids}
@@ -409,7 +410,14 @@ def summarize_buildings(
     if damage_scale is not None:
         damage = assess_damage(frame, damage_scale)
     else:
-        damage = pd.DataFrame({"damage_level": pd.Series(pd.NA, index=frame.index, dtype="Int64"),
-                               "damage_label": None, "damage_basis": None}, index=frame.index)
-    return pd.concat([frame, damage.astype({"damage_label": object, "damage_basis": object})],
-                     axis=1)
+        damage = pd.DataFrame(
+            {
+                "damage_level": pd.Series(pd.NA, index=frame.index, dtype="Int64"),
+                "damage_label": None,
+                "damage_basis": None,
+            },
+            index=frame.index,
+        )
+    return pd.concat(
+        [frame, damage.astype({"damage_label": object, "damage_basis": object})], axis=1
+    )

@@ -391,9 +391,7 @@ def check_building_ids(columns: Sequence[str], ids: Iterable[Any], *, source: st
     return {t for t in texts if t is not None}
 
 
-def _match_row(
-    image: str, names: Sequence[str], image_dir_rel: str
-) -> str | None:
+def _match_row(image: str, names: Sequence[str], image_dir_rel: str) -> str | None:
     """The file name an images.csv ``image`` cell refers to, or None."""
     value = image.replace("\\", "/")
     if image_dir_rel and value.startswith(image_dir_rel + "/"):
@@ -514,8 +512,9 @@ def build_records(
         if image_file.error is not None or image_file.sources is None:
             message = image_file.error or f"{label}: could not be read"
             logger.error(message)
-            records.append(ImageRecord(georef=None, status="error", message=message,
-                                       **record_kwargs))
+            records.append(
+                ImageRecord(georef=None, status="error", message=message, **record_kwargs)
+            )
             continue
         try:
             georef = resolve_georef(
@@ -532,8 +531,9 @@ def build_records(
             continue
         except GeoreferenceError as exc:
             logger.error("%s", exc)
-            records.append(ImageRecord(georef=None, status="error", message=str(exc),
-                                       **record_kwargs))
+            records.append(
+                ImageRecord(georef=None, status="error", message=str(exc), **record_kwargs)
+            )
             continue
         notes: tuple[str, ...] = ()
         if georef.kind == "pixel":

@@ -20,7 +20,8 @@ from torch import nn
 from cracksurvey.config import EngineConfig
 from cracksurvey.engine import Engine, run_image
 from cracksurvey.errors import InputRasterError
-from cracksurvey.io.raster import TiledRasterWriter, describe_raster
+from cracksurvey.io.cog import TiledRasterWriter
+from cracksurvey.io.raster import describe_raster
 from cracksurvey.model import ModelCard, TernausNet, save_model
 from cracksurvey.predict import HEAP_ENVIRON
 from cracksurvey.tiling import predict_untiled

@@ -30,13 +30,8 @@ from torch import nn
 from cracksurvey.config import EngineConfig, Precision
 from cracksurvey.engine.cluster import start_local_cluster, task_resources
 from cracksurvey.engine.worker import BandSpec, ModelPlugin, PluginModelRef, tile_task
-from cracksurvey.io.raster import (
-    RasterHeader,
-    RasterSource,
-    TiledRasterWriter,
-    describe_raster,
-    finish_concurrently,
-)
+from cracksurvey.io.cog import TiledRasterWriter, finish_concurrently
+from cracksurvey.io.raster import RasterHeader, RasterSource, describe_raster
 from cracksurvey.model import ModelCard, Weights, model_from_bytes, read_weights
 from cracksurvey.predict import (
     effective_precision,
@@ -195,7 +190,9 @@ class Engine:
             # the weights must fit their card's architecture: say so now, not in a worker
             model_from_bytes(weights.data, weights.card, verify=False, source=weights.source)
             self._model = weights
-        self.card: ModelCard = self._model[1] if isinstance(self._model, tuple) else self._model.card
+        self.card: ModelCard = (
+            self._model[1] if isinstance(self._model, tuple) else self._model.card
+        )
         self.threshold_px = float(self.card.threshold_px if threshold_px is None else threshold_px)
         self._client: Any = None
         self._cluster: Any = None
@@ -281,7 +278,9 @@ class Engine:
         scale = percentile_scale(sample, valid=valid)
         log.info(
             "%s: %s bands scaled from percentiles 2-98: %s",
-            header.path, header.dtype, scale.tolist(),
+            header.path,
+            header.dtype,
+            scale.tolist(),
         )
         return BandSpec(header.nodata, header.alpha_band, scale)
 
@@ -361,8 +360,13 @@ class Engine:
     def _tiles(self, header: RasterHeader) -> list[Tile]:
         """The image's tiles in submission order: largest forward first (row-major among
         equals), so the small edge tiles come last and the workers finish an image together."""
-        tiles = tile_grid(header.height, header.width, core_px=self.core_px,
-                          halo_px=self.halo_px, multiple=self.card.input_multiple)
+        tiles = tile_grid(
+            header.height,
+            header.width,
+            core_px=self.core_px,
+            halo_px=self.halo_px,
+            multiple=self.card.input_multiple,
+        )
         order = sorted(range(len(tiles)), key=lambda i: (-_forward_px(tiles[i]), i))
         return [tiles[i] for i in order]
 
@@ -379,19 +383,27 @@ class Engine:
             except Exception:  # the real run reports it, with its own clear error
                 pf = _Prefetch(Path(image), None, None, [], [])
             else:
-                pf = _Prefetch(Path(image), header, bands, self._tiles(header), [],
-                               _file_stat(image))
+                pf = _Prefetch(
+                    Path(image), header, bands, self._tiles(header), [], _file_stat(image)
+                )
             self._prefetch = pf
-        if pf.header is None or pf.bands is None or len(pf.futures) >= min(max_in_flight,
-                                                                            len(pf.tiles)):
+        if (
+            pf.header is None
+            or pf.bands is None
+            or len(pf.futures) >= min(max_in_flight, len(pf.tiles))
+        ):
             return
         pf.futures.append(self._submit_tile(pf.header, pf.tiles[len(pf.futures)], pf.bands))
 
     def _take_prefetch(self, header: RasterHeader, tiles: list[Tile]) -> list[Any]:
         """The futures already running for this image's first tiles (else none)."""
         pf = self._prefetch
-        if (pf is not None and pf.header == header and pf.tiles == tiles
-                and pf.stat == _file_stat(header.path)):
+        if (
+            pf is not None
+            and pf.header == header
+            and pf.tiles == tiles
+            and pf.stat == _file_stat(header.path)
+        ):
             self._prefetch = None
             return pf.futures
         self._drop_prefetch()
@@ -457,16 +469,28 @@ class Engine:
             if self.synchronous
             else self._results_dask(header, tiles, bands, next_image)
         )
-        transform, crs = georeference if georeference is not None else (
-            header.transform, header.crs)
+        transform, crs = (
+            georeference if georeference is not None else (header.transform, header.crs)
+        )
         parts: list[TileSkeleton] = []
         distance_out = TiledRasterWriter(
-            distance_path, height=header.height, width=header.width, transform=transform,
-            crs=crs, dtype="float32", nodata=float("nan"),
+            distance_path,
+            height=header.height,
+            width=header.width,
+            transform=transform,
+            crs=crs,
+            dtype="float32",
+            nodata=float("nan"),
         )
         mask_out = TiledRasterWriter(
-            mask_path, height=header.height, width=header.width, transform=transform, crs=crs,
-            dtype="uint8", nodata=MASK_NODATA, overview_resampling="nearest",
+            mask_path,
+            height=header.height,
+            width=header.width,
+            transform=transform,
+            crs=crs,
+            dtype="uint8",
+            nodata=MASK_NODATA,
+            overview_resampling="nearest",
         )
         name = Path(image).name
         try:
@@ -483,8 +507,11 @@ class Engine:
                             parts.append(result.skeleton.shifted(tile.read_row0, tile.read_col0))
                     if progress is not None:
                         progress(ProgressEvent("tile", n_done, len(tiles), image=name))
-                if (self._client is not None and self._prefetch is None
-                        and header.n_pixels >= RELEASE_AFTER_PX):
+                if (
+                    self._client is not None
+                    and self._prefetch is None
+                    and header.n_pixels >= RELEASE_AFTER_PX
+                ):
                     self._release_worker_memory()
                 finish_concurrently(distance_out, mask_out)
         finally:

@@ -82,9 +82,7 @@ class PluginModelRef:
 class ModelPlugin(WorkerPlugin):
     """Carries the model to every worker once, also to workers that join or restart later."""
 
-    def __init__(
-        self, ref: PluginModelRef, payload: Weights | tuple[nn.Module, ModelCard]
-    ) -> None:
+    def __init__(self, ref: PluginModelRef, payload: Weights | tuple[nn.Module, ModelCard]) -> None:
         self.name = ref.name
         self.ref = ref
         self.payload = payload

@@ -50,7 +50,9 @@ def list_pairs(root: str | Path, split: str) -> list[Pair]:
         if not mask.exists():
             candidates = [p for p in masks_dir.glob(image.stem + ".*")]
             if not candidates:
-                raise DatasetError(f"{image}: no mask {mask.name} in {masks_dir}; add it or remove the image")
+                raise DatasetError(
+                    f"{image}: no mask {mask.name} in {masks_dir}; add it or remove the image"
+                )
             mask = candidates[0]
         pairs.append(Pair(image.stem, image, mask, root.name))
     if not pairs:

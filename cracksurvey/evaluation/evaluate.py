@@ -101,7 +101,14 @@ def evaluate_model(
         "cpp": {"patch_px": cpp_patch_px, "min_area_px": cpp_min_area_px},
         "datasets": {},
     }
-    everything: dict[str, list[Any]] = {"counts": [], "cpp_pred": [], "cpp_gt": [], "cldice": [], "betti0": [], "width": []}
+    everything: dict[str, list[Any]] = {
+        "counts": [],
+        "cpp_pred": [],
+        "cpp_gt": [],
+        "cldice": [],
+        "betti0": [],
+        "width": [],
+    }
     for data_dir in data_dirs:
         pairs = list_pairs(data_dir, split)
         bar = progress(len(pairs), Path(data_dir).name) if progress else None
@@ -109,13 +116,19 @@ def evaluate_model(
         for pair in pairs:
             image = read_rgb(pair.image)
             gt = read_mask(pair.mask)
-            distance, body = predict_untiled(image, model, card, halo_px=halo_px, precision=prec, device=device)
+            distance, body = predict_untiled(
+                image, model, card, halo_px=halo_px, precision=prec, device=device
+            )
             pred = distance <= tau
             acc["counts"].append(relaxed_counts(pred, gt, slack_px=slack_px, variant=variant))  # type: ignore[arg-type]
             # CPP pooled over every counted patch of every image (images smaller than half a
             # patch have none)
-            acc["cpp_pred"].append(cracks_per_patch(pred, patch_px=cpp_patch_px, min_area_px=cpp_min_area_px))
-            acc["cpp_gt"].append(cracks_per_patch(gt, patch_px=cpp_patch_px, min_area_px=cpp_min_area_px))
+            acc["cpp_pred"].append(
+                cracks_per_patch(pred, patch_px=cpp_patch_px, min_area_px=cpp_min_area_px)
+            )
+            acc["cpp_gt"].append(
+                cracks_per_patch(gt, patch_px=cpp_patch_px, min_area_px=cpp_min_area_px)
+            )
             acc["cldice"].append(cldice(pred, gt))
             acc["betti0"].append(betti0_error(pred, gt, min_area_px=cpp_min_area_px))
             acc["width"].append(width_errors(body, skeletonize_mask(pred), gt, slack_px=slack_px))
@@ -164,18 +177,48 @@ def _fmt(v: Any) -> str:
 
 def format_table(results: dict[str, Any]) -> str:
     """A plain-text table of the headline numbers."""
-    cols = ["dataset", "n", "correct.", "complete.", "quality", "F1", "CPP pred", "CPP GT", "|ΔCPP|", "clDice", "β0 err", "width MAE px"]
+    cols = [
+        "dataset",
+        "n",
+        "correct.",
+        "complete.",
+        "quality",
+        "F1",
+        "CPP pred",
+        "CPP GT",
+        "|ΔCPP|",
+        "clDice",
+        "β0 err",
+        "width MAE px",
+    ]
     rows = []
-    entries = list(results["datasets"].items()) + ([("all", results["all"])] if "all" in results else [])
+    entries = list(results["datasets"].items()) + (
+        [("all", results["all"])] if "all" in results else []
+    )
     for name, r in entries:
         m = r["micro"]
-        rows.append([name, r["n_images"], m["correctness"], m["completeness"], m["quality"], m["f1"],
-                     r["cpp_pred_mean"], r["cpp_gt_mean"], r["abs_delta_cpp_mean"], r["cldice_mean"],
-                     r["betti0_error_mean"], r["width_mae_px"]])
+        rows.append(
+            [
+                name,
+                r["n_images"],
+                m["correctness"],
+                m["completeness"],
+                m["quality"],
+                m["f1"],
+                r["cpp_pred_mean"],
+                r["cpp_gt_mean"],
+                r["abs_delta_cpp_mean"],
+                r["cldice_mean"],
+                r["betti0_error_mean"],
+                r["width_mae_px"],
+            ]
+        )
     table = [cols] + [[_fmt(v) for v in row] for row in rows]
     widths = [max(len(str(r[i])) for r in table) for i in range(len(cols))]
     lines = ["  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)) for r in table]
-    head = (f"model {results['model_id']} (sha256 {results['sha256'][:12]}), threshold {results['threshold_px']} px, "
-            f"slack {results['slack_px']} px, {results['variant']} completeness, micro over images; "
-            f"CPP: patch {results['cpp']['patch_px']} px, min area {results['cpp']['min_area_px']} px")
+    head = (
+        f"model {results['model_id']} (sha256 {results['sha256'][:12]}), threshold {results['threshold_px']} px, "
+        f"slack {results['slack_px']} px, {results['variant']} completeness, micro over images; "
+        f"CPP: patch {results['cpp']['patch_px']} px, min area {results['cpp']['min_area_px']} px"
+    )
     return "\n".join([head, lines[0], "-" * len(lines[0]), *lines[1:]])

@@ -434,7 +434,10 @@ def cpp_summary(
     v = valid_mask(valid, gt.shape)
     gt_in = gt if v is None else gt & v
     has_gt = np.array(
-        [gt_in[r : r + patch_px, c : c + patch_px].any() for r, c in patch_grid(gt.shape, patch_px, v)],
+        [
+            gt_in[r : r + patch_px, c : c + patch_px].any()
+            for r, c in patch_grid(gt.shape, patch_px, v)
+        ],
         dtype=bool,
     )
     both = _compare(cpp_pred, cpp_gt)

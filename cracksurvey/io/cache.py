@@ -192,7 +192,9 @@ class EntryCache:
         for path in self.root.iterdir():
             staging = path.name.startswith(".staging-")
             entry = not path.name.startswith(".")
-            if path.is_dir() and (staging or (keep is not None and entry and path.name not in keep)):
+            if path.is_dir() and (
+                staging or (keep is not None and entry and path.name not in keep)
+            ):
                 shutil.rmtree(path, ignore_errors=True)
                 removed += 1
         return removed
@@ -215,8 +217,13 @@ class PredictionCache(EntryCache):
 def write_skeleton(path: Path, skeleton: TileSkeleton) -> None:
     """Save a sparse skeleton (rows, cols, width, distance) exactly, without pickle."""
     with open(path, "wb") as f:
-        np.savez(f, rows=skeleton.rows, cols=skeleton.cols, width_px=skeleton.width_px,
-                 distance_px=skeleton.distance_px)
+        np.savez(
+            f,
+            rows=skeleton.rows,
+            cols=skeleton.cols,
+            width_px=skeleton.width_px,
+            distance_px=skeleton.distance_px,
+        )
         f.flush()
         os.fsync(f.fileno())
 

@@ -177,8 +177,10 @@ def read_images_csv(path: str | Path) -> dict[str, ImageRow]:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
     lines = text.splitlines()
     if not lines or not lines[0].strip():
-        raise ConfigError(f"{path}: empty; the first line must be a header such as "
-                          "image,building_id,facade_id,gsd_mm")
+        raise ConfigError(
+            f"{path}: empty; the first line must be a header such as "
+            "image,building_id,facade_id,gsd_mm"
+        )
     first = lines[0]
     delimiter = max((",", ";", "\t"), key=first.count)
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
@@ -377,8 +379,9 @@ def read_image_file(
         siblings = {p.name.lower(): p for p in path.parent.iterdir()}
     size_bytes = path.stat().st_size
     digest = hash_file(path)
-    base: dict[str, Any] = dict(path=path, name=path.name, display_name=shown, sha256=digest,
-                                size_bytes=size_bytes)
+    base: dict[str, Any] = dict(
+        path=path, name=path.name, display_name=shown, sha256=digest, size_bytes=size_bytes
+    )
     if size_bytes == 0:
         return ImageFile(
             **base, error=f"{shown}: the file is empty (0 bytes); copy it again from the source"

@@ -263,8 +263,6 @@ def _area_fragments_by_row(
     return counts
 
 
-
-
 def continuity_stats(lengths_m: ArrayLike) -> dict[str, float | int]:
     """Scale-free continuity statistics of detected cracks (no GT needed).
 

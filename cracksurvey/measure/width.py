@@ -187,12 +187,14 @@ def _edt_in_box(
         box[:, -1] = True
     edt = ndimage.distance_transform_edt(box)[1:-1, 1:-1][rows - r0, cols - c0]
     inf = np.inf
-    room = np.minimum.reduce([
-        rows - r0 + 1 if r0 > 0 else np.full(rows.shape, inf),
-        r1 - rows if r1 < h else np.full(rows.shape, inf),
-        cols - c0 + 1 if c0 > 0 else np.full(rows.shape, inf),
-        c1 - cols if c1 < w else np.full(rows.shape, inf),
-    ])
+    room = np.minimum.reduce(
+        [
+            rows - r0 + 1 if r0 > 0 else np.full(rows.shape, inf),
+            r1 - rows if r1 < h else np.full(rows.shape, inf),
+            cols - c0 + 1 if c0 > 0 else np.full(rows.shape, inf),
+            c1 - cols if c1 < w else np.full(rows.shape, inf),
+        ]
+    )
     return edt, room
 
 

@@ -160,8 +160,13 @@ def measure_image(
 
     with timings("join"):
         building, coverage = _join_buildings(
-            record, cracks, counts=counts, origins=origins, n_valid=n_valid,
-            footprints=footprints, patch_px=config.cpp.patch_px,
+            record,
+            cracks,
+            counts=counts,
+            origins=origins,
+            n_valid=n_valid,
+            footprints=footprints,
+            patch_px=config.cpp.patch_px,
         )
         crack_building = dict(zip(cracks["crack_id"].to_numpy(), building))
         branch_building = [crack_building.get(c) for c in branches["crack_id"].to_numpy()]
@@ -195,9 +200,7 @@ def measure_image(
     return outcome, ImageLayers(cracks, branches, cracks_3d, coverage)
 
 
-def _patch_counts(
-    mask_path: Path, config: ProcessConfig
-) -> tuple[np.ndarray, np.ndarray, int]:
+def _patch_counts(mask_path: Path, config: ProcessConfig) -> tuple[np.ndarray, np.ndarray, int]:
     """CPP fragment count and origin of each counted patch, and the number of valid pixels.
 
     The mask COG is read one row of patches at a time (memory: ``patch_px`` x width bytes).
@@ -234,9 +237,13 @@ def _join_buildings(
     assert georef is not None
     if record.building_id is not None or georef.kind != "map" or footprints is None:
         area_per_px = georef.pixel_size_m**2 if georef.pixel_size_m else math.nan
-        coverage = dict(image=record.name, building_id=record.building_id,
-                        area_m2=n_valid * area_per_px, cpp_fragments=int(counts.sum()),
-                        cpp_patches=int(counts.size))
+        coverage = dict(
+            image=record.name,
+            building_id=record.building_id,
+            area_m2=n_valid * area_per_px,
+            cpp_fragments=int(counts.sum()),
+            cpp_patches=int(counts.size),
+        )
         return np.full(len(cracks), record.building_id, dtype=object), [coverage]
     building = join_cracks_to_footprints(cracks.geometry, footprints)
     # patch centres (clipped to the image for partial border patches) to map coordinates
@@ -251,10 +258,13 @@ def _join_buildings(
     for building_id, footprint in zip(overlapping["building_id"], overlapping.geometry):
         in_building = patch_building == building_id
         coverage_rows.append(
-            dict(image=record.name, building_id=building_id,
-                 area_m2=float(footprint.intersection(polygon).area * square_m),
-                 cpp_fragments=int(counts[in_building].sum()),
-                 cpp_patches=int(in_building.sum()))
+            dict(
+                image=record.name,
+                building_id=building_id,
+                area_m2=float(footprint.intersection(polygon).area * square_m),
+                cpp_fragments=int(counts[in_building].sum()),
+                cpp_patches=int(in_building.sum()),
+            )
         )
     return building, coverage_rows
 
@@ -321,14 +331,17 @@ class ImageRun:
             self.reused.append(record.name)
         self.keys.add(key)
         with self.timings("cache"):
-            for source, target in zip((prediction.distance_path, prediction.mask_path),
-                                      raster_names(record)):
+            for source, target in zip(
+                (prediction.distance_path, prediction.mask_path), raster_names(record)
+            ):
                 publish_raster(source, self.raster_dir / target)
-        outcome = ImageOutcome(**{**result.record["outcome"],
-                                  "warnings": tuple(result.record["outcome"]["warnings"])})
+        outcome = ImageOutcome(
+            **{**result.record["outcome"], "warnings": tuple(result.record["outcome"]["warnings"])}
+        )
         frames = result.frames
-        return outcome, ImageLayers(frames["cracks"], frames["branches"], frames["cracks_3d"],
-                                    result.record["coverage"])
+        return outcome, ImageLayers(
+            frames["cracks"], frames["branches"], frames["cracks_3d"], result.record["coverage"]
+        )
 
     def predict(
         self,
@@ -348,17 +361,26 @@ class ImageRun:
                 # units); rasterio's warning about rasters without a geotransform is noise here.
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 result = self.engine.run_image(
-                    record.path, distance_path=distance_path, mask_path=mask_path,
-                    progress=progress, next_image=next_image,
+                    record.path,
+                    distance_path=distance_path,
+                    mask_path=mask_path,
+                    progress=progress,
+                    next_image=next_image,
                     # the COGs overlay the crack layers: same transform and CRS, as resolved
                     georeference=(georef.transform, georef.crs.to_wkt() if georef.crs else None),
                 )
             with self.timings("cache"):
                 write_skeleton(staging / SKELETON_NPZ, result.skeleton)
-                return self.predictions.commit(staging, key, {
-                    "threshold_px": result.threshold_px, "n_tiles": result.n_tiles,
-                    "precision": result.precision, "seconds": result.seconds,
-                })
+                return self.predictions.commit(
+                    staging,
+                    key,
+                    {
+                        "threshold_px": result.threshold_px,
+                        "n_tiles": result.n_tiles,
+                        "precision": result.precision,
+                        "seconds": result.seconds,
+                    },
+                )
         finally:
             self.predictions.discard(staging)  # gone already when committed
 
@@ -368,16 +390,24 @@ class ImageRun:
         staging = self.results.stage()
         try:
             outcome, layers = measure_image(
-                record, prediction, config=self.config,
-                footprints=self.footprints_for(record.georef), raster_dir=self.raster_dir,
-                root=self.root, timings=self.timings,
+                record,
+                prediction,
+                config=self.config,
+                footprints=self.footprints_for(record.georef),
+                raster_dir=self.raster_dir,
+                root=self.root,
+                timings=self.timings,
             )
             with self.timings("cache"):
                 return self.results.commit(
-                    staging, key,
+                    staging,
+                    key,
                     {"outcome": dataclasses.asdict(outcome), "coverage": layers.coverage},
-                    {"cracks": layers.cracks, "branches": layers.branches,
-                     "cracks_3d": layers.cracks_3d},
+                    {
+                        "cracks": layers.cracks,
+                        "branches": layers.branches,
+                        "cracks_3d": layers.cracks_3d,
+                    },
                 )
         finally:
             self.results.discard(staging)
@@ -387,22 +417,26 @@ class ImageRun:
         georef = record.georef
         assert georef is not None
         sections = self.config.to_dict()
-        return cache_key({
-            "stage": "predict",
-            "cracksurvey": __version__,
-            "entry_format": ENTRY_FORMAT,
-            "image": {"sha256": record.sha256, "size": [record.width, record.height]},
-            "model": {
-                "sha256": self.model_sha256, "threshold_px": self.engine.threshold_px,
-                "precision": sections["model"]["precision"], "device": sections["model"]["device"],
-            },
-            "tiling": sections["tiling"],
-            # the COGs carry the resolved georeferencing
-            "georeference": {
-                "transform": list(georef.transform)[:6],
-                "crs": georef.crs.to_wkt() if georef.crs is not None else None,
-            },
-        })
+        return cache_key(
+            {
+                "stage": "predict",
+                "cracksurvey": __version__,
+                "entry_format": ENTRY_FORMAT,
+                "image": {"sha256": record.sha256, "size": [record.width, record.height]},
+                "model": {
+                    "sha256": self.model_sha256,
+                    "threshold_px": self.engine.threshold_px,
+                    "precision": sections["model"]["precision"],
+                    "device": sections["model"]["device"],
+                },
+                "tiling": sections["tiling"],
+                # the COGs carry the resolved georeferencing
+                "georeference": {
+                    "transform": list(georef.transform)[:6],
+                    "crs": georef.crs.to_wkt() if georef.crs is not None else None,
+                },
+            }
+        )
 
     def result_key(self, record: ImageRecord, prediction_key: str) -> str:
         """Everything the image's layers and outcome depend on, its prediction included."""
@@ -411,22 +445,32 @@ class ImageRun:
         plane = georef.plane
         sections = self.config.to_dict()
         joined_by_footprint = record.building_id is None and georef.kind == "map"
-        return cache_key({
-            "stage": "measure",
-            "prediction": prediction_key,
-            "image": {
-                "name": record.name, "path": record_fields(record, None, root=self.root)["path"],
-                "building_id": record.building_id, "facade_id": record.facade_id,
-                "warnings": list(record.warnings),
-            },
-            "georef": {
-                "kind": georef.kind, "source": georef.source,
-                "pixel_size_m": georef.pixel_size_m, "metres_per_unit": georef.metres_per_unit,
-                "plane": None if plane is None else {
-                    "start_xy": list(plane.start_xy), "end_xy": list(plane.end_xy),
-                    "base_z": plane.base_z, "crs": plane.crs.to_wkt(),
+        return cache_key(
+            {
+                "stage": "measure",
+                "prediction": prediction_key,
+                "image": {
+                    "name": record.name,
+                    "path": record_fields(record, None, root=self.root)["path"],
+                    "building_id": record.building_id,
+                    "facade_id": record.facade_id,
+                    "warnings": list(record.warnings),
                 },
-            },
-            "config": {name: sections[name] for name in ("vectorize", "cpp")},
-            "buildings": self.buildings_sha256 if joined_by_footprint else None,
-        })
+                "georef": {
+                    "kind": georef.kind,
+                    "source": georef.source,
+                    "pixel_size_m": georef.pixel_size_m,
+                    "metres_per_unit": georef.metres_per_unit,
+                    "plane": None
+                    if plane is None
+                    else {
+                        "start_xy": list(plane.start_xy),
+                        "end_xy": list(plane.end_xy),
+                        "base_z": plane.base_z,
+                        "crs": plane.crs.to_wkt(),
+                    },
+                },
+                "config": {name: sections[name] for name in ("vectorize", "cpp")},
+                "buildings": self.buildings_sha256 if joined_by_footprint else None,
+            }
+        )

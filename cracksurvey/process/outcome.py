@@ -80,8 +80,12 @@ class ImageOutcome:
 
 #: Columns (and dtypes) of the images layer: the fields of :class:`ImageOutcome`.
 IMAGE_COLUMNS: dict[str, str] = {
-    f.name: {"int": "Int64", "float": "float64", "float | None": "float64",
-             "int | None": "Int64"}.get(str(f.type), "str")
+    f.name: {
+        "int": "Int64",
+        "float": "float64",
+        "float | None": "float64",
+        "int | None": "Int64",
+    }.get(str(f.type), "str")
     for f in dataclasses.fields(ImageOutcome)
 }
 
@@ -171,16 +175,15 @@ def raster_names(record: ImageRecord) -> tuple[str, str]:
     return f"{record.stem}_distance.tif", f"{record.stem}_mask.tif"
 
 
-def record_fields(
-    record: ImageRecord, raster_dir: Path | None, *, root: Path
-) -> dict[str, Any]:
+def record_fields(record: ImageRecord, raster_dir: Path | None, *, root: Path) -> dict[str, Any]:
     """The fields of an outcome that come from the image record (and its rasters' names)."""
     georef = record.georef
     rasters = {}
     if raster_dir is not None:
         distance, mask = raster_names(record)
-        rasters = dict(distance_raster=f"{raster_dir.name}/{distance}",
-                       mask_raster=f"{raster_dir.name}/{mask}")
+        rasters = dict(
+            distance_raster=f"{raster_dir.name}/{distance}", mask_raster=f"{raster_dir.name}/{mask}"
+        )
     return dict(
         image=record.name,
         path=display_path(record, root),
@@ -201,7 +204,8 @@ def record_fields(
 def unprocessable(record: ImageRecord, *, root: Path) -> ImageOutcome:
     """The outcome of an image that discovery already marked as failed."""
     return ImageOutcome(
-        **record_fields(record, None, root=root), status="error",
+        **record_fields(record, None, root=root),
+        status="error",
         message=one_line(record.message or f"{record.name}: cannot be processed"),
     )
 
@@ -218,5 +222,4 @@ def failed(record: ImageRecord, exc: Exception, *, root: Path, raster_dir: Path)
     logger.error("%s", message)
     for name in raster_names(record):
         (raster_dir / name).unlink(missing_ok=True)
-    return ImageOutcome(**record_fields(record, None, root=root), status="error",
-                        message=message)
+    return ImageOutcome(**record_fields(record, None, root=root), status="error", message=message)

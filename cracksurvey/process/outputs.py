@@ -58,7 +58,6 @@ __all__ = ["write_outputs"]
 _ID_COLUMNS = {"image": "str", "building_id": "str", "facade_id": "str"}
 
 
-
 def _buildings_crs(survey: Survey, crs_groups: Iterable[CRS | None]) -> CRS | None:
     """survey buildings CRS, else survey.crs, else the only projected image CRS, else None."""
     if survey.buildings is not None and survey.buildings.crs is not None:
@@ -85,15 +84,17 @@ def _layer_specs(
         footprint = (
             image_footprint(georef, record.width or 0, record.height or 0) if georef else None
         )
-        items.append(ImageFeatures(
-            image_row={**outcome.row(), "geometry": footprint},
-            crs=georef.crs if georef else None,
-            georeferenced=georef is not None,
-            cracks=image_layers.cracks if image_layers else None,
-            branches=image_layers.branches if image_layers else None,
-            cracks_3d=image_layers.cracks_3d if image_layers else None,
-            crs_3d=georef.plane.crs if georef and georef.plane else None,
-        ))
+        items.append(
+            ImageFeatures(
+                image_row={**outcome.row(), "geometry": footprint},
+                crs=georef.crs if georef else None,
+                georeferenced=georef is not None,
+                cracks=image_layers.cracks if image_layers else None,
+                branches=image_layers.branches if image_layers else None,
+                cracks_3d=image_layers.cracks_3d if image_layers else None,
+                crs_3d=georef.plane.crs if georef and georef.plane else None,
+            )
+        )
     return crack_layers(
         items,
         crack_columns={**_ID_COLUMNS, **CRACK_COLUMNS},
@@ -103,15 +104,14 @@ def _layer_specs(
     )
 
 
-def _attribute_table(
-    frames: list[gpd.GeoDataFrame], columns: Mapping[str, str]
-) -> pd.DataFrame:
+def _attribute_table(frames: list[gpd.GeoDataFrame], columns: Mapping[str, str]) -> pd.DataFrame:
     """Attributes (no geometry) of all images' cracks or branches, typed even when empty."""
     parts = [pd.DataFrame(f.drop(columns="geometry")) for f in frames if len(f)]
     if parts:
         return pd.concat(parts, ignore_index=True)
-    return pd.DataFrame({c: pd.Series([], dtype=object if d == "str" else d)
-                         for c, d in columns.items()})
+    return pd.DataFrame(
+        {c: pd.Series([], dtype=object if d == "str" else d) for c, d in columns.items()}
+    )
 
 
 def _building_layer(
@@ -125,9 +125,15 @@ def _building_layer(
     records = {r.name: r for r in survey.images}
     for outcome in outcomes:
         georef = records[outcome.image].georef
-        if (outcome.status == "ok" and outcome.building_id is not None and georef is not None
-                and georef.kind == "map" and crs is not None and georef.crs is not None
-                and same_crs(georef.crs, crs)):
+        if (
+            outcome.status == "ok"
+            and outcome.building_id is not None
+            and georef is not None
+            and georef.kind == "map"
+            and crs is not None
+            and georef.crs is not None
+            and same_crs(georef.crs, crs)
+        ):
             image_footprints.setdefault(outcome.building_id, []).append(
                 image_footprint(georef, outcome.width_px or 0, outcome.height_px or 0)
             )
@@ -153,10 +159,12 @@ def write_outputs(
     """Summarise the buildings and write every output of the run; run.json last."""
     with timings("summary"):
         specs = _layer_specs(survey, outcomes, results)
-        cracks_table = _attribute_table([r.cracks for _, r in results],
-                                        {**_ID_COLUMNS, **CRACK_COLUMNS})
-        branches_table = _attribute_table([r.branches for _, r in results],
-                                          {**_ID_COLUMNS, **BRANCH_COLUMNS})
+        cracks_table = _attribute_table(
+            [r.cracks for _, r in results], {**_ID_COLUMNS, **CRACK_COLUMNS}
+        )
+        branches_table = _attribute_table(
+            [r.branches for _, r in results], {**_ID_COLUMNS, **BRANCH_COLUMNS}
+        )
         coverage = pd.DataFrame(
             [row for _, layers in results for row in layers.coverage],
             columns=["image", "building_id", "area_m2", "cpp_fragments", "cpp_patches"],
@@ -169,18 +177,28 @@ def write_outputs(
             list(survey.buildings["building_id"]) if survey.buildings is not None else []
         )
         summary = summarize_buildings(
-            cracks_table, branches_table, coverage, images_table, building_ids=footprint_ids,
+            cracks_table,
+            branches_table,
+            coverage,
+            images_table,
+            building_ids=footprint_ids,
             damage_scale=damage_scale,
         )
         crs = _buildings_crs(survey, [s.crs for s in specs if not s.name.startswith("cracks_3d")])
         specs.insert(
             len(specs) - sum(s.name.startswith("cracks_3d") for s in specs),
-            LayerSpec("buildings", _building_layer(survey, outcomes, summary, crs),
-                      "MultiPolygon", crs, "per-building crack summary"),
+            LayerSpec(
+                "buildings",
+                _building_layer(survey, outcomes, summary, crs),
+                "MultiPolygon",
+                crs,
+                "per-building crack summary",
+            ),
         )
     with timings("write"):
-        write_geopackage(out / "cracks.gpkg", specs,
-                         metadata=_gpkg_metadata(survey, model_info, started))
+        write_geopackage(
+            out / "cracks.gpkg", specs, metadata=_gpkg_metadata(survey, model_info, started)
+        )
         write_summary_tables(
             out, summary, columns={"building_id": "building id", **SUMMARY_COLUMNS}
         )
@@ -196,8 +214,11 @@ def write_outputs(
             stacklevel=3,
         )
     layer_info = {
-        spec.name: {"crs": crs_label(spec.crs), "geometry_type": spec.geometry_type,
-                    "features": len(spec.frame)}
+        spec.name: {
+            "crs": crs_label(spec.crs),
+            "geometry_type": spec.geometry_type,
+            "features": len(spec.frame),
+        }
         for spec in specs
     }
     failed = sum(o.status == "error" for o in outcomes)
@@ -219,8 +240,12 @@ def write_outputs(
                 for r in survey.images
             ],
             "files": describe_input_files(
-                [survey.survey_yaml_path, survey.images_csv_path, survey.buildings_path,
-                 *(Path(s) for s in survey.config_sources if s != "command line")],
+                [
+                    survey.survey_yaml_path,
+                    survey.images_csv_path,
+                    survey.buildings_path,
+                    *(Path(s) for s in survey.config_sources if s != "command line"),
+                ],
                 root=survey.root,
             ),
         },
@@ -238,8 +263,11 @@ def write_outputs(
             "summary_json": "summary.json",
             "report": REPORT_HTML,
             "rasters": sorted(
-                p for o in outcomes if o.status == "ok"
-                for p in (o.distance_raster, o.mask_raster) if p
+                p
+                for o in outcomes
+                if o.status == "ok"
+                for p in (o.distance_raster, o.mask_raster)
+                if p
             ),
         },
         "environment": _environment(),

@@ -128,8 +128,10 @@ def process_survey(
         overwrite=overwrite,
     )
     if isinstance(weights, (str, Path)):  # part of the effective config (run.json)
-        overrides = {**(overrides or {}),
-                     "model": {**(overrides or {}).get("model", {}), "weights": str(weights)}}
+        overrides = {
+            **(overrides or {}),
+            "model": {**(overrides or {}).get("model", {}), "weights": str(weights)},
+        }
     with timings("discover"):
         survey = discover_survey(
             survey_dir, preset=preset, config_path=config_path, overrides=overrides
@@ -147,12 +149,17 @@ def process_survey(
     if scheduler is not None:
         engine_config = dataclasses.replace(engine_config, scheduler=scheduler)
     with timings("model"):
-        model = _read_model(weights if isinstance(weights, tuple) else config.model.weights,
-                            survey.root)
+        model = _read_model(
+            weights if isinstance(weights, tuple) else config.model.weights, survey.root
+        )
         engine = Engine(
-            model, core_px=config.tiling.core_px, halo_px=config.tiling.halo_px,
-            precision=config.model.precision, device=config.model.device,
-            threshold_px=config.model.threshold_px, config=engine_config,
+            model,
+            core_px=config.tiling.core_px,
+            halo_px=config.tiling.halo_px,
+            precision=config.model.precision,
+            device=config.model.device,
+            threshold_px=config.model.threshold_px,
+            config=engine_config,
             synchronous=synchronous,
         )
     model_info = _model_info(engine, model, config)
@@ -165,8 +172,11 @@ def process_survey(
             engine=engine,
             predictions=PredictionCache(out, reuse=use_cache),
             results=ImageCache(out, reuse=use_cache),
-            config=config, model_sha256=model_info["sha256"] or _weights_sha256(model),
-            root=survey.root, raster_dir=raster_dir, timings=timings,
+            config=config,
+            model_sha256=model_info["sha256"] or _weights_sha256(model),
+            root=survey.root,
+            raster_dir=raster_dir,
+            timings=timings,
             footprints_for=_footprints_for(survey.buildings),
             buildings_sha256=_file_sha256(survey.buildings_path),
         )
@@ -181,12 +191,23 @@ def process_survey(
     closing.start()
     try:
         summary = write_outputs(
-            survey, out, outcomes, results, model_info=model_info, timings=timings,
-            started=started, t0=t0, damage_scale=damage_scale,
+            survey,
+            out,
+            outcomes,
+            results,
+            model_info=model_info,
+            timings=timings,
+            started=started,
+            t0=t0,
+            damage_scale=damage_scale,
             cache_info={
-                "dir": CACHE_DIR, "reused": run.reused, "computed": run.computed,
-                "predictions": {"reused": run.predictions_reused,
-                                "computed": run.predictions_computed},
+                "dir": CACHE_DIR,
+                "reused": run.reused,
+                "computed": run.computed,
+                "predictions": {
+                    "reused": run.predictions_reused,
+                    "computed": run.predictions_computed,
+                },
             },
         )
     except OSError as exc:
@@ -230,8 +251,7 @@ def _run_images(
             outcome = unprocessable(record, root=root)
         else:
             try:
-                outcome, layers = run.image(record, progress=emit,
-                                            next_image=next_computed[index])
+                outcome, layers = run.image(record, progress=emit, next_image=next_computed[index])
                 results.append((record, layers))
             except Exception as exc:  # one image must not cost the others their results
                 failure = output_failure(exc, out, len(run.keys))
@@ -239,8 +259,16 @@ def _run_images(
                     raise failure from exc
                 outcome = failed(record, exc, root=root, raster_dir=run.raster_dir)
         outcomes.append(outcome)
-        emit(ProgressEvent("image_done", index + 1, total, image=record.name,
-                           outcome=outcome, cached=record.name in run.reused))
+        emit(
+            ProgressEvent(
+                "image_done",
+                index + 1,
+                total,
+                image=record.name,
+                outcome=outcome,
+                cached=record.name in run.reused,
+            )
+        )
     return outcomes, results
 
 
@@ -353,8 +381,10 @@ def output_failure(exc: BaseException, out: Path, n_finished: int) -> OutputWrit
     full = exc.errno in _FULL_OR_READ_ONLY or any(
         os.strerror(code) in text for code in _FULL_OR_READ_ONLY
     )
-    denied = exc.errno in (errno.EACCES, errno.EPERM) and exc.filename is not None and (
-        Path(str(exc.filename)).resolve().is_relative_to(out.resolve())
+    denied = (
+        exc.errno in (errno.EACCES, errno.EPERM)
+        and exc.filename is not None
+        and (Path(str(exc.filename)).resolve().is_relative_to(out.resolve()))
     )
     if not (full or denied):
         return None
@@ -364,4 +394,3 @@ def output_failure(exc: BaseException, out: Path, n_finished: int) -> OutputWrit
         f"kept in {out / CACHE_DIR}: free space or fix permissions, then rerun the same command "
         "to resume"
     )
-

@@ -293,9 +293,7 @@ def _merge_pass_through(
 class Branches:
     """Branches of a pixel graph: paths, end nodes, kinds and pixel-step lengths."""
 
-    def __init__(
-        self, graph: PixelGraph, rows: NDArray[np.int64], cols: NDArray[np.int64]
-    ) -> None:
+    def __init__(self, graph: PixelGraph, rows: NDArray[np.int64], cols: NDArray[np.int64]) -> None:
         path, offsets, is_cycle = _trace_branches(graph.nbr, graph.node_label)
         n_nodes = graph.n_nodes
         starts, stops = offsets[:-1], offsets[1:]
@@ -342,9 +340,7 @@ class Branches:
         return np.bincount(ends, minlength=n)
 
 
-def prunable_pixels(
-    branches: Branches, *, min_spur_px: float
-) -> NDArray[np.int64]:
+def prunable_pixels(branches: Branches, *, min_spur_px: float) -> NDArray[np.int64]:
     """Pixels of spurs and small loops to delete, never reducing a junction below 2 branches.
 
     Spurs (junction-tip branches) and loops (branches from a junction back to itself) shorter

@@ -99,13 +99,27 @@ class CrackNetwork:
     def empty(cls) -> CrackNetwork:
         """A network without cracks."""
         i, f = np.zeros(0, np.int64), np.zeros(0, np.float64)
-        return cls(i, i, f, f, i, i, i, i, np.zeros((0, 2)), np.zeros(0, bool), i, f, i, i, i,
-                   np.zeros(0, bool))
+        return cls(
+            i,
+            i,
+            f,
+            f,
+            i,
+            i,
+            i,
+            i,
+            np.zeros((0, 2)),
+            np.zeros(0, bool),
+            i,
+            f,
+            i,
+            i,
+            i,
+            np.zeros(0, bool),
+        )
 
 
-def link_gaps(
-    graph: PixelGraph, branches: Branches, *, max_gap_px: float
-) -> NDArray[np.int64]:
+def link_gaps(graph: PixelGraph, branches: Branches, *, max_gap_px: float) -> NDArray[np.int64]:
     """Gap bridging: the pairs of crack tips to join across a gap of at most ``max_gap_px``.
 
     This is where gap bridging belongs: it runs on the pruned graph, and the pairs it returns
@@ -183,11 +197,19 @@ def trace_cracks(
     bridged = np.zeros(kept.size, dtype=bool)
     bridged[crack_of_comp[component[links[:, 0]]]] = True
     return CrackNetwork(
-        rows=r, cols=c, width_px=width, distance_px=distance,
+        rows=r,
+        cols=c,
+        width_px=width,
+        distance_px=distance,
         pixel_crack=crack_of_comp[component],
-        path=branches.path, starts=starts, stops=stops, vertices=vertices,
-        is_cycle=branches.is_cycle, kind=branches.kind.astype(np.int64),
-        branch_length_px=branch_length_px, branch_crack=branch_crack,
+        path=branches.path,
+        starts=starts,
+        stops=stops,
+        vertices=vertices,
+        is_cycle=branches.is_cycle,
+        kind=branches.kind.astype(np.int64),
+        branch_length_px=branch_length_px,
+        branch_crack=branch_crack,
         crack_branches=crack_branches,
         n_junctions=_junctions_per_crack(graph, branches, component, crack_of_comp, kept.size),
         bridged=bridged,
