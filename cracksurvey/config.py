@@ -347,8 +347,8 @@ def suggest(word: str, allowed: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(allowed), n=3, cutoff=0.6)
     if not close:
         return ""
-    # Among close matches prefer the longest shared prefix: 'tile_size' -> 'tile_px', not
-    # 'batch_size'.
+    # Among close matches prefer the longest shared prefix: 'weight' -> 'weights', not
+    # 'height'.
     best = max(close, key=lambda c: len(os.path.commonprefix([word.lower(), c.lower()])))
     return f" (did you mean {best!r}?)"
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ProgressCallback", "ProgressEvent", "ProgressKind"]
 
-ProgressKind = Literal["images", "image", "tile", "image_done"]
+ProgressKind = Literal["discover", "images", "image", "tile", "image_done"]
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,9 @@ class ProgressEvent:
 
     Attributes
     ----------
-    kind : {'images', 'image', 'tile', 'image_done'}
-        ``images``: the run starts, ``total`` images. ``image``: image number ``done + 1`` of
+    kind : {'discover', 'images', 'image', 'tile', 'image_done'}
+        ``discover``: ``done`` of ``total`` image files are read and hashed (``image``: the
+        file). ``images``: the run starts, ``total`` images. ``image``: image number ``done + 1`` of
         ``total`` starts. ``tile``: ``done`` of ``total`` tiles of ``image`` are written.
         ``image_done``: ``outcome`` of image number ``done`` of ``total``.
     done, total : int

@@ -15,6 +15,7 @@ import click
 
 from cracksurvey.cli.group import main
 from cracksurvey.config import ModelConfig, Precision, TilingConfig, parse_set_options
+from cracksurvey.progress import ProgressEvent
 
 
 def _process_overrides(
@@ -44,13 +45,15 @@ def _process_overrides(
 
 
 class _ProcessProgress:
-    """Two tqdm bars on stderr (images, tiles of the current image) and one line per image."""
+    """tqdm bars on stderr (image files read, images, tiles of the current image) and one line
+    per image."""
 
     def __init__(self, *, quiet: bool) -> None:
         from tqdm import tqdm
 
         self._tqdm = tqdm
         self.quiet = quiet
+        self.reading: Any = None
         self.images: Any = None
         self.tiles: Any = None
 
@@ -70,14 +73,21 @@ class _ProcessProgress:
     def write(self, line: str) -> None:
         self._tqdm.write(line, file=sys.stderr)
 
-    def __call__(self, event: Any) -> None:
-        if event.kind == "images":
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.kind == "discover":
+            if self.reading is None:
+                self.reading = self._bar(event.total, "reading images", 0)
+            self.reading.update(event.done - self.reading.n)
+        elif event.kind == "images":
+            if self.reading is not None:
+                self.reading.close()
+                self.reading = None
             self.images = self._bar(event.total, "images", 0)
         elif event.kind == "image":
             if self.tiles is not None:
                 self.tiles.close()
             self.tiles = None
-            self.images.set_postfix_str(event.image, refresh=False)
+            self.images.set_postfix_str(event.image or "", refresh=False)
         elif event.kind == "tile":
             if self.tiles is None:
                 self.tiles = self._bar(event.total, "tiles", 1)
@@ -85,11 +95,12 @@ class _ProcessProgress:
         elif event.kind == "image_done":
             self.images.update(1)
             outcome = event.outcome
+            assert outcome is not None
             if outcome.status == "error" or not self.quiet:
                 self.write(outcome.line() + (" (cached)" if event.cached else ""))
 
     def close(self) -> None:
-        for bar in (self.tiles, self.images):
+        for bar in (self.tiles, self.images, self.reading):
             if bar is not None:
                 bar.close()
 

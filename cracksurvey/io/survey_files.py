@@ -13,7 +13,7 @@ import hashlib
 import io
 import logging
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from cracksurvey.config import ProcessConfig, build_config
 from cracksurvey.errors import ConfigError
 from cracksurvey.georef import GeorefSources, parse_world_file, same_transform
 from cracksurvey.io.raster import read_header
+from cracksurvey.progress import ProgressCallback, ProgressEvent
 from cracksurvey.survey import (
     BUILDINGS_FILES,
     IMAGE_SUFFIXES,
@@ -430,7 +431,7 @@ def discover_survey(
     preset: str | Path | None = None,
     config_path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Survey:
     """Read and validate a survey directory before any work.
 
@@ -441,8 +442,8 @@ def discover_survey(
     preset, config_path, overrides
         Config layers around survey.yaml (see :func:`config_layers`).
     progress : callable, optional
-        Called as ``progress(done, total)`` after each image header is read (hashing is the
-        slow part on large surveys).
+        Called with ``ProgressEvent('discover', done, total, image=name)`` after each image
+        file is read (hashing is the slow part on large surveys).
 
     Returns
     -------
@@ -492,7 +493,7 @@ def discover_survey(
             read_image_file(path, display_name=prefix + path.name, siblings=siblings)
         )
         if progress is not None:
-            progress(done, len(files))
+            progress(ProgressEvent("discover", done, len(files), image=path.name))
 
     records = build_records(
         image_files,

@@ -134,7 +134,7 @@ def process_survey(
         }
     with timings("discover"):
         survey = discover_survey(
-            survey_dir, preset=preset, config_path=config_path, overrides=overrides
+            survey_dir, preset=preset, config_path=config_path, overrides=overrides, progress=emit
         )
     config = survey.config
     damage_scale = load_damage_scale(config.damage.scale, root=survey.root)
