@@ -19,6 +19,7 @@ Band layouts (:func:`prepare_bands`):
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,14 +76,24 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
+PRECISION_ENV = "CRACKSURVEY_PRECISION"
+"""Environment variable that decides what ``precision: auto`` means on this machine (``bf16`` or
+``fp32``), e.g. to run the whole test suite or a survey in one stated precision on any CPU."""
+
+
 def auto_precision(device: str | torch.device = "cpu") -> Precision:
     """What ``precision: auto`` runs on ``device``.
 
-    bf16 on CUDA devices that support it; on a CPU only with AMX. On CPUs with AVX-512 BF16 but
-    no AMX, bf16 autocast was measured slower than fp32 (docs/performance.md), so AVX-512 BF16
-    alone is not a reason to leave fp32. Set ``precision: bf16`` explicitly where
-    ``workflows/benchmark.py`` shows it faster (e.g. wide models on some AVX-512 BF16 CPUs).
+    ``CRACKSURVEY_PRECISION=bf16|fp32`` in the environment decides it wherever it is set.
+    Otherwise: bf16 on CUDA devices that support it; on a CPU only with AMX, where bf16
+    convolutions run about twice as fast as fp32. On CPUs with AVX-512 BF16 but no AMX, bf16
+    was measured slower than fp32 for this network (docs/performance.md), so auto is fp32 there.
     """
+    forced = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if forced:
+        if forced not in ("bf16", "fp32"):
+            raise ValueError(f"{PRECISION_ENV}={forced!r}: expected 'bf16' or 'fp32' (or unset)")
+        return forced  # type: ignore[return-value]
     dev = torch.device(device)
     if dev.type == "cuda":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
@@ -94,15 +105,14 @@ def auto_precision(device: str | torch.device = "cpu") -> Precision:
 def effective_precision(precision: Precision, device: str | torch.device = "cpu") -> Precision:
     """The precision that will actually run.
 
-    ``auto`` resolves by :func:`auto_precision`; an explicit bf16 falls back to fp32 on CPUs
-    without native bf16 (emulated bf16 is several times slower).
+    ``auto`` resolves by :func:`auto_precision`. An explicit ``bf16`` runs bf16 on every device:
+    on a CPU without native bf16 (no AVX-512 BF16 / AMX) PyTorch emulates it, slower than fp32
+    but with the same numerics, so results can be checked in bf16 on any machine.
     """
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision {precision!r}: expected 'auto', 'bf16' or 'fp32'")
     if precision == "auto":
         return auto_precision(device)
-    if precision == "bf16" and torch.device(device).type == "cpu" and not cpu_bf16_supported():
-        return "fp32"
     return precision
 
 
@@ -187,8 +197,7 @@ def predict_tile(
     rgb : ndarray of shape (3, H, W), uint8
         H and W multiples of ``card.input_multiple``.
     precision : {'bf16', 'fp32'}
-        bf16 autocast where the device supports it; on a CPU without native bf16 it falls back
-        to fp32 (logged once).
+        bf16 autocast (emulated, and logged once, on a CPU without native bf16) or fp32.
     device : torch device the model lives on.
 
     Returns
@@ -204,8 +213,13 @@ def predict_tile(
     if h % m or w % m:
         raise ValueError(f"tile of {h}x{w} px: height and width must be multiples of {m}")
     run = effective_precision(precision, device)
-    if run != precision and not _fallback_logged:
-        log.info("bf16 is not supported natively on this CPU; running in fp32")
+    if (
+        run == "bf16"
+        and torch.device(device).type == "cpu"
+        and not cpu_bf16_supported()
+        and not _fallback_logged
+    ):
+        log.info("bf16 is not supported natively on this CPU; it is emulated (slower than fp32)")
         _fallback_logged = True
     device = torch.device(device)
     std = torch.tensor(card.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0

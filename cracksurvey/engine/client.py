@@ -137,8 +137,8 @@ class Engine:
         The default core 1088 with the 96 px halo makes 1280 x 1280 forwards.
     precision : {'auto', 'bf16', 'fp32'}
         ``auto`` is resolved by each worker for its device
-        (:func:`cracksurvey.predict.auto_precision`); bf16 falls back to fp32 on CPUs without
-        native bf16 (logged).
+        (:func:`cracksurvey.predict.auto_precision`); an explicit bf16 runs bf16 everywhere,
+        emulated (and logged) on CPUs without native bf16.
     device : str
         Torch device of the workers; ``auto`` = cuda if the worker sees a GPU, else cpu
         (decided in each worker).
