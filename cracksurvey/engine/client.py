@@ -10,6 +10,7 @@ coordinates. While an image is finished, the next image's first tiles already ru
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -473,24 +474,16 @@ class Engine:
             georeference if georeference is not None else (header.transform, header.crs)
         )
         parts: list[TileSkeleton] = []
-        distance_out = TiledRasterWriter(
-            distance_path,
+        like_image = functools.partial(
+            TiledRasterWriter,
             height=header.height,
             width=header.width,
             transform=transform,
             crs=crs,
-            dtype="float32",
-            nodata=float("nan"),
         )
-        mask_out = TiledRasterWriter(
-            mask_path,
-            height=header.height,
-            width=header.width,
-            transform=transform,
-            crs=crs,
-            dtype="uint8",
-            nodata=MASK_NODATA,
-            overview_resampling="nearest",
+        distance_out = like_image(distance_path, dtype="float32", nodata=float("nan"))
+        mask_out = like_image(
+            mask_path, dtype="uint8", nodata=MASK_NODATA, overview_resampling="nearest"
         )
         name = Path(image).name
         try:
