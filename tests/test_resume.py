@@ -180,6 +180,23 @@ def test_half_written_or_damaged_entries_are_recomputed(tmp_path: Path, weights:
     assert ImageCache(out).lookup(keys[0]) is not None
 
 
+def test_damaged_predictions_are_recomputed(tmp_path: Path, weights: Path):
+    root = make_survey(tmp_path / "survey")
+    out = process_survey(root, weights=weights, overrides=FAST, synchronous=True).out_dir
+    predictions = out / CACHE_DIR / ".predictions"
+    keys = sorted(p.name for p in predictions.iterdir() if not p.name.startswith("."))
+    assert len(keys) == 5
+    with open(predictions / keys[0] / "skeleton.npz", "r+b") as f:  # torn write
+        f.truncate(10)
+    (predictions / keys[1] / "entry.json").unlink()  # killed before the manifest
+    (out / "run.json").unlink()
+
+    process_survey(root, weights=weights, overrides=FAST, synchronous=True)
+    cache = run_json(out)["cache"]
+    assert len(cache["predictions"]["computed"]) == 2 and len(cache["predictions"]["reused"]) == 3
+    assert sorted(p.name for p in predictions.iterdir() if not p.name.startswith(".")) == keys
+
+
 # --------------------------------------------------------------------------------------------
 # kill -9 and resume
 # --------------------------------------------------------------------------------------------
