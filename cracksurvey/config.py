@@ -233,6 +233,44 @@ class CppConfig:
         _require_non_negative("cpp", self, "min_area_px")
 
 
+SemanticsMode = Literal["auto", "on", "off"]
+Surface = Literal["wall", "opening", "background"]
+
+
+@dataclass(frozen=True)
+class SemanticsConfig:
+    """Façade semantics and no data (:mod:`cracksurvey.semantics`).
+
+    Parameters
+    ----------
+    mode : {'auto', 'on', 'off'}
+        ``auto``: façade images and images in pixel units that show enough of a façade (longest
+        side >= 1024 px and, at a known GSD, >= 4 m of wall); never map orthophotos (the model
+        was trained on street façades). ``on``: every image large enough. ``off``: every
+        pixel is wall.
+    weights : str or None
+        Semantics model (.safetensors with its card); None: the shipped one.
+    keep_on : tuple of {'wall', 'opening', 'background'}
+        Cracks are kept when most of their length lies on one of these surfaces.
+    fill : {'auto', 'off'}
+        ``auto``: constant black or white regions touching the image border (the fill that
+        rectification leaves) are no data, like GDAL nodata and alpha.
+    fill_tolerance : int
+        Grey levels of noise a constant fill may carry (JPEG).
+    """
+
+    mode: SemanticsMode = "auto"
+    weights: str | None = None
+    keep_on: tuple[Surface, ...] = ("wall",)
+    fill: Literal["auto", "off"] = "auto"
+    fill_tolerance: int = 6
+
+    def __post_init__(self) -> None:
+        _require_non_negative("semantics", self, "fill_tolerance")
+        if not self.keep_on:
+            raise _invalid(["semantics.keep_on"], "semantics.keep_on is empty; use e.g. [wall]")
+
+
 @dataclass(frozen=True)
 class DamageConfig:
     """Indicative damage level of each building (:mod:`cracksurvey.damage`).
@@ -307,6 +345,7 @@ class ProcessConfig:
     vectorize: VectorizeConfig = field(default_factory=VectorizeConfig)
     survey: SurveyConfig = field(default_factory=SurveyConfig)
     cpp: CppConfig = field(default_factory=CppConfig)
+    semantics: SemanticsConfig = field(default_factory=SemanticsConfig)
     damage: DamageConfig = field(default_factory=DamageConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 

@@ -56,7 +56,15 @@ from cracksurvey.io.cache import (
 )
 from cracksurvey.io.outputs import read_mask_strips
 from cracksurvey.measure.continuity import cracks_per_patch, patch_origins
+from cracksurvey.process.facade import (
+    SemanticsModel,
+    keep_pixels,
+    predict_semantics,
+    read_semantics,
+    surface_of,
+)
 from cracksurvey.process.outcome import ImageOutcome, Timings, raster_names, record_fields
+from cracksurvey.semantics import WALL
 from cracksurvey.progress import ProgressCallback
 from cracksurvey.skeleton import TileSkeleton
 from cracksurvey.summary import join_cracks_to_footprints, join_points_to_footprints
@@ -67,7 +75,7 @@ from cracksurvey.vectorize import vectorize_skeleton
 __all__ = ["ImageLayers", "ImageRun", "Prediction", "image_footprint", "measure_image"]
 
 #: Version of what the cache entries hold, within one package version (part of every key).
-ENTRY_FORMAT = 3
+ENTRY_FORMAT = 4
 
 
 @dataclass
@@ -86,16 +94,19 @@ class Prediction:
 
     distance_path: Path
     mask_path: Path
+    semantics_path: Path
     skeleton: TileSkeleton
     threshold_px: float
     n_tiles: int
     precision: str
     seconds: float
+    semantics: str  # how the class raster was made: "model", or why not
 
     @classmethod
     def from_entry(cls, entry: CacheEntry) -> Prediction:
-        distance, mask = (entry.path / name for name in RASTER_NAMES)
-        return cls(distance, mask, read_skeleton(entry.path / SKELETON_NPZ), **entry.record)
+        distance, mask, semantics = (entry.path / name for name in RASTER_NAMES)
+        skeleton = read_skeleton(entry.path / SKELETON_NPZ)
+        return cls(distance, mask, semantics, skeleton, **entry.record)
 
 
 def image_footprint(georef: Georef, width: int, height: int) -> Any:
@@ -131,7 +142,16 @@ def measure_image(
     """Vectorize and measure one image's prediction; join it to buildings."""
     georef = record.georef
     assert georef is not None
+    height, width = record.height or 0, record.width or 0
+    semantics = read_semantics(
+        prediction.semantics_path, height=height, width=width, applied=prediction.semantics
+    )
     skeleton = prediction.skeleton
+    keep = keep_pixels(semantics, skeleton.rows, skeleton.cols, config.semantics.keep_on)
+    if not keep.all():
+        skeleton = TileSkeleton(
+            skeleton.rows[keep], skeleton.cols[keep], skeleton.width_px[keep], skeleton.distance_px[keep]
+        )
     vcfg = config.vectorize
     with timings("vectorize"):
         cracks, branches = vectorize_skeleton(
@@ -147,6 +167,7 @@ def measure_image(
             smoothing_px=vcfg.smoothing_px,
             bridge_gap_px=vcfg.bridge_gap_px,
         )
+    cracks["surface"] = _surfaces(cracks, semantics, georef.transform)
     # length_m is in CRS units: metres for façade frames, scaled for e.g. US-foot map CRSs,
     # unknown (NaN) in pixel units.
     for frame in (cracks, branches):
@@ -157,6 +178,10 @@ def measure_image(
 
     with timings("cpp"):
         counts, origins, n_valid = _patch_counts(prediction.mask_path, config)
+    nodata_px = semantics.pixels(255, height=height, width=width)
+    wall_px = semantics.pixels(WALL, height=height, width=width)
+    # imaged area: wall only where the semantics ran; valid pixels less constant fill otherwise
+    area_px = wall_px if semantics.applied == "model" else max(0, n_valid - nodata_px)
 
     with timings("join"):
         building, coverage = _join_buildings(
@@ -164,7 +189,7 @@ def measure_image(
             cracks,
             counts=counts,
             origins=origins,
-            n_valid=n_valid,
+            n_valid=area_px,
             footprints=footprints,
             patch_px=config.cpp.patch_px,
         )
@@ -193,11 +218,23 @@ def measure_image(
         n_cracks=len(cracks),
         total_length_m=total,
         valid_px=n_valid,
-        area_m2=n_valid * georef.pixel_size_m**2 if georef.pixel_size_m else math.nan,
+        wall_px=wall_px if semantics.applied == "model" else None,
+        semantics=semantics.applied,
+        area_m2=area_px * georef.pixel_size_m**2 if georef.pixel_size_m else math.nan,
         cpp_mean=float(counts.mean()) if counts.size else math.nan,
         cpp_patches=int(counts.size),
     )
     return outcome, ImageLayers(cracks, branches, cracks_3d, coverage)
+
+
+def _surfaces(cracks: gpd.GeoDataFrame, semantics: Any, transform: Any) -> pd.Series:
+    """Majority surface of each crack, from its vertices."""
+    if len(cracks) == 0:
+        return pd.Series([], dtype="str")
+    xy, index = shapely.get_coordinates(cracks.geometry.values, return_index=True)
+    col, row = ~transform @ (xy[:, 0], xy[:, 1])
+    names = surface_of(semantics, np.floor(row), np.floor(col), index, len(cracks))
+    return pd.Series(names, index=cracks.index, dtype="str")
 
 
 def _patch_counts(mask_path: Path, config: ProcessConfig) -> tuple[np.ndarray, np.ndarray, int]:
@@ -286,6 +323,7 @@ class ImageRun:
     timings: Timings
     footprints_for: Callable[[Georef], gpd.GeoDataFrame | None]
     buildings_sha256: str | None
+    semantics_model: SemanticsModel
     reused: list[str] = field(default_factory=list)
     computed: list[str] = field(default_factory=list)
     predictions_reused: list[str] = field(default_factory=list)
@@ -332,7 +370,8 @@ class ImageRun:
         self.keys.add(key)
         with self.timings("cache"):
             for source, target in zip(
-                (prediction.distance_path, prediction.mask_path), raster_names(record)
+                (prediction.distance_path, prediction.mask_path, prediction.semantics_path),
+                raster_names(record),
             ):
                 publish_raster(source, self.raster_dir / target)
         outcome = ImageOutcome(
@@ -355,7 +394,7 @@ class ImageRun:
         assert georef is not None
         staging = self.predictions.stage()
         try:
-            distance_path, mask_path = (staging / name for name in RASTER_NAMES)
+            distance_path, mask_path, semantics_path = (staging / name for name in RASTER_NAMES)
             with self.timings("engine"), warnings.catch_warnings():
                 # The georeferencing was resolved at discovery (world files, images.csv, pixel
                 # units); rasterio's warning about rasters without a geotransform is noise here.
@@ -369,6 +408,11 @@ class ImageRun:
                     # the COGs overlay the crack layers: same transform and CRS, as resolved
                     georeference=(georef.transform, georef.crs.to_wkt() if georef.crs else None),
                 )
+            with self.timings("semantics"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                semantics = predict_semantics(
+                    record, self.config, self.semantics_model, semantics_path
+                )
             with self.timings("cache"):
                 write_skeleton(staging / SKELETON_NPZ, result.skeleton)
                 return self.predictions.commit(
@@ -379,6 +423,7 @@ class ImageRun:
                         "n_tiles": result.n_tiles,
                         "precision": result.precision,
                         "seconds": result.seconds,
+                        "semantics": semantics.applied,
                     },
                 )
         finally:
@@ -430,6 +475,11 @@ class ImageRun:
                     "device": sections["model"]["device"],
                 },
                 "tiling": sections["tiling"],
+                "semantics": {
+                    **{k: v for k, v in sections["semantics"].items() if k != "keep_on"},
+                    "model": self.semantics_sha256(),
+                    "gsd_m": georef.pixel_size_m,
+                },
                 # the COGs carry the resolved georeferencing
                 "georeference": {
                     "transform": list(georef.transform)[:6],
@@ -437,6 +487,12 @@ class ImageRun:
                 },
             }
         )
+
+    def semantics_sha256(self) -> str | None:
+        """Checksum of the semantics model (None when semantics are off)."""
+        if self.config.semantics.mode == "off":
+            return None
+        return self.semantics_model.sha256
 
     def result_key(self, record: ImageRecord, prediction_key: str) -> str:
         """Everything the image's layers and outcome depend on, its prediction included."""
@@ -471,6 +527,7 @@ class ImageRun:
                     },
                 },
                 "config": {name: sections[name] for name in ("vectorize", "cpp")},
+                "keep_on": sections["semantics"]["keep_on"],
                 "buildings": self.buildings_sha256 if joined_by_footprint else None,
             }
         )

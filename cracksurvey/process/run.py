@@ -28,6 +28,7 @@ from cracksurvey.io.outputs import RASTER_DIR, check_output_dir, clear_previous_
 from cracksurvey.io.survey_files import discover_survey, hash_file
 from cracksurvey.model import ModelCard, Weights, read_weights
 from cracksurvey.predict import resolve_device
+from cracksurvey.process.facade import SemanticsModel
 from cracksurvey.process.images import ImageLayers, ImageRun
 from cracksurvey.process.outcome import (
     ImageOutcome,
@@ -179,6 +180,7 @@ def process_survey(
             timings=timings,
             footprints_for=_footprints_for(survey.buildings),
             buildings_sha256=_file_sha256(survey.buildings_path),
+            semantics_model=SemanticsModel(config.semantics.weights),
         )
         for cache in (run.predictions, run.results):
             cache.prune(keep=None)  # staging folders of a killed run

@@ -94,7 +94,7 @@ def vectorize_skeleton(
         pixels, NaN-aware), ``orientation_deg`` (length-weighted mean axial direction of the
         segments in map coordinates, [0, 180), 0 = +x (east), counter-clockwise),
         ``n_branches``, ``n_junctions`` (nodes where >= 3 branch ends meet),
-        ``mean_confidence`` (mean over the pixels of ``clip(1 - distance_px / threshold_px,
+        ``confidence`` (mean over the pixels of ``clip(1 - distance_px / threshold_px,
         0, 1)``: 1 on the predicted centreline, 0 at the threshold), ``bridged`` (the crack
         joins fragments across a gap; always False until gap bridging is implemented). No CRS: the caller sets it.
     branches : geopandas.GeoDataFrame
