@@ -162,17 +162,27 @@ class VectorizeConfig:
     smoothing_px : float
         Polyline simplification tolerance in pixels (0 = keep every skeleton vertex).
     bridge_gap_px : int
-        Gaps up to this length between crack tips are bridged and flagged ``bridged``
-        (0 = no bridging; gap bridging is not implemented yet, a value > 0 is warned about).
+        Crack tips are linked to the next crack through a valley of the distance map when the
+        gap is at most this long (pixels); the crack is flagged ``bridged`` (0 = no bridging;
+        docs/method.md, "Gap bridging").
+    bridge_valley_px : float
+        Highest predicted distance (pixels) a bridge may cross: the valley it follows.
     """
 
     min_spur_px: int = 8
     min_crack_length_px: int = 15
     smoothing_px: float = 1.0
-    bridge_gap_px: int = 0
+    bridge_gap_px: int = 16
+    bridge_valley_px: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("min_spur_px", "min_crack_length_px", "smoothing_px", "bridge_gap_px"):
+        for name in (
+            "min_spur_px",
+            "min_crack_length_px",
+            "smoothing_px",
+            "bridge_gap_px",
+            "bridge_valley_px",
+        ):
             _require_non_negative("vectorize", self, name)
 
 

@@ -101,7 +101,9 @@ def applies(height: int, width: int, gsd_mm: float | None) -> bool:
     return gsd_mm is None or side * gsd_mm >= MIN_EXTENT_MM
 
 
-def constant_fill(rgb: NDArray[np.uint8], *, tolerance: int = 6, min_share: float = 0.005) -> NDArray[np.bool_]:
+def constant_fill(
+    rgb: NDArray[np.uint8], *, tolerance: int = 6, min_share: float = 0.005
+) -> NDArray[np.bool_]:
     """Black or white fill around an image: constant areas that touch the image border.
 
     An area, not a line: the constant pixels are opened with a 5 x 5 square first, so a black
@@ -129,9 +131,7 @@ def constant_fill(rgb: NDArray[np.uint8], *, tolerance: int = 6, min_share: floa
         labels, n = ndimage.label(candidate)
         if n == 0:
             continue
-        border = np.unique(
-            np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-        )
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
         keep = np.zeros(n + 1, bool)
         keep[border] = True
@@ -238,11 +238,16 @@ def crack_surfaces(
     k = crack[ok]
     totals = np.bincount(k, minlength=n_cracks).astype(float)
     per_class = np.stack(
-        [np.bincount(k, weights=(cls == v).astype(float), minlength=n_cracks) for v in (WALL, OPENING, BACKGROUND)]
+        [
+            np.bincount(k, weights=(cls == v).astype(float), minlength=n_cracks)
+            for v in (WALL, OPENING, BACKGROUND)
+        ]
     )
     has = totals > 0
     wall_share[has] = per_class[0, has] / totals[has]
-    nodata_share[has] = np.bincount(k, weights=close.astype(float), minlength=n_cracks)[has] / totals[has]
+    nodata_share[has] = (
+        np.bincount(k, weights=close.astype(float), minlength=n_cracks)[has] / totals[has]
+    )
     best = per_class.argmax(0)
     names = np.array(CLASSES, dtype=object)
     valid_votes = per_class.sum(0) > 0
@@ -260,7 +265,10 @@ def wall_pixels(classes: NDArray[np.uint8], factor: int, *, height: int, width: 
 def class_shares(classes: NDArray[np.uint8]) -> dict[str, float]:
     """Share of the cells in each class and in no data."""
     n = max(1, classes.size)
-    return {SURFACE_NAMES[v]: float((classes == v).sum() / n) for v in (WALL, OPENING, BACKGROUND, NODATA)}
+    return {
+        SURFACE_NAMES[v]: float((classes == v).sum() / n)
+        for v in (WALL, OPENING, BACKGROUND, NODATA)
+    }
 
 
 def surface_names(values: Sequence[int]) -> list[str]:

@@ -220,7 +220,9 @@ class RasterSource:
         Uses the file's overviews when it has them; memory holds only the result.
         """
         try:
-            return self._ds.read(out_shape=(self._ds.count, rows, cols), resampling=Resampling.average)
+            return self._ds.read(
+                out_shape=(self._ds.count, rows, cols), resampling=Resampling.average
+            )
         except RasterioError as exc:
             error = _input_error(self.path, f"cannot be decoded ({_gdal_detail(exc)})")
         raise error

@@ -40,7 +40,13 @@ from cracksurvey.semantics import (
 )
 from cracksurvey.survey import ImageRecord
 
-__all__ = ["SemanticsModel", "SemanticsRaster", "keep_pixels", "predict_semantics", "read_semantics"]
+__all__ = [
+    "SemanticsModel",
+    "SemanticsRaster",
+    "keep_pixels",
+    "predict_semantics",
+    "read_semantics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +88,9 @@ class SemanticsRaster:
         out[inside] = self.classes[r[inside], c[inside]]
         return out
 
-    def near_nodata_at(self, rows: NDArray[np.integer], cols: NDArray[np.integer]) -> NDArray[np.bool_]:
+    def near_nodata_at(
+        self, rows: NDArray[np.integer], cols: NDArray[np.integer]
+    ) -> NDArray[np.bool_]:
         """Whether pixels lie in or next to a no-data cell (a crack there follows its border)."""
         near = near_nodata(self.classes)
         r = (np.asarray(rows, np.float64) / self.cell_rows).astype(np.int64)
@@ -113,7 +121,9 @@ def predict_semantics(
         small = source.read_decimated(rows, cols)
     valid = valid_pixels(small, nodata=header.nodata, alpha_band=header.alpha_band)
     scale = None if small.dtype == np.uint8 else percentile_scale(small, valid=valid)
-    rgb, valid = prepare_bands(small, nodata=header.nodata, alpha_band=header.alpha_band, scale=scale)
+    rgb, valid = prepare_bands(
+        small, nodata=header.nodata, alpha_band=header.alpha_band, scale=scale
+    )
     invalid = ~valid
     scfg = config.semantics
     if scfg.fill == "auto":
@@ -164,7 +174,10 @@ def read_semantics(path: Path, *, height: int, width: int, applied: str) -> Sema
 
 
 def keep_pixels(
-    raster: SemanticsRaster, rows: NDArray[np.integer], cols: NDArray[np.integer], keep_on: tuple[str, ...]
+    raster: SemanticsRaster,
+    rows: NDArray[np.integer],
+    cols: NDArray[np.integer],
+    keep_on: tuple[str, ...],
 ) -> NDArray[np.bool_]:
     """Skeleton pixels on the kept surfaces and away from no data."""
     codes = [CLASSES.index(name) for name in keep_on]
@@ -172,11 +185,15 @@ def keep_pixels(
     return np.isin(cls, codes) & ~raster.near_nodata_at(rows, cols)
 
 
-def surface_of(raster: SemanticsRaster, vertex_rows: Any, vertex_cols: Any, crack: Any, n: int) -> list[str]:
+def surface_of(
+    raster: SemanticsRaster, vertex_rows: Any, vertex_cols: Any, crack: Any, n: int
+) -> list[str]:
     """Majority surface of each crack from its vertices (pixel coordinates)."""
     cls = raster.at(np.asarray(vertex_rows), np.asarray(vertex_cols))
     crack = np.asarray(crack, np.int64)
-    votes = np.stack([np.bincount(crack, weights=(cls == k).astype(float), minlength=n) for k in range(3)])
+    votes = np.stack(
+        [np.bincount(crack, weights=(cls == k).astype(float), minlength=n) for k in range(3)]
+    )
     names = np.array(CLASSES, dtype=object)
     out = names[votes.argmax(0)] if n else np.zeros(0, dtype=object)
     out[votes.sum(0) == 0] = "nodata"

@@ -42,6 +42,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from cracksurvey import __version__
 from cracksurvey.config import ProcessConfig
 from cracksurvey.engine import Engine
+from cracksurvey.gaps import bridge_sparse_skeleton
 from cracksurvey.georef import Georef, facade_to_world
 from cracksurvey.io.cache import (
     RASTER_NAMES,
@@ -54,7 +55,7 @@ from cracksurvey.io.cache import (
     read_skeleton,
     write_skeleton,
 )
-from cracksurvey.io.outputs import read_mask_strips
+from cracksurvey.io.outputs import read_band_window, read_mask_strips
 from cracksurvey.measure.continuity import cracks_per_patch, patch_origins
 from cracksurvey.process.facade import (
     SemanticsModel,
@@ -64,8 +65,8 @@ from cracksurvey.process.facade import (
     surface_of,
 )
 from cracksurvey.process.outcome import ImageOutcome, Timings, raster_names, record_fields
-from cracksurvey.semantics import WALL
 from cracksurvey.progress import ProgressCallback
+from cracksurvey.semantics import WALL
 from cracksurvey.skeleton import TileSkeleton
 from cracksurvey.summary import join_cracks_to_footprints, join_points_to_footprints
 from cracksurvey.survey import ImageRecord
@@ -138,8 +139,13 @@ def measure_image(
     raster_dir: Path,
     root: Path,
     timings: Timings,
+    detection_limit_px: float | None = None,
 ) -> tuple[ImageOutcome, ImageLayers]:
-    """Vectorize and measure one image's prediction; join it to buildings."""
+    """Vectorize and measure one image's prediction; join it to buildings.
+
+    ``detection_limit_px``: the narrowest crack the model finds (its card), for the image's
+    detection limit in millimetres.
+    """
     georef = record.georef
     assert georef is not None
     height, width = record.height or 0, record.width or 0
@@ -150,22 +156,38 @@ def measure_image(
     keep = keep_pixels(semantics, skeleton.rows, skeleton.cols, config.semantics.keep_on)
     if not keep.all():
         skeleton = TileSkeleton(
-            skeleton.rows[keep], skeleton.cols[keep], skeleton.width_px[keep], skeleton.distance_px[keep]
+            skeleton.rows[keep],
+            skeleton.cols[keep],
+            skeleton.width_px[keep],
+            skeleton.distance_px[keep],
         )
     vcfg = config.vectorize
-    with timings("vectorize"):
-        cracks, branches = vectorize_skeleton(
+    with timings("bridge"):
+        bridge_rows, bridge_cols, bridge_distance, n_bridges = bridge_sparse_skeleton(
             skeleton.rows,
             skeleton.cols,
+            read_band_window(prediction.distance_path),
+            height=height,
+            width=width,
+            max_gap_px=vcfg.bridge_gap_px,
+            max_valley_px=vcfg.bridge_valley_px,
+        )
+    bridged_px = np.concatenate([np.zeros(len(skeleton), bool), np.ones(bridge_rows.size, bool)])
+    with timings("vectorize"):
+        cracks, branches = vectorize_skeleton(
+            np.concatenate([skeleton.rows, bridge_rows]),
+            np.concatenate([skeleton.cols, bridge_cols]),
             transform=georef.transform,
-            width_px=skeleton.width_px,
-            distance_px=skeleton.distance_px,
+            width_px=np.concatenate(
+                [skeleton.width_px, np.full(bridge_rows.size, np.nan, np.float32)]
+            ),
+            distance_px=np.concatenate([skeleton.distance_px, bridge_distance]),
             threshold_px=prediction.threshold_px,
             pixel_size_m=georef.pixel_size_m,
             min_spur_px=vcfg.min_spur_px,
             min_crack_length_px=vcfg.min_crack_length_px,
             smoothing_px=vcfg.smoothing_px,
-            bridge_gap_px=vcfg.bridge_gap_px,
+            bridged_px=bridged_px,
         )
     cracks["surface"] = _surfaces(cracks, semantics, georef.transform)
     # length_m is in CRS units: metres for façade frames, scaled for e.g. US-foot map CRSs,
@@ -216,10 +238,16 @@ def measure_image(
         precision=prediction.precision,
         seconds=prediction.seconds,
         n_cracks=len(cracks),
+        n_bridges=n_bridges,
         total_length_m=total,
         valid_px=n_valid,
         wall_px=wall_px if semantics.applied == "model" else None,
         semantics=semantics.applied,
+        detection_limit_mm=(
+            detection_limit_px * georef.pixel_size_m * 1000.0
+            if detection_limit_px and georef.pixel_size_m and georef.kind != "pixel"
+            else None
+        ),
         area_m2=area_px * georef.pixel_size_m**2 if georef.pixel_size_m else math.nan,
         cpp_mean=float(counts.mean()) if counts.size else math.nan,
         cpp_patches=int(counts.size),
@@ -324,6 +352,7 @@ class ImageRun:
     footprints_for: Callable[[Georef], gpd.GeoDataFrame | None]
     buildings_sha256: str | None
     semantics_model: SemanticsModel
+    detection_limit_px: float | None = None
     reused: list[str] = field(default_factory=list)
     computed: list[str] = field(default_factory=list)
     predictions_reused: list[str] = field(default_factory=list)
@@ -442,6 +471,7 @@ class ImageRun:
                 raster_dir=self.raster_dir,
                 root=self.root,
                 timings=self.timings,
+                detection_limit_px=self.detection_limit_px,
             )
             with self.timings("cache"):
                 return self.results.commit(
@@ -528,6 +558,7 @@ class ImageRun:
                 },
                 "config": {name: sections[name] for name in ("vectorize", "cpp")},
                 "keep_on": sections["semantics"]["keep_on"],
+                "detection_limit_px": self.detection_limit_px,
                 "buildings": self.buildings_sha256 if joined_by_footprint else None,
             }
         )

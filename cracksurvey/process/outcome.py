@@ -44,10 +44,12 @@ class ImageOutcome:
     width_px: int | None = None
     height_px: int | None = None
     gsd_mm: float | None = None
+    detection_limit_mm: float | None = None
     n_tiles: int = 0
     precision: str | None = None
     seconds: float = 0.0
     n_cracks: int = 0
+    n_bridges: int = 0
     total_length_m: float = math.nan
     valid_px: int = 0
     wall_px: int | None = None
