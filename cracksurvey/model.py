@@ -1,6 +1,6 @@
 """TernausNet (UNet16 / UNet11) with a width multiplier, and the model card that travels with weights.
 
-METHOD.md §2: a VGG encoder (convs at torchvision's layer indices, so a torchvision
+The model (docs/method.md, "The model"): a VGG encoder (convs at torchvision's layer indices, so a torchvision
 ``vgg16().features`` state dict loads unchanged at width 1), a bilinear decoder (UNet16) or a
 transposed-convolution decoder (UNet11), a 1x1 head and a final ReLU. The output is the clipped
 distance to the crack centreline in pixels at training scale. An optional second head predicts the
@@ -8,7 +8,9 @@ crack body (a logit; sigmoid gives the probability) from which widths are measur
 
 Weights are safetensors; the :class:`ModelCard` (JSON beside them) carries everything inference
 needs (architecture, width, normalisation, clip, calibrated threshold) and a SHA-256 of the weights
-that is verified at load time.
+that is verified at load time. :func:`read_weights` reads a weights file once into
+:class:`Weights` (its bytes and card): what the engine sends to its workers, which build the
+network from the bytes (:func:`model_from_bytes`), so no shared filesystem is needed.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ _VGG_CONV_INDICES = {
 }
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL_ID = "cracksurvey-unet16w0125-mse-dice-topo"
+DEFAULT_MODEL_ID = "cracksurvey-unet16w0125-facade"
 
 
 def _c(channels: int, width: float) -> int:
@@ -63,7 +65,9 @@ def _norm(channels: int, norm: Norm) -> nn.Module:
 
 class _ConvRelu(nn.Sequential):
     def __init__(self, cin: int, cout: int, norm: Norm = "none") -> None:
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), _norm(cout, norm), nn.ReLU(inplace=True))
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1), _norm(cout, norm), nn.ReLU(inplace=True)
+        )
 
 
 class _DecoderV2(nn.Module):
@@ -104,6 +108,9 @@ class TernausNet(nn.Module):
         Channel multiplier; 1.0 is the paper's network (29.3 M parameters for UNet16).
     body_head : bool
         Add a second 1x1 head predicting the crack-body logit (used to measure width).
+    classes : int
+        0 (default): the crack network (distance head). ``k > 0``: a segmentation network with
+        ``k`` class logits and no final ReLU (the façade-semantics model).
     norm : {'none', 'batch'}
         'none' is TernausNet as published (ImageNet-initialised VGG encoder). 'batch' adds
         BatchNorm after every conv: our deviation for training from scratch, where a deep
@@ -123,9 +130,13 @@ class TernausNet(nn.Module):
         width: float = 1.0,
         body_head: bool = False,
         norm: Norm = "none",
+        classes: int = 0,
     ) -> None:
         super().__init__()
         self.norm = norm
+        self.classes = classes
+        if classes and body_head:
+            raise ModelError("a class-logit network (classes > 0) has no body head")
         if architecture not in _VGG_STAGES:
             raise ModelError(f"unknown architecture {architecture!r}; expected unet16 or unet11")
         self.architecture = architecture
@@ -133,7 +144,7 @@ class TernausNet(nn.Module):
         self.body_head = body_head
         stages = [[_c(c, width) for c in stage] for stage in _VGG_STAGES[architecture]]
         # Encoder as a flat Sequential whose conv indices match torchvision's vgg features.
-        layers: dict[int, nn.Module] = {}
+        layers: dict[int, nn.Conv2d] = {}
         cin = 3
         flat = [c for stage in stages for c in stage]
         for idx, cout in zip(_VGG_CONV_INDICES[architecture], flat, strict=True):
@@ -142,7 +153,7 @@ class TernausNet(nn.Module):
         n = max(layers) + 1
         self.encoder = nn.Sequential(*[layers.get(i, nn.Identity()) for i in range(n)])
         self.encoder_norms = nn.ModuleDict(
-            {str(i): _norm(layers[i].out_channels, norm) for i in layers}  # type: ignore[attr-defined]
+            {str(i): _norm(conv.out_channels, norm) for i, conv in layers.items()}
         )
         self._stage_convs: list[list[int]] = []
         it = iter(_VGG_CONV_INDICES[architecture])
@@ -165,12 +176,13 @@ class TernausNet(nn.Module):
             self.dec3 = dec(e[2] + nf * 4, nf * 8, nf * 2, norm)
             self.dec2 = dec(e[1] + nf * 2, nf * 4, nf, norm)
         self.dec1 = _ConvRelu(e[0] + nf, nf, norm)
-        self.final = nn.Conv2d(nf, 1, 1)
+        self.final = nn.Conv2d(nf, classes or 1, 1)
         self.body = nn.Conv2d(nf, 1, 1) if body_head else None
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def _stage(self, x: torch.Tensor, k: int) -> torch.Tensor:
         for idx in self._stage_convs[k]:
@@ -190,6 +202,8 @@ class TernausNet(nn.Module):
         dec3 = self.dec3(torch.cat([dec4, conv3], 1))
         dec2 = self.dec2(torch.cat([dec3, conv2], 1))
         dec1 = self.dec1(torch.cat([dec2, conv1], 1))
+        if self.classes:
+            return self.final(dec1)  # class logits
         distance = F.relu(self.final(dec1))
         if self.body is None:
             return distance
@@ -214,7 +228,9 @@ def flops_per_megapixel(model: TernausNet) -> float:
         nonlocal total
         if isinstance(mod, nn.ConvTranspose2d):
             k = mod.kernel_size[0] * mod.kernel_size[1]
-            total += 2.0 * inp[0].shape[-1] * inp[0].shape[-2] * k * mod.in_channels * mod.out_channels
+            total += (
+                2.0 * inp[0].shape[-1] * inp[0].shape[-2] * k * mod.in_channels * mod.out_channels
+            )
         elif isinstance(mod, nn.Conv2d):
             k = mod.kernel_size[0] * mod.kernel_size[1]
             total += 2.0 * out.shape[-1] * out.shape[-2] * k * mod.in_channels * mod.out_channels
@@ -265,6 +281,7 @@ class ModelCard:
     std: tuple[float, float, float] = IMAGENET_STD
     input_multiple: int = 32
     output: str = "distance_px (channel 0, >=0); body logit (channel 1) if body_head"
+    classes: tuple[str, ...] = ()  # non-empty: a class-logit network (façade semantics)
     sha256: str = ""
     recipe: dict[str, Any] = field(default_factory=dict)
     training_data: list[dict[str, Any]] = field(default_factory=list)
@@ -280,9 +297,11 @@ class ModelCard:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ModelError(f"model card has unknown keys {sorted(unknown)}; expected {sorted(names)}")
+            raise ModelError(
+                f"model card has unknown keys {sorted(unknown)}; expected {sorted(names)}"
+            )
         d = dict(d)
-        for key in ("mean", "std"):
+        for key in ("mean", "std", "classes"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -290,7 +309,13 @@ class ModelCard:
 
 def build_model(card: ModelCard) -> TernausNet:
     """An untrained :class:`TernausNet` with the architecture a card describes."""
-    return TernausNet(card.architecture, width=card.width, body_head=card.body_head, norm=card.norm)
+    return TernausNet(
+        card.architecture,
+        width=card.width,
+        body_head=card.body_head,
+        norm=card.norm,
+        classes=len(card.classes),
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -342,6 +367,65 @@ def read_card(path: str | Path) -> ModelCard:
         raise ModelError(f"{card_path}: not a valid model card ({exc})") from exc
 
 
+@dataclass(frozen=True, eq=False)
+class Weights:
+    """The content of a weights file and its card, read once (:func:`read_weights`).
+
+    Attributes
+    ----------
+    data : bytes
+        The safetensors file, checked against ``card.sha256``.
+    card : ModelCard
+    source : str
+        Where the bytes came from (error messages).
+    """
+
+    data: bytes = field(repr=False)
+    card: ModelCard
+    source: str = "weights"
+
+
+def read_weights(path: str | Path | None = None, *, verify: bool = True) -> Weights:
+    """Read a ``.safetensors`` file and its card, and check the checksum.
+
+    Parameters
+    ----------
+    path : path to a ``.safetensors`` file (the suffix may be omitted), or None for the shipped
+        default model.
+    verify : check the SHA-256 of the bytes against the card.
+
+    Raises
+    ------
+    ModelError
+        No such file, no card, or a checksum that does not match the card.
+    """
+    weights = Path(path) if path is not None else default_weights_path()
+    weights = weights.with_suffix(".safetensors")
+    if not weights.exists():
+        if path is None:
+            raise ModelError(
+                f"no default model is shipped yet ({weights} is missing); pass --weights PATH "
+                "to a .safetensors file with its .json model card (cracksurvey train writes one)"
+            )
+        raise ModelError(
+            f"{weights}: weights file not found; pass --weights PATH to a .safetensors file"
+        )
+    card = read_card(weights)
+    data = weights.read_bytes()
+    if verify and card.sha256:
+        _check_sha256(data, card, str(weights))
+    return Weights(data, card, str(weights))
+
+
+def _check_sha256(data: bytes, card: ModelCard, source: str) -> None:
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != card.sha256:
+        raise ModelError(
+            f"{source}: checksum {digest[:12]}… does not match the card's {card.sha256[:12]}…; "
+            "the file is corrupt or belongs to another card"
+        )
+
+
 def load_model(
     path: str | Path | None = None,
     *,
@@ -363,15 +447,16 @@ def load_model(
     -------
     (model in eval mode, card)
     """
-    weights = Path(path) if path is not None else default_weights_path()
-    weights = weights.with_suffix(".safetensors")
-    if not weights.exists():
-        raise ModelError(f"{weights}: weights file not found; pass --weights PATH to a .safetensors file")
-    card = read_card(weights)
+    weights = read_weights(path, verify=verify)
     model = model_from_bytes(
-        weights.read_bytes(), card, device=device, verify=verify, source=str(weights), fold_bn=fold_bn
+        weights.data,
+        weights.card,
+        device=device,
+        verify=False,
+        source=weights.source,
+        fold_bn=fold_bn,
     )
-    return model, card
+    return model, weights.card
 
 
 def model_from_bytes(
@@ -405,12 +490,7 @@ def model_from_bytes(
     from safetensors.torch import load
 
     if verify and card.sha256:
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != card.sha256:
-            raise ModelError(
-                f"{source}: checksum {digest[:12]}… does not match the card's {card.sha256[:12]}…; "
-                "the file is corrupt or belongs to another card"
-            )
+        _check_sha256(data, card, source)
     model = build_model(card)
     try:
         state = load(data)
@@ -440,14 +520,19 @@ def fold_batchnorm(model: TernausNet) -> TernausNet:
     if model.training:
         raise ModelError("fold_batchnorm needs a model in eval mode (running statistics)")
     for idx, norm in model.encoder_norms.items():
-        if isinstance(norm, nn.BatchNorm2d):
-            model.encoder[int(idx)] = fuse_conv_bn_eval(model.encoder[int(idx)], norm)
+        conv = model.encoder[int(idx)]
+        if isinstance(norm, nn.BatchNorm2d) and isinstance(conv, nn.Conv2d):
+            model.encoder[int(idx)] = fuse_conv_bn_eval(conv, norm)
             model.encoder_norms[idx] = nn.Identity()
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):
             conv, norm = seq[i], seq[i + 1]
-            if isinstance(norm, nn.BatchNorm2d) and isinstance(conv, nn.Conv2d | nn.ConvTranspose2d):
-                seq[i] = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, nn.ConvTranspose2d))
+            if isinstance(norm, nn.BatchNorm2d) and isinstance(
+                conv, nn.Conv2d | nn.ConvTranspose2d
+            ):
+                seq[i] = fuse_conv_bn_eval(
+                    conv, norm, transpose=isinstance(conv, nn.ConvTranspose2d)
+                )
                 seq[i + 1] = nn.Identity()
     return model
 
@@ -464,7 +549,9 @@ def load_imagenet_encoder(model: TernausNet) -> None:
         import torchvision  # noqa: F401
         from torchvision.models import VGG11_Weights, VGG16_Weights, vgg11, vgg16
     except ImportError as exc:  # pragma: no cover - optional extra
-        raise ModelError("ImageNet initialisation needs the [imagenet] extra (torchvision)") from exc
+        raise ModelError(
+            "ImageNet initialisation needs the [imagenet] extra (torchvision)"
+        ) from exc
     if model.architecture == "unet16":
         vgg = vgg16(weights=VGG16_Weights.IMAGENET1K_V1)
     else:

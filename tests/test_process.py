@@ -37,7 +37,7 @@ from cracksurvey import __version__
 from cracksurvey.config import ProcessConfig
 from cracksurvey.errors import ConfigError, CrackSurveyWarning, OutputExistsError
 from cracksurvey.io.survey_files import hash_file
-from cracksurvey.metrics import cracks_per_patch
+from cracksurvey.measure.continuity import cracks_per_patch
 from cracksurvey.process import process_survey
 
 X0, Y0 = UTM33_ORIGIN
@@ -104,7 +104,7 @@ def test_attribute_columns_carry_units(processed) -> None:
     cracks = layer(processed, "cracks_epsg32633")
     for column in ("image", "building_id", "facade_id", "crack_id", "length_m", "length_px",
                    "width_mean_mm", "width_max_mm", "width_p95_mm", "orientation_deg",
-                   "n_branches", "n_junctions", "mean_confidence", "bridged"):
+                   "n_branches", "n_junctions", "confidence", "bridged"):
         assert column in cracks.columns
     branches = layer(processed, "crack_branches_facade_b2_e")
     assert {"crack_id", "branch_id", "kind", "length_m", "width_mean_mm"} <= set(branches)
@@ -346,7 +346,7 @@ def test_bad_inputs_fail_alone_with_one_line(tmp_path: Path, oracle_weights: Pat
     # failed images leave no rasters; the others keep theirs and their layers
     rasters = sorted(p.name for p in (summary.out_dir / "rasters").iterdir())
     assert rasters == sorted(f"{s}_{k}.tif" for s in ("good", "rgba", "sixteen", "nogeo")
-                             for k in ("distance", "mask"))
+                             for k in ("distance", "mask", "semantics"))
     record = json.loads(summary.run_json_path.read_text())
     assert record["n_images_failed"] == 3 and record["status"] == "some images failed"
     assert {i["image"]: i["status"] for i in record["images"]}["corrupt.tif"] == "error"
@@ -388,7 +388,7 @@ def test_previous_run_is_refused_unless_overwrite(tmp_path: Path, oracle_weights
 def test_threshold_override_reaches_the_engine(tmp_path: Path, oracle_weights: Path) -> None:
     root = tmp_path / "survey"
     make_geotiff(root / "a.tif", crack_array(), Affine(0.05, 0, X0, 0, -0.05, Y0), UTM33)
-    overrides = {**FAST, "model": {"precision": "fp32", "threshold": 25.0}}
+    overrides = {**FAST, "model": {"precision": "fp32", "threshold_px": 25.0}}
     summary = process_survey(root, weights=oracle_weights, overrides=overrides, synchronous=True)
     assert summary.record["model"]["threshold_px"] == 25.0
     assert summary.record["model"]["threshold_source"] == "config"

@@ -242,7 +242,8 @@ def run_mode_b(args: argparse.Namespace, textures: dict[str, Texture]) -> tuple[
     from skimage.measure import label as cc_label
 
     from cracksurvey.model import load_model
-    from cracksurvey.skeleton import measure_width_px, skeletonize_mask, threshold_distance
+    from cracksurvey.measure.width import measure_width_px
+    from cracksurvey.skeleton import skeletonize_mask, threshold_distance
     from cracksurvey.tiling import predict_untiled
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -410,7 +411,8 @@ def run_masonry(args: argparse.Namespace) -> dict[str, Any]:
     from skimage.measure import label as cc_label
 
     from cracksurvey.model import load_model
-    from cracksurvey.skeleton import measure_width_px, skeletonize_mask, threshold_distance
+    from cracksurvey.measure.width import measure_width_px
+    from cracksurvey.skeleton import skeletonize_mask, threshold_distance
     from cracksurvey.tiling import predict_untiled
 
     folder = args.data / "masonry_dais2021" / args.split

@@ -15,14 +15,16 @@ from (seed, epoch) is reproduced exactly on ``--resume``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from scipy import ndimage
 
-from ..datasets import list_pairs, read_mask, read_rgb
 from ..errors import DatasetError
+from ..evaluation.datasets import list_pairs, read_mask, read_rgb
 from .targets import distance_target, skeletonize_mask
 
 log = logging.getLogger(__name__)
@@ -134,22 +136,46 @@ def augment(
     )
 
 
+class CropSource(Protocol):
+    """Anything that yields training crops: image uint8 (3, c, c), distance (c, c), body (c, c)."""
+
+    def crop(self, crop_px: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+@dataclass
+class LabelledSource:
+    """Labelled images (a dataset split): an image uniformly, then a crop position."""
+
+    samples: list[Sample]
+
+    def crop(self, crop_px: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sample = self.samples[int(rng.integers(len(self.samples)))]
+        return random_crop(sample, crop_px, rng)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
 @dataclass
 class MixedCrops:
-    """Random crops from several datasets mixed with weights.
+    """Random crops from several sources mixed with weights.
 
-    Each crop first draws a dataset with probability proportional to its weight, then an image
-    uniformly within it, then a crop position.
+    Each crop first draws a source with probability proportional to its weight, then the source
+    draws the crop (for a labelled dataset: an image uniformly, then a crop position). A plain
+    list of :class:`Sample` is a labelled source.
     """
 
-    sources: list[list[Sample]]
-    weights: list[float]
+    sources: Sequence[CropSource | list[Sample]]
+    weights: Sequence[float]
     crop_px: int = 256
     aug: Augment = field(default_factory=Augment)
 
     def __post_init__(self) -> None:
-        if not self.sources or any(len(s) == 0 for s in self.sources):
+        if not self.sources or any(len(s) == 0 for s in self.sources):  # type: ignore[arg-type]
             raise DatasetError("every training dataset must have at least one image")
+        self._sources: list[CropSource] = [
+            LabelledSource(s) if isinstance(s, list) else s for s in self.sources
+        ]
         w = np.asarray(self.weights, float)
         self._p = w / w.sum()
 
@@ -157,9 +183,8 @@ class MixedCrops:
         """(images float32 (n,3,c,c) in [0,1], distance (n,1,c,c), body float32 (n,1,c,c))."""
         images, dists, bodies = [], [], []
         for _ in range(n):
-            src = self.sources[int(rng.choice(len(self.sources), p=self._p))]
-            sample = src[int(rng.integers(len(src)))]
-            img, dist, body = augment(*random_crop(sample, self.crop_px, rng), self.aug, rng)
+            src = self._sources[int(rng.choice(len(self._sources), p=self._p))]
+            img, dist, body = augment(*src.crop(self.crop_px, rng), self.aug, rng)
             images.append(img)
             dists.append(dist)
             bodies.append(body)

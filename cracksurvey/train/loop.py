@@ -26,11 +26,20 @@ import torch
 import yaml
 
 from ..errors import ConfigError
-from ..metrics import aggregate, relaxed_counts
+from ..evaluation.metrics import aggregate, relaxed_counts
 from ..model import ModelCard, TernausNet, save_model
 from ..predict import auto_precision, keep_freed_memory
-from .data import Augment, MixedCrops, Sample, load_samples, pad_to_multiple
+from ..skeleton import skeletonize_mask
+from .data import Augment, CropSource, MixedCrops, Sample, load_samples, pad_to_multiple
 from .losses import LossWeights, combined_loss
+from .negatives import (
+    NegativeImage,
+    NegativeSource,
+    SyntheticSource,
+    brick_negative,
+    load_negatives,
+    load_stamps,
+)
 from .topo import TopoParams, set_threads
 
 log = logging.getLogger(__name__)
@@ -46,6 +55,31 @@ class DatasetSpec:
     name: str  # folder under data.root (or an absolute path)
     weight: float = 1.0
     split: str = "train"
+
+
+@dataclass(frozen=True)
+class NegativeSpec:
+    """An intact-façade set used as negatives (``brick`` is scikit-image's brick photo).
+
+    ``scales``: integer downscale factors the set is used at; ``hot_spots``: an .npz (under
+    data_root) of mined false-positive positions keyed ``"<stem>@<factor>"``; ``hot_share``: the
+    share of crops centred near one of them.
+    """
+
+    name: str
+    weight: float = 0.1
+    scales: tuple[int, ...] = (1,)
+    hot_spots: str = ""
+    hot_share: float = 0.5
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Synthetic cracks: real crack-map stamps darkened into crops of the named negative sets."""
+
+    weight: float = 0.0
+    stamps: str = ""  # .npz of stamps under data_root (made by workflows/retrain.py pack)
+    backgrounds: tuple[NegativeSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,9 +107,21 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     threads: int = 0  # 0 = all cores
     slack_px: float = 5.0
-    selection_metric: Literal["quality", "f1"] = "quality"
+    selection_metric: Literal["quality", "f1", "quality_fp"] = "quality"
     imagenet_init: bool = False
     licence_note: str = ""
+    # intact façades as negatives, and synthetic cracks on them
+    negatives: tuple[NegativeSpec, ...] = ()
+    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+    # negatives scored every epoch: false crack length per megapixel at the selected threshold
+    val_negatives: tuple[NegativeSpec, ...] = ()
+    # selection score "quality_fp" = quality - fp_penalty * (false px per MP / 1000)
+    fp_penalty: float = 0.1
+    # start from these weights ("shipped" = the packaged default model) instead of He init
+    init_weights: str = ""
+    # > 0: the learning-rate schedule follows wall time and training stops after this many
+    # seconds (a fixed-budget run on a borrowed machine; not reproducible step for step)
+    time_budget_s: float = 0.0
 
 
 def _strict(cls: type, d: dict[str, Any], where: str) -> Any:
@@ -96,6 +142,13 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> TrainConfig:
                 else DatasetSpec(str(s), split="train" if key == "train" else "val")
                 for s in d[key]
             )
+    for key in ("negatives", "val_negatives"):
+        if key in d:
+            d[key] = tuple(_negative_spec(x, f"{where}: {key}") for x in d[key])
+    if "synthetic" in d:
+        syn = dict(_strict(SyntheticSpec, d["synthetic"], f"{where}: synthetic"))
+        syn["backgrounds"] = tuple(_negative_spec(x, f"{where}: synthetic.backgrounds") for x in syn.get("backgrounds", ()))
+        d["synthetic"] = SyntheticSpec(**syn)
     if "augment" in d:
         d["augment"] = Augment(**_strict(Augment, d["augment"], f"{where}: augment"))
     if "loss" in d:
@@ -107,6 +160,17 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> TrainConfig:
         return TrainConfig(**d)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _negative_spec(x: Any, where: str) -> NegativeSpec:
+    if isinstance(x, NegativeSpec):
+        return x
+    if isinstance(x, str):
+        return NegativeSpec(x)
+    x = dict(_strict(NegativeSpec, x, where))
+    if "scales" in x:
+        x["scales"] = tuple(int(v) for v in x["scales"])
+    return NegativeSpec(**x)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -167,8 +231,13 @@ def validate(
     device: torch.device,
     bf16: bool,
     thresholds: tuple[float, ...] = SWEEP_COARSE,
+    negatives: list[NegativeImage] | None = None,
 ) -> dict[str, Any]:
-    """Micro quality/F1 at each threshold; the best threshold by the selection metric."""
+    """Micro quality/F1 at each threshold; the best threshold by the selection metric.
+
+    With ``negatives`` (intact images), also the false crack length at each threshold: skeleton
+    pixels of the predicted mask per megapixel of negative image (``fp_px_per_mp``).
+    """
     model.eval()
     counts: dict[float, list] = {t: [] for t in thresholds}
     mse = 0.0
@@ -178,14 +247,28 @@ def validate(
         for t in thresholds:
             counts[t].append(relaxed_counts(dist <= t, s.body, slack_px=cfg.slack_px))
     per_t = {t: aggregate(c)["micro"] for t, c in counts.items()}
+    if negatives:
+        fp_px = dict.fromkeys(thresholds, 0.0)
+        pixels = 0
+        for neg in negatives:
+            dist, _ = predict_distance(model, neg.image, cfg_mean(cfg), cfg_std(cfg), device=device, bf16=bf16)
+            pixels += dist.size
+            for t in thresholds:
+                fp_px[t] += float(skeletonize_mask(dist <= t).sum())
+        for t in thresholds:
+            per_t[t] = {**per_t[t], "fp_px_per_mp": fp_px[t] / pixels * 1e6}
     metric = cfg.selection_metric
 
     def score(t: float) -> float:
+        if metric == "quality_fp":
+            q = per_t[t]["quality"]
+            fp = per_t[t].get("fp_px_per_mp", 0.0)
+            return -1.0 if q is None else float(q) - cfg.fp_penalty * fp / 1000.0
         v = per_t[t][metric]
         return -1.0 if v is None else float(v)
 
     best_t = max(thresholds, key=score)
-    return {
+    out = {
         "threshold_px": best_t,
         metric: score(best_t),
         "f1": per_t[best_t]["f1"] or 0.0,
@@ -195,6 +278,9 @@ def validate(
         "val_mse": mse / max(1, len(samples)),
         "sweep": {str(t): per_t[t] for t in thresholds},
     }
+    if negatives:
+        out["fp_px_per_mp"] = per_t[best_t]["fp_px_per_mp"]
+    return out
 
 
 def cfg_mean(cfg: TrainConfig) -> tuple[float, float, float]:
@@ -271,20 +357,24 @@ def train(
     set_threads(threads)
     keep_freed_memory()  # activations reused, not page-faulted in every step
     device = choose_device()
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cpu"
-                                       and auto_precision("cpu") == "bf16")
-    amp_cuda = cfg.precision == "auto" and device.type == "cuda"
+    if device.type == "cuda":
+        bf16 = cfg.precision in ("auto", "bf16")  # bf16 autocast: no loss scaling needed
+    else:
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and auto_precision("cpu") == "bf16")
     torch.manual_seed(cfg.seed)
 
-    train_sources = [load_samples(_resolve(cfg.data_root, s.name), s.split, clip_px=cfg.clip_px) for s in cfg.train]
+    sources, weights = build_sources(cfg)
     val_samples = [x for s in cfg.val for x in load_samples(_resolve(cfg.data_root, s.name), s.split, clip_px=cfg.clip_px)]
-    crops = MixedCrops(train_sources, [s.weight for s in cfg.train], crop_px=cfg.crop_px, aug=cfg.augment)
+    val_negatives = [x for n in cfg.val_negatives for x in _negative_images(cfg, n, "val")]
+    crops = MixedCrops(sources, weights, crop_px=cfg.crop_px, aug=cfg.augment)
 
     model = TernausNet(cfg.architecture, width=cfg.width, body_head=cfg.body_head, norm=cfg.norm)
     with torch.no_grad():
         # start the distance head mid-range: with a final ReLU and a small random bias, a
         # from-scratch network can begin with most outputs stuck at 0 (no gradient)
         model.final.bias.fill_(cfg.clip_px / 2)
+    if cfg.init_weights:
+        init_from_weights(model, cfg.init_weights)
     if cfg.imagenet_init:
         from ..model import load_imagenet_encoder
 
@@ -293,13 +383,19 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps_per_epoch = max(1, cfg.crops_per_epoch // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
+    t_start = time.monotonic()
+
+    def progress_fraction(step: int) -> float:
+        if cfg.time_budget_s > 0:
+            return min(1.0, (time.monotonic() - t_start) / cfg.time_budget_s)
+        return min(step, total_steps) / total_steps
+
     if cfg.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * progress_fraction(step)))
         )
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_cuda)
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"score": -1.0, "epoch": -1}
@@ -318,10 +414,17 @@ def train(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
     last_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, stop_after_epochs)
+
+    def out_of_time() -> bool:
+        return cfg.time_budget_s > 0 and time.monotonic() - t_start >= cfg.time_budget_s
+
     for epoch in range(start_epoch, last_epoch):
+        if out_of_time():
+            break
         model.train()
         rng = np.random.default_rng([cfg.seed, epoch])
         sums: dict[str, float] = {}
+        steps_done = 0
         t0 = time.perf_counter()
         bar = progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}") if progress else None
         for _ in range(steps_per_epoch):
@@ -332,30 +435,30 @@ def train(
             y = torch.from_numpy(dist).to(device)
             b = torch.from_numpy(body).to(device)
             optimizer.zero_grad(set_to_none=True)
-            if amp_cuda:
-                ctx = torch.autocast("cuda", dtype=torch.float16)
-            else:
-                ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+            ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
             with ctx:
                 out = model(x)
             loss, terms = combined_loss(out.float(), y, b, cfg.loss)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss.backward()
+            optimizer.step()
             scheduler.step()
             terms["total"] = float(loss.detach())
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
+            steps_done += 1
             if bar is not None:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()}, refresh=False)
                 bar.update(1)
+            if out_of_time():
+                break
         if bar is not None:
             bar.close()
         train_time = time.perf_counter() - t0
-        val = validate(model, val_samples, cfg=cfg, device=device, bf16=bf16)
+        val = validate(model, val_samples, cfg=cfg, device=device, bf16=bf16, negatives=val_negatives)
         entry = {
             "epoch": epoch + 1,
-            "train": {k: v / steps_per_epoch for k, v in sums.items()},
+            "train": {k: v / max(1, steps_done) for k, v in sums.items()},
+            "steps": steps_done,
             "val": {k: v for k, v in val.items() if k != "sweep"},
             "lr": scheduler.get_last_lr()[0],
             "train_s": round(train_time, 2),
@@ -382,22 +485,71 @@ def train(
         (run_dir / "history.json").write_text(json.dumps({"history": history, "best": best}, indent=1))
         _plot_history(history, run_dir / "history.png")
 
-    done = len(history) >= cfg.epochs
+    done = len(history) >= cfg.epochs or out_of_time()
     summary = {"run_dir": str(run_dir), "epochs_done": len(history), "finished": done, "best": best}
     if done and not (run_dir / "model.safetensors").exists():
-        summary["calibration"] = calibrate(cfg, run_dir, val_samples, device=device, bf16=bf16)
+        summary["calibration"] = calibrate(cfg, run_dir, val_samples, device=device, bf16=bf16, negatives=val_negatives)
     return summary
 
 
+def _negative_images(cfg: TrainConfig, spec: NegativeSpec, split: str) -> list[NegativeImage]:
+    if spec.name == "brick":
+        return [brick_negative()] if split == "train" else []
+    hot: dict[str, np.ndarray] | None = None
+    if spec.hot_spots and split == "train":
+        with np.load(_resolve(cfg.data_root, spec.hot_spots)) as z:
+            hot = {k: z[k] for k in z.files}
+    return load_negatives(_resolve(cfg.data_root, spec.name), split, scales=spec.scales, hot_spots=hot)
+
+
+def build_sources(cfg: TrainConfig) -> tuple[list[CropSource | list[Sample]], list[float]]:
+    """The training crop sources of a recipe and their mixing weights."""
+    sources: list[CropSource | list[Sample]] = [
+        load_samples(_resolve(cfg.data_root, s.name), s.split, clip_px=cfg.clip_px) for s in cfg.train
+    ]
+    weights = [s.weight for s in cfg.train]
+    for n in cfg.negatives:
+        sources.append(NegativeSource(_negative_images(cfg, n, "train"), clip_px=cfg.clip_px, hot_share=n.hot_share))
+        weights.append(n.weight)
+    syn = cfg.synthetic
+    if syn.weight > 0:
+        backgrounds = [x for b in syn.backgrounds for x in _negative_images(cfg, b, "train")]
+        stamps = load_stamps(_resolve(cfg.data_root, syn.stamps))
+        sources.append(SyntheticSource(backgrounds, stamps, clip_px=cfg.clip_px))
+        weights.append(syn.weight)
+    return sources, weights
+
+
+def init_from_weights(model: TernausNet, weights: str) -> None:
+    """Copy a trained model's parameters into ``model`` (same architecture, width and heads)."""
+    from ..model import load_model
+
+    path = None if weights == "shipped" else weights
+    trained, card = load_model(path, fold_bn=False)
+    try:
+        model.load_state_dict(trained.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"init_weights {weights}: {card.model_id} ({card.architecture}, width {card.width}) does not "
+            f"match the recipe's architecture ({model.architecture}, width {model.width}): {str(exc).splitlines()[0]}"
+        ) from exc
+
+
 def calibrate(
-    cfg: TrainConfig, run_dir: Path, val_samples: list[Sample], *, device: torch.device, bf16: bool
+    cfg: TrainConfig,
+    run_dir: Path,
+    val_samples: list[Sample],
+    *,
+    device: torch.device,
+    bf16: bool,
+    negatives: list[NegativeImage] | None = None,
 ) -> dict[str, Any]:
     """Fine threshold sweep on validation with the best checkpoint; writes model.safetensors + card."""
     from ..model import load_model
 
     model, card = load_model(run_dir / "best.safetensors", device=device, fold_bn=False)
     sweep = CALIBRATION_SWEEP
-    val = validate(model, val_samples, cfg=cfg, device=device, bf16=bf16, thresholds=sweep)
+    val = validate(model, val_samples, cfg=cfg, device=device, bf16=bf16, thresholds=sweep, negatives=negatives)
     metrics = {
         "validation": {k: v for k, v in val.items() if k != "sweep"},
         "validation_sweep": val["sweep"],
