@@ -95,8 +95,8 @@ class DamageScale:
     source: str = ""
     #: cracks at or above this confidence are evidence (the ``evidence_*`` summary columns)
     min_confidence: float = 0.0
-    #: a building without evidence of level 2 or more whose images cannot see cracks this
-    #: wide (detection limit above it) is "not assessable at this GSD"; None: no such rule
+    #: a building whose images cannot see cracks this wide (detection limit above it) is "not
+    #: assessable at this GSD", whatever was detected; None: no such rule
     assessable_limit_mm: float | None = None
 
     def label(self, level: int) -> str:
@@ -281,12 +281,13 @@ def assess_damage(summary: pd.DataFrame, scale: DamageScale) -> pd.DataFrame:
     labels = [scale.label(int(v)) if ok else None for v, ok in zip(level, imaged)]
     if scale.assessable_limit_mm is not None and "detection_limit_mm" in summary:
         limit = summary["detection_limit_mm"].to_numpy(dtype=np.float64)
-        blind = imaged & (level <= 1) & np.isfinite(limit) & (limit > scale.assessable_limit_mm)
+        blind = imaged & np.isfinite(limit) & (limit > scale.assessable_limit_mm)
         for i in np.flatnonzero(blind):
             labels[i] = NOT_ASSESSABLE
             basis[i] = (
-                f"detection limit {limit[i]:.3g} mm > {scale.assessable_limit_mm:g} mm: cracks "
-                f"that define level 2 could not be seen (level {int(level[i])} found)"
+                f"detection limit {limit[i]:.3g} mm > {scale.assessable_limit_mm:g} mm: the "
+                f"images are too coarse to grade damage from cracks (level {int(level[i])} "
+                "would have been given)"
             )
         assessed &= ~blind
     return pd.DataFrame(
