@@ -227,12 +227,23 @@ def load_damage_scale(
 
 
 def _reached(values: pd.DataFrame, bounds: Mapping[str, float]) -> tuple[np.ndarray, list[str]]:
-    """Per building: whether any bound is reached, and the ``column value >= bound`` texts."""
+    """Per building: whether any bound is reached, and the ``column value >= bound`` texts.
+
+    A bound on a width in millimetres is not used for a building whose detection limit is above
+    it: every crack such images can see is wider than the bound, so reaching it says nothing.
+    """
     hit = np.zeros(len(values), dtype=bool)
     basis = [""] * len(values)
+    limit = (
+        values["detection_limit_mm"].to_numpy(dtype=np.float64)
+        if "detection_limit_mm" in values
+        else np.full(len(values), np.nan)
+    )
     for column, bound in bounds.items():
         column_values = values[column].to_numpy(dtype=np.float64)
         column_hit = np.isfinite(column_values) & (column_values >= bound)
+        if "width" in column and column.endswith("_mm"):
+            column_hit &= ~(np.isfinite(limit) & (limit > bound))
         for i in np.flatnonzero(column_hit):
             text = f"{column} {column_values[i]:.3g} >= {bound:g}"
             basis[i] = f"{basis[i]}; {text}" if basis[i] else text

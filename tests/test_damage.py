@@ -149,3 +149,10 @@ def test_coarse_images_are_not_assessable_and_confidence_is_evidence() -> None:
     assert "detection limit" in damage["damage_basis"].iloc[0]
     assert damage["damage_level"].iloc[1] == 4  # fine enough: graded
     assert damage["damage_level"].iloc[2] == 0  # limit unknown (pixel units): no such rule
+
+
+def test_a_width_bound_below_the_detection_limit_is_not_used() -> None:
+    """At 3 mm per pixel every visible crack is wider than 1 mm: that bound says nothing there."""
+    frame = summary(evidence_width_p95_mm=[4.0, 4.0], evidence_cracks=[3, 3],
+                    detection_limit_mm=[3.6, 0.8])
+    assert assess_damage(frame, load_damage_scale())["damage_level"].tolist() == [1, 2]
