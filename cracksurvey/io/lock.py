@@ -208,7 +208,7 @@ def _read(path: Path) -> tuple[bytes, LockHolder | None] | None:
     for _ in range(10):
         try:
             data = path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError:
             return data, None
@@ -338,10 +338,13 @@ class RunLock:
         What it says (this process).
     """
 
-    def __init__(self, path: Path, holder: LockHolder, data: bytes) -> None:
+    def __init__(
+        self, path: Path, holder: LockHolder, data: bytes, created: tuple[Path, ...] = ()
+    ) -> None:
         self.path = path
         self.holder = holder
         self._data = data
+        self._created = created
         self._held = True
 
     @classmethod
@@ -366,12 +369,15 @@ class RunLock:
         out = Path(out_dir)
         path = out / LOCK_FILE
         holder = _this_process()
+        created = tuple(p for p in (out, *out.parents) if not p.exists())
         for _ in range(5):
             try:
                 out.mkdir(parents=True, exist_ok=True)
-                return cls(path, holder, _create(path, holder))
+                return cls(path, holder, _create(path, holder), created)
             except FileExistsError:
                 pass
+            except FileNotFoundError:  # the folder was removed meanwhile
+                continue
             except OSError as exc:
                 raise OutputWriteError(
                     f"{out}: the output folder cannot be written ({exc.strerror or exc}); fix "
@@ -410,13 +416,22 @@ class RunLock:
         )
 
     def release(self) -> None:
-        """Remove the lock file if it is still this process's (idempotent)."""
+        """Remove the lock file if it is still this process's (idempotent).
+
+        Folders that :meth:`acquire` created and that are empty again are removed too: a run
+        refused before it wrote anything leaves no trace.
+        """
         if not self._held:
             return
         self._held = False
         try:
             if self.path.read_bytes() == self._data:
                 self.path.unlink()
+                for folder in self._created:
+                    try:
+                        folder.rmdir()
+                    except OSError:  # not empty: the run wrote into it
+                        break
                 return
         except FileNotFoundError:
             pass
