@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from cracksurvey.cli.group import main
-from cracksurvey.cli.signals import exit_code, stop_on_signals
+from cracksurvey.cli.signals import exit_code, raise_if_stopping, stop_on_signals
 from cracksurvey.config import ModelConfig, Precision, TilingConfig, parse_set_options
 from cracksurvey.io.lock import check_run_lock
 from cracksurvey.progress import ProgressEvent
@@ -98,6 +98,7 @@ class _ProcessProgress:
         self.images: Any = None
         self.tiles: Any = None
         self.warnings = _WarningLines(self.write)
+        self.stop_signals: list[int] = []  # stop_on_signals' list: a lost interrupt is raised
 
     def _bar(self, total: int, desc: str, position: int) -> Any:
         return self._tqdm(
@@ -116,6 +117,7 @@ class _ProcessProgress:
         self._tqdm.write(line, file=sys.stderr)
 
     def __call__(self, event: ProgressEvent) -> None:
+        raise_if_stopping(self.stop_signals)
         if event.kind == "discover":
             if self.reading is None:
                 self.reading = self._bar(event.total, "reading images", 0)
@@ -361,6 +363,7 @@ def process(
         progress.warnings.add(str(message))
 
     with stop_on_signals() as received:
+        progress.stop_signals = received
         try:
             from cracksurvey.errors import CrackSurveyWarning
             from cracksurvey.logs import LOG_FILE, engine_logs_to

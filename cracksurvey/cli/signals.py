@@ -7,6 +7,12 @@ exits with the shell's code for the signal, 128 + its number (130 for SIGINT, 14
 SIGTERM). Signals that arrive during that shutdown do not interrupt it, except that a second
 one after :data:`FORCE_AFTER_S` seconds ends the process at once (its child processes
 killed): for a shutdown that hangs.
+
+Python does not pass on an exception raised while it runs a finalizer or a weakref callback
+(garbage collection can run one at any point): it reports it as "unraisable" and goes on. So
+the KeyboardInterrupt of a signal can be lost; such a report is kept off the terminal here, and
+the caller checks the list of received signals at its next step (:func:`raise_if_stopping`,
+called by the progress callback of ``process`` at every tile and image).
 """
 
 from __future__ import annotations
@@ -18,8 +24,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
-__all__ = ["FORCE_AFTER_S", "STOP_SIGNALS", "exit_code", "stop_on_signals"]
+__all__ = [
+    "FORCE_AFTER_S",
+    "STOP_SIGNALS",
+    "exit_code",
+    "raise_if_stopping",
+    "stop_on_signals",
+]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -59,12 +72,19 @@ def _force_exit(signum: int) -> None:
     os._exit(exit_code(signum))
 
 
+def raise_if_stopping(received: list[int]) -> None:
+    """Raise KeyboardInterrupt if a stop signal came (in case its own was lost, see above)."""
+    if received:
+        raise KeyboardInterrupt
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[list[int]]:
     """Within the context, SIGINT and SIGTERM raise KeyboardInterrupt (once).
 
     Yields the list of the signals received (empty until the first), to tell SIGINT from
-    SIGTERM afterwards. The previous handlers are put back on exit. Main thread only.
+    SIGTERM afterwards and for :func:`raise_if_stopping`. The previous handlers are put back
+    on exit. Main thread only.
     """
     received: list[int] = []
     first_at: list[float] = []
@@ -78,9 +98,17 @@ def stop_on_signals() -> Iterator[list[int]]:
         first_at.append(time.monotonic())
         raise KeyboardInterrupt
 
+    unraisable = sys.unraisablehook
+
+    def lost_interrupt_unreported(report: Any) -> None:
+        if not (received and report.exc_type is KeyboardInterrupt):
+            unraisable(report)
+
     previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    sys.unraisablehook = lost_interrupt_unreported
     try:
         yield received
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = unraisable

@@ -264,9 +264,11 @@ def _process_locked(
     finally:
         closing.join()
     emit.written = True
-    # entries of images no longer in the survey, or of stale settings
-    run.results.prune(keep=run.keys)
-    run.predictions.prune(keep=run.prediction_keys)
+    try:  # entries of images no longer in the survey, or of stale settings
+        run.results.prune(keep=run.keys)
+        run.predictions.prune(keep=run.prediction_keys)
+    except KeyboardInterrupt:  # the run is complete: the next run prunes
+        pass
     return summary
 
 
