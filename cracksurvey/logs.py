@@ -43,6 +43,12 @@ class LogFileHandler(logging.FileHandler):
             logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
         )
 
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            super().emit(record)  # opening the file on the first message is not guarded there
+        except OSError:
+            pass
+
     def handleError(self, record: logging.LogRecord) -> None:
         pass
 
