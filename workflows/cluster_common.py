@@ -51,7 +51,7 @@ def run_on(address: str, args: argparse.Namespace, log: Callable[[str], None]) -
     from cracksurvey.process import process_survey
 
     log(f"processing {args.survey_dir} on {address}")
-    with stop_on_signals() as received:
+    with stop_on_signals() as stop:
         try:
             summary = process_survey(args.survey_dir, out_dir=args.out, weights=args.weights,
                                      overwrite=args.overwrite, scheduler=address)
@@ -59,9 +59,11 @@ def run_on(address: str, args: argparse.Namespace, log: Callable[[str], None]) -
             log(f"error: {exc}")
             return 2
         except RunInterrupted as exc:
-            signum = received[0] if received else signal.SIGINT
+            signum = stop.signum or signal.SIGINT
             log(f"stopped by {signal.Signals(signum).name}: {exc}")
             return exit_code(signum)
+        finally:
+            stop.done()
     for outcome in summary.images:
         log(outcome.line())
     log(f"{summary.n_cracks} cracks -> {summary.gpkg_path}")

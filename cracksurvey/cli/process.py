@@ -12,15 +12,18 @@ import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cracksurvey.cli.group import main
-from cracksurvey.cli.signals import exit_code, raise_if_stopping, stop_on_signals
+from cracksurvey.cli.signals import StopSignals, exit_code, stop_on_signals
 from cracksurvey.config import ModelConfig, Precision, TilingConfig, parse_set_options
 from cracksurvey.io.lock import check_run_lock
 from cracksurvey.progress import ProgressEvent
+
+if TYPE_CHECKING:
+    from cracksurvey.process import RunSummary
 
 
 def _process_overrides(
@@ -98,7 +101,7 @@ class _ProcessProgress:
         self.images: Any = None
         self.tiles: Any = None
         self.warnings = _WarningLines(self.write)
-        self.stop_signals: list[int] = []  # stop_on_signals' list: a lost interrupt is raised
+        self.stop: StopSignals | None = None  # a signal whose interrupt was lost is raised
 
     def _bar(self, total: int, desc: str, position: int) -> Any:
         return self._tqdm(
@@ -117,7 +120,8 @@ class _ProcessProgress:
         self._tqdm.write(line, file=sys.stderr)
 
     def __call__(self, event: ProgressEvent) -> None:
-        raise_if_stopping(self.stop_signals)
+        if self.stop is not None:
+            self.stop.raise_if_stopping()
         if event.kind == "discover":
             if self.reading is None:
                 self.reading = self._bar(event.total, "reading images", 0)
@@ -362,8 +366,9 @@ def process(
     def show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
         progress.warnings.add(str(message))
 
-    with stop_on_signals() as received:
-        progress.stop_signals = received
+    with stop_on_signals() as stop:
+        progress.stop = stop
+        summary = None
         try:
             from cracksurvey.errors import CrackSurveyWarning
             from cracksurvey.logs import LOG_FILE, engine_logs_to
@@ -387,20 +392,30 @@ def process(
                     progress=progress,
                     break_lock=break_lock,
                 )
-        except KeyboardInterrupt as stop:
-            progress.close()
-            signum = received[0] if received else signal.SIGINT
-            what = (
-                str(stop)
-                if stop.args
-                else "stopped before the run started; run the same command again"
-            )
-            click.echo(f"stopped by {signal.Signals(signum).name}: {what}", err=True)
-            ctx.exit(exit_code(signum))
+        except KeyboardInterrupt as stopped:
+            if summary is None:  # else the run had finished: nothing was stopped
+                stop.done()
+                progress.close()
+                signum = stop.signum or signal.SIGINT
+                what = (
+                    str(stopped)
+                    if stopped.args
+                    else "stopped before the run started; run the same command again"
+                )
+                click.echo(f"stopped by {signal.Signals(signum).name}: {what}", err=True)
+                ctx.exit(exit_code(signum))
         finally:
+            stop.done()
             progress.close()
             for handler in handlers:
                 handler.removeFilter(_drop_reported_image_errors)
+        assert summary is not None
+        _report(summary, quiet=quiet, as_json=as_json)
+        ctx.exit(summary.exit_code)
+
+
+def _report(summary: RunSummary, *, quiet: bool, as_json: bool) -> None:
+    """The last line of a finished run on stderr, and run.json on stdout with ``--json``."""
     failed = len(summary.failed)
     done = len(summary.images) - failed
     if not quiet:
@@ -419,4 +434,3 @@ def process(
         from cracksurvey.io.outputs import json_ready
 
         click.echo(json.dumps(json_ready(summary.record), indent=1))
-    ctx.exit(summary.exit_code)

@@ -6,33 +6,31 @@ kept (:class:`~cracksurvey.errors.RunInterrupted`); the command prints that as o
 exits with the shell's code for the signal, 128 + its number (130 for SIGINT, 143 for
 SIGTERM). Signals that arrive during that shutdown do not interrupt it, except that a second
 one after :data:`FORCE_AFTER_S` seconds ends the process at once (its child processes
-killed): for a shutdown that hangs.
+killed): for a shutdown that hangs. Once the work is done (finished, or its stop reported),
+signals are ignored: what is left is printing the last line and exiting, and the interpreter's
+own exit (seconds with torch and Dask loaded) ends with the run's exit status.
 
 Python does not pass on an exception raised while it runs a finalizer or a weakref callback
 (garbage collection can run one at any point): it reports it as "unraisable" and goes on. So
 the KeyboardInterrupt of a signal can be lost; such a report is kept off the terminal here, and
-the caller checks the list of received signals at its next step (:func:`raise_if_stopping`,
-called by the progress callback of ``process`` at every tile and image).
+the caller checks at its next step (:meth:`StopSignals.raise_if_stopping`, called by the
+progress callback of ``process`` at every tile and image).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = [
-    "FORCE_AFTER_S",
-    "STOP_SIGNALS",
-    "exit_code",
-    "raise_if_stopping",
-    "stop_on_signals",
-]
+__all__ = ["FORCE_AFTER_S", "STOP_SIGNALS", "StopSignals", "exit_code", "stop_on_signals"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -72,42 +70,76 @@ def _force_exit(signum: int) -> None:
     os._exit(exit_code(signum))
 
 
-def raise_if_stopping(received: list[int]) -> None:
-    """Raise KeyboardInterrupt if a stop signal came (in case its own was lost, see above)."""
-    if received:
+class StopSignals:
+    """What :func:`stop_on_signals` received, and whether a signal still stops the work.
+
+    Attributes
+    ----------
+    received : list of int
+        The signals received, in order (empty until the first).
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.first_at = 0.0
+        self.work_done = False
+
+    @property
+    def signum(self) -> int | None:
+        """The first signal received, None before any."""
+        return self.received[0] if self.received else None
+
+    def raise_if_stopping(self) -> None:
+        """Raise KeyboardInterrupt if a signal came during the work (in case its own was lost,
+        see the module docstring)."""
+        if self.received and not self.work_done:
+            raise KeyboardInterrupt
+
+    def done(self) -> None:
+        """The work is done: later signals are ignored (what is left is saying so and exiting)."""
+        self.work_done = True
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.work_done:
+            return
+        if self.received:  # already stopping: the shutdown runs to its end
+            if time.monotonic() - self.first_at >= FORCE_AFTER_S:
+                _force_exit(signum)
+            return
+        self.received.append(signum)
+        self.first_at = time.monotonic()
         raise KeyboardInterrupt
+
+
+def _ignore_while_exiting() -> None:
+    """atexit: a signal while the interpreter finishes (seconds, with torch and Dask loaded)
+    no longer kills a process whose work is done (SIG_IGN outlives Python's own handlers)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[list[int]]:
-    """Within the context, SIGINT and SIGTERM raise KeyboardInterrupt (once).
+def stop_on_signals() -> Iterator[StopSignals]:
+    """Within the context, the first SIGINT or SIGTERM raises KeyboardInterrupt.
 
-    Yields the list of the signals received (empty until the first), to tell SIGINT from
-    SIGTERM afterwards and for :func:`raise_if_stopping`. The previous handlers are put back
-    on exit. Main thread only.
+    Yields the :class:`StopSignals` that says which came. The previous handlers are put back
+    on exit; once a process that used this context exits, the two signals are ignored. Main
+    thread only.
     """
-    received: list[int] = []
-    first_at: list[float] = []
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        if received:  # already stopping: the shutdown runs to its end
-            if time.monotonic() - first_at[0] >= FORCE_AFTER_S:
-                _force_exit(signum)
-            return
-        received.append(signum)
-        first_at.append(time.monotonic())
-        raise KeyboardInterrupt
-
+    stop = StopSignals()
     unraisable = sys.unraisablehook
 
     def lost_interrupt_unreported(report: Any) -> None:
-        if not (received and report.exc_type is KeyboardInterrupt):
+        if not (stop.received and report.exc_type is KeyboardInterrupt):
             unraisable(report)
 
-    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    previous = {signum: signal.signal(signum, stop.handle) for signum in STOP_SIGNALS}
     sys.unraisablehook = lost_interrupt_unreported
+    atexit.unregister(_ignore_while_exiting)
+    atexit.register(_ignore_while_exiting)
     try:
-        yield received
+        yield stop
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
