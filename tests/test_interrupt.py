@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -174,3 +175,66 @@ def test_a_signal_stops_the_run_in_order_and_the_rerun_resumes(
     assert {k: v for k, v in predictions(out).items() if k in predicted} == predicted
     assert_same_layers(out / "cracks.gpkg", reference / "cracks.gpkg", drop=("seconds",))
     assert (out / "summary.csv").read_text() == (reference / "summary.csv").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# The stop handler itself
+# --------------------------------------------------------------------------------------------
+def test_an_interrupt_lost_in_a_finalizer_is_raised_at_the_next_step(capsys):
+    import weakref
+
+    from cracksurvey.cli.signals import stop_on_signals
+
+    def lost(_: object) -> None:
+        raise KeyboardInterrupt
+
+    class Thing:
+        pass
+
+    with stop_on_signals() as stop:
+        stop.raise_if_stopping()  # nothing yet
+        stop.received.append(signal.SIGTERM)  # as the handler does, then raises...
+        thing = Thing()
+        ref = weakref.ref(thing, lost)  # ...inside a weakref callback: Python drops it
+        del thing
+        assert ref() is None
+        with pytest.raises(KeyboardInterrupt):
+            stop.raise_if_stopping()
+        stop.done()
+        stop.raise_if_stopping()  # the work is done: nothing to stop
+    assert capsys.readouterr().err == ""  # no "Exception ignored in ..." report
+
+
+HANGING_SHUTDOWN = """
+import subprocess, sys, time
+from cracksurvey.cli.signals import stop_on_signals
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+with stop_on_signals() as stop:
+    try:
+        print(child.pid, flush=True)
+        time.sleep(120)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+        time.sleep(120)  # a shutdown that hangs
+"""
+
+
+def test_a_second_signal_after_the_grace_ends_a_hanging_shutdown():
+    from cracksurvey.cli.signals import FORCE_AFTER_S
+
+    run = subprocess.Popen([sys.executable, "-c", HANGING_SHUTDOWN], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    child = int(run.stdout.readline())
+    run.send_signal(signal.SIGTERM)
+    assert run.stdout.readline().strip() == "stopping"
+    run.send_signal(signal.SIGINT)  # at once: the same request, the shutdown goes on
+    time.sleep(0.5)
+    assert run.poll() is None
+    time.sleep(FORCE_AFTER_S)
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=30) == 130
+    assert "stopped at once by a second SIGINT" in run.stderr.read()
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the child process survived"
+        time.sleep(0.05)
