@@ -207,69 +207,96 @@ def _process_locked(
             synchronous=synchronous,
         )
     model_info = _model_info(engine, model, config)
-    try:
-        if overwrite:
-            clear_previous_outputs(out)
-        raster_dir = out / RASTER_DIR
-        _check_writable(out, raster_dir)
-        run = ImageRun(
-            engine=engine,
-            predictions=PredictionCache(out, reuse=use_cache),
-            results=ImageCache(out, reuse=use_cache),
-            config=config,
-            model_sha256=model_info["sha256"] or _weights_sha256(model),
-            root=survey.root,
-            raster_dir=raster_dir,
-            timings=timings,
-            footprints_for=_footprints_for(survey.buildings),
-            buildings_sha256=_file_sha256(survey.buildings_path),
-            semantics_model=SemanticsModel(config.semantics.weights),
-            detection_limit_px=model_info["detection_limit_px"],
-        )
-        for cache in (run.predictions, run.results):
-            cache.prune(keep=None)  # staging folders of a killed run
-        outcomes, results = _run_images(run, survey.images, out=out, emit=emit)
-    except BaseException:
-        engine.close()
-        raise
+    close_engine = _CloseOnce(engine.close)
     # the local cluster shuts down (its processes exit) while the outputs are written
-    closing = threading.Thread(target=engine.close, name="cracksurvey-engine-close")
-    closing.start()
+    closing = threading.Thread(target=close_engine, name="cracksurvey-engine-close")
+    summary: RunSummary | None = None
     try:
-        summary = write_outputs(
-            survey,
-            out,
-            outcomes,
-            results,
-            model_info=model_info,
-            timings=timings,
-            started=started,
-            t0=t0,
-            damage_scale=damage_scale,
-            cache_info={
-                "dir": CACHE_DIR,
-                "reused": run.reused,
-                "computed": run.computed,
-                "predictions": {
-                    "reused": run.predictions_reused,
-                    "computed": run.predictions_computed,
-                },
-            },
-        )
-    except OSError as exc:
-        failure = output_failure(exc, out, len(run.keys))
-        if failure is None:
+        try:
+            if overwrite:
+                clear_previous_outputs(out)
+            raster_dir = out / RASTER_DIR
+            _check_writable(out, raster_dir)
+            run = ImageRun(
+                engine=engine,
+                predictions=PredictionCache(out, reuse=use_cache),
+                results=ImageCache(out, reuse=use_cache),
+                config=config,
+                model_sha256=model_info["sha256"] or _weights_sha256(model),
+                root=survey.root,
+                raster_dir=raster_dir,
+                timings=timings,
+                footprints_for=_footprints_for(survey.buildings),
+                buildings_sha256=_file_sha256(survey.buildings_path),
+                semantics_model=SemanticsModel(config.semantics.weights),
+                detection_limit_px=model_info["detection_limit_px"],
+            )
+            for cache in (run.predictions, run.results):
+                cache.prune(keep=None)  # staging folders of a killed run
+            outcomes, results = _run_images(run, survey.images, out=out, emit=emit)
+        except BaseException:
+            close_engine()
             raise
-        raise failure from exc
-    finally:
+        closing.start()
+        try:
+            summary = write_outputs(
+                survey,
+                out,
+                outcomes,
+                results,
+                model_info=model_info,
+                timings=timings,
+                started=started,
+                t0=t0,
+                damage_scale=damage_scale,
+                cache_info={
+                    "dir": CACHE_DIR,
+                    "reused": run.reused,
+                    "computed": run.computed,
+                    "predictions": {
+                        "reused": run.predictions_reused,
+                        "computed": run.predictions_computed,
+                    },
+                },
+            )
+        except OSError as exc:
+            failure = output_failure(exc, out, len(run.keys))
+            if failure is None:
+                raise
+            raise failure from exc
+        emit.written = True
         closing.join()
-    emit.written = True
+    except KeyboardInterrupt:
+        if summary is None:
+            raise
+        # stopped while the engine closed, its outputs written: the run is complete
+    finally:
+        if closing.is_alive():  # stopped meanwhile: the engine still closes in order
+            closing.join()
+        close_engine()  # however the run ended (nothing to do once closed)
+    assert summary is not None
     try:  # entries of images no longer in the survey, or of stale settings
         run.results.prune(keep=run.keys)
         run.predictions.prune(keep=run.prediction_keys)
     except KeyboardInterrupt:  # the run is complete: the next run prunes
         pass
     return summary
+
+
+class _CloseOnce:
+    """Closes the engine for whichever asks first, the closing thread or the clean-up after
+    a stop; the other waits for it (a second close would race the first)."""
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self._close = close
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._close()
+                self._closed = True
 
 
 class _Tally:
