@@ -136,11 +136,13 @@ def stop_on_signals() -> Iterator[StopSignals]:
 
     previous = {signum: signal.signal(signum, stop.handle) for signum in STOP_SIGNALS}
     sys.unraisablehook = lost_interrupt_unreported
-    atexit.unregister(_ignore_while_exiting)
-    atexit.register(_ignore_while_exiting)
     try:
         yield stop
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sys.unraisablehook = unraisable
+        # registered last, so it runs first: before the exit handlers of Dask, torch and
+        # multiprocessing, which can take a while
+        atexit.unregister(_ignore_while_exiting)
+        atexit.register(_ignore_while_exiting)
