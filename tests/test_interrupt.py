@@ -93,10 +93,22 @@ class ProcessTree:
         return living
 
 
-def reached(point: int, out: Path) -> bool:
-    """-1: at once; 0: the run holds its lock; k > 0: k images are in the cache."""
+def handles_stop_signals(pid: int) -> bool:
+    """Whether process ``pid`` catches SIGINT and SIGTERM (Linux /proc: the command started).
+
+    Before that, during the interpreter's own start, a signal ends it like any program."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(x for x in status.splitlines() if x.startswith("SigCgt:")).split()[1], 16)
+    return all(caught & (1 << (s - 1)) for s in (signal.SIGINT, signal.SIGTERM))
+
+
+def reached(point: int, out: Path, pid: int) -> bool:
+    """-1: the command has started; 0: the run holds its lock; k > 0: k images are cached."""
     if point < 0:
-        return True
+        return handles_stop_signals(pid)
     if point == 0:
         return (out / LOCK_FILE).exists()
     return len(results(out)) >= point
@@ -118,7 +130,7 @@ def test_a_signal_stops_the_run_in_order_and_the_rerun_resumes(
                            text=True, start_new_session=True)
     tree = ProcessTree(run.pid)
     deadline = time.monotonic() + 300
-    while run.poll() is None and not reached(point, out):
+    while run.poll() is None and not reached(point, out, run.pid):
         assert time.monotonic() < deadline, "the run did not get going"
         tree.look()
         time.sleep(0.02)

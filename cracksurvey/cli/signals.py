@@ -8,7 +8,9 @@ SIGTERM). Signals that arrive during that shutdown do not interrupt it, except t
 one after :data:`FORCE_AFTER_S` seconds ends the process at once (its child processes
 killed): for a shutdown that hangs. Once the work is done (finished, or its stop reported),
 signals are ignored: what is left is printing the last line and exiting, and the interpreter's
-own exit (seconds with torch and Dask loaded) ends with the run's exit status.
+own exit (seconds with torch and Dask loaded) ends with the run's exit status. (A signal in
+the fraction of a second before the command starts, while Python itself starts, ends it as it
+ends any program.)
 
 Python does not pass on an exception raised while it runs a finalizer or a weakref callback
 (garbage collection can run one at any point): it reports it as "unraisable" and goes on. So
