@@ -5,7 +5,7 @@
 The runs are those of ``workflows/retrain.py campaign`` (same architecture, data, crops and
 wall-time schedule; only the loss or the training data changes): ``mse``, ``mse+topo``,
 ``dice+topo``, ``mse+dice+topo`` (= ``ship-s*``, the default recipe), ``faithful`` (mse+topo with
-the authors' TOPO constants, B2 unfixed: docs/method.md, D6) and ``noneg`` (the default recipe
+the authors' TOPO constants, D6 undone: docs/method.md) and ``noneg`` (the default recipe
 without negatives and synthetic cracks). Each run is scored by ``cracksurvey evaluate`` on the
 masonry test split (defaults: the crack layer as process writes it) and by its false crack length
 per megapixel on intact façades (the validation photos of spb_facades at 1/4 scale and the
@@ -33,7 +33,7 @@ RECIPES = {
     "mse+topo": "mse+topo",
     "dice+topo": "dice+topo",
     "mse+dice+topo": "ship",
-    "faithful (B2 unfixed)": "faithful",
+    "faithful (D6 undone)": "faithful",
     "mse+dice+topo, no negatives": "noneg",
 }
 METRICS = ("f1", "quality", "abs_delta_cpp", "cldice", "cliou", "width_mae_px", "fp_px_per_mp")
@@ -129,7 +129,7 @@ def main() -> int:
     claims = {}
     for metric in ("abs_delta_cpp", "f1", "cliou", "fp_px_per_mp"):
         for a, b in (("mse", "mse+topo"), ("mse+topo", "mse+dice+topo"), ("mse", "mse+dice+topo"),
-                     ("faithful (B2 unfixed)", "mse+topo"), ("mse+dice+topo, no negatives", "mse+dice+topo")):
+                     ("faithful (D6 undone)", "mse+topo"), ("mse+dice+topo, no negatives", "mse+dice+topo")):
             claims[f"{metric}: {a} vs {b}"] = separated(table[a][metric], table[b][metric])
     cache["separated"] = claims
     cache_path.write_text(json.dumps(cache, indent=1))
