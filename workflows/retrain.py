@@ -14,7 +14,7 @@
 
 The campaign is the default recipe (configs/train/facade.yaml) at three seeds, its width and
 negative-weight variants, the loss ablation (mse, mse+topo, dice+topo, mse+dice+topo and the
-paper-faithful TOPO constants with B2 unfixed; three seeds each), the same recipe without
+paper-faithful TOPO constants (docs/method.md D6 undone); three seeds each), the same recipe without
 negatives, and the façade-semantics model. Each run is one process; the learning-rate schedule of
 every run follows its wall-time budget, so all runs end together whatever the machine's speed.
 
@@ -54,7 +54,7 @@ LOSSES = {
     "dice+topo": {"mse": 0.0, "dice": 10.0, "topo": 1.0},
     "mse+dice+topo": {"mse": 1.0, "dice": 10.0, "topo": 1.0},
     # the authors' constants: alpha 100 / beta 10 summed over the batch, far edges pinned to the
-    # clip value (B2 unfixed)
+    # clip value (docs/method.md D6 undone)
     "faithful": {
         "mse": 1.0,
         "dice": 0.0,
