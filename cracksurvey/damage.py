@@ -258,16 +258,17 @@ def load_damage_scale(
 def _reached(values: pd.DataFrame, bounds: Mapping[str, float]) -> tuple[np.ndarray, list[str]]:
     """Per building: whether any bound is reached, and the ``column value >= bound`` texts.
 
-    A bound on a width in millimetres is not used for a building whose detection limit is above
-    it: every crack such images can see is wider than the bound, so reaching it says nothing.
+    A bound on a width in millimetres is not used for a building whose detection limit (or
+    width limit: the narrowest width its images measure) is above it: every crack such images
+    can see or measure is wider than the bound, so reaching it says nothing. Widths below the
+    width limit are not numbers (docs/method.md, "Crack width") and reach no bound.
     """
     hit = np.zeros(len(values), dtype=bool)
     basis = [""] * len(values)
-    limit = (
-        values["detection_limit_mm"].to_numpy(dtype=np.float64)
-        if "detection_limit_mm" in values
-        else np.full(len(values), np.nan)
-    )
+    limit = np.full(len(values), np.nan)
+    for name in ("detection_limit_mm", "width_limit_mm"):
+        if name in values:
+            limit = np.fmax(limit, values[name].to_numpy(dtype=np.float64))
     for column, bound in bounds.items():
         column_values = values[column].to_numpy(dtype=np.float64)
         column_hit = np.isfinite(column_values) & (column_values >= bound)

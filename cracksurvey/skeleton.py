@@ -7,7 +7,7 @@ the engine maps :func:`extract_tile_skeleton` over tiles and concatenates the sp
 Glossary (see the README): the *distance map* is the model's predicted distance (pixels) to the
 nearest crack centreline; the *mask* is ``distance <= threshold_px``; the *skeleton* is the
 one-pixel-wide centreline of the mask; the *body* map is the probability (or mask) that a pixel
-lies inside the crack body, on which width is measured (:mod:`cracksurvey.measure.width`).
+lies inside the crack body. Widths are measured from the image (:mod:`cracksurvey.measure.width`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from skimage.morphology import skeletonize, thin
 
-from cracksurvey.measure.width import as_2d, measure_width_px
+from cracksurvey.measure.width import as_2d, skeleton_widths
 
 __all__ = [
+    "SKELETON_FIELDS",
     "SkeletonMethod",
     "TileSkeleton",
     "extract_tile_skeleton",
@@ -89,6 +90,18 @@ def skeletonize_mask(mask: ArrayLike, *, method: SkeletonMethod = "zhang") -> ND
     raise ValueError(f"method is {method!r}; expected 'zhang' or 'thin'.")
 
 
+#: The arrays of a :class:`TileSkeleton` and their dtypes.
+SKELETON_FIELDS: dict[str, type] = {
+    "rows": np.int64,
+    "cols": np.int64,
+    "width_px": np.float32,
+    "distance_px": np.float32,
+    "width_sd_px": np.float32,
+    "below_limit": np.bool_,
+    "limit_px": np.float32,
+}
+
+
 @dataclass(frozen=True, eq=False)
 class TileSkeleton:
     """Sparse skeleton pixels with their width and distance (a tile's core or a whole image).
@@ -99,60 +112,74 @@ class TileSkeleton:
         Pixel indices. :func:`extract_tile_skeleton` returns them relative to the tile array
         (halo included); :meth:`shifted` moves them to image indices.
     width_px : ndarray of shape (n,), float32, pixels
-        Measured crack width (NaN when unknown).
+        Crack width (:func:`cracksurvey.measure.width.skeleton_widths`): from the image; NaN
+        where below the measurable limit or not measured.
     distance_px : ndarray of shape (n,), float32, pixels
         Distance-map value at the pixel (low = confident centreline).
+    width_sd_px : ndarray of shape (n,), float32, pixels
+        Standard uncertainty of the width; NaN where the width is not from the image (none, or
+        the body map's for a crack wider than the image profiles measure).
+    below_limit : ndarray of shape (n,), bool
+        A crack is seen at the pixel but is narrower than the measurable limit.
+    limit_px : ndarray of shape (n,), float32, pixels
+        Measurable limit at the pixel; NaN where the image was not measured.
+
+    The last three default to "unknown" (NaN, False) for skeletons made without them.
     """
 
     rows: NDArray[np.int64]
     cols: NDArray[np.int64]
     width_px: NDArray[np.float32]
     distance_px: NDArray[np.float32]
+    width_sd_px: NDArray[np.float32] | None = None
+    below_limit: NDArray[np.bool_] | None = None
+    limit_px: NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
-        fields = {
-            "rows": np.int64,
-            "cols": np.int64,
-            "width_px": np.float32,
-            "distance_px": np.float32,
-        }
+        n = np.asarray(self.rows).size
         sizes = set()
-        for name, dtype in fields.items():
-            value = np.asarray(getattr(self, name), dtype=dtype).reshape(-1)
+        for name, dtype in SKELETON_FIELDS.items():
+            value = getattr(self, name)
+            if value is None:
+                value = np.zeros(n, bool) if dtype is np.bool_ else np.full(n, np.nan)
+            value = np.asarray(value, dtype=dtype).reshape(-1)
             object.__setattr__(self, name, value)
             sizes.add(value.size)
         if len(sizes) != 1:
             raise ValueError(
                 f"TileSkeleton arrays have different lengths {sorted(sizes)}; "
-                "rows, cols, width_px and distance_px must align."
+                f"{', '.join(SKELETON_FIELDS)} must align."
             )
 
     def __len__(self) -> int:
         return int(self.rows.size)
 
+    def arrays(self) -> dict[str, NDArray]:
+        """The arrays by name (:data:`SKELETON_FIELDS`)."""
+        return {name: getattr(self, name) for name in SKELETON_FIELDS}
+
     @classmethod
     def empty(cls) -> TileSkeleton:
         """A skeleton with no pixels."""
-        i, f = np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return cls(i, i, f, f)
+        return cls(**{k: np.zeros(0, t) for k, t in SKELETON_FIELDS.items()})
+
+    def take(self, index: ArrayLike) -> TileSkeleton:
+        """The pixels ``index`` (an index array or a boolean mask), in that order."""
+        return TileSkeleton(**{k: v[index] for k, v in self.arrays().items()})
 
     def shifted(self, row_off: int, col_off: int) -> TileSkeleton:
         """Return a copy with ``row_off`` and ``col_off`` added to the pixel indices."""
-        return TileSkeleton(
-            self.rows + int(row_off), self.cols + int(col_off), self.width_px, self.distance_px
-        )
+        arrays = self.arrays()
+        arrays["rows"] = self.rows + int(row_off)
+        arrays["cols"] = self.cols + int(col_off)
+        return TileSkeleton(**arrays)
 
     @classmethod
     def concatenate(cls, parts: Sequence[TileSkeleton]) -> TileSkeleton:
         """Join skeletons (e.g. the shifted cores of all tiles of an image)."""
         if len(parts) == 0:
             return cls.empty()
-        return cls(
-            np.concatenate([p.rows for p in parts]),
-            np.concatenate([p.cols for p in parts]),
-            np.concatenate([p.width_px for p in parts]),
-            np.concatenate([p.distance_px for p in parts]),
-        )
+        return cls(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in SKELETON_FIELDS})
 
 
 def extract_tile_skeleton(
@@ -162,24 +189,33 @@ def extract_tile_skeleton(
     threshold_px: float,
     core: tuple[slice, slice],
     method: SkeletonMethod = "zhang",
+    grey: ArrayLike | None = None,
+    origin: tuple[int, int] = (0, 0),
 ) -> TileSkeleton:
     """Threshold, skeletonize and measure one tile; keep the skeleton pixels of its core.
 
     The whole tile (halo included) is skeletonized and measured, so with a halo a few crack
-    widths wide the core result equals that of the untiled image.
+    widths wide (for the widths from the image: 96 px, docs/method.md) the core result equals
+    that of the untiled image.
 
     Parameters
     ----------
     distance : ndarray of shape (H, W) or (1, H, W), float32, pixels
         Distance map of the tile (core plus halo). NaN is nodata.
     body : ndarray of shape (H, W) or (1, H, W), float32 in [0, 1] or bool, optional
-        Crack-body probability of the same tile. None: widths are NaN.
+        Crack-body probability of the same tile.
     threshold_px : float
         Crack = ``distance <= threshold_px``.
     core : (slice, slice)
         Row and column window of the core within the tile array.
     method : {'zhang', 'thin'}
         Thinning algorithm, see :func:`skeletonize_mask`.
+    grey : ndarray of shape (H, W), float, optional
+        The tile's brightness for the width from the image (NaN: nodata or outside the
+        image). None: widths from the body map (:func:`cracksurvey.measure.width.
+        skeleton_widths`).
+    origin : (int, int)
+        Image position of the tile array's pixel (0, 0), for the width's sampling lattice.
 
     Returns
     -------
@@ -195,8 +231,7 @@ def extract_tile_skeleton(
     core_skel = np.zeros_like(skel)
     core_skel[row_start:row_stop, col_start:col_stop] = skel[row_start:row_stop, col_start:col_stop]
     rows, cols = np.nonzero(core_skel)
-    if body is None:
-        width = np.full(rows.size, np.nan, dtype=np.float32)
-    else:
-        width = measure_width_px(body, skel, at=(rows, cols))
-    return TileSkeleton(rows, cols, width, d[rows, cols])
+    w = skeleton_widths(skel, (rows, cols), grey=grey, body=body, origin=origin)
+    return TileSkeleton(
+        rows, cols, w.width_px, d[rows, cols], w.width_sd_px, w.below_limit, w.limit_px
+    )

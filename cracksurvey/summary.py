@@ -46,7 +46,7 @@ indicative damage level (``damage_level``, ``damage_label``, ``damage_basis``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -103,6 +103,8 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "evidence_density_m_per_m2": "evidence_length_m / imaged_area_m2, metres per square metre",
     "detection_limit_mm": "narrowest crack the model finds in the building's finest image "
     "(its detection limit in pixels times the image's GSD), millimetres",
+    "width_limit_mm": "narrowest crack width measurable in the building's finest image (its "
+    "images layer width_limit_mm), millimetres; narrower cracks count as below the limit",
     "n_images": "images that were processed and cover the building",
     "n_images_failed": "images of the building (images.csv) that failed",
     **DAMAGE_COLUMNS,
@@ -317,6 +319,7 @@ def _one_building(
     *,
     scale: DamageScale | None = None,
     detection_limit_mm: float = float("nan"),
+    width_limit_mm: float = float("nan"),
 ) -> dict[str, float | int]:
     lengths = cracks["length_m"].to_numpy(dtype=np.float64)
     metric = np.isfinite(lengths)
@@ -382,6 +385,7 @@ def _one_building(
         ),
         "evidence_density_m_per_m2": _ratio(evidence_length, imaged_area),
         "detection_limit_mm": detection_limit_mm,
+        "width_limit_mm": width_limit_mm,
         "n_images": n_images,
         "n_images_failed": n_failed,
     }
@@ -446,17 +450,26 @@ def summarize_buildings(
         return frame[frame["building_id"].astype(object) == building]
 
     failed = images[images["status"] == "error"]
-    image_limit: dict[str, float] = {}
-    if "detection_limit_mm" in images:
-        image_limit = dict(zip(images["image"], images["detection_limit_mm"].astype(float)))
+
+    def finest(column: str) -> Callable[[str], float]:
+        """The smallest value of an images column over a building's images (NaN: none)."""
+        by_image = (
+            dict(zip(images["image"], images[column].astype(float))) if column in images else {}
+        )
+
+        def of(building: str) -> float:
+            values = np.array(
+                [by_image.get(i, np.nan) for i in rows_of(coverage, building)["image"]]
+            )
+            values = values[np.isfinite(values)]
+            return float(values.min()) if values.size else float("nan")
+
+        return of
+
+    detection_limit, width_limit = finest("detection_limit_mm"), finest("width_limit_mm")
     records = []
     for building in sorted(ids):
         n_failed = int(rows_of(failed, building)["image"].nunique())
-        limits = np.array(
-            [image_limit.get(i, np.nan) for i in rows_of(coverage, building)["image"]]
-        )
-        limits = limits[np.isfinite(limits)]
-        limit = float(limits.min()) if limits.size else float("nan")
         records.append(
             {
                 "building_id": building,
@@ -466,7 +479,8 @@ def summarize_buildings(
                     rows_of(coverage, building),
                     n_failed,
                     scale=damage_scale,
-                    detection_limit_mm=limit,
+                    detection_limit_mm=detection_limit(building),
+                    width_limit_mm=width_limit(building),
                 ),
             }
         )

@@ -244,6 +244,31 @@ class TileResult:
 MASK_NODATA = 255
 
 
+def tile_grey(
+    rgb: np.ndarray,
+    *,
+    invalid: np.ndarray | None = None,
+    origin: tuple[int, int] = (0, 0),
+    image_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """A tile's brightness for the widths: the mean of its bands, NaN off the image.
+
+    NaN on ``invalid`` (nodata) pixels and on the reflected pixels of a window beyond the
+    image (``origin``: the window's position; ``image_size``: the image's rows and columns).
+    """
+    grey = rgb.mean(axis=0, dtype=np.float32)
+    if invalid is not None:
+        grey[invalid] = np.nan
+    if image_size is not None:
+        row0, col0 = origin
+        height, width = image_size
+        grey[: max(0, -row0)] = np.nan
+        grey[max(0, height - row0) :] = np.nan
+        grey[:, : max(0, -col0)] = np.nan
+        grey[:, max(0, width - col0) :] = np.nan
+    return grey
+
+
 def process_tile(
     rgb_with_halo: np.ndarray,
     model: nn.Module,
@@ -254,8 +279,10 @@ def process_tile(
     precision: Precision = "bf16",
     valid: np.ndarray | None = None,
     device: str | torch.device = "cpu",
+    origin: tuple[int, int] = (0, 0),
+    image_size: tuple[int, int] | None = None,
 ) -> TileResult:
-    """Predict one tile and keep its core: distance, body, mask and skeleton.
+    """Predict one tile and keep its core: distance, body, mask and skeleton with widths.
 
     Parameters
     ----------
@@ -270,6 +297,12 @@ def process_tile(
     valid : ndarray of shape (H, W), bool, optional
         False on nodata pixels: they get NaN distance, mask 255 and no skeleton.
     device : torch device.
+    origin : (int, int)
+        Image position of the read window's pixel (0, 0) (:attr:`Tile.read`): the widths
+        sample the same image pixels whatever the tiling.
+    image_size : (rows, cols), optional
+        The image's size: the reflected pixels of a window beyond the image are not used for
+        widths. None: the whole window is image.
 
     Returns
     -------
@@ -283,7 +316,10 @@ def process_tile(
         if body is not None:
             body[invalid] = np.nan
     threshold = card.threshold_px if threshold_px is None else threshold_px
-    skeleton = extract_tile_skeleton(distance, body, threshold_px=threshold, core=core)
+    grey = tile_grey(rgb_with_halo, invalid=invalid, origin=origin, image_size=image_size)
+    skeleton = extract_tile_skeleton(
+        distance, body, threshold_px=threshold, core=core, grey=grey, origin=origin
+    )
     distance_core = distance[core].copy()
     body_core = None if body is None else body[core].copy()
     mask_core = threshold_distance(distance_core, threshold_px=threshold).astype(np.uint8)

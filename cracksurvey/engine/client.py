@@ -516,13 +516,7 @@ class Engine:
             # 40000² image left this process at 2.0 GB, 0.6 GB once trimmed)
             release_freed_memory()
         skeleton = TileSkeleton.concatenate(parts)
-        order = np.lexsort((skeleton.cols, skeleton.rows))
-        skeleton = TileSkeleton(
-            skeleton.rows[order],
-            skeleton.cols[order],
-            skeleton.width_px[order],
-            skeleton.distance_px[order],
-        )
+        skeleton = skeleton.take(np.lexsort((skeleton.cols, skeleton.rows)))
         return ImageResult(
             header=header,
             skeleton=skeleton,

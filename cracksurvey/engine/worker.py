@@ -188,6 +188,8 @@ def tile_task(
         precision=precision,
         valid=None if valid.all() else valid,
         device=device,
+        origin=(tile.read_row0, tile.read_col0),
+        image_size=(header.height, header.width),
     )
     # The body map stays in the worker: the writer needs distance, mask and skeleton only.
     return tile, TileResult(result.distance_core, None, result.mask_core, result.skeleton)

@@ -10,7 +10,9 @@ GT mask (docs/method.md, "Evaluation"):
 - CPP of prediction and GT per 256-px patch, ΔCPP and mean |ΔCPP|;
 - clDice and the Betti-0 (component count) error;
 - width: at predicted skeleton pixels matched (within the slack) to the GT centreline, the width
-  measured on the predicted body map vs the width measured the same way on the GT mask (px).
+  ``process`` reports (from the image) vs the width measured on the GT mask (px), the same for
+  the body-map width of earlier versions, and how much wider the masks are drawn than the dark
+  crack (mask width over image width at the GT centreline).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from cracksurvey.evaluation.field import (
 )
 from cracksurvey.evaluation.metrics import aggregate, betti0_error, cldice, relaxed_counts
 from cracksurvey.measure.continuity import cracks_per_patch
-from cracksurvey.measure.width import measure_width_px
+from cracksurvey.measure.width import measure_width_px, skeleton_widths
 from cracksurvey.model import load_model
 from cracksurvey.predict import effective_precision, keep_freed_memory
 from cracksurvey.skeleton import skeletonize_mask
@@ -46,32 +48,55 @@ log = logging.getLogger(__name__)
 
 
 def width_errors(
+    image: np.ndarray | None,
     pred_body: np.ndarray | None,
     pred_skeleton: np.ndarray,
     gt_mask: np.ndarray,
     *,
     slack_px: float,
-) -> np.ndarray:
-    """Predicted minus GT width (px) at predicted skeleton pixels within ``slack_px`` of the GT.
+) -> dict[str, np.ndarray]:
+    """Width errors at predicted skeleton pixels within ``slack_px`` of the GT centreline (px).
 
-    Both widths are measured with :func:`cracksurvey.measure.width.measure_width_px`: the predicted
-    one on the body probability, the GT one on the GT mask at the nearest GT skeleton pixel.
+    The GT width is measured on the GT mask at the nearest GT skeleton pixel
+    (:func:`cracksurvey.measure.width.measure_width_px`). Returns:
+
+    - ``error``: the width ``process`` reports (:func:`cracksurvey.measure.width.
+      skeleton_widths`: from the image, ``image`` (3, H, W); pixels below the measurable limit
+      have none) minus the GT width;
+    - ``error_body``: the width measured on the predicted body map minus the GT width (the
+      width of earlier versions);
+    - ``overdraw``: at every GT skeleton pixel, the GT mask's width over the width measured
+      from the image: how much wider the masks are drawn than the dark crack they annotate.
     """
-    if pred_body is None or not pred_skeleton.any() or not gt_mask.any():
-        return np.zeros(0, np.float32)
+    empty = np.zeros(0, np.float32)
+    out = {"error": empty, "error_body": empty, "overdraw": empty}
+    if not pred_skeleton.any() or not gt_mask.any():
+        return out
     gt_skeleton = skeletonize_mask(gt_mask)
     if not gt_skeleton.any():
-        return np.zeros(0, np.float32)
+        return out
+    grey = None if image is None else image.mean(axis=0, dtype=np.float32)
     dist, (near_r, near_c) = ndimage.distance_transform_edt(~gt_skeleton, return_indices=True)
     rows, cols = np.nonzero(pred_skeleton)
     keep = dist[rows, cols] <= slack_px
     rows, cols = rows[keep], cols[keep]
+    if grey is not None:
+        g_rows, g_cols = np.nonzero(gt_skeleton)
+        w_mask = measure_width_px(gt_mask, gt_skeleton, at=(g_rows, g_cols))
+        w_image = skeleton_widths(gt_skeleton, (g_rows, g_cols), grey=grey, body=None).width_px
+        ratio = w_mask / w_image
+        out["overdraw"] = ratio[np.isfinite(ratio)].astype(np.float32)
     if rows.size == 0:
-        return np.zeros(0, np.float32)
-    w_pred = measure_width_px(pred_body, pred_skeleton, at=(rows, cols))
+        return out
     w_gt = measure_width_px(gt_mask, gt_skeleton, at=(near_r[rows, cols], near_c[rows, cols]))
-    diff = w_pred - w_gt
-    return diff[np.isfinite(diff)].astype(np.float32)
+    if grey is not None:
+        w_pred = skeleton_widths(pred_skeleton, (rows, cols), grey=grey, body=pred_body).width_px
+        diff = w_pred - w_gt
+        out["error"] = diff[np.isfinite(diff)].astype(np.float32)
+    if pred_body is not None:
+        diff = measure_width_px(pred_body, pred_skeleton, at=(rows, cols)) - w_gt
+        out["error_body"] = diff[np.isfinite(diff)].astype(np.float32)
+    return out
 
 
 def crack_layer_skeleton(
@@ -186,6 +211,8 @@ def evaluate_model(
         "cldice",
         "betti0",
         "width",
+        "width_body",
+        "overdraw",
         "cliou",
         "dil_f1",
         "bridges",
@@ -229,7 +256,10 @@ def evaluate_model(
             )
             acc["cldice"].append(cldice(mask | centreline, gt))
             acc["betti0"].append(betti0_error(mask, gt, min_area_px=cpp_min_area_px))
-            acc["width"].append(width_errors(body, centreline, gt, slack_px=slack_px))
+            widths = width_errors(image, body, centreline, gt, slack_px=slack_px)
+            acc["width"].append(widths["error"])
+            acc["width_body"].append(widths["error_body"])
+            acc["overdraw"].append(widths["overdraw"])
             acc["cliou"].append(cl_iou_counts(centreline, gt, tolerance_px=cliou_tolerance_px))
             if body is not None:
                 acc["dil_f1"].append(dilated_f1_counts(body >= 0.5, gt))
@@ -302,6 +332,8 @@ def _summarise(acc: dict[str, list[Any]], bootstrap: int) -> dict[str, Any]:
     pred, gt = cat("cpp_pred"), cat("cpp_gt")
     mpred, mgt = cat("cpp_mask_pred"), cat("cpp_mask_gt")
     widths = np.concatenate(acc["width"]) if acc["width"] else np.zeros(0)
+    body_widths = cat("width_body")
+    overdraw = cat("overdraw")
     cpp_pairs = list(zip(acc["cpp_pred"], acc["cpp_gt"], strict=True))
 
     def micro(metric: str) -> Callable[[list[Any]], float | None]:
@@ -340,6 +372,9 @@ def _summarise(acc: dict[str, list[Any]], bootstrap: int) -> dict[str, Any]:
         "width_mae_px": float(np.abs(widths).mean()) if widths.size else None,
         "width_bias_px": float(widths.mean()) if widths.size else None,
         "width_n_px": int(widths.size),
+        "width_body_mae_px": float(np.abs(body_widths).mean()) if body_widths.size else None,
+        "width_body_bias_px": float(body_widths.mean()) if body_widths.size else None,
+        "mask_overdraw_median": float(np.median(overdraw)) if overdraw.size else None,
         "bridges": int(np.sum(acc["bridges"])) if acc["bridges"] else 0,
         "ci95": ci,
     }
@@ -369,6 +404,8 @@ def format_table(results: dict[str, Any]) -> str:
         "clIoU",
         "dil. F1",
         "width MAE px",
+        "body width MAE px",
+        "mask/image width",
     ]
     rows, intervals = [], []
     entries = list(results["datasets"].items()) + (
@@ -391,6 +428,8 @@ def format_table(results: dict[str, Any]) -> str:
                 r["cliou"],
                 r["dilated_f1"],
                 r["width_mae_px"],
+                r["width_body_mae_px"],
+                r["mask_overdraw_median"],
             ]
         )
         ci = r.get("ci95", {})

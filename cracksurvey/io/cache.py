@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from cracksurvey.skeleton import TileSkeleton
+from cracksurvey.skeleton import SKELETON_FIELDS, TileSkeleton
 
 __all__ = [
     "CACHE_DIR",
@@ -215,15 +215,9 @@ class PredictionCache(EntryCache):
 
 
 def write_skeleton(path: Path, skeleton: TileSkeleton) -> None:
-    """Save a sparse skeleton (rows, cols, width, distance) exactly, without pickle."""
+    """Save a sparse skeleton (all its arrays, :data:`SKELETON_FIELDS`) exactly, without pickle."""
     with open(path, "wb") as f:
-        np.savez(
-            f,
-            rows=skeleton.rows,
-            cols=skeleton.cols,
-            width_px=skeleton.width_px,
-            distance_px=skeleton.distance_px,
-        )
+        np.savez(f, **skeleton.arrays())
         f.flush()
         os.fsync(f.fileno())
 
@@ -231,7 +225,7 @@ def write_skeleton(path: Path, skeleton: TileSkeleton) -> None:
 def read_skeleton(path: Path) -> TileSkeleton:
     """The skeleton :func:`write_skeleton` saved."""
     with np.load(path, allow_pickle=False) as npz:
-        return TileSkeleton(npz["rows"], npz["cols"], npz["width_px"], npz["distance_px"])
+        return TileSkeleton(**{name: npz[name] for name in SKELETON_FIELDS})
 
 
 def publish_raster(source: Path, target: Path) -> None:

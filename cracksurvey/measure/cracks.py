@@ -5,8 +5,11 @@ output: the attribute tables and geometries of the ``cracks`` and ``crack_branch
 (:data:`CRACK_COLUMNS`, :data:`BRANCH_COLUMNS`), in the image's map or façade coordinates.
 
 - **Length** is the geometric length of the smoothed polylines, in pixels and in map units.
-- **Width** statistics (mean, max, 95th percentile, NaN-aware) are taken over the crack's
-  pixels, from the width measured per pixel in the workers (:mod:`cracksurvey.measure.width`).
+- **Width** statistics (mean, max, 95th percentile) are taken over the crack's pixels that
+  have a width, measured per pixel in the workers from the image
+  (:mod:`cracksurvey.measure.width`); pixels below the measurable limit have none and count in
+  ``width_below_limit`` instead. ``width_sd_mm`` is the mean standard uncertainty of those
+  widths: the crack's pixels share its depth estimate, so its mean width is not much surer.
 - **Orientation** is the length-weighted mean axial direction of the segments in map
   coordinates, in [0, 180), 0 = +x (east), counter-clockwise.
 - **Straightness** is the diameter of the smallest circle enclosing the crack over its length:
@@ -54,6 +57,8 @@ CRACK_COLUMNS: dict[str, str] = {
     "width_mean_mm": "float64",
     "width_max_mm": "float64",
     "width_p95_mm": "float64",
+    "width_sd_mm": "float64",
+    "width_below_limit": "float64",
     "orientation_deg": "float64",
     "straightness": "float64",
     "n_branches": "int64",
@@ -126,6 +131,8 @@ def measure_cracks(
     transform: affine.Affine,
     threshold_px: float | None = None,
     pixel_size_m: float | None = None,
+    width_sd_px: NDArray[np.float64] | None = None,
+    below_limit: NDArray[np.bool_] | None = None,
 ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """The crack and branch layers of a crack network.
 
@@ -140,6 +147,9 @@ def measure_cracks(
         Distance threshold that made the mask, for the confidence (None: NaN).
     pixel_size_m : float, optional
         Ground size of a pixel (metres) to convert widths to millimetres (None: NaN).
+    width_sd_px, below_limit : ndarray of shape (n,), optional
+        Per pixel of the network (``network.rows``): the width's standard uncertainty and
+        whether the crack is below the measurable limit there (None: NaN, False).
 
     Returns
     -------
@@ -175,10 +185,10 @@ def measure_cracks(
 
     # Per-pixel values.
     width, distance = network.width_px, network.distance_px
-    if pixel_size_m is not None:
-        width_mm = width * (float(pixel_size_m) * 1000.0)
-    else:
-        width_mm = np.full_like(width, np.nan)
+    sd = np.full_like(width, np.nan) if width_sd_px is None else np.asarray(width_sd_px, float)
+    below = np.zeros(width.size, bool) if below_limit is None else np.asarray(below_limit, bool)
+    mm = float(pixel_size_m) * 1000.0 if pixel_size_m is not None else np.nan
+    width_mm, sd_mm = width * mm, sd * mm
     if threshold_px is not None:
         confidence = np.clip(1.0 - distance / float(threshold_px), 0.0, 1.0)
     else:
@@ -197,6 +207,13 @@ def measure_cracks(
     pix_crack = network.pixel_crack
     in_crack = pix_crack >= 0
     c_wmean, c_wmax, c_wp95 = _group_stats(width_mm[in_crack], pix_crack[in_crack], n_crack)
+    c_sd, _, _ = _group_stats(
+        np.where(np.isfinite(width_mm), sd_mm, np.nan)[in_crack], pix_crack[in_crack], n_crack
+    )
+    n_below = np.bincount(pix_crack[in_crack & below], minlength=n_crack)
+    n_width = np.bincount(pix_crack[in_crack & np.isfinite(width)], minlength=n_crack)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        below_share = np.where(n_below + n_width > 0, n_below / (n_below + n_width), np.nan)
     c_conf, _, _ = _group_stats(confidence[in_crack], pix_crack[in_crack], n_crack)
     c_len_px = np.bincount(bc, weights=branch_length_px[b_keep], minlength=n_crack)
     c_len_m = np.bincount(bc, weights=branch_length_m[b_keep], minlength=n_crack)
@@ -237,6 +254,8 @@ def measure_cracks(
             "width_mean_mm": c_wmean,
             "width_max_mm": c_wmax,
             "width_p95_mm": c_wp95,
+            "width_sd_mm": c_sd,
+            "width_below_limit": below_share,
             "orientation_deg": orientation,
             # diameter of the smallest circle around the crack / its length: 1 for a straight line
             "straightness": np.minimum(

@@ -23,7 +23,9 @@ __all__ = [
     "aggregate_crack_width",
     "depth_blur_at",
     "local_depth_blur",
+    "local_minima",
     "nearest",
+    "pixel_components",
     "neighbours",
     "pca_normals",
     "smooth_widths",
@@ -31,7 +33,7 @@ __all__ = [
 
 
 #: Grid of a crack's depth (log-spaced) for its joint estimate.
-_LOG_K_GRID = np.linspace(np.log(0.03), 0.0, 41)
+_LOG_K_GRID = np.linspace(np.log(0.03), 0.0, 31)
 #: Depths at which every profile's misfit is computed (interpolated onto the grid above), and
 #: the refitting steps of its width and centre at each.
 _LOG_K_TAB = np.linspace(np.log(0.03), 0.0, 25)
@@ -114,6 +116,72 @@ def neighbours(
     indptr = np.zeros(n_q + 1, np.int64)
     indptr[1:] = np.cumsum(counts)
     return indptr, out[:n_out].copy()
+
+
+@njit(cache=True)
+def pixel_components(rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.int64]:
+    """8-connected components of sparse pixels (union-find); labels 0..n_components-1.
+
+    Labels are numbered in the order of each component's first pixel in the input.
+    """  # pragma: no cover
+    n = rows.size
+    parent = np.arange(n)
+    if n == 0:
+        return parent
+    c0 = cols.min() - 1
+    span = cols.max() - c0 + 2
+    lin = (rows - rows.min()) * span + (cols - c0)
+    order = np.argsort(lin, kind="mergesort")
+    sl = lin[order]
+    for t in range(n):
+        i = order[t]
+        for off in (1, span - 1, span, span + 1):  # E, SW, S, SE
+            a = np.searchsorted(sl, sl[t] + off)
+            if a < n and sl[a] == sl[t] + off:
+                j = order[a]
+                ri, rj = i, j
+                while parent[ri] != ri:
+                    ri = parent[ri]
+                while parent[rj] != rj:
+                    rj = parent[rj]
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+    labels = np.full(n, -1, np.int64)
+    next_label = 0
+    for i in range(n):
+        r = i
+        while parent[r] != r:
+            r = parent[r]
+        parent[i] = r
+        if labels[r] < 0:
+            labels[r] = next_label
+            next_label += 1
+        labels[i] = labels[r]
+    return labels
+
+
+@njit(cache=True)
+def local_minima(
+    r: NDArray[np.float64],
+    c: NDArray[np.float64],
+    lab: NDArray[np.int64],
+    key: NDArray[np.int64],
+    radii: NDArray[np.float64],
+) -> NDArray[np.bool_]:  # pragma: no cover
+    """For each radius, the points whose ``key`` is the smallest of the points of the same
+    label within it (equal keys: the first in the input); ``(len(radii), n)``."""
+    indptr, indices = neighbours(r, c, lab, r, c, lab, radii.max())
+    out = np.ones((radii.size, r.size), np.bool_)
+    for i in range(r.size):
+        for t in range(indptr[i], indptr[i + 1]):
+            j = indices[t]
+            if j == i or not (key[j] < key[i] or (key[j] == key[i] and j < i)):
+                continue
+            d2 = (r[j] - r[i]) ** 2 + (c[j] - c[i]) ** 2
+            for q in range(radii.size):
+                if d2 <= radii[q] ** 2:
+                    out[q, i] = False
+    return out
 
 
 @njit(cache=True)

@@ -1,25 +1,27 @@
-"""Crack width at skeleton pixels, measured on the crack-body map.
+"""Crack width at skeleton pixels: from the image (the default) or from the crack-body map.
 
-The body map is the network's second head: the probability that a pixel lies inside the crack
-body. Width is measured across the crack, along the normal of the local skeleton direction, as
-the distance between the two crossings of the body map's 0.5 level (sub-pixel, bilinear
-sampling), with a Euclidean-distance fallback where a profile fails. The method and its
-validation are described in docs/method.md ("Width").
+:func:`skeleton_widths` is what a tile measures (:func:`cracksurvey.skeleton.
+extract_tile_skeleton`, in the engine's workers): the width from the image's intensity
+profiles (:mod:`cracksurvey.measure.width_profile`) with its uncertainty and measurable limit,
+and the body-map width only where the crack is wider than the profiles measure.
 
-Runs per tile inside the engine's workers (the body map never leaves them), called by
-:func:`cracksurvey.skeleton.extract_tile_skeleton`, and by the evaluation to compare predicted
-and ground-truth widths.
+:func:`measure_width_px` measures on the body map, the network's second head (the probability
+that a pixel lies inside the crack body): across the crack, along the normal of the local
+skeleton direction, the distance between the two crossings of the map's 0.5 level (sub-pixel,
+bilinear sampling), with a Euclidean-distance fallback where a profile fails. The evaluation
+also uses it on ground-truth masks. docs/method.md ("Crack width") describes both.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
-__all__ = ["as_2d", "measure_width_px"]
+__all__ = ["SkeletonWidths", "as_2d", "measure_width_px", "skeleton_widths"]
 
 logger = logging.getLogger(__name__)
 
@@ -278,3 +280,99 @@ def measure_width_px(
         width[failed] = np.maximum(2.0 * edt - 1.0, 1.0)
         logger.debug("width: %d of %d profiles fell back to the EDT", failed.sum(), rows.size)
     return width.astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class SkeletonWidths:
+    """Widths at skeleton pixels (:func:`skeleton_widths`), float32 pixels unless said.
+
+    Attributes
+    ----------
+    width_px : ndarray of shape (n,)
+        Crack width; NaN where below the measurable limit or not measured.
+    width_sd_px : ndarray of shape (n,)
+        Standard uncertainty of ``width_px``; NaN where the width is not from the image.
+    below_limit : ndarray of shape (n,), bool
+        A crack is seen there but narrower than the limit.
+    limit_px : ndarray of shape (n,)
+        Measurable limit at the pixel (:func:`~cracksurvey.measure.width_profile.
+        measurable_limit_px`); NaN where not measured from the image.
+    """
+
+    width_px: NDArray[np.float32]
+    width_sd_px: NDArray[np.float32]
+    below_limit: NDArray[np.bool_]
+    limit_px: NDArray[np.float32]
+
+
+def skeleton_widths(
+    skeleton: ArrayLike,
+    at: tuple[ArrayLike, ArrayLike],
+    *,
+    grey: ArrayLike | None,
+    body: ArrayLike | None,
+    origin: tuple[int, int] = (0, 0),
+    max_width_px: float = 40.0,
+) -> SkeletonWidths:
+    """Widths of a tile's skeleton at the pixels ``at`` (its core).
+
+    From the image (``grey``): :func:`~cracksurvey.measure.width_profile.
+    measure_width_from_image` over all the tile's skeleton pixels, its 8-connected components
+    as cracks, the samples chosen in image coordinates (``origin``: the tile's position). The
+    body-map width (:func:`measure_width_px`) is kept only where the image gives no answer and
+    the body is at least ``max_width_px`` wide: a dark band wider than the profiles measure.
+    Elsewhere a pixel the image cannot measure (no darker band, the image's border, nodata)
+    has no width. Without ``grey``, the body-map width everywhere (NaN without a body).
+
+    Parameters
+    ----------
+    skeleton : ndarray of shape (H, W), bool
+        The tile's skeleton, halo included.
+    at : (rows, cols) of int arrays
+        Skeleton pixels to measure.
+    grey : ndarray of shape (H, W), float, optional
+        The tile's brightness (mean of the bands); NaN is nodata or outside the image.
+    body : ndarray of shape (H, W), float, optional
+        The crack-body map.
+    origin : (int, int)
+        Image position of the tile's pixel (0, 0).
+    max_width_px : float
+        Widest crack the image profiles measure (pixels).
+    """
+    skel = as_2d(skeleton, "skeleton").astype(bool, copy=False)
+    rows = np.asarray(at[0], dtype=np.intp)
+    cols = np.asarray(at[1], dtype=np.intp)
+    n = rows.size
+    nan = np.full(n, np.nan, np.float32)
+    if grey is None or n == 0:
+        width = nan.copy() if body is None else measure_width_px(body, skel, at=(rows, cols))
+        return SkeletonWidths(width, nan.copy(), np.zeros(n, bool), nan.copy())
+    from cracksurvey.measure.profile_pool import pixel_components
+    from cracksurvey.measure.width_profile import measure_width_from_image
+
+    all_r, all_c = np.nonzero(skel)  # row-major: ``at`` is found by its linear index
+    w = skel.shape[1]
+    index = np.searchsorted(all_r * w + all_c, rows * w + cols)
+    targets = np.zeros(all_r.size, bool)
+    targets[index] = True
+    labels = pixel_components(all_r.astype(np.int64), all_c.astype(np.int64))
+    m = measure_width_from_image(
+        as_2d(grey, "grey"),
+        all_r,
+        all_c,
+        labels=labels,
+        origin=origin,
+        targets=targets,
+        max_width_px=max_width_px,
+    )
+    width = m.width_px[index].astype(np.float32)
+    unmeasured = ~m.measured[index]
+    if body is not None and unmeasured.any():
+        body_width = measure_width_px(body, skel, at=(rows[unmeasured], cols[unmeasured]))
+        width[unmeasured] = np.where(body_width >= max_width_px, body_width, np.nan)
+    return SkeletonWidths(
+        width,
+        m.width_sd_px[index].astype(np.float32),
+        m.below_limit[index].copy(),
+        m.limit_px[index].astype(np.float32),
+    )

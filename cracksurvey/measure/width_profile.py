@@ -6,10 +6,11 @@ crack the wall keeps ``1 - k`` of its brightness), seen through the pixel's aper
 Gaussian PSF of ``sigma``. The darkness ``1 - image / wall`` integrates to ``k * w`` whatever
 the blur.
 
-Samples. Profiles are taken at skeleton pixels on a fixed lattice of the image (two of every
-five pixels along a crack, :func:`sample_points`); every other pixel takes the values of the
-nearest sample on its crack. The lattice is in image coordinates, so tiles sample the same
-pixels and, with a halo, give the widths of the whole image.
+Samples. Profiles are taken at well-spread skeleton pixels, about one every 4 px along a crack
+(:func:`sample_points`: the pixels whose hash of image coordinates is the smallest among their
+neighbours); every other pixel takes the values of the nearest sample on its crack. The choice
+is in image coordinates and local, so tiles sample the same pixels and, with a halo, give the
+widths of the whole image.
 
 Profiles (:mod:`~cracksurvey.measure.profile_locate`, :mod:`~cracksurvey.measure.
 profile_strip`). The band is located on a coarse profile along the normal; the fine profile is
@@ -23,9 +24,10 @@ Depth and blur (:mod:`~cracksurvey.measure.profile_pool`). Where a crack is seve
 wide its profile reaches its floor, and ``k``, ``w`` and ``sigma`` are all seen; where it is
 narrower, only the darkness area ``k * w`` (and the blurred spread): a thin dark crack and a
 wider pale one look alike. So ``k`` and ``sigma`` are shared by the samples of a crack within
-``depth_radius_px``, found by a joint robust fit in which its wide parts decide. Every fifth
-sample (a depth sample) is fitted freely and tabulates its misfit against ``k`` (25 depths)
-and ``sigma`` (a Gauss-Newton quadratic); each depth sample's neighbourhood sums the tables.
+``depth_radius_px``, found by a joint robust fit in which its wide parts decide. About one
+sample in five (a depth sample) is fitted freely and tabulates its misfit against ``k`` (25
+depths) and ``sigma`` (a Gauss-Newton quadratic); each depth sample's neighbourhood sums the
+tables.
 A crack narrow everywhere has only weak evidence, the profiles' fine shape, which JPEG ringing
 and sharpening distort; its depth comes from a prior (0.5, the middle of the 20-80 % contrasts
 seen), raised to the darkest peak seen, and its uncertainty says so (about 45 %). Widths are
@@ -57,6 +59,7 @@ from .profile_pool import (
     CrackWidth,
     aggregate_crack_width,
     depth_blur_at,
+    local_minima,
     nearest,
     neighbours,
     pca_normals,
@@ -85,7 +88,7 @@ _STRIP_PX = 1.5
 #: Default radius (pixels) of the smoothing along the crack, and farthest a point may be from
 #: the width sample whose values it takes.
 _POOL_PX = 8.0
-_ASSIGN_PX = 6.0
+_ASSIGN_PX = 10.0
 #: A band stands out when its peak darkness exceeds this many times the profile's noise.
 _SIGNIFICANT = 3.0
 
@@ -123,7 +126,7 @@ class WidthMeasurement:
         Unit normal along which the profile was taken.
     sampled : ndarray of shape (n,), bool
         A profile was measured at this point itself; the other points take the values of
-        the nearest measured sample on their crack (within twice the sampling spacing).
+        the nearest measured sample on their crack (within 10 px).
     """
 
     width_px: NDArray[np.float64]
@@ -267,8 +270,8 @@ def measure_width_from_image(
     min_width_px: float = 1.0,
     limit_z: float = 2.0,
     search_px: float = 2.5,
-    spacing_px: float = 2.5,
-    depth_spacing_px: int = 5,
+    sample_radius_px: float = 2.0,
+    depth_sample_radius_px: float = 2.9,
     pool_radius_px: float | None = None,
     depth_radius_px: float = 32.0,
     direction_radius_px: float = 5.0,
@@ -277,17 +280,18 @@ def measure_width_from_image(
 ) -> WidthMeasurement:
     """Measure crack width from the image's intensity profiles at samples along the crack.
 
-    Profiles are taken at the points on a fixed lattice of the image, about one every
-    ``spacing_px`` along a crack (:func:`sample_points`); every point then takes the values
-    of the nearest measured sample on its crack. At each sample the dark band is located on
-    the normal within ``search_px`` of the sample; the profile is the pixels of a strip
-    ``spacing_px`` long across the band, each at its exact offset from the band's centre (no
-    interpolation); the wall under the band comes from a local grey closing levelled on the
-    band's two sides; the darkness profile is fitted with the band model. The depth ``k`` and
-    PSF ``sigma`` are shared by the samples of a crack within ``depth_radius_px`` (a robust
-    joint estimate from their free fits); every width is then fitted with them, and finally
-    replaced by the weighted median of the widths within ``pool_radius_px`` on the same crack
-    (weights: inverse variance, inflated by each profile's misfit). See the module docstring.
+    Profiles are taken at well-spread points of each crack, about one every 3-5 px
+    (:func:`sample_points`, ``sample_radius_px``); every point then takes the values of the
+    nearest sample on its crack. At each sample the dark band is located on the normal within
+    ``search_px`` of the sample; the profile is the pixels of a strip 3 px long across the
+    band, each at its exact offset from the band's centre (no interpolation); the wall under
+    the band comes from a local grey closing levelled on the band's two sides. The depth ``k``
+    and PSF ``sigma`` are shared by the samples of a crack within ``depth_radius_px``: about one
+    sample in five (``depth_sample_radius_px``) is fitted freely and tabulates its misfit over
+    depths, and each neighbourhood's tables are combined in a robust joint estimate. Every
+    width is then fitted with them, and replaced by the weighted median of the widths within
+    ``pool_radius_px`` on the same crack (weights: inverse variance, inflated by each profile's
+    misfit). See the module docstring.
 
     Parameters
     ----------
@@ -310,18 +314,19 @@ def measure_width_from_image(
         Multiple of the noise-only width uncertainty that sets the limit.
     search_px : float
         How far from the point (pixels, along the normal) the band's centre may lie.
-    spacing_px : int
-        One profile about every this many pixels along a crack: 1, or a prime >= 5.
+    sample_radius_px, depth_sample_radius_px : float
+        No two width samples (depth samples) closer than this (pixels): about one sample
+        every 3-5 (5) px along a crack (:func:`sample_points`).
     pool_radius_px : float, optional
-        Radius (pixels) of the robust smoothing of the widths along the crack (default
-        ``spacing_px + 1``); 0 keeps each sample's fit.
+        Radius (pixels) of the robust smoothing of the widths along the crack (default 8);
+        0 keeps each sample's fit.
     depth_radius_px : float
         Radius (pixels) within which samples of a crack share their depth and blur.
     direction_radius_px : float
         Neighbourhood radius (pixels) for normals computed here.
     origin : (int, int)
-        Image position of ``grey[0, 0]`` (a tile's offset): fixes the sampling lattice in the
-        image, so tiles sample the same points.
+        Image position of ``grey[0, 0]`` (a tile's offset): the samples are chosen in image
+        coordinates, so tiles sample the same points.
     targets : ndarray of shape (n,), bool, optional
         Points whose widths are wanted (a tile's core); only the samples they need are
         measured. None: all.
@@ -344,7 +349,6 @@ def measure_width_from_image(
         )
     n = r_all.size
     lab = _labels(labels, n)
-    _lattice(spacing_px), _lattice(depth_spacing_px)  # checked before any work
     pool_r = float(_POOL_PX if pool_radius_px is None else pool_radius_px)
     assign_r = _ASSIGN_PX
     out = _empty_result(n)
@@ -361,8 +365,13 @@ def measure_width_from_image(
 
     # Samples: width samples near the targets, depth samples a little farther.
     want = np.ones(n, bool) if targets is None else np.asarray(targets, bool).ravel()
-    is_w = sample_points(r_all, c_all, spacing_px=spacing_px, origin=origin)
-    is_d = sample_points(r_all, c_all, spacing_px=depth_spacing_px, origin=origin)
+    is_w, is_d = sample_points(
+        r_all,
+        c_all,
+        radius_px=(sample_radius_px, depth_sample_radius_px),
+        labels=lab,
+        origin=origin,
+    )
     # A crack without a depth sample (a short fragment) measures its depth at its width samples.
     is_d |= is_w & ~np.isin(lab, np.unique(lab[is_d]))
     cand = np.nonzero(is_w | is_d)[0]
@@ -520,39 +529,45 @@ def sample_points(
     rows: ArrayLike,
     cols: ArrayLike,
     *,
-    spacing_px: float = 2.5,
+    radius_px: float | tuple[float, ...] = 1.5,
+    labels: ArrayLike | None = None,
     origin: tuple[int, int] = (0, 0),
 ) -> NDArray[np.bool_]:
-    """Which points lie on the sampling lattice, about one every ``spacing_px`` along a crack.
+    """Which points are profile samples: those whose pixel hash is the smallest within
+    ``radius_px`` (among the points of the same crack).
 
-    With ``q = (row + 2 col) mod p`` in image coordinates (``origin`` added, so every tile
-    samples the same pixels): for a prime spacing ``p`` >= 5, the points with ``q == 0``; for
-    ``5 / n`` (``n`` = 1-5), those with ``q < n`` for ``p = 5``. Each step of an 8-connected
-    skeleton changes ``row + 2 col`` by ±1, ±2 or ±3, never a multiple of ``p``, so a straight
-    crack at any angle is sampled evenly.
+    The hash is a fixed pseudo-random number of the pixel's image coordinates (``origin``
+    added), so every tile picks the same pixels, and the choice depends only on the points
+    within ``radius_px``. Samples are well spread along a crack at any angle: no two closer
+    than ``radius_px``, about one every 3 px for 1.5 (the 8-neighbours of a skeleton pixel) and
+    one every 5 px for 2.9; the samples of a larger radius are among those of a smaller one.
+    (A regular lattice such as ``(row + 2 col) mod 5`` misses whole cracks whose step pattern
+    repeats with it, e.g. at 26.6°.)
+
+    Several radii give one row each (one search).
 
     Examples
     --------
-    >>> sample_points(np.zeros(10), np.arange(10), spacing_px=5).nonzero()[0].tolist()
-    [0, 5]
-    >>> sample_points(np.zeros(10), np.arange(10)).nonzero()[0].tolist()
-    [0, 3, 5, 8]
+    >>> pts = sample_points(np.zeros(9000), np.arange(9000))
+    >>> round(float(pts.mean()), 2)
+    0.33
     """
-    r = np.rint(np.asarray(rows, dtype=np.float64)).astype(np.int64) + int(origin[0])
-    c = np.rint(np.asarray(cols, dtype=np.float64)).astype(np.int64) + int(origin[1])
-    p, n = _lattice(spacing_px)
-    return np.asarray(np.mod(r + 2 * c, p) < n)
+    r = np.asarray(rows, dtype=np.float64).ravel()
+    c = np.asarray(cols, dtype=np.float64).ravel()
+    lab = _labels(labels, r.size)
+    ri = np.rint(r).astype(np.int64) + int(origin[0])
+    ci = np.rint(c).astype(np.int64) + int(origin[1])
+    key = _pixel_hash(ri, ci)
+    radii = np.atleast_1d(np.asarray(radius_px, dtype=np.float64))
+    out = local_minima(r, c, lab, key.view(np.int64), radii)
+    return out if np.ndim(radius_px) else out[0]
 
 
-def _lattice(spacing_px: float) -> tuple[int, int]:
-    """``(p, n)``: residues ``< n`` modulo ``p`` make a lattice of about ``spacing_px``."""
-    sp = float(spacing_px)
-    if sp >= 5 and sp == int(sp) and all(int(sp) % q for q in range(2, int(sp))):
-        return int(sp), 1
-    per = 5.0 / sp
-    if abs(per - round(per)) < 1e-6 and 1 <= round(per) <= 5:
-        return 5, int(round(per))
-    raise ValueError(
-        f"spacing_px is {spacing_px}; expected a prime >= 5, or 5 / n for n = 1..5 "
-        "(1, 1.25, 5/3, 2.5)."
-    )
+def _pixel_hash(r: NDArray[np.int64], c: NDArray[np.int64]) -> NDArray[np.uint64]:
+    """A well-mixed 64-bit hash of pixel coordinates (splitmix64 of the packed pair)."""
+    with np.errstate(over="ignore"):
+        x = (r.astype(np.uint64) << np.uint64(32)) ^ (c.astype(np.uint64) & np.uint64(0xFFFFFFFF))
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))

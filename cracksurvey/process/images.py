@@ -76,7 +76,7 @@ from cracksurvey.vectorize import vectorize_skeleton
 __all__ = ["ImageLayers", "ImageRun", "Prediction", "image_footprint", "measure_image"]
 
 #: Version of what the cache entries hold, within one package version (part of every key).
-ENTRY_FORMAT = 4
+ENTRY_FORMAT = 5
 
 
 @dataclass
@@ -155,12 +155,7 @@ def measure_image(
     skeleton = prediction.skeleton
     keep = keep_pixels(semantics, skeleton.rows, skeleton.cols, config.semantics.keep_on)
     if not keep.all():
-        skeleton = TileSkeleton(
-            skeleton.rows[keep],
-            skeleton.cols[keep],
-            skeleton.width_px[keep],
-            skeleton.distance_px[keep],
-        )
+        skeleton = skeleton.take(keep)
     vcfg = config.vectorize
     with timings("bridge"):
         bridge_rows, bridge_cols, bridge_distance, n_bridges = bridge_sparse_skeleton(
@@ -173,15 +168,19 @@ def measure_image(
             max_valley_px=vcfg.bridge_valley_px,
         )
     bridged_px = np.concatenate([np.zeros(len(skeleton), bool), np.ones(bridge_rows.size, bool)])
+    # bridge pixels: no width (nothing was measured there)
+    pixels = TileSkeleton.concatenate(
+        [skeleton, TileSkeleton(bridge_rows, bridge_cols, None, bridge_distance)]
+    )
     with timings("vectorize"):
         cracks, branches = vectorize_skeleton(
-            np.concatenate([skeleton.rows, bridge_rows]),
-            np.concatenate([skeleton.cols, bridge_cols]),
+            pixels.rows,
+            pixels.cols,
             transform=georef.transform,
-            width_px=np.concatenate(
-                [skeleton.width_px, np.full(bridge_rows.size, np.nan, np.float32)]
-            ),
-            distance_px=np.concatenate([skeleton.distance_px, bridge_distance]),
+            width_px=pixels.width_px,
+            width_sd_px=pixels.width_sd_px,
+            below_limit=pixels.below_limit,
+            distance_px=pixels.distance_px,
             threshold_px=prediction.threshold_px,
             pixel_size_m=georef.pixel_size_m,
             min_spur_px=vcfg.min_spur_px,
@@ -248,11 +247,21 @@ def measure_image(
             if detection_limit_px and georef.pixel_size_m and georef.kind != "pixel"
             else None
         ),
+        width_limit_mm=width_limit_mm(skeleton.limit_px, georef),
         area_m2=area_px * georef.pixel_size_m**2 if georef.pixel_size_m else math.nan,
         cpp_mean=float(counts.mean()) if counts.size else math.nan,
         cpp_patches=int(counts.size),
     )
     return outcome, ImageLayers(cracks, branches, cracks_3d, coverage)
+
+
+def width_limit_mm(limit_px: np.ndarray, georef: Georef) -> float | None:
+    """An image's measurable crack width in millimetres: the median limit of its measured
+    skeleton pixels (docs/method.md, "Crack width") times the GSD; None without a GSD."""
+    finite = limit_px[np.isfinite(limit_px)]
+    if not finite.size or not georef.pixel_size_m or georef.kind == "pixel":
+        return None
+    return float(np.median(finite)) * georef.pixel_size_m * 1000.0
 
 
 def _surfaces(cracks: gpd.GeoDataFrame, semantics: Any, transform: Any) -> pd.Series:

@@ -45,6 +45,7 @@ class ImageOutcome:
     height_px: int | None = None
     gsd_mm: float | None = None
     detection_limit_mm: float | None = None
+    width_limit_mm: float | None = None
     n_tiles: int = 0
     precision: str | None = None
     seconds: float = 0.0

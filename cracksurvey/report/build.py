@@ -281,7 +281,11 @@ def build_building_views(
                 images=shown,
                 images_not_shown=max(0, len(images) - len(shown)),
                 figures=(
-                    width_histogram_svg(branches["width_mean_mm"], branches["length_m"]),
+                    width_histogram_svg(
+                        branches["width_mean_mm"],
+                        branches["length_m"],
+                        limit_mm=_float_or_none(values.get("width_limit_mm")),
+                    ),
                     rose_svg(cracks["orientation_deg"], cracks["length_m"]),
                 ),
             )
@@ -470,3 +474,12 @@ def write_survey_report(
     survey = load_survey_output(out_dir, run_record=run_record)
     html = survey_report_html(survey, options or ReportOptions())
     return atomic_write_text(Path(out_dir) / REPORT_HTML, html)
+
+
+def _float_or_none(value: Any) -> float | None:
+    """A finite float, or None (missing, NA, not a number)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

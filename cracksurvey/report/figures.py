@@ -282,13 +282,23 @@ def image_overlay_svg(
     )
 
 
-def width_histogram_svg(width_mm: ArrayLike, length_m: ArrayLike, *, width_px: int = 360) -> str:
+def width_histogram_svg(
+    width_mm: ArrayLike,
+    length_m: ArrayLike,
+    *,
+    limit_mm: float | None = None,
+    width_px: int = 360,
+) -> str:
     """Crack length per width class (branch mean widths, :data:`WIDTH_CLASSES_MM`).
 
     Parameters
     ----------
     width_mm, length_m : array_like of shape (n,)
-        Mean width and length of each branch; NaN values are ignored.
+        Mean width and length of each branch; NaN values are ignored (a branch narrower than
+        the measurable limit has no width).
+    limit_mm : float, optional
+        The measurable width limit (the building's ``width_limit_mm``), marked by a dashed line
+        at its place on the class axis.
     """
     w = np.asarray(width_mm, dtype=np.float64).ravel()
     v = np.asarray(length_m, dtype=np.float64).ravel()
@@ -310,13 +320,26 @@ def width_histogram_svg(width_mm: ArrayLike, length_m: ArrayLike, *, width_px: i
             f"{total:.2f} m</title></rect>"
             f'<text x="{x + bar_w / 2:.1f}" y="{plot_h + 24:.1f}" class="tick">{label}</text>'
         )
+    limit = ""
+    if limit_mm is not None and math.isfinite(limit_mm) and limit_mm > 0:
+        # the limit's place on the class axis: its class, then linearly within the class
+        i = int(np.clip(np.searchsorted(edges, limit_mm, side="right") - 1, 0, len(edges) - 2))
+        upper = edges[i + 1] if math.isfinite(edges[i + 1]) else 2.0 * edges[i]
+        x = 45 + (i + min((limit_mm - edges[i]) / (upper - edges[i]), 1.0)) * bar_w
+        limit = (
+            f'<line class="limit" x1="{x:.1f}" y1="6" x2="{x:.1f}" y2="{plot_h + 12:.0f}" '
+            f'stroke="#2166ac" stroke-dasharray="4 3" stroke-width="1.5"><title>measurable '
+            f"width limit {_num(limit_mm)} mm: narrower cracks have no width</title></line>"
+            f'<text x="{x + 3:.1f}" y="18" class="tick" fill="#2166ac">limit '
+            f"{_num(limit_mm)} mm</text>"
+        )
     return (
         f'<svg class="hist" viewBox="0 0 {width_px} {plot_h + 48:.0f}" role="img" '
         f'aria-label="crack length per width class">'
         f'<text x="2" y="14" class="tick">{top:.2f} m</text>'
         f'<line x1="44" y1="10" x2="44" y2="{plot_h + 10:.0f}" stroke="#333"/>'
-        f'{"".join(bars)}<text x="{width_px / 2:.0f}" y="{plot_h + 44:.0f}" class="axis">'
-        "crack width, mm (upper class limit) — bar: crack length, m</text></svg>"
+        f'{"".join(bars)}{limit}<text x="{width_px / 2:.0f}" y="{plot_h + 44:.0f}" '
+        'class="axis">crack width, mm (upper class limit) — bar: crack length, m</text></svg>'
     )
 
 

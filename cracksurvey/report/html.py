@@ -43,6 +43,7 @@ TABLE_COLUMNS = (
     "share_diagonal",
     "cpp_mean",
     "detection_limit_mm",
+    "width_limit_mm",
     "n_images",
 )
 #: Column headings for people (units in brackets).
@@ -73,6 +74,7 @@ HEADINGS = {
     "evidence_width_p95_mm": "evidence p95 width [mm]",
     "evidence_density_m_per_m2": "evidence density [m/m²]",
     "detection_limit_mm": "detection limit [mm]",
+    "width_limit_mm": "width limit [mm]",
     "damage_label": "level wording",
     "damage_basis": "why this level",
 }
@@ -101,6 +103,7 @@ _DECIMALS = {
     "crack_density_m_per_m2": 3,
     "evidence_density_m_per_m2": 3,
     "detection_limit_mm": 1,
+    "width_limit_mm": 1,
 }
 _PERCENT = {"share_vertical", "share_horizontal", "share_diagonal", "largest_crack_share"}
 

@@ -39,6 +39,8 @@ def vectorize_skeleton(
     transform: affine.Affine,
     width_px: ArrayLike | None = None,
     distance_px: ArrayLike | None = None,
+    width_sd_px: ArrayLike | None = None,
+    below_limit: ArrayLike | None = None,
     threshold_px: float | None = None,
     pixel_size_m: float | None = None,
     min_spur_px: float = 10.0,
@@ -57,7 +59,12 @@ def vectorize_skeleton(
         ``transform @ (col + 0.5, row + 0.5)``. For an image without georeferencing pass
         ``Affine.identity()`` and read the ``*_m`` lengths as pixels.
     width_px : ndarray of shape (n,), float, pixels, optional
-        Measured crack width per pixel (NaN: unknown). None: width columns are NaN.
+        Measured crack width per pixel (NaN: unknown or below the measurable limit). None:
+        width columns are NaN.
+    width_sd_px : ndarray of shape (n,), float, pixels, optional
+        Standard uncertainty of the width per pixel (NaN: unknown).
+    below_limit : ndarray of shape (n,), bool, optional
+        The pixel's crack is narrower than the measurable limit (its width is NaN).
     distance_px : ndarray of shape (n,), float, pixels, optional
         Distance-map value per pixel, for the confidence. None: confidence is NaN.
     threshold_px : float, optional
@@ -90,7 +97,9 @@ def vectorize_skeleton(
         :data:`CRACK_COLUMNS`: ``crack_id`` (1..N, row-major order of the first pixel),
         ``length_px``, ``length_m`` (geometric length of the smoothed polylines, pixels and
         map units), ``width_mean_mm``, ``width_max_mm``, ``width_p95_mm`` (over the crack's
-        pixels, NaN-aware), ``orientation_deg`` (length-weighted mean axial direction of the
+        pixels with a width, NaN when none), ``width_sd_mm`` (mean standard uncertainty of
+        those widths), ``width_below_limit`` (share of the crack's measured pixels below the
+        measurable limit), ``orientation_deg`` (length-weighted mean axial direction of the
         segments in map coordinates, [0, 180), 0 = +x (east), counter-clockwise),
         ``n_branches``, ``n_junctions`` (nodes where >= 3 branch ends meet),
         ``confidence`` (mean over the pixels of ``clip(1 - distance_px / threshold_px,
@@ -109,6 +118,12 @@ def vectorize_skeleton(
         )
     width = _optional_values(width_px, rows_a.size, "width_px")
     distance = _optional_values(distance_px, rows_a.size, "distance_px")
+    width_sd = _optional_values(width_sd_px, rows_a.size, "width_sd_px")
+    below = (
+        np.zeros(rows_a.size, bool)
+        if below_limit is None
+        else _optional_values(below_limit, rows_a.size, "below_limit").astype(bool)
+    )
     if distance_px is not None and threshold_px is None:
         raise ValueError(
             "distance_px was given without threshold_px; pass the threshold that made the mask "
@@ -125,7 +140,12 @@ def vectorize_skeleton(
         bridged_px=None if bridged_px is None else np.asarray(bridged_px, bool).reshape(-1),
     )
     return measure_cracks(
-        network, transform=transform, threshold_px=threshold_px, pixel_size_m=pixel_size_m
+        network,
+        transform=transform,
+        threshold_px=threshold_px,
+        pixel_size_m=pixel_size_m,
+        width_sd_px=width_sd[network.index],
+        below_limit=below[network.index],
     )
 
 

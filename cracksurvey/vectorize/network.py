@@ -45,6 +45,9 @@ class CrackNetwork:
         Skeleton pixels left after pruning, unique, row-major.
     width_px, distance_px : ndarray of shape (n,), float64, pixels
         Per-pixel width and distance-map value (NaN: unknown), aligned with ``rows``.
+    index : ndarray of shape (n,), int64
+        Position of each pixel in the input of :func:`trace_cracks` (other per-pixel inputs
+        follow the pixels with ``values[index]``).
     pixel_crack : ndarray of shape (n,), int64
         Crack index of each pixel; -1 for pixels of dropped (short) components.
     path : ndarray of shape (m,), int64
@@ -74,6 +77,7 @@ class CrackNetwork:
     cols: NDArray[np.int64]
     width_px: NDArray[np.float64]
     distance_px: NDArray[np.float64]
+    index: NDArray[np.int64]
     pixel_crack: NDArray[np.int64]
     path: NDArray[np.int64]
     starts: NDArray[np.int64]
@@ -105,6 +109,7 @@ class CrackNetwork:
             i,
             f,
             f,
+            i,
             i,
             i,
             i,
@@ -147,6 +152,7 @@ def trace_cracks(
 
     graph, branches, keep = _pruned(r, c, min_spur_px=min_spur_px)
     r, c, width, distance, bridge = r[keep], c[keep], width[keep], distance[keep], bridge[keep]
+    index = first[keep]
     if branches.starts.size == 0:
         logger.debug("vectorize: %d isolated pixels, no lines", r.size)
         return CrackNetwork.empty()
@@ -186,6 +192,7 @@ def trace_cracks(
         cols=c,
         width_px=width,
         distance_px=distance,
+        index=index.astype(np.int64),
         pixel_crack=pixel_crack,
         path=branches.path,
         starts=starts,
