@@ -241,13 +241,13 @@ def run_mode_b(args: argparse.Namespace, textures: dict[str, Texture]) -> tuple[
     import torch
     from skimage.measure import label as cc_label
 
-    from cracksurvey.model import load_model
     from cracksurvey.measure.width import measure_width_px
+    from cracksurvey.model import load_model
     from cracksurvey.skeleton import skeletonize_mask, threshold_distance
     from cracksurvey.tiling import predict_untiled
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    model, card = load_model(None)
+    model, card = load_model(args.weights)
     rng = np.random.default_rng(args.seed)
     records: list[dict[str, Any]] = []
     n_true = n_hit = n_skel = n_match = 0
@@ -410,8 +410,8 @@ def run_masonry(args: argparse.Namespace) -> dict[str, Any]:
     from PIL import Image
     from skimage.measure import label as cc_label
 
-    from cracksurvey.model import load_model
     from cracksurvey.measure.width import measure_width_px
+    from cracksurvey.model import load_model
     from cracksurvey.skeleton import skeletonize_mask, threshold_distance
     from cracksurvey.tiling import predict_untiled
 
@@ -420,7 +420,7 @@ def run_masonry(args: argparse.Namespace) -> dict[str, Any]:
     if not images:
         raise SystemExit(f"no images under {folder}/images")
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    model, card = load_model(None)
+    model, card = load_model(args.weights)
     gt_mask_w, gt_img_w, gt_below, per_image = [], [], [], []
     err_old, err_new = [], []
     for k, path in enumerate(images):
@@ -586,6 +586,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--textures", default="brick,facades")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--split", default="test")
+    ap.add_argument("--weights", type=Path, default=None, help="crack model (default: shipped)")
     ap.add_argument("--json", action="store_true", help="records and summary as JSON on stdout")
     args = ap.parse_args(argv)
     cpu = _cpu_name()

@@ -347,7 +347,7 @@ def skeleton_widths(
     if grey is None or n == 0:
         width = nan.copy() if body is None else measure_width_px(body, skel, at=(rows, cols))
         return SkeletonWidths(width, nan.copy(), np.zeros(n, bool), nan.copy())
-    from cracksurvey.measure.profile_pool import pixel_components
+    from cracksurvey.measure.profile_neighbours import pixel_components
     from cracksurvey.measure.width_profile import measure_width_from_image
 
     all_r, all_c = np.nonzero(skel)  # row-major: ``at`` is found by its linear index

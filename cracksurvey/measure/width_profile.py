@@ -55,16 +55,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from .profile_model import TABLE, C, K, S, W, fit_many
-from .profile_pool import (
-    CrackWidth,
-    aggregate_crack_width,
-    depth_blur_at,
-    local_minima,
-    nearest,
-    neighbours,
-    pca_normals,
-    smooth_widths,
-)
+from .profile_neighbours import local_minima, nearest, neighbours, pca_normals
+from .profile_pool import CrackWidth, aggregate_crack_width, depth_blur_at, smooth_widths
 from .profile_strip import take_profiles
 
 __all__ = [
