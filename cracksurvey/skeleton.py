@@ -13,7 +13,7 @@ lies inside the crack body. Widths are measured from the image (:mod:`cracksurve
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -102,6 +102,10 @@ SKELETON_FIELDS: dict[str, type] = {
 }
 
 
+#: Arrays a skeleton may be made without (unknown: NaN, False).
+_UNKNOWN_BY_DEFAULT = ("width_sd_px", "below_limit", "limit_px")
+
+
 @dataclass(frozen=True, eq=False)
 class TileSkeleton:
     """Sparse skeleton pixels with their width and distance (a tile's core or a whole image).
@@ -131,16 +135,16 @@ class TileSkeleton:
     cols: NDArray[np.int64]
     width_px: NDArray[np.float32]
     distance_px: NDArray[np.float32]
-    width_sd_px: NDArray[np.float32] | None = None
-    below_limit: NDArray[np.bool_] | None = None
-    limit_px: NDArray[np.float32] | None = None
+    width_sd_px: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+    below_limit: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
+    limit_px: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def __post_init__(self) -> None:
         n = np.asarray(self.rows).size
         sizes = set()
         for name, dtype in SKELETON_FIELDS.items():
             value = getattr(self, name)
-            if value is None:
+            if np.size(value) == 0 and n > 0 and name in _UNKNOWN_BY_DEFAULT:
                 value = np.zeros(n, bool) if dtype is np.bool_ else np.full(n, np.nan)
             value = np.asarray(value, dtype=dtype).reshape(-1)
             object.__setattr__(self, name, value)
@@ -165,7 +169,8 @@ class TileSkeleton:
 
     def take(self, index: ArrayLike) -> TileSkeleton:
         """The pixels ``index`` (an index array or a boolean mask), in that order."""
-        return TileSkeleton(**{k: v[index] for k, v in self.arrays().items()})
+        pick = np.asarray(index)
+        return TileSkeleton(**{k: v[pick] for k, v in self.arrays().items()})
 
     def shifted(self, row_off: int, col_off: int) -> TileSkeleton:
         """Return a copy with ``row_off`` and ``col_off`` added to the pixel indices."""

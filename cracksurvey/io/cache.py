@@ -217,7 +217,8 @@ class PredictionCache(EntryCache):
 def write_skeleton(path: Path, skeleton: TileSkeleton) -> None:
     """Save a sparse skeleton (all its arrays, :data:`SKELETON_FIELDS`) exactly, without pickle."""
     with open(path, "wb") as f:
-        np.savez(f, **skeleton.arrays())
+        arrays: dict[str, Any] = skeleton.arrays()
+        np.savez(f, **arrays)
         f.flush()
         os.fsync(f.fileno())
 

@@ -479,7 +479,7 @@ def fit_band_profiles(
     """
     d = np.ascontiguousarray(darkness, dtype=np.float64)
     n, m = d.shape
-    return fit_many(  # type: ignore[no-any-return]
+    return fit_many(
         np.ascontiguousarray(s, dtype=np.float64),
         d,
         np.ascontiguousarray(weight, dtype=np.float64),

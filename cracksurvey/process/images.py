@@ -170,7 +170,12 @@ def measure_image(
     bridged_px = np.concatenate([np.zeros(len(skeleton), bool), np.ones(bridge_rows.size, bool)])
     # bridge pixels: no width (nothing was measured there)
     pixels = TileSkeleton.concatenate(
-        [skeleton, TileSkeleton(bridge_rows, bridge_cols, None, bridge_distance)]
+        [
+            skeleton,
+            TileSkeleton(
+                bridge_rows, bridge_cols, np.full(bridge_rows.size, np.nan), bridge_distance
+            ),
+        ]
     )
     with timings("vectorize"):
         cracks, branches = vectorize_skeleton(
