@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -61,6 +60,9 @@ from scipy.spatial import cKDTree
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "workflows"))
+
+from bench_cache import cpu_model  # noqa: E402
 
 from cracksurvey.evaluation.synthetic import (  # noqa: E402
     SyntheticCrack,
@@ -526,22 +528,13 @@ def tables(records: list[dict[str, Any]], *, key: str = "width_px") -> str:
         )
     big = [r for r in records if r["true_px"] >= 1.5]
     out.append(_row("**all >= 1.5 px**", big, key))
-    for lo, hi in zip(SIGMA_BINS[:-1], SIGMA_BINS[1:]):
-        out.append(
-            _row(
-                f">= 1.5 px, PSF sigma {lo:g}-{min(hi, 1.2):g}",
-                [r for r in big if lo <= r["psf_sigma_px"] < hi],
-                key,
-            )
-        )
-    for lo, hi in zip(CONTRAST_BINS[:-1], CONTRAST_BINS[1:]):
-        out.append(
-            _row(
-                f">= 1.5 px, contrast {lo:g}-{min(hi, 0.8):g}",
-                [r for r in big if lo <= r["contrast"] < hi],
-                key,
-            )
-        )
+    for name, column, bins, top in (
+        ("PSF sigma", "psf_sigma_px", SIGMA_BINS, 1.2),
+        ("contrast", "contrast", CONTRAST_BINS, 0.8),
+    ):
+        for lo, hi in zip(bins[:-1], bins[1:]):
+            picked = [r for r in big if lo <= r[column] < hi]
+            out.append(_row(f">= 1.5 px, {name} {lo:g}-{min(hi, top):g}", picked, key))
     for name in sorted({r["texture"] for r in records}):
         out.append(
             _row(f">= 1.5 px, texture {name}", [r for r in big if r["texture"] == name], key)
@@ -589,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weights", type=Path, default=None, help="crack model (default: shipped)")
     ap.add_argument("--json", action="store_true", help="records and summary as JSON on stdout")
     args = ap.parse_args(argv)
-    cpu = _cpu_name()
+    cpu = cpu_model()
     t0 = time.perf_counter()
     print(f"# width benchmark: mode {args.mode}, seed {args.seed}, CPU {cpu}", file=sys.stderr)
     if args.mode == "masonry":
@@ -617,16 +610,6 @@ def main(argv: list[str] | None = None) -> None:
         print("\nToday's width (measure_width_px on the model's body map), same pixels:\n")
         print(tables(records, key="old_px"))
         print(f"\nDetection: {detection}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

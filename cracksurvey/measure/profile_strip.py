@@ -27,6 +27,28 @@ _GAUSS = np.array([0.25, 0.5, 0.25])
 
 
 @njit(cache=True)
+def _running(
+    a: NDArray[np.float64], size: int, is_max: bool, di: int, dj: int
+) -> NDArray[np.float64]:  # pragma: no cover
+    """Running max (or min) of ``size`` values along rows (``di, dj = 0, 1``) or columns
+    (``1, 0``), the 'valid' part only."""
+    rows = a.shape[0] - (size - 1) * di
+    cols = a.shape[1] - (size - 1) * dj
+    out = np.empty((rows, cols))
+    for i in range(rows):
+        for j in range(cols):
+            v = a[i, j]
+            if is_max:
+                for t in range(1, size):
+                    v = max(v, a[i + t * di, j + t * dj])
+            else:
+                for t in range(1, size):
+                    v = min(v, a[i + t * di, j + t * dj])
+            out[i, j] = v
+    return out
+
+
+@njit(cache=True)
 def _closing_at(
     img: NDArray[np.float64],
     pr: NDArray[np.int64],
@@ -69,31 +91,10 @@ def _closing_at(
             for t in range(gauss.size):
                 acc += gauss[t] * tmp[i + t, j]
             g[i, j] = acc
-    # dilation on the box grown by rc: max along rows, then along columns
-    dh, dw = gh - 2 * rc, gw - 2 * rc
-    hmax = np.empty((gh, dw))
-    for i in range(gh):
-        for j in range(dw):
-            v = g[i, j]
-            for t in range(1, 2 * rc + 1):
-                v = max(v, g[i, j + t])
-            hmax[i, j] = v
-    dil = np.empty((dh, dw))
-    for i in range(dh):
-        for j in range(dw):
-            v = hmax[i, j]
-            for t in range(1, 2 * rc + 1):
-                v = max(v, hmax[i + t, j])
-            dil[i, j] = v
-    # erosion at the pixels: min along rows over the box's columns, then along columns
-    eh, ew = dh, dw - 2 * rc
-    hmin = np.empty((eh, ew))
-    for i in range(eh):
-        for j in range(ew):
-            v = dil[i, j]
-            for t in range(1, 2 * rc + 1):
-                v = min(v, dil[i, j + t])
-            hmin[i, j] = v
+    # dilation on the box grown by rc (max along rows, then columns), then the erosion along
+    # rows over the box's columns; along columns at the pixels only
+    size = 2 * rc + 1
+    hmin = _running(_running(_running(g, size, True, 0, 1), size, True, 1, 0), size, False, 0, 1)
     for k in range(n):
         i = pr[k] - r_lo
         j = pc[k] - c_lo
