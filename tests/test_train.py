@@ -20,8 +20,9 @@ from cracksurvey.train.data import (
     load_samples,
     random_crop,
 )
-from cracksurvey.train.loop import CALIBRATION_SWEEP, config_from_dict, load_config, train
+from cracksurvey.train.loop import CALIBRATION_SWEEP, train
 from cracksurvey.train.losses import LossWeights, body_loss, combined_loss, mse_loss, soft_dice_loss
+from cracksurvey.train.recipe import config_from_dict, load_config
 from cracksurvey.train.targets import distance_target, skeletonize_mask
 
 REPO = Path(__file__).resolve().parents[1]

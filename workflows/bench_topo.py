@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cracksurvey.model import TernausNet
-from cracksurvey.train.loop import load_config
 from cracksurvey.train.losses import LossWeights, combined_loss
+from cracksurvey.train.recipe import load_config
 from cracksurvey.train.targets import distance_target
 from cracksurvey.train.topo import (
     TopoParams,

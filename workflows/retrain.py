@@ -208,7 +208,8 @@ def run_one(name: str, data: Path, out: Path, budget_s: float) -> None:
         cfg_s = SemanticsConfig(data=str(data / "negatives/labelmefacade"), time_budget_s=budget_s, steps=10**9)
         print(json.dumps(train_semantics(cfg_s, run_dir), default=str))
         return
-    from cracksurvey.train.loop import load_config, train
+    from cracksurvey.train.loop import train
+    from cracksurvey.train.recipe import load_config
 
     overrides = dict(campaign_runs()[name])
     overrides.update({"data_root": str(data), "time_budget_s": budget_s, "epochs": 1000, "threads": 1, "name": name})
@@ -302,8 +303,8 @@ def refit_body(run: Path, data: Path, out: Path, *, steps: int = 300, seed: int 
 
     from cracksurvey.model import load_model, save_model
     from cracksurvey.train.data import Augment, MixedCrops
-    from cracksurvey.train.loop import build_sources, load_config
     from cracksurvey.train.losses import body_loss
+    from cracksurvey.train.recipe import build_sources, load_config
 
     torch.manual_seed(seed)
     model, card = load_model(run / "model.safetensors", fold_bn=False)

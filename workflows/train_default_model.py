@@ -17,7 +17,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cracksurvey.model import DEFAULT_MODEL_ID, SHIPPED_DIR, load_model, save_model
-from cracksurvey.train.loop import load_config, train
+from cracksurvey.train.loop import train
+from cracksurvey.train.recipe import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

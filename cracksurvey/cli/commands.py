@@ -54,8 +54,8 @@ def train(
     calibrates the threshold on validation and writes RUN/model.safetensors + model.json, the
     model card that `cracksurvey process --weights` reads.
     """
-    from cracksurvey.train.loop import load_config
     from cracksurvey.train.loop import train as run_training
+    from cracksurvey.train.recipe import load_config
 
     overrides: dict[str, Any] = {}
     if data_root:
