@@ -34,10 +34,10 @@ from .losses import combined_loss
 from .negatives import NegativeImage
 from .recipe import (
     TrainConfig,
-    negative_images,
-    resolve_data_path,
     build_sources,
     config_to_dict,
+    negative_images,
+    resolve_data_path,
 )
 from .topo import set_threads
 
