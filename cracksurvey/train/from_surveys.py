@@ -49,7 +49,7 @@ from affine import Affine
 from numpy.typing import NDArray
 from pyproj import CRS
 
-from ..errors import ConfigError, DatasetError, GeoreferenceError
+from ..errors import DatasetError, GeoreferenceError
 from ..georef import Georef, same_crs
 from .targets import distance_target
 
