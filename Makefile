@@ -36,7 +36,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check cracksurvey tests workflows
+	$(BIN)/ruff check cracksurvey tests workflows qgis_plugin
 
 bench: $(STAMP)
 	$(BIN)/python workflows/benchmark.py
