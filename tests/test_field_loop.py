@@ -28,12 +28,11 @@ from gis_helpers import process_oracle, run_qgis_script
 from cracksurvey.errors import CrackSurveyWarning, DatasetError
 from cracksurvey.georef import PIXEL_TRANSFORM, Georef, facade_crs
 from cracksurvey.model import ModelCard, read_card, sha256_file
-from cracksurvey.train.from_surveys import (
+from cracksurvey.train.edits import crack_widths_mm, place_edits
+from cracksurvey.train.survey_samples import (
     SurveySample,
     SurveySource,
     build_sample,
-    crack_widths_mm,
-    image_edits,
     rasterize_centrelines,
     rasterize_crack_body,
 )
@@ -341,7 +340,7 @@ def test_edits_land_on_the_same_pixels_in_every_frame(kind: str) -> None:
     to_map = lambda col, row: transform @ (col, row)  # noqa: E731
     line = shapely.LineString([to_map(10.5, 30.5), to_map(50.5, 30.5)])
     area = shapely.Polygon([to_map(c, r) for c, r in ((5, 20), (60, 20), (60, 40), (5, 40))])
-    edits = image_edits("s", "a.tif", georef, 100, 80, [line], [150.0], [area], margin_px=3)
+    edits = place_edits("s", "a.tif", georef, 100, 80, [line], [150.0], [area], margin_px=3)
     assert edits is not None and edits.window == (17, 43, 2, 63)
     sample = build_sample(np.zeros((3, 26, 61), np.uint8), np.ones((26, 61), bool), edits)
     rows, cols = np.nonzero(sample.centreline)

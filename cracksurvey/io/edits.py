@@ -1,6 +1,6 @@
 """Read a processed survey whose ``cracks.gpkg`` was edited in QGIS; write fine-tuning targets.
 
-The IO layer of :mod:`cracksurvey.train.from_surveys`: it opens run.json, the GeoPackage, the
+The IO layer of :mod:`cracksurvey.train.edits` and :mod:`cracksurvey.train.survey_samples`: it opens run.json, the GeoPackage, the
 survey directory (rediscovered with the run's own effective config, so every image gets the
 georeferencing it was processed with) and the image pixels, and hands plain values over.
 """

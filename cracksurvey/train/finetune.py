@@ -3,7 +3,8 @@
 The tool behind ``cracksurvey finetune``: the field loop is process, review the cracks in QGIS
 (delete false ones, draw missed ones, mark the reviewed areas), fine-tune, process again.
 
-- Samples: :mod:`cracksurvey.train.from_surveys` (crops lie entirely inside reviewed areas).
+- Samples: :mod:`cracksurvey.train.edits` (what the corrections say) and
+  :mod:`cracksurvey.train.survey_samples` (targets; crops lie entirely inside reviewed areas).
 - Start: the given weights (default: the shipped model), same architecture, BatchNorm frozen
   (running statistics and all: a few hundred small batches of one survey must not re-estimate
   the statistics of the parent's training data; the affine parameters still train).
@@ -38,10 +39,10 @@ from affine import Affine
 from ..errors import ConfigError, CrackSurveyWarning, OutputExistsError
 from ..model import ModelCard, TernausNet, load_model, save_model
 from .data import MixedCrops
-from .from_surveys import SurveySample, SurveySource, build_sample, sample_counts, survey_edits
-from .from_surveys import target_classes as _target_classes
+from .edits import match_survey_edits
 from .loop import TrainConfig, config_from_dict
 from .losses import combined_loss
+from .survey_samples import SurveySample, SurveySource, build_sample, sample_counts, target_classes
 from .topo import set_threads
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def finetune_from_surveys(
     OutputExistsError
         ``run_dir`` holds a model and ``overwrite`` is False.
     DatasetError, GeoreferenceError
-        Unusable edits (see :func:`cracksurvey.train.from_surveys.survey_edits`), moved
+        Unusable edits (see :func:`cracksurvey.train.edits.match_survey_edits`), moved
         images, or no reviewed area large enough for a crop.
     """
     from ..io.edits import read_image_window, read_survey_edits, write_target_raster
@@ -216,7 +217,7 @@ def finetune_from_surveys(
     samples: list[SurveySample] = []
     surveys = []
     for label, survey in zip(labels, edited):
-        edits = survey_edits(
+        edits = match_survey_edits(
             label, survey.layers, survey.records, survey.processed_cracks,
             source=str(survey.gpkg), default_width_mm=default_width_mm,
             margin_px=math.ceil(parent.clip_px) + 1,
@@ -231,7 +232,7 @@ def finetune_from_surveys(
             row0, _, col0, _ = item.window
             assert record.georef is not None
             write_target_raster(
-                run / SAMPLES_DIR / label / f"{record.stem}_target.tif", _target_classes(sample),
+                run / SAMPLES_DIR / label / f"{record.stem}_target.tif", target_classes(sample),
                 record.georef.transform @ Affine.translation(col0, row0), record.georef.crs,
             )
             own.append(sample)
