@@ -29,7 +29,8 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/cracksurvey process examples/survey --overwrite
 
-test: $(STAMP) system-deps
+# CI (.ci/run) runs `make test`: the lint runs first, then every test and docstring example.
+test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
@@ -37,6 +38,8 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cracksurvey tests workflows qgis_plugin
+	$(BIN)/ruff format --check cracksurvey
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python workflows/benchmark.py

@@ -80,18 +80,21 @@ class TilingConfig:
     Parameters
     ----------
     tile_px : int
-        Tile side in pixels, halo included. A throughput knob, not a correctness knob: 1280
-        was the fastest per core pixel on the shipped 1/8-width model here (README, Benchmarks).
+        Tile side in pixels, halo included: the side of one forward pass. A throughput knob,
+        not a correctness knob (results do not depend on it; docs/performance.md has the
+        measurements behind the default).
     halo_px : int
         Overlap on each side of the core window that is predicted but discarded (>= 64, about the
-        network's useful receptive field). ``tile_px - 2 * halo_px`` is the core window side.
-    batch_size : int
-        Tiles per model call.
+        network's useful receptive field).
+
+    The core window, the part of each tile that is kept, has the side :attr:`core_px`.
+
+    >>> TilingConfig(tile_px=1280, halo_px=96).core_px
+    1088
     """
 
     tile_px: int = 1280
     halo_px: int = 96
-    batch_size: int = 1
 
     def __post_init__(self) -> None:
         if self.halo_px < MIN_HALO_PX:
@@ -107,7 +110,11 @@ class TilingConfig:
                 f"{self.tile_px - 2 * self.halo_px} px with halo_px={self.halo_px}; "
                 f"use tile_px >= 2 * halo_px + 32 (e.g. {2 * self.halo_px + 256})",
             )
-        _require_positive("tiling", self, "batch_size")
+
+    @property
+    def core_px(self) -> int:
+        """Side of the core window (pixels): ``tile_px - 2 * halo_px``."""
+        return self.tile_px - 2 * self.halo_px
 
 
 @dataclass(frozen=True)
@@ -121,17 +128,18 @@ class ModelConfig:
     device : str
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     precision : {'auto', 'bf16', 'fp32'}
-        ``auto``: bf16 on CUDA devices with bf16 and on CPUs with AMX, else fp32 (see
+        ``auto``: bf16 on CUDA devices with bf16 and on CPUs with AMX, else fp32, unless the
+        environment variable ``CRACKSURVEY_PRECISION`` says otherwise (see
         :func:`cracksurvey.predict.auto_precision`).
-    threshold : float or None
-        Threshold on the predicted distance map; None uses the calibrated threshold of the
+    threshold_px : float or None
+        Crack = predicted distance <= this (pixels); None uses the calibrated threshold of the
         model card.
     """
 
     weights: str | None = None
     device: Device = "auto"
     precision: Precision = "auto"
-    threshold: float | None = None
+    threshold_px: float | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
@@ -155,7 +163,7 @@ class VectorizeConfig:
         Polyline simplification tolerance in pixels (0 = keep every skeleton vertex).
     bridge_gap_px : int
         Gaps up to this length between crack tips are bridged and flagged ``bridged``
-        (0 = no bridging).
+        (0 = no bridging; gap bridging is not implemented yet, a value > 0 is warned about).
     """
 
     min_spur_px: int = 8
@@ -207,7 +215,7 @@ class SurveyConfig:
 
 @dataclass(frozen=True)
 class CppConfig:
-    """Crack pattern continuity (CPP, METHOD.md section 7.4).
+    """Crack pattern continuity (CPP, docs/method.md, "Continuity: CPP").
 
     Parameters
     ----------
@@ -246,26 +254,48 @@ class DamageConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Dask execution.
+    """Dask execution (:class:`cracksurvey.engine.Engine`); none of it changes results.
 
     Parameters
     ----------
     workers : int or None
-        Local worker processes; None sizes the local cluster to the machine.
+        Local worker processes; None sizes the local cluster to the machine
+        (:func:`cracksurvey.engine.default_layout`).
     threads_per_worker : int
-        Threads per worker (each worker holds one model instance).
+        Task slots per local worker (each worker holds one model instance).
     scheduler : str or None
         Address of an existing Dask scheduler (``tcp://host:8786``); None starts a local cluster.
+    torch_threads : int or None
+        Torch threads per running task. None: the cores divided among the task slots of the
+        local cluster; unchanged in synchronous mode; on an external scheduler, each worker's
+        cores divided by its task slots.
+    processes : bool
+        Local workers as processes (True) or as threads of this process (False).
+    max_in_flight : int or None
+        Tiles submitted but not yet written; None = 2 per task slot (memory stays flat).
+    retries : int
+        Extra attempts for a tile task that raised (e.g. a network filesystem hiccup or a GPU
+        out of memory); tasks lost with a dead worker are rerun by the scheduler regardless.
+    gpu_resource : str
+        Dask resource name that GPU workers advertise; when any worker does, tile tasks need
+        one unit of it.
     """
 
     workers: int | None = None
     threads_per_worker: int = 1
     scheduler: str | None = None
+    torch_threads: int | None = None
+    processes: bool = True
+    max_in_flight: int | None = None
+    retries: int = 1
+    gpu_resource: str = "GPU"
 
     def __post_init__(self) -> None:
-        if self.workers is not None:
-            _require_positive("engine", self, "workers")
+        for name in ("workers", "torch_threads", "max_in_flight"):
+            if getattr(self, name) is not None:
+                _require_positive("engine", self, name)
         _require_positive("engine", self, "threads_per_worker")
+        _require_non_negative("engine", self, "retries")
 
 
 @dataclass(frozen=True)
@@ -318,8 +348,8 @@ def suggest(word: str, allowed: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(allowed), n=3, cutoff=0.6)
     if not close:
         return ""
-    # Among close matches prefer the longest shared prefix: 'tile_size' -> 'tile_px', not
-    # 'batch_size'.
+    # Among close matches prefer the longest shared prefix: 'weight' -> 'weights', not
+    # 'height'.
     best = max(close, key=lambda c: len(os.path.commonprefix([word.lower(), c.lower()])))
     return f" (did you mean {best!r}?)"
 
@@ -343,9 +373,7 @@ def _type_name(hint: Any) -> str:
         )
     if origin is tuple:
         return f"list of {_type_name(typing.get_args(hint)[0])}"
-    return {int: "integer", float: "number", str: "string", bool: "true/false"}.get(
-        hint, str(hint)
-    )
+    return {int: "integer", float: "number", str: "string", bool: "true/false"}.get(hint, str(hint))
 
 
 def _coerce(value: Any, hint: Any) -> Any:

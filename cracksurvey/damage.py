@@ -53,7 +53,7 @@ DAMAGE_SCALE_DIR = Path(__file__).resolve().parents[1] / "configs" / "damage"
 #: Columns :func:`assess_damage` adds to the building summary, and what they mean.
 DAMAGE_COLUMNS: dict[str, str] = {
     "damage_level": "indicative damage level (0 = no crack detected; levels point to EMS-98 "
-                    "grades for masonry); NOT a structural assessment; empty = not imaged",
+    "grades for masonry); NOT a structural assessment; empty = not imaged",
     "damage_label": "wording of the indicative damage level",
     "damage_basis": "the summary values that set the level (value >= threshold)",
 }
@@ -99,8 +99,10 @@ class DamageScale:
         return {
             "name": self.name,
             "disclaimer": self.disclaimer,
-            "levels": [{"level": v.level, "label": v.label, "ems98": v.ems98,
-                        "when": dict(v.when)} for v in self.levels],
+            "levels": [
+                {"level": v.level, "label": v.label, "ems98": v.ems98, "when": dict(v.when)}
+                for v in self.levels
+            ],
         }
 
 
@@ -114,11 +116,16 @@ def _parse_level(item: Any, index: int, source: str) -> DamageLevel:
         raise _scale_error(source, f"{where} must be a mapping with level, label, ems98, when")
     unknown = sorted(set(item) - {"level", "label", "ems98", "when"})
     if unknown:
-        raise _scale_error(source, f"{where}: unknown key(s) {', '.join(unknown)}; allowed: "
-                                   "level, label, ems98, when")
+        raise _scale_error(
+            source,
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: level, label, ems98, when",
+        )
     if item.get("level") != index:
-        raise _scale_error(source, f"{where}: level must be {index} (levels are 0, 1, 2 ... in "
-                                   f"order), found {item.get('level')!r}")
+        raise _scale_error(
+            source,
+            f"{where}: level must be {index} (levels are 0, 1, 2 ... in "
+            f"order), found {item.get('level')!r}",
+        )
     when = item.get("when") or {}
     if not isinstance(when, Mapping) or not all(
         isinstance(v, (int, float)) and math.isfinite(v) for v in when.values()
@@ -126,8 +133,12 @@ def _parse_level(item: Any, index: int, source: str) -> DamageLevel:
         raise _scale_error(source, f"{where}.when must map summary columns to numbers")
     if index > 0 and not when:
         raise _scale_error(source, f"{where}.when is empty; only level 0 may have no bound")
-    return DamageLevel(index, str(item.get("label", "")), str(item.get("ems98", "")),
-                       {str(k): float(v) for k, v in when.items()})
+    return DamageLevel(
+        index,
+        str(item.get("label", "")),
+        str(item.get("ems98", "")),
+        {str(k): float(v) for k, v in when.items()},
+    )
 
 
 def parse_damage_scale(mapping: Any, *, source: str = "damage scale") -> DamageScale:
@@ -142,21 +153,25 @@ def parse_damage_scale(mapping: Any, *, source: str = "damage scale") -> DamageS
         raise _scale_error(source, "a damage scale must be a mapping with name, disclaimer, levels")
     unknown = sorted(set(mapping) - {"name", "disclaimer", "levels"})
     if unknown:
-        raise _scale_error(source, f"unknown key(s) {', '.join(unknown)}; allowed: name, "
-                                   "disclaimer, levels")
+        raise _scale_error(
+            source, f"unknown key(s) {', '.join(unknown)}; allowed: name, disclaimer, levels"
+        )
     levels = mapping.get("levels")
     if not isinstance(levels, list) or not levels:
         raise _scale_error(source, "levels must be a non-empty list")
     parsed = tuple(_parse_level(item, i, source) for i, item in enumerate(levels))
     if parsed[0].when:
-        raise _scale_error(source, "levels[0].when must be empty (every imaged building is "
-                                   "at least level 0)")
-    return DamageScale(str(mapping.get("name", "")), str(mapping.get("disclaimer", "")),
-                       parsed, source)
+        raise _scale_error(
+            source, "levels[0].when must be empty (every imaged building is at least level 0)"
+        )
+    return DamageScale(
+        str(mapping.get("name", "")), str(mapping.get("disclaimer", "")), parsed, source
+    )
 
 
-def load_damage_scale(scale: str | Path = "default", *, root: str | Path | None = None
-                      ) -> DamageScale:
+def load_damage_scale(
+    scale: str | Path = "default", *, root: str | Path | None = None
+) -> DamageScale:
     """Read a damage scale: a name in ``configs/damage/`` or a YAML path.
 
     Parameters
@@ -173,8 +188,10 @@ def load_damage_scale(scale: str | Path = "default", *, root: str | Path | None 
         path = DAMAGE_SCALE_DIR / f"{scale}.yaml"
         if not path.is_file():
             names = sorted(p.stem for p in DAMAGE_SCALE_DIR.glob("*.yaml"))
-            raise ConfigError(f"damage.scale={str(scale)!r}: no such scale; available: "
-                              f"{', '.join(names)} (in {DAMAGE_SCALE_DIR}), or a YAML path")
+            raise ConfigError(
+                f"damage.scale={str(scale)!r}: no such scale; available: "
+                f"{', '.join(names)} (in {DAMAGE_SCALE_DIR}), or a YAML path"
+            )
     elif not path.is_absolute() and root is not None:
         path = Path(root) / path
     if not path.is_file():
@@ -221,8 +238,10 @@ def assess_damage(summary: pd.DataFrame, scale: DamageScale) -> pd.DataFrame:
     needed = {c for level in scale.levels for c in level.when} | {"n_images"}
     missing = sorted(needed - set(summary.columns))
     if missing:
-        raise _scale_error(scale.source or "damage scale",
-                           f"bound(s) on unknown summary column(s) {', '.join(missing)}")
+        raise _scale_error(
+            scale.source or "damage scale",
+            f"bound(s) on unknown summary column(s) {', '.join(missing)}",
+        )
     level = np.zeros(len(summary), dtype=np.int64)
     basis: list[str] = ["no crack detected"] * len(summary)
     for item in scale.levels[1:]:
@@ -235,11 +254,15 @@ def assess_damage(summary: pd.DataFrame, scale: DamageScale) -> pd.DataFrame:
         {
             "damage_level": pd.Series(level, dtype="Int64", index=summary.index).where(imaged),
             "damage_label": pd.Series(
-                [scale.label(v) if ok else None for v, ok in zip(level, imaged)], dtype=object,
-                index=summary.index),
+                [scale.label(int(v)) if ok else None for v, ok in zip(level, imaged)],
+                dtype=object,
+                index=summary.index,
+            ),
             "damage_basis": pd.Series(
-                [b if ok else None for b, ok in zip(basis, imaged)], dtype=object,
-                index=summary.index),
+                [b if ok else None for b, ok in zip(basis, imaged)],
+                dtype=object,
+                index=summary.index,
+            ),
         },
         index=summary.index,
     )

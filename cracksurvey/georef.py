@@ -1,7 +1,7 @@
 """Georeferencing of an image: map, façade frame, façade placed in the world, or pixel units.
 
 Pure: takes what the image files and images.csv say (:class:`GeorefSources`, numbers, CRS
-objects) and decides how pixel coordinates map to x, y. The four kinds (DESIGN.md):
+objects) and decides how pixel coordinates map to x, y. The four kinds (docs/survey.md):
 
 ``map``
     GeoTIFF tags, or a world file plus .prj/.aux.xml, in a **projected** CRS. Cracks are written
@@ -350,9 +350,7 @@ def world_to_facade(
         Signed horizontal distance of the point from the plane (positive to the right of the
         base line direction); 0 for points on the plane.
     """
-    X, Y, Z = np.broadcast_arrays(
-        *(np.asarray(v, dtype=np.float64) for v in (X, Y, Z))
-    )
+    X, Y, Z = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (X, Y, Z)))
     ux, uy = plane.direction
     dx, dy = X - plane.start_xy[0], Y - plane.start_xy[1]
     return dx * ux + dy * uy, Z - plane.base_z, dx * uy - dy * ux
@@ -503,18 +501,20 @@ def resolve_georef(
         return _facade(transform, size_m, label, plane, source or transform_source)
 
     if gsd_mm is not None:
-        return _facade(gsd_transform(gsd_mm, sources.height), gsd_mm / 1000, label, plane,
-                       "images.csv gsd_mm")
+        return _facade(
+            gsd_transform(gsd_mm, sources.height), gsd_mm / 1000, label, plane, "images.csv gsd_mm"
+        )
     if plane is not None:
         raise ConfigError(
             f"{name}: images.csv gives a façade plane but the image has no scale; "
             "add its gsd_mm to images.csv or a world file"
         )
     if survey_gsd_mm is not None:
-        return _facade(gsd_transform(survey_gsd_mm, sources.height), survey_gsd_mm / 1000,
-                       label, None, "survey.yaml gsd_mm")
-    return Georef(kind="pixel", transform=PIXEL_TRANSFORM, crs=None, pixel_size_m=None,
-                  source="none")
+        transform = gsd_transform(survey_gsd_mm, sources.height)
+        return _facade(transform, survey_gsd_mm / 1000, label, None, "survey.yaml gsd_mm")
+    return Georef(
+        kind="pixel", transform=PIXEL_TRANSFORM, crs=None, pixel_size_m=None, source="none"
+    )
 
 
 def _facade(
@@ -594,4 +594,3 @@ def _pick_crs(sources: GeorefSources, name: str) -> tuple[CRS | None, str]:
     if prj is not None:
         return prj, f"{sources.prj_file}"
     return None, ""
-

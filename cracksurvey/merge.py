@@ -87,9 +87,11 @@ def _target_crs(crs: CRS | str | None, surveys: Sequence[list[LayerSpec]]) -> CR
         target = CRS.from_user_input(crs)
     else:
         candidates = [
-            spec.crs for kind in ("cracks_3d", "buildings") for layers in surveys
-            for spec in layers if spec.kind == kind and spec.crs is not None
-            and spec.crs.is_projected
+            spec.crs
+            for kind in ("cracks_3d", "buildings")
+            for layers in surveys
+            for spec in layers
+            if spec.kind == kind and spec.crs is not None and spec.crs.is_projected
         ]
         if not candidates:
             raise ConfigError(
@@ -111,8 +113,7 @@ def _in_crs(frame: gpd.GeoDataFrame, target: CRS) -> gpd.GeoDataFrame:
 
 def _with_survey(frame: gpd.GeoDataFrame, label: str) -> gpd.GeoDataFrame:
     frame = frame.copy()
-    frame.insert(0, SURVEY_COLUMN, pd.Series([label] * len(frame), index=frame.index,
-                                             dtype=object))
+    frame.insert(0, SURVEY_COLUMN, pd.Series([label] * len(frame), index=frame.index, dtype=object))
     return frame
 
 
@@ -122,8 +123,11 @@ def _concat(frames: list[gpd.GeoDataFrame], crs: CRS) -> gpd.GeoDataFrame:
     if non_empty:
         merged = pd.concat(non_empty, ignore_index=True)
     else:
-        merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-            {SURVEY_COLUMN: pd.Series([], dtype=object)})
+        merged = (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame({SURVEY_COLUMN: pd.Series([], dtype=object)})
+        )
     columns = list(dict.fromkeys(c for f in frames for c in f.columns if c != "geometry"))
     geometry = merged["geometry"] if "geometry" in merged else gpd.GeoSeries([])
     return gpd.GeoDataFrame(merged.reindex(columns=columns), geometry=geometry.values, crs=crs)
@@ -135,8 +139,12 @@ def _merged_buildings(label: str, spec: LayerSpec, target: CRS) -> gpd.GeoDataFr
         logger.info("%s: buildings without a CRS are merged without geometry", label)
         frame = frame.set_geometry(gpd.GeoSeries([None] * len(frame), index=frame.index))
     elif not spec.crs.is_projected and not spec.crs.is_geographic:
-        logger.info("%s: buildings in %s cannot be placed in %s; merged without geometry",
-                    label, spec.crs.name, target.name)
+        logger.info(
+            "%s: buildings in %s cannot be placed in %s; merged without geometry",
+            label,
+            spec.crs.name,
+            target.name,
+        )
         frame = frame.set_geometry(gpd.GeoSeries([None] * len(frame), index=frame.index))
     else:
         frame = _in_crs(frame, target)
@@ -185,9 +193,12 @@ def merge_outputs(
         raise ConfigError(f"{len(names)} names for {len(folders)} output folders")
     runs = [_read_run(folder) for folder in folders]
     labels = survey_labels(
-        list(names) if names is not None
-        else [Path(run.get("survey_dir") or folder.resolve()).name
-              for run, folder in zip(runs, folders)]
+        list(names)
+        if names is not None
+        else [
+            Path(run.get("survey_dir") or folder.resolve()).name
+            for run, folder in zip(runs, folders)
+        ]
     )
     surveys = [read_geopackage(folder / _GPKG) for folder in folders]
     target = _target_crs(crs, surveys)
@@ -200,29 +211,49 @@ def merge_outputs(
             elif spec.kind == "buildings":
                 buildings.append(_merged_buildings(label, spec, target))
             else:
-                copies.append(LayerSpec(
-                    f"{label}_{spec.name}", spec.frame, spec.geometry_type, spec.crs,
-                    f"{label}: {spec.description}" if spec.description else label,
-                    kind=spec.kind,
-                ))
+                copies.append(
+                    LayerSpec(
+                        f"{label}_{spec.name}",
+                        spec.frame,
+                        spec.geometry_type,
+                        spec.crs,
+                        f"{label}: {spec.description}" if spec.description else label,
+                        kind=spec.kind,
+                    )
+                )
         if not any(spec.kind == "cracks_3d" for spec in layers):
-            logger.info("%s: no façade placed in the world; its cracks are in its 2-D layers "
-                        "only", label)
+            logger.info(
+                "%s: no façade placed in the world; its cracks are in its 2-D layers only", label
+            )
     where = f"{target.name}, EPSG:{target.to_epsg()}" if target.to_epsg() else target.name
     specs = [
-        LayerSpec("cracks_3d", _concat(cracks_3d, target), "MultiLineString Z", target,
-                  f"cracks of every survey's façades placed in the world, 3-D ({where})",
-                  kind="cracks_3d"),
-        LayerSpec("buildings", _concat(buildings, target), "MultiPolygon", target,
-                  f"per-building crack summaries of every survey ({where})", kind="buildings"),
+        LayerSpec(
+            "cracks_3d",
+            _concat(cracks_3d, target),
+            "MultiLineString Z",
+            target,
+            f"cracks of every survey's façades placed in the world, 3-D ({where})",
+            kind="cracks_3d",
+        ),
+        LayerSpec(
+            "buildings",
+            _concat(buildings, target),
+            "MultiPolygon",
+            target,
+            f"per-building crack summaries of every survey ({where})",
+            kind="buildings",
+        ),
         *copies,
     ]
     surveys_meta = [
-        {"survey": label, "out_dir": str(folder.resolve()),
-         "model_id": run.get("model", {}).get("model_id"),
-         "model_sha256": run.get("model", {}).get("sha256"),
-         "cracksurvey_version": run.get("cracksurvey_version"),
-         "finished_utc": run.get("finished_utc")}
+        {
+            "survey": label,
+            "out_dir": str(folder.resolve()),
+            "model_id": run.get("model", {}).get("model_id"),
+            "model_sha256": run.get("model", {}).get("sha256"),
+            "cracksurvey_version": run.get("cracksurvey_version"),
+            "finished_utc": run.get("finished_utc"),
+        }
         for label, folder, run in zip(labels, folders, runs)
     ]
     metadata = {
@@ -231,6 +262,10 @@ def merge_outputs(
         "crs": target.to_string(),
         "surveys": json.dumps(surveys_meta),
     }
-    logger.info("merging %d surveys into %s (%d 3-D cracks)", len(folders), dest_gpkg,
-                sum(len(f) for f in cracks_3d))
+    logger.info(
+        "merging %d surveys into %s (%d 3-D cracks)",
+        len(folders),
+        dest_gpkg,
+        sum(len(f) for f in cracks_3d),
+    )
     return write_geopackage(dest_gpkg, specs, metadata=metadata)

@@ -1,6 +1,6 @@
 """TernausNet (UNet16 / UNet11) with a width multiplier, and the model card that travels with weights.
 
-METHOD.md §2: a VGG encoder (convs at torchvision's layer indices, so a torchvision
+The model (docs/method.md, "The model"): a VGG encoder (convs at torchvision's layer indices, so a torchvision
 ``vgg16().features`` state dict loads unchanged at width 1), a bilinear decoder (UNet16) or a
 transposed-convolution decoder (UNet11), a 1x1 head and a final ReLU. The output is the clipped
 distance to the crack centreline in pixels at training scale. An optional second head predicts the
@@ -8,7 +8,9 @@ crack body (a logit; sigmoid gives the probability) from which widths are measur
 
 Weights are safetensors; the :class:`ModelCard` (JSON beside them) carries everything inference
 needs (architecture, width, normalisation, clip, calibrated threshold) and a SHA-256 of the weights
-that is verified at load time.
+that is verified at load time. :func:`read_weights` reads a weights file once into
+:class:`Weights` (its bytes and card): what the engine sends to its workers, which build the
+network from the bytes (:func:`model_from_bytes`), so no shared filesystem is needed.
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ def _norm(channels: int, norm: Norm) -> nn.Module:
 
 class _ConvRelu(nn.Sequential):
     def __init__(self, cin: int, cout: int, norm: Norm = "none") -> None:
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), _norm(cout, norm), nn.ReLU(inplace=True))
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1), _norm(cout, norm), nn.ReLU(inplace=True)
+        )
 
 
 class _DecoderV2(nn.Module):
@@ -140,7 +144,7 @@ class TernausNet(nn.Module):
         self.body_head = body_head
         stages = [[_c(c, width) for c in stage] for stage in _VGG_STAGES[architecture]]
         # Encoder as a flat Sequential whose conv indices match torchvision's vgg features.
-        layers: dict[int, nn.Module] = {}
+        layers: dict[int, nn.Conv2d] = {}
         cin = 3
         flat = [c for stage in stages for c in stage]
         for idx, cout in zip(_VGG_CONV_INDICES[architecture], flat, strict=True):
@@ -149,7 +153,7 @@ class TernausNet(nn.Module):
         n = max(layers) + 1
         self.encoder = nn.Sequential(*[layers.get(i, nn.Identity()) for i in range(n)])
         self.encoder_norms = nn.ModuleDict(
-            {str(i): _norm(layers[i].out_channels, norm) for i in layers}  # type: ignore[attr-defined]
+            {str(i): _norm(conv.out_channels, norm) for i, conv in layers.items()}
         )
         self._stage_convs: list[list[int]] = []
         it = iter(_VGG_CONV_INDICES[architecture])
@@ -177,7 +181,8 @@ class TernausNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def _stage(self, x: torch.Tensor, k: int) -> torch.Tensor:
         for idx in self._stage_convs[k]:
@@ -223,7 +228,9 @@ def flops_per_megapixel(model: TernausNet) -> float:
         nonlocal total
         if isinstance(mod, nn.ConvTranspose2d):
             k = mod.kernel_size[0] * mod.kernel_size[1]
-            total += 2.0 * inp[0].shape[-1] * inp[0].shape[-2] * k * mod.in_channels * mod.out_channels
+            total += (
+                2.0 * inp[0].shape[-1] * inp[0].shape[-2] * k * mod.in_channels * mod.out_channels
+            )
         elif isinstance(mod, nn.Conv2d):
             k = mod.kernel_size[0] * mod.kernel_size[1]
             total += 2.0 * out.shape[-1] * out.shape[-2] * k * mod.in_channels * mod.out_channels
@@ -296,7 +303,9 @@ class ModelCard:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ModelError(f"model card has unknown keys {sorted(unknown)}; expected {sorted(names)}")
+            raise ModelError(
+                f"model card has unknown keys {sorted(unknown)}; expected {sorted(names)}"
+            )
         d = dict(d)
         for key in ("mean", "std", "classes"):
             if key in d:
@@ -307,7 +316,11 @@ class ModelCard:
 def build_model(card: ModelCard) -> TernausNet:
     """An untrained :class:`TernausNet` with the architecture a card describes."""
     return TernausNet(
-        card.architecture, width=card.width, body_head=card.body_head, norm=card.norm, classes=len(card.classes)
+        card.architecture,
+        width=card.width,
+        body_head=card.body_head,
+        norm=card.norm,
+        classes=len(card.classes),
     )
 
 
@@ -360,6 +373,65 @@ def read_card(path: str | Path) -> ModelCard:
         raise ModelError(f"{card_path}: not a valid model card ({exc})") from exc
 
 
+@dataclass(frozen=True, eq=False)
+class Weights:
+    """The content of a weights file and its card, read once (:func:`read_weights`).
+
+    Attributes
+    ----------
+    data : bytes
+        The safetensors file, checked against ``card.sha256``.
+    card : ModelCard
+    source : str
+        Where the bytes came from (error messages).
+    """
+
+    data: bytes = field(repr=False)
+    card: ModelCard
+    source: str = "weights"
+
+
+def read_weights(path: str | Path | None = None, *, verify: bool = True) -> Weights:
+    """Read a ``.safetensors`` file and its card, and check the checksum.
+
+    Parameters
+    ----------
+    path : path to a ``.safetensors`` file (the suffix may be omitted), or None for the shipped
+        default model.
+    verify : check the SHA-256 of the bytes against the card.
+
+    Raises
+    ------
+    ModelError
+        No such file, no card, or a checksum that does not match the card.
+    """
+    weights = Path(path) if path is not None else default_weights_path()
+    weights = weights.with_suffix(".safetensors")
+    if not weights.exists():
+        if path is None:
+            raise ModelError(
+                f"no default model is shipped yet ({weights} is missing); pass --weights PATH "
+                "to a .safetensors file with its .json model card (cracksurvey train writes one)"
+            )
+        raise ModelError(
+            f"{weights}: weights file not found; pass --weights PATH to a .safetensors file"
+        )
+    card = read_card(weights)
+    data = weights.read_bytes()
+    if verify and card.sha256:
+        _check_sha256(data, card, str(weights))
+    return Weights(data, card, str(weights))
+
+
+def _check_sha256(data: bytes, card: ModelCard, source: str) -> None:
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != card.sha256:
+        raise ModelError(
+            f"{source}: checksum {digest[:12]}… does not match the card's {card.sha256[:12]}…; "
+            "the file is corrupt or belongs to another card"
+        )
+
+
 def load_model(
     path: str | Path | None = None,
     *,
@@ -381,15 +453,16 @@ def load_model(
     -------
     (model in eval mode, card)
     """
-    weights = Path(path) if path is not None else default_weights_path()
-    weights = weights.with_suffix(".safetensors")
-    if not weights.exists():
-        raise ModelError(f"{weights}: weights file not found; pass --weights PATH to a .safetensors file")
-    card = read_card(weights)
+    weights = read_weights(path, verify=verify)
     model = model_from_bytes(
-        weights.read_bytes(), card, device=device, verify=verify, source=str(weights), fold_bn=fold_bn
+        weights.data,
+        weights.card,
+        device=device,
+        verify=False,
+        source=weights.source,
+        fold_bn=fold_bn,
     )
-    return model, card
+    return model, weights.card
 
 
 def model_from_bytes(
@@ -423,12 +496,7 @@ def model_from_bytes(
     from safetensors.torch import load
 
     if verify and card.sha256:
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != card.sha256:
-            raise ModelError(
-                f"{source}: checksum {digest[:12]}… does not match the card's {card.sha256[:12]}…; "
-                "the file is corrupt or belongs to another card"
-            )
+        _check_sha256(data, card, source)
     model = build_model(card)
     try:
         state = load(data)
@@ -458,14 +526,19 @@ def fold_batchnorm(model: TernausNet) -> TernausNet:
     if model.training:
         raise ModelError("fold_batchnorm needs a model in eval mode (running statistics)")
     for idx, norm in model.encoder_norms.items():
-        if isinstance(norm, nn.BatchNorm2d):
-            model.encoder[int(idx)] = fuse_conv_bn_eval(model.encoder[int(idx)], norm)
+        conv = model.encoder[int(idx)]
+        if isinstance(norm, nn.BatchNorm2d) and isinstance(conv, nn.Conv2d):
+            model.encoder[int(idx)] = fuse_conv_bn_eval(conv, norm)
             model.encoder_norms[idx] = nn.Identity()
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):
             conv, norm = seq[i], seq[i + 1]
-            if isinstance(norm, nn.BatchNorm2d) and isinstance(conv, nn.Conv2d | nn.ConvTranspose2d):
-                seq[i] = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, nn.ConvTranspose2d))
+            if isinstance(norm, nn.BatchNorm2d) and isinstance(
+                conv, nn.Conv2d | nn.ConvTranspose2d
+            ):
+                seq[i] = fuse_conv_bn_eval(
+                    conv, norm, transpose=isinstance(conv, nn.ConvTranspose2d)
+                )
                 seq[i + 1] = nn.Identity()
     return model
 
@@ -482,7 +555,9 @@ def load_imagenet_encoder(model: TernausNet) -> None:
         import torchvision  # noqa: F401
         from torchvision.models import VGG11_Weights, VGG16_Weights, vgg11, vgg16
     except ImportError as exc:  # pragma: no cover - optional extra
-        raise ModelError("ImageNet initialisation needs the [imagenet] extra (torchvision)") from exc
+        raise ModelError(
+            "ImageNet initialisation needs the [imagenet] extra (torchvision)"
+        ) from exc
     if model.architecture == "unet16":
         vgg = vgg16(weights=VGG16_Weights.IMAGENET1K_V1)
     else:

@@ -19,18 +19,18 @@ Band layouts (:func:`prepare_bands`):
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .model import ModelCard
+from cracksurvey.config import Precision
+from cracksurvey.model import ModelCard
 
 log = logging.getLogger(__name__)
-
-Precision = Literal["auto", "bf16", "fp32"]
 
 _BF16_SUPPORTED: bool | None = None
 
@@ -60,15 +60,40 @@ def cpu_amx_supported() -> bool:
         return False
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` if this process sees a GPU, else ``mps``, else ``cpu``.
+
+    Other values are returned unchanged. On a cluster this runs in each worker, so a mixed
+    cluster uses its GPUs where they are.
+    """
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+PRECISION_ENV = "CRACKSURVEY_PRECISION"
+"""Environment variable that decides what ``precision: auto`` means on this machine (``bf16`` or
+``fp32``), e.g. to run the whole test suite or a survey in one stated precision on any CPU."""
+
+
 def auto_precision(device: str | torch.device = "cpu") -> Precision:
     """What ``precision: auto`` runs on ``device``.
 
-    bf16 on CUDA devices that support it; on a CPU only with AMX. Measured 2026-11-29 on a
-    2-core Xeon (model 207) with AVX-512 BF16 but no AMX exposed: bf16 autocast ran UNet16
-    15-25 % *slower* than fp32 at 1/8, 1/4 and 1/2 width (1 and 2 threads, channels-last), so
-    AVX-512 BF16 alone is not a reason to leave fp32. Set ``precision: bf16`` explicitly where
-    ``workflows/benchmark.py`` shows it faster (e.g. wide models on some AVX-512 BF16 CPUs).
+    ``CRACKSURVEY_PRECISION=bf16|fp32`` in the environment decides it wherever it is set.
+    Otherwise: bf16 on CUDA devices that support it; on a CPU only with AMX, where bf16
+    convolutions run about twice as fast as fp32. On CPUs with AVX-512 BF16 but no AMX, bf16
+    was measured slower than fp32 for this network (docs/performance.md), so auto is fp32 there.
     """
+    forced = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if forced:
+        if forced not in ("bf16", "fp32"):
+            raise ValueError(f"{PRECISION_ENV}={forced!r}: expected 'bf16' or 'fp32' (or unset)")
+        return forced  # type: ignore[return-value]
     dev = torch.device(device)
     if dev.type == "cuda":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
@@ -80,22 +105,24 @@ def auto_precision(device: str | torch.device = "cpu") -> Precision:
 def effective_precision(precision: Precision, device: str | torch.device = "cpu") -> Precision:
     """The precision that will actually run.
 
-    ``auto`` resolves by :func:`auto_precision`; an explicit bf16 falls back to fp32 on CPUs
-    without native bf16 (emulated bf16 is several times slower).
+    ``auto`` resolves by :func:`auto_precision`. An explicit ``bf16`` runs bf16 on every device:
+    on a CPU without native bf16 (no AVX-512 BF16 / AMX) PyTorch emulates it, slower than fp32
+    but with the same numerics, so results can be checked in bf16 on any machine.
     """
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision {precision!r}: expected 'auto', 'bf16' or 'fp32'")
     if precision == "auto":
         return auto_precision(device)
-    if precision == "bf16" and torch.device(device).type == "cpu" and not cpu_bf16_supported():
-        return "fp32"
     return precision
 
 
 _HEAP_KEPT = False
 
-HEAP_ENVIRON = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
-                "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+HEAP_ENVIRON = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
+}
 """What :func:`keep_freed_memory` does, as glibc environment variables for a process about to
 start (the engine's local Dask workers get them; export them for ``dask worker`` elsewhere).
 At start they also cover threads that have already allocated when the call could come."""
@@ -106,11 +133,9 @@ def keep_freed_memory() -> bool:
 
     Torch's CPU tensors come from ``malloc``; glibc serves every block above 32 MB (a 1/8-width
     UNet16 on a 1280 x 1280 tile has 52 MB activations) with a fresh ``mmap`` and returns it
-    on free, so every forward page-faults all its activations in again. Measured 2026-11-29
-    (2-core Xeon, one thread, shipped model, 1280 x 1280 fp32): 1.01 s per forward, 0.28 s of
-    it in the kernel (200 k page faults); with ``mmap`` off and no trimming 0.72 s, 3 k
-    faults. Memory is not lower or higher at the peak; it is just not handed back between
-    tiles. A no-op where the C library has no ``mallopt`` (not glibc). Threads that allocated
+    on free, so every forward page-faults all its activations in again (about a quarter of a
+    forward's time on the CPU; docs/performance.md). Memory is not lower or higher at the
+    peak; it is just not handed back between tiles. A no-op where the C library has no ``mallopt`` (not glibc). Threads that allocated
     before the call keep their own arena, whose heaps still come and go: processes started for
     the model work get :data:`HEAP_ENVIRON` instead (the engine's local workers do).
     """
@@ -172,8 +197,7 @@ def predict_tile(
     rgb : ndarray of shape (3, H, W), uint8
         H and W multiples of ``card.input_multiple``.
     precision : {'bf16', 'fp32'}
-        bf16 autocast where the device supports it; on a CPU without native bf16 it falls back
-        to fp32 (logged once).
+        bf16 autocast (emulated, and logged once, on a CPU without native bf16) or fp32.
     device : torch device the model lives on.
 
     Returns
@@ -189,8 +213,13 @@ def predict_tile(
     if h % m or w % m:
         raise ValueError(f"tile of {h}x{w} px: height and width must be multiples of {m}")
     run = effective_precision(precision, device)
-    if run != precision and not _fallback_logged:
-        log.info("bf16 is not supported natively on this CPU; running in fp32")
+    if (
+        run == "bf16"
+        and torch.device(device).type == "cpu"
+        and not cpu_bf16_supported()
+        and not _fallback_logged
+    ):
+        log.info("bf16 is not supported natively on this CPU; it is emulated (slower than fp32)")
         _fallback_logged = True
     device = torch.device(device)
     std = torch.tensor(card.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
@@ -285,9 +314,9 @@ def prepare_bands(
             )
         lo = scale[colour, 0].reshape(3, 1, 1)
         hi = scale[colour, 1].reshape(3, 1, 1)
-        scaled = (data.astype(np.float32) - lo.astype(np.float32)) * (
-            255.0 / (hi - lo)
-        ).astype(np.float32)
+        scaled = (data.astype(np.float32) - lo.astype(np.float32)) * (255.0 / (hi - lo)).astype(
+            np.float32
+        )
         rgb = np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).round().astype(np.uint8)
     if not valid.all():
         # Fill nodata with the ImageNet mean (about zero after normalisation): no invented

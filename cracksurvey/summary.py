@@ -20,7 +20,7 @@ Inputs are plain tables assembled by :func:`cracksurvey.process.process_survey`:
 ``coverage``
     What each image contributes to a building: ``image``, ``building_id``, ``area_m2`` (imaged
     area, NaN when unknown), ``cpp_fragments`` (sum over the patches of the number of crack
-    fragments, METHOD.md 7.4), ``cpp_patches`` (number of counted patches).
+    fragments, docs/method.md), ``cpp_patches`` (number of counted patches).
 ``images``
     One row per image of the survey: ``image``, ``building_id`` (images.csv, may be None),
     ``status`` ('ok' or 'error').
@@ -55,7 +55,7 @@ import shapely
 from numpy.typing import ArrayLike, NDArray
 
 from cracksurvey.damage import DAMAGE_COLUMNS, DamageScale, assess_damage
-from cracksurvey.metrics import continuity_stats
+from cracksurvey.measure.continuity import continuity_stats
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -92,7 +92,7 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "share_vertical": "share of crack length within 22.5 degrees of vertical (y axis), 0-1",
     "share_horizontal": "share of crack length within 22.5 degrees of horizontal (x axis), 0-1",
     "share_diagonal": "share of crack length in the diagonal bins, 0-1",
-    "cpp_mean": "mean number of crack fragments per counted patch (CPP, METHOD.md 7.4)",
+    "cpp_mean": "mean number of crack fragments per counted patch (CPP, docs/method.md)",
     "cpp_patches": "number of patches the CPP mean is taken over",
     "fragments_per_m": "number of cracks / total_length_m, per metre",
     "largest_crack_share": "longest_crack_m / total_length_m, 0-1",
@@ -374,8 +374,9 @@ def summarize_buildings(
     """
     _require(cracks, "cracks", ("building_id", "length_m", "width_max_mm", "orientation_deg"))
     _require(branches, "branches", ("building_id", "length_m", "width_mean_mm"))
-    _require(coverage, "coverage", ("image", "building_id", "area_m2", "cpp_fragments",
-                                    "cpp_patches"))
+    _require(
+        coverage, "coverage", ("image", "building_id", "area_m2", "cpp_fragments", "cpp_patches")
+    )
     _require(images, "images", ("image", "building_id", "status"))
 
     ids: set[str] = {str(b) for b in building_ids}
@@ -409,7 +410,14 @@ def summarize_buildings(
     if damage_scale is not None:
         damage = assess_damage(frame, damage_scale)
     else:
-        damage = pd.DataFrame({"damage_level": pd.Series(pd.NA, index=frame.index, dtype="Int64"),
-                               "damage_label": None, "damage_basis": None}, index=frame.index)
-    return pd.concat([frame, damage.astype({"damage_label": object, "damage_basis": object})],
-                     axis=1)
+        damage = pd.DataFrame(
+            {
+                "damage_level": pd.Series(pd.NA, index=frame.index, dtype="Int64"),
+                "damage_label": None,
+                "damage_basis": None,
+            },
+            index=frame.index,
+        )
+    return pd.concat(
+        [frame, damage.astype({"damage_label": object, "damage_basis": object})], axis=1
+    )

@@ -1,6 +1,6 @@
 """Survey discovery: what is in a survey directory, checked before any work starts.
 
-The survey directory contract (DESIGN.md)::
+The survey directory contract (docs/survey.md)::
 
     survey_dir/
       survey.yaml     optional: a process-config layer (sections as in configs/process/default.yaml)
@@ -28,7 +28,7 @@ images.csv columns (header row required; only ``image`` is mandatory; empty cell
 The plane columns are all given or all empty in a row. A ``,`` ``;`` or tab delimiter is accepted.
 
 This module is pure: :mod:`cracksurvey.io.survey_files` reads the files and hands over
-:class:`RasterHeader` objects and csv tokens; :func:`build_records` validates them. Problems that
+:class:`ImageFile` objects and csv tokens; :func:`build_records` validates them. Problems that
 affect one image (an unreadable or truncated raster, a lat/lon CRS) make that image's record
 ``status='error'`` so the other images still run; contradictions between the files (images.csv vs
 rasters vs survey.yaml vs buildings) raise one :class:`~cracksurvey.errors.ConfigError` listing
@@ -54,6 +54,8 @@ from cracksurvey.georef import FacadePlane, Georef, GeorefSources, resolve_geore
 if TYPE_CHECKING:
     import geopandas as gpd
 
+    from cracksurvey.io.raster import RasterHeader
+
 __all__ = [
     "BUILDINGS_FILES",
     "BUILDING_ID_COLUMN",
@@ -64,7 +66,7 @@ __all__ = [
     "ImageRecord",
     "ImageRow",
     "ImageStatus",
-    "RasterHeader",
+    "ImageFile",
     "Survey",
     "build_records",
     "check_building_ids",
@@ -109,11 +111,12 @@ class ImageRow:
 
 
 @dataclass(frozen=True)
-class RasterHeader:
+class ImageFile:
     """What the io layer read about one image file (no pixels).
 
-    ``error`` is a one-line message naming the file and the fix when the header, a sidecar or
-    the file's completeness check failed; the other fields are then partly None.
+    ``header`` is None when the raster could not be opened; ``sources`` is None when the
+    header, a sidecar or the file's completeness check failed, and ``error`` is then a one-line
+    message naming the file and the fix.
     """
 
     path: Path
@@ -121,11 +124,7 @@ class RasterHeader:
     display_name: str
     sha256: str
     size_bytes: int
-    width: int | None = None
-    height: int | None = None
-    band_count: int | None = None
-    dtype: str | None = None
-    nodata: float | None = None
+    header: RasterHeader | None = None
     sources: GeorefSources | None = None
     error: str | None = None
 
@@ -144,12 +143,9 @@ class ImageRecord:
         From images.csv (buildings are otherwise joined by footprint later).
     georef : Georef or None
         None when ``status == 'error'``.
-    width, height, band_count : int or None
-        From the raster header (pixels, bands).
-    dtype : str or None
-        numpy dtype name of the first band, e.g. ``'uint8'``.
-    nodata : float or None
-        Nodata value from the header.
+    header : RasterHeader or None
+        The raster header (size, bands, dtype, nodata); None when the file cannot be opened.
+        ``width``, ``height``, ``band_count``, ``dtype`` and ``nodata`` read it.
     sha256 : str
         Hex digest of the file.
     status : {'ok', 'error'}
@@ -164,15 +160,34 @@ class ImageRecord:
     building_id: str | None
     facade_id: str | None
     georef: Georef | None
-    width: int | None
-    height: int | None
-    band_count: int | None
-    dtype: str | None
+    header: RasterHeader | None
     sha256: str
     status: ImageStatus = "ok"
     message: str | None = None
-    nodata: float | None = None
     warnings: tuple[str, ...] = ()
+
+    @property
+    def width(self) -> int | None:
+        """Pixels (None without a header)."""
+        return self.header.width if self.header else None
+
+    @property
+    def height(self) -> int | None:
+        """Pixels (None without a header)."""
+        return self.header.height if self.header else None
+
+    @property
+    def band_count(self) -> int | None:
+        return self.header.band_count if self.header else None
+
+    @property
+    def dtype(self) -> str | None:
+        """numpy dtype name of the first band, e.g. ``'uint8'``."""
+        return self.header.dtype if self.header else None
+
+    @property
+    def nodata(self) -> float | None:
+        return self.header.nodata if self.header else None
 
     @property
     def stem(self) -> str:
@@ -376,9 +391,7 @@ def check_building_ids(columns: Sequence[str], ids: Iterable[Any], *, source: st
     return {t for t in texts if t is not None}
 
 
-def _match_row(
-    image: str, names: Sequence[str], image_dir_rel: str
-) -> str | None:
+def _match_row(image: str, names: Sequence[str], image_dir_rel: str) -> str | None:
     """The file name an images.csv ``image`` cell refers to, or None."""
     value = image.replace("\\", "/")
     if image_dir_rel and value.startswith(image_dir_rel + "/"):
@@ -389,7 +402,7 @@ def _match_row(
 
 
 def build_records(
-    headers: Sequence[RasterHeader],
+    image_files: Sequence[ImageFile],
     rows: Mapping[str, ImageRow],
     config: ProcessConfig,
     *,
@@ -398,11 +411,11 @@ def build_records(
     buildings_source: str = "buildings",
     image_dir_rel: str = "",
 ) -> tuple[ImageRecord, ...]:
-    """Join raster headers with images.csv and survey settings into image records.
+    """Join image files with images.csv and survey settings into image records.
 
     Parameters
     ----------
-    headers : sequence of RasterHeader
+    image_files : sequence of ImageFile
         One per image file.
     rows : mapping of str to ImageRow
         Parsed images.csv (empty if there is none).
@@ -426,8 +439,8 @@ def build_records(
         All contradictions found, one per line, before any work.
     """
     problems: list[str] = []
-    names = [h.name for h in headers]
-    if not headers:
+    names = [f.name for f in image_files]
+    if not image_files:
         raise ConfigError("no images found")
 
     stems: dict[str, str] = {}
@@ -467,51 +480,48 @@ def build_records(
     survey_crs = CRS.from_user_input(config.survey.crs) if config.survey.crs else None
     facades: dict[str, ImageRow] = {}
     records: list[ImageRecord] = []
-    for header in sorted(headers, key=lambda h: h.name):
-        row = by_name.get(header.name)
-        label = header.display_name
-        if row is not None:
-            problems.extend(_check_row_ids(row, building_ids, csv_source, buildings_source))
-            problems.extend(_check_facade_consistency(row, facades, csv_source))
+    for image_file in sorted(image_files, key=lambda f: f.name):
+        image_row = by_name.get(image_file.name)
+        label = image_file.display_name
+        if image_row is not None:
+            problems.extend(_check_row_ids(image_row, building_ids, csv_source, buildings_source))
+            problems.extend(_check_facade_consistency(image_row, facades, csv_source))
         plane: FacadePlane | None = None
-        if row is not None and row.plane is not None:
+        if image_row is not None and image_row.plane is not None:
             if survey_crs is None:
                 problems.append(
-                    f"{csv_source} line {row.line}: a façade plane is given for {header.name} but "
+                    f"{csv_source} line {image_row.line}: a façade plane is given for {image_file.name} but "
                     "survey.yaml has no survey.crs to place it in; add e.g. "
                     "'survey: {crs: EPSG:32633}'"
                 )
                 continue
             try:
-                x0, y0, x1, y1, z = row.plane
+                x0, y0, x1, y1, z = image_row.plane
                 plane = FacadePlane((x0, y0), (x1, y1), z, survey_crs)
             except GeoreferenceError as exc:
-                problems.append(f"{csv_source} line {row.line}: {exc}")
+                problems.append(f"{csv_source} line {image_row.line}: {exc}")
                 continue
         record_kwargs: dict[str, Any] = dict(
-            path=header.path,
-            name=header.name,
-            building_id=row.building_id if row else None,
-            facade_id=row.facade_id if row else None,
-            width=header.width,
-            height=header.height,
-            band_count=header.band_count,
-            dtype=header.dtype,
-            nodata=header.nodata,
-            sha256=header.sha256,
+            path=image_file.path,
+            name=image_file.name,
+            building_id=image_row.building_id if image_row else None,
+            facade_id=image_row.facade_id if image_row else None,
+            header=image_file.header,
+            sha256=image_file.sha256,
         )
-        if header.error is not None or header.sources is None:
-            message = header.error or f"{label}: could not be read"
+        if image_file.error is not None or image_file.sources is None:
+            message = image_file.error or f"{label}: could not be read"
             logger.error(message)
-            records.append(ImageRecord(georef=None, status="error", message=message,
-                                       **record_kwargs))
+            records.append(
+                ImageRecord(georef=None, status="error", message=message, **record_kwargs)
+            )
             continue
         try:
             georef = resolve_georef(
-                header.sources,
+                image_file.sources,
                 name=label,
-                facade_id=row.facade_id if row else None,
-                gsd_mm=row.gsd_mm if row else None,
+                facade_id=image_row.facade_id if image_row else None,
+                gsd_mm=image_row.gsd_mm if image_row else None,
                 plane=plane,
                 survey_crs=survey_crs,
                 survey_gsd_mm=config.survey.gsd_mm,
@@ -521,8 +531,9 @@ def build_records(
             continue
         except GeoreferenceError as exc:
             logger.error("%s", exc)
-            records.append(ImageRecord(georef=None, status="error", message=str(exc),
-                                       **record_kwargs))
+            records.append(
+                ImageRecord(georef=None, status="error", message=str(exc), **record_kwargs)
+            )
             continue
         notes: tuple[str, ...] = ()
         if georef.kind == "pixel":

@@ -11,7 +11,9 @@ and the halo is rounded up to a multiple of ``multiple``, so every read window s
 ``-halo`` modulo 32, which is where the untiled reference starts too: pooling grids coincide
 across tilings and tile size is a throughput knob, not a correctness knob.
 
-Everything here is plain numpy/torch; the engine (Dask) only calls :func:`process_tile`.
+Everything here is plain numpy/torch; :func:`process_tile` is the per-tile function the engine
+maps over an image's tiles (with Dask, or in-process), and :func:`predict_tiled` the same on an
+in-memory array without Dask.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .predict import Precision, predict_tile
-from .skeleton import TileSkeleton, extract_tile_skeleton, threshold_distance
+from cracksurvey.config import Precision
+from cracksurvey.predict import predict_tile
+from cracksurvey.skeleton import TileSkeleton, extract_tile_skeleton, threshold_distance
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from .model import ModelCard
+    from cracksurvey.model import ModelCard
 
 Window = tuple[int, int, int, int]
 """``(row0, row1, col0, col1)``, half-open, in image pixel coordinates (may extend outside)."""
@@ -95,7 +98,7 @@ class Tile:
 
 
 def tile_grid(
-    height: int, width: int, *, tile_px: int, halo_px: int, multiple: int = 32
+    height: int, width: int, *, core_px: int, halo_px: int, multiple: int = 32
 ) -> list[Tile]:
     """Split an image into tiles whose core windows partition it exactly.
 
@@ -103,9 +106,10 @@ def tile_grid(
     ----------
     height, width : int
         Image size in pixels (>= 1).
-    tile_px : int
+    core_px : int
         Core window side in pixels; rounded up to a multiple of ``multiple``. The last row and
-        column of cores are cut at the image border.
+        column of cores are cut at the image border. (A tile's read window, the ``tile_px`` of
+        the configuration, is the core plus a halo on each side.)
     halo_px : int
         Context on each side of the core, rounded up to a multiple of ``multiple``.
     multiple : int
@@ -118,21 +122,21 @@ def tile_grid(
 
     Examples
     --------
-    >>> [t.core for t in tile_grid(100, 70, tile_px=64, halo_px=32)]
+    >>> [t.core for t in tile_grid(100, 70, core_px=64, halo_px=32)]
     [(0, 64, 0, 64), (0, 64, 64, 70), (64, 100, 0, 64), (64, 100, 64, 70)]
-    >>> tile_grid(100, 70, tile_px=64, halo_px=32)[1].read
+    >>> tile_grid(100, 70, core_px=64, halo_px=32)[1].read
     (-32, 96, 32, 128)
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size {height}x{width}: expected at least 1x1 pixels")
-    if tile_px < 1 or halo_px < 0 or multiple < 1:
+    if core_px < 1 or halo_px < 0 or multiple < 1:
         raise ValueError(
-            f"tile_px={tile_px}, halo_px={halo_px}, multiple={multiple}: expected tile_px >= 1, "
+            f"core_px={core_px}, halo_px={halo_px}, multiple={multiple}: expected core_px >= 1, "
             "halo_px >= 0, multiple >= 1"
         )
-    step = round_up(tile_px, multiple)
+    step = round_up(core_px, multiple)
     halo = round_up(halo_px, multiple)
-    tiles = []
+    tiles: list[Tile] = []
     for row0 in range(0, height, step):
         row1 = min(row0 + step, height)
         for col0 in range(0, width, step):
@@ -246,6 +250,7 @@ def process_tile(
     card: ModelCard,
     *,
     core: tuple[slice, slice],
+    threshold_px: float | None = None,
     precision: Precision = "bf16",
     valid: np.ndarray | None = None,
     device: str | torch.device = "cpu",
@@ -259,6 +264,8 @@ def process_tile(
     model, card : the network and its model card.
     core : (slice, slice)
         The core window inside the read window (:attr:`Tile.core_in_read`).
+    threshold_px : float, optional
+        Crack = distance <= this (pixels); None: the card's calibrated threshold.
     precision : {'bf16', 'fp32'}
     valid : ndarray of shape (H, W), bool, optional
         False on nodata pixels: they get NaN distance, mask 255 and no skeleton.
@@ -275,10 +282,11 @@ def process_tile(
         distance[invalid] = np.nan  # nodata: never crack, never skeleton
         if body is not None:
             body[invalid] = np.nan
-    skeleton = extract_tile_skeleton(distance, body, threshold_px=card.threshold_px, core=core)
+    threshold = card.threshold_px if threshold_px is None else threshold_px
+    skeleton = extract_tile_skeleton(distance, body, threshold_px=threshold, core=core)
     distance_core = distance[core].copy()
     body_core = None if body is None else body[core].copy()
-    mask_core = threshold_distance(distance_core, threshold_px=card.threshold_px).astype(np.uint8)
+    mask_core = threshold_distance(distance_core, threshold_px=threshold).astype(np.uint8)
     if invalid is not None:
         mask_core[invalid[core]] = MASK_NODATA
     return TileResult(distance_core, body_core, mask_core, skeleton)
@@ -326,7 +334,7 @@ def predict_tiled(
     model: nn.Module,
     card: ModelCard,
     *,
-    tile_px: int,
+    core_px: int,
     halo_px: int,
     precision: Precision = "fp32",
     device: str | torch.device = "cpu",
@@ -339,7 +347,7 @@ def predict_tiled(
     Parameters
     ----------
     rgb_full : ndarray of shape (3, rows, cols), uint8
-    tile_px, halo_px : see :func:`tile_grid`.
+    core_px, halo_px : see :func:`tile_grid`.
 
     Returns
     -------
@@ -350,7 +358,7 @@ def predict_tiled(
     distance = np.empty((height, width), np.float32)
     body: np.ndarray | None = None
     reader = array_reader(rgb_full)
-    tiles = tile_grid(height, width, tile_px=tile_px, halo_px=halo_px, multiple=card.input_multiple)
+    tiles = tile_grid(height, width, core_px=core_px, halo_px=halo_px, multiple=card.input_multiple)
     for tile in tiles:
         rgb = np.ascontiguousarray(read_window_reflect(reader, tile.read, height, width))
         d, b = predict_tile(model, card, rgb, precision=precision, device=device)

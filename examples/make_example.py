@@ -2,7 +2,7 @@
 """Build ``examples/survey/``: a small, real, shippable survey directory.
 
 The README demo (``cracksurvey process examples/survey``) runs on it. It covers the three
-georeferencing cases of DESIGN.md with two buildings::
+georeferencing cases of docs/survey.md with two buildings::
 
     survey/
       survey.yaml                  survey: {crs: EPSG:32633}

@@ -58,7 +58,7 @@ def test_process_a_survey(tmp_path: Path, weights: Path) -> None:
     assert err[-1].startswith("5 of 5 images processed; 5 cracks -> ")
     record = json.loads(result.stdout)
     assert record == json.loads((root / "cracksurvey" / "run.json").read_text())
-    assert record["config"]["tiling"] == {"tile_px": 160, "halo_px": 64, "batch_size": 1}
+    assert record["config"]["tiling"] == {"tile_px": 160, "halo_px": 64}
     assert record["config"]["model"]["precision"] == "fp32"
     assert record["config"]["cpp"]["patch_px"] == 16
 

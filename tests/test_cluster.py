@@ -21,8 +21,8 @@ import torch
 from conftest import FAST, make_survey, oracle_model
 from test_resume import TIMING_COLUMNS, assert_same_layers, make_slow_survey
 
-from cracksurvey.engine import resolve_device
 from cracksurvey.model import ModelCard, save_model
+from cracksurvey.predict import resolve_device
 from cracksurvey.process import process_survey
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*not assigned to a building")
@@ -117,7 +117,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 #: Evaluated in each worker (the workers cannot import this test module).
-MODELS_LOADED = "sorted(sha for sha, _ in __import__('cracksurvey.engine', fromlist=['_']).__dict__['_MODELS'])"
+MODELS_LOADED = "sorted(sha for sha, _ in __import__('cracksurvey.engine.worker', fromlist=['_']).__dict__['_MODELS'])"
 
 
 # --------------------------------------------------------------------------------------------

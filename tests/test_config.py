@@ -30,7 +30,7 @@ def test_default_yaml_is_exactly_the_defaults() -> None:
 
 def test_defaults() -> None:
     cfg = ProcessConfig()
-    assert (cfg.tiling.tile_px, cfg.tiling.halo_px, cfg.tiling.batch_size) == (1280, 96, 1)
+    assert (cfg.tiling.tile_px, cfg.tiling.halo_px, cfg.tiling.core_px) == (1280, 96, 1088)
     assert cfg.model.weights is None and cfg.model.device == "auto"
     assert (cfg.cpp.patch_px, cfg.cpp.min_area_px) == (256, 50)
     assert cfg.survey.crs is None and cfg.engine.scheduler is None
@@ -57,9 +57,9 @@ def test_config_is_frozen() -> None:
     [
         ({"tilng": {}}, "'tilng'", "did you mean 'tiling'", "cpp, damage, engine, model"),
         ({"tiling": {"tile_size": 5}}, "'tiling.tile_size'", "did you mean 'tile_px'",
-         "batch_size, halo_px, tile_px"),
+         "halo_px, tile_px"),
         ({"model": {"weight": "x"}}, "'model.weight'", "did you mean 'weights'",
-         "device, precision, threshold, weights"),
+         "device, precision, threshold_px, weights"),
         ({"survey": {"zzz": 1}}, "'survey.zzz'", "", "crs, district, gsd_mm"),
     ],
 )
@@ -81,17 +81,17 @@ def test_unknown_keys_name_file_key_and_allowed_keys(
 def test_precedence_cli_over_config_over_survey_over_preset(tmp_path: Path) -> None:
     preset = write_survey_yaml(
         tmp_path / "preset.yaml",
-        {"tiling": {"tile_px": 512, "halo_px": 64, "batch_size": 2}, "cpp": {"patch_px": 128}},
+        {"tiling": {"tile_px": 512, "halo_px": 96}, "cpp": {"patch_px": 128}},
     )
     survey = write_survey_yaml(tmp_path / "survey.yaml", {"tiling": {"tile_px": 768}})
-    config = write_survey_yaml(tmp_path / "run.yaml", {"tiling": {"batch_size": 4}})
+    config = write_survey_yaml(tmp_path / "run.yaml", {"tiling": {"halo_px": 64}})
     cfg = load_process_config(
         preset=preset,
         survey_yaml=survey,
         config_path=config,
         overrides={"cpp": {"patch_px": 64}},
     )
-    assert cfg.tiling == TilingConfig(tile_px=768, halo_px=64, batch_size=4)
+    assert cfg.tiling == TilingConfig(tile_px=768, halo_px=64)
     assert cfg.cpp.patch_px == 64
     assert cfg.cpp.min_area_px == 50  # untouched default
     assert cfg.vectorize == ProcessConfig().vectorize

@@ -17,9 +17,11 @@ from rio_cogeo.cogeo import cog_validate
 from scipy import ndimage
 from torch import nn
 
-from cracksurvey.engine import Engine, EngineConfig, run_image
+from cracksurvey.config import EngineConfig
+from cracksurvey.engine import Engine, run_image
 from cracksurvey.errors import InputRasterError
-from cracksurvey.io.raster import TiledRasterWriter, describe_raster, raster_profile
+from cracksurvey.io.cog import TiledRasterWriter
+from cracksurvey.io.raster import describe_raster
 from cracksurvey.model import ModelCard, TernausNet, save_model
 from cracksurvey.predict import HEAP_ENVIRON
 from cracksurvey.tiling import predict_untiled
@@ -110,27 +112,28 @@ def test_synchronous_engine_writes_georeferenced_cogs_equal_to_untiled(tmp_path)
     src = write_geotiff(tmp_path / "facade.tif", img)
     model = TinyNet().eval()
     calls = []
-    config = EngineConfig(tile_px=64, halo_px=32, precision="fp32")
     result = run_image(
         src,
         distance_path=tmp_path / "out" / "d.tif",
         mask_path=tmp_path / "out" / "m.tif",
         model=(model, TINY_CARD),
-        config=config,
+        core_px=64,
+        halo_px=32,
+        precision="fp32",
         synchronous=True,
-        on_tile_done=lambda done, total: calls.append((done, total)),
+        progress=lambda event: calls.append((event.done, event.total)),
     )
     assert result.n_tiles == 9 and calls == [(i, 9) for i in range(1, 10)]
 
     for path in (result.distance_path, result.mask_path):
         valid, errors, _ = cog_validate(str(path))
         assert valid, errors
-        profile = raster_profile(path)
-        assert profile["crs"] == rasterio.crs.CRS.from_string(CRS)
-        assert profile["transform"] == TRANSFORM
-        assert (profile["height"], profile["width"]) == (150, 190)
-    assert np.isnan(raster_profile(result.distance_path)["nodata"])
-    assert raster_profile(result.mask_path)["nodata"] == 255
+        header = describe_raster(path)
+        assert header.crs == rasterio.crs.CRS.from_string(CRS)
+        assert header.transform == TRANSFORM
+        assert (header.height, header.width) == (150, 190)
+    assert np.isnan(describe_raster(result.distance_path).nodata)
+    assert describe_raster(result.mask_path).nodata == 255
 
     ref, _ = predict_untiled(img, model, TINY_CARD, halo_px=32, precision="fp32")
     distance = read_band(result.distance_path)
@@ -148,16 +151,15 @@ def test_synchronous_engine_writes_georeferenced_cogs_equal_to_untiled(tmp_path)
 def test_local_cluster_matches_synchronous_and_survives_a_bad_image(tmp_path, weights):
     img = facade(130, 170, seed=1)
     src = write_geotiff(tmp_path / "facade.tif", img)
-    config = EngineConfig(
-        tile_px=64, halo_px=64, precision="fp32", processes=False, torch_threads=1, max_in_flight=2
-    )
-    with Engine(weights, config=config, synchronous=True) as engine:
+    tiling = dict(core_px=64, halo_px=64, precision="fp32")
+    config = EngineConfig(processes=False, torch_threads=1, max_in_flight=2)
+    with Engine(weights, **tiling, config=config, synchronous=True) as engine:
         sync = run(engine, src, tmp_path, "0")
     truncated = tmp_path / "truncated.tif"
     write_geotiff(truncated, facade(130, 170, seed=2))
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
 
-    with Engine(weights, config=config) as engine:
+    with Engine(weights, **tiling, config=config) as engine:
         with pytest.raises(InputRasterError, match="truncated.tif"):
             run(engine, truncated, tmp_path, "x")
         # the engine is still usable; nothing was left behind for the bad image
@@ -179,13 +181,12 @@ def test_next_image_starts_early_and_gives_the_same_results(tmp_path, weights):
     c = write_geotiff(tmp_path / "c.tif", facade(90, 100, seed=6))
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"not a tiff")
-    config = EngineConfig(
-        tile_px=64, halo_px=64, precision="fp32", processes=False, torch_threads=1, max_in_flight=3
-    )
-    with Engine(weights, config=config, synchronous=True) as engine:
+    tiling = dict(core_px=64, halo_px=64, precision="fp32")
+    config = EngineConfig(processes=False, torch_threads=1, max_in_flight=3)
+    with Engine(weights, **tiling, config=config, synchronous=True) as engine:
         ref_b = run(engine, b, tmp_path, "b0")
         ref_c = run(engine, c, tmp_path, "c0")
-    with Engine(weights, config=config) as engine:
+    with Engine(weights, **tiling, config=config) as engine:
         submitted: list[str] = []
         submit = engine._submit_tile
 
@@ -206,7 +207,7 @@ def test_next_image_starts_early_and_gives_the_same_results(tmp_path, weights):
         got_c = run(engine, c, tmp_path, "c1")
         engine.run_image(c, distance_path=tmp_path / "dc2.tif", mask_path=tmp_path / "mc2.tif",
                          next_image=bad)
-        assert engine._prefetch.info is None and engine._prefetch.futures == []
+        assert engine._prefetch.header is None and engine._prefetch.futures == []
     for got, ref in ((got_b, ref_b), (got_c, ref_c)):
         np.testing.assert_allclose(read_band(got.distance_path), read_band(ref.distance_path),
                                    atol=1e-6)
@@ -221,7 +222,6 @@ def test_external_scheduler_with_an_in_memory_model(tmp_path):
     img = facade(100, 120, seed=4)
     src = write_geotiff(tmp_path / "facade.tif", img)
     pair = (TinyNet().eval(), TINY_CARD)
-    config = EngineConfig(tile_px=64, halo_px=32, precision="fp32")
     cluster = LocalCluster(
         n_workers=1,
         threads_per_worker=2,
@@ -229,7 +229,8 @@ def test_external_scheduler_with_an_in_memory_model(tmp_path):
         dashboard_address=None,
         scheduler_kwargs={"dashboard_address": ":0"},
     )
-    with cluster, Engine(pair, config=config, scheduler=cluster.scheduler_address) as engine:
+    config = EngineConfig(scheduler=cluster.scheduler_address)
+    with cluster, Engine(pair, core_px=64, halo_px=32, precision="fp32", config=config) as engine:
         res = run(engine, src, tmp_path, "")
     ref, _ = predict_untiled(img, pair[0], TINY_CARD, halo_px=32, precision="fp32")
     np.testing.assert_allclose(read_band(res.distance_path), ref, rtol=0, atol=1e-5)
@@ -237,23 +238,23 @@ def test_external_scheduler_with_an_in_memory_model(tmp_path):
 
 def test_worker_processes_load_the_model_once_and_match_synchronous(tmp_path, weights):
     src = write_geotiff(tmp_path / "facade.tif", facade(100, 140, seed=3))
-    config = EngineConfig(
-        tile_px=64, halo_px=64, precision="fp32", n_workers=1, threads_per_worker=1, torch_threads=1
-    )
+    tiling = dict(core_px=64, halo_px=64, precision="fp32")
+    config = EngineConfig(workers=1, threads_per_worker=1, torch_threads=1)
     sync = run_image(
         src,
         distance_path=tmp_path / "d0.tif",
         mask_path=tmp_path / "m0.tif",
         model=weights,
+        **tiling,
         config=config,
         synchronous=True,
     )
     environ_before = {k: os.environ.get(k) for k in HEAP_ENVIRON}
-    with Engine(weights, config=config) as engine:
+    with Engine(weights, **tiling, config=config) as engine:
         for i in (1, 2):
             out = run(engine, src, tmp_path, str(i))
         cache_sizes = engine._client.run(
-            eval, "len(__import__('cracksurvey.engine').engine._MODELS)"
+            eval, "len(__import__('cracksurvey.engine.worker').engine.worker._MODELS)"
         )
         threads = engine._client.run(eval, "__import__('torch').get_num_threads()")
         environ = engine._client.run(eval, "dict(__import__('os').environ)")
@@ -280,8 +281,7 @@ def test_rgba_nodata_and_16bit_inputs(tmp_path):
         tmp_path / "rgba.tif", np.concatenate([img, alpha]), photometric="RGB", alpha="YES"
     )
     assert describe_raster(rgba).alpha_band == 3
-    config = EngineConfig(tile_px=64, halo_px=32)
-    engine = Engine((TinyNet().eval(), TINY_CARD), config=config, synchronous=True)
+    engine = Engine((TinyNet().eval(), TINY_CARD), core_px=64, halo_px=32, synchronous=True)
     res = engine.run_image(rgba, distance_path=tmp_path / "d.tif", mask_path=tmp_path / "m.tif")
     distance, mask = read_band(res.distance_path), read_band(res.mask_path)
     assert np.isnan(distance[:, :40]).all() and (mask[:, :40] == 255).all()
@@ -291,7 +291,7 @@ def test_rgba_nodata_and_16bit_inputs(tmp_path):
     u16 = write_geotiff(tmp_path / "u16.tif", img[:1].astype(np.uint16) * 200 + 1000, crs=None)
     res = engine.run_image(u16, distance_path=tmp_path / "d16.tif", mask_path=tmp_path / "m16.tif")
     assert np.isfinite(read_band(res.distance_path)).all() and len(res.skeleton) > 20
-    assert raster_profile(res.distance_path)["crs"] is None
+    assert describe_raster(res.distance_path).crs is None
 
 
 def test_unreadable_images_raise_one_clear_error(tmp_path):
@@ -387,7 +387,7 @@ def test_writer_overviews_are_the_block_means_of_the_valid_pixels(tmp_path, step
 def test_untiled_images_decoded_once_give_the_windowed_reads(tmp_path, suffix):
     from PIL import Image
 
-    from cracksurvey.engine import _DECODED, _read_tile
+    from cracksurvey.engine.worker import _DECODED, read_tile
     from cracksurvey.io.raster import RasterSource
     from cracksurvey.tiling import read_window_reflect, tile_grid
 
@@ -397,7 +397,7 @@ def test_untiled_images_decoded_once_give_the_windowed_reads(tmp_path, suffix):
     info = describe_raster(path)
     with RasterSource(path) as source:
         assert source.driver in ("PNG", "JPEG")
-        for tile in tile_grid(info.height, info.width, tile_px=64, halo_px=32):
+        for tile in tile_grid(info.height, info.width, core_px=64, halo_px=32):
             expected = read_window_reflect(source.read, tile.read, info.height, info.width)
-            np.testing.assert_array_equal(_read_tile(info, tile), expected)
+            np.testing.assert_array_equal(read_tile(info, tile), expected)
     assert len(_DECODED) == 1  # decoded once, kept for the next tiles

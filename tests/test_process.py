@@ -37,7 +37,7 @@ from cracksurvey import __version__
 from cracksurvey.config import ProcessConfig
 from cracksurvey.errors import ConfigError, CrackSurveyWarning, OutputExistsError
 from cracksurvey.io.survey_files import hash_file
-from cracksurvey.metrics import cracks_per_patch
+from cracksurvey.measure.continuity import cracks_per_patch
 from cracksurvey.process import process_survey
 
 X0, Y0 = UTM33_ORIGIN
@@ -388,7 +388,7 @@ def test_previous_run_is_refused_unless_overwrite(tmp_path: Path, oracle_weights
 def test_threshold_override_reaches_the_engine(tmp_path: Path, oracle_weights: Path) -> None:
     root = tmp_path / "survey"
     make_geotiff(root / "a.tif", crack_array(), Affine(0.05, 0, X0, 0, -0.05, Y0), UTM33)
-    overrides = {**FAST, "model": {"precision": "fp32", "threshold": 25.0}}
+    overrides = {**FAST, "model": {"precision": "fp32", "threshold_px": 25.0}}
     summary = process_survey(root, weights=oracle_weights, overrides=overrides, synchronous=True)
     assert summary.record["model"]["threshold_px"] == 25.0
     assert summary.record["model"]["threshold_source"] == "config"

@@ -138,6 +138,29 @@ def test_key_follows_input_model_and_config(tmp_path: Path, weights: Path):
     assert len(run_json(out)["cache"]["computed"]) == 5  # --no-cache
 
 
+def test_measurement_settings_reuse_the_predictions(tmp_path: Path, weights: Path):
+    """Vectorize, CPP and damage settings only remeasure; the tiling or threshold repredict."""
+    root = make_survey(tmp_path / "survey")
+    out = process_survey(root, weights=weights, overrides=FAST, synchronous=True).out_dir
+    names = sorted(run_json(out)["cache"]["predictions"]["computed"])
+    assert len(names) == 5
+    rasters = {p.name: p.stat().st_ino for p in (out / "rasters").iterdir()}
+
+    measured = {**FAST, "vectorize": {"min_spur_px": 3}, "cpp": {"patch_px": 8},
+                "damage": {"scale": "default"}}
+    process_survey(root, weights=weights, overrides=measured, synchronous=True, overwrite=True)
+    cache = run_json(out)["cache"]
+    assert sorted(cache["computed"]) == names and cache["predictions"]["computed"] == []
+    assert sorted(cache["predictions"]["reused"]) == names
+    assert {p.name: p.stat().st_ino for p in (out / "rasters").iterdir()} == rasters
+
+    for changed in ({"tiling": {"tile_px": 192, "halo_px": 64}},
+                    {"model": {"precision": "fp32", "threshold_px": 3.0}}):
+        process_survey(root, weights=weights, overrides={**FAST, **changed}, synchronous=True,
+                       overwrite=True)
+        assert sorted(run_json(out)["cache"]["predictions"]["computed"]) == names
+
+
 def test_half_written_or_damaged_entries_are_recomputed(tmp_path: Path, weights: Path):
     root = make_survey(tmp_path / "survey")
     first = process_survey(root, weights=weights, overrides=FAST, synchronous=True)
@@ -155,6 +178,23 @@ def test_half_written_or_damaged_entries_are_recomputed(tmp_path: Path, weights:
     assert len(run_json(out)["cache"]["computed"]) == 2
     assert not staging.exists() and sorted(entries(out)) == keys
     assert ImageCache(out).lookup(keys[0]) is not None
+
+
+def test_damaged_predictions_are_recomputed(tmp_path: Path, weights: Path):
+    root = make_survey(tmp_path / "survey")
+    out = process_survey(root, weights=weights, overrides=FAST, synchronous=True).out_dir
+    predictions = out / CACHE_DIR / ".predictions"
+    keys = sorted(p.name for p in predictions.iterdir() if not p.name.startswith("."))
+    assert len(keys) == 5
+    with open(predictions / keys[0] / "skeleton.npz", "r+b") as f:  # torn write
+        f.truncate(10)
+    (predictions / keys[1] / "entry.json").unlink()  # killed before the manifest
+    (out / "run.json").unlink()
+
+    process_survey(root, weights=weights, overrides=FAST, synchronous=True)
+    cache = run_json(out)["cache"]
+    assert len(cache["predictions"]["computed"]) == 2 and len(cache["predictions"]["reused"]) == 3
+    assert sorted(p.name for p in predictions.iterdir() if not p.name.startswith(".")) == keys
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,14 +277,14 @@ def test_full_disk_is_one_error_and_keeps_finished_images(
 def test_gdal_write_error_without_errno_is_recognised(tmp_path: Path):
     from rasterio.errors import RasterioIOError
 
-    from cracksurvey.process import _output_failure
+    from cracksurvey.process.run import output_failure
 
     gdal = RasterioIOError("Write error: wrote 0 bytes: No space left on device")
-    assert isinstance(_output_failure(gdal, tmp_path, 1), OutputWriteError)
+    assert isinstance(output_failure(gdal, tmp_path, 1), OutputWriteError)
     denied_input = PermissionError(errno.EACCES, "Permission denied", "/elsewhere/a.tif")
-    assert _output_failure(denied_input, tmp_path, 1) is None  # an input problem: per image
+    assert output_failure(denied_input, tmp_path, 1) is None  # an input problem: per image
     denied_output = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "x"))
-    assert isinstance(_output_failure(denied_output, tmp_path, 1), OutputWriteError)
+    assert isinstance(output_failure(denied_output, tmp_path, 1), OutputWriteError)
 
 
 def test_unwritable_output_folder_is_one_clear_cli_error(tmp_path: Path, weights: Path):

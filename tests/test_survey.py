@@ -25,7 +25,7 @@ from pyproj import CRS
 
 from cracksurvey.errors import ConfigError, CrackSurveyWarning
 from cracksurvey.georef import facade_id_from_crs, gsd_transform, same_crs
-from cracksurvey.io.survey_files import discover_survey, hash_file, read_raster_header
+from cracksurvey.io.survey_files import discover_survey, hash_file, read_image_file
 from cracksurvey.survey import IMAGES_CSV_COLUMNS
 
 H, W = SHAPE
@@ -199,13 +199,15 @@ def test_malformed_sidecars_are_error_records(tmp_path: Path) -> None:
     assert images["b.png"].message.startswith("b.prj: not a CRS definition")
 
 
-def test_read_raster_header_reports_header_fields(tmp_path: Path) -> None:
+def test_read_image_file_reports_header_fields(tmp_path: Path) -> None:
     path = make_geotiff(tmp_path / "a.tif", crack_array(bands=1, dtype="uint16"), MAP, UTM33,
                         nodata=0)
-    header = read_raster_header(path)
+    image_file = read_image_file(path)
+    header = image_file.header
     assert (header.width, header.height, header.band_count, header.dtype) == (W, H, 1, "uint16")
-    assert header.nodata == 0 and header.error is None
-    assert header.sources.raster_transform == MAP and same_crs(header.sources.raster_crs, UTM)
+    assert header.nodata == 0 and image_file.error is None
+    assert image_file.sources.raster_transform == MAP
+    assert same_crs(image_file.sources.raster_crs, UTM)
 
 
 # --- malformed images.csv ---------------------------------------------------------------------

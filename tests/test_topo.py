@@ -1,4 +1,4 @@
-"""TOPO loss: the oracle cases of METHOD.md §10, a reference implementation, brute force."""
+"""TOPO loss: oracle cases (docs/method.md, "Losses"), a reference implementation, brute force."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def with_gap(size, col, gap_rows):
     return distance_target(sk, clip_px=CLIP)
 
 
-# ---------------------------------------------------------------- oracle cases (METHOD.md §10)
+# ---------------------------------------------------------------- oracle cases
 
 
 def test_window_without_crack_has_no_negative_and_unit_positive_weight():
@@ -151,7 +151,7 @@ def test_window_without_crack_has_no_negative_and_unit_positive_weight():
 
 
 def test_flat_map_has_zero_loss():
-    """Faithful mode: the flat 0/20 map scores exactly 0 (METHOD.md §4.5(3))."""
+    """Faithful mode: the flat 0/20 map scores exactly 0 (docs/method.md, "Losses")."""
     y = vertical_crack_target()[None]
     flat = np.where(y == 0, 0.0, CLIP).astype(np.float32)
     params = TopoParams(faithful=True)
@@ -160,7 +160,7 @@ def test_flat_map_has_zero_loss():
 
 
 def test_flat_map_fixed_mode_only_touches_the_centreline_neighbours():
-    """B2 fixed (far edges pinned to +inf): the regions now merge on the edge that crosses the
+    """Long gaps kept (docs/method.md, D6: far edges pinned to +inf): the regions now merge on the edge that crosses the
     centreline (value 0 + 20), so the only negative weight sits on that edge's endpoints: a
     centreline pixel (ŷ = 0, no loss) and its neighbour (GT distance 1). Positive loss stays 0."""
     y = vertical_crack_target()[None]
@@ -169,7 +169,7 @@ def test_flat_map_fixed_mode_only_touches_the_centreline_neighbours():
     assert (y[w_neg > 0] <= 1.0).all()
     assert (w_pos * (CLIP - flat) ** 2).sum() == 0.0
     # with the neighbours at their true distance the negative loss is tiny, not 40 000
-    # (the positive pass then penalises the calibrated map: that is B3, kept on purpose)
+    # (the positive pass then penalises the calibrated map: kept on purpose, docs/method.md)
     calibrated = np.minimum(y, CLIP)
     w_neg, _ = topo_weights(calibrated, y, TopoParams(faithful=False))
     assert 100.0 * (w_neg * calibrated**2).sum() <= 100.0 * 2 * 1.0

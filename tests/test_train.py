@@ -223,7 +223,7 @@ def test_overfitting_one_real_image_lowers_the_loss(tmp_path):
 
 
 def test_evaluate_reports_every_metric(tmp_path):
-    from cracksurvey.evaluate import evaluate_model, format_table
+    from cracksurvey.evaluation.evaluate import evaluate_model, format_table
 
     root = write_dataset(tmp_path / "ds")
     train(config_from_dict(tiny_config(root, epochs=1)), tmp_path / "run")

@@ -21,8 +21,8 @@ import numpy as np
 from affine import Affine
 from tqdm import tqdm
 
-from cracksurvey.datasets import read_rgb
-from cracksurvey.evaluate import evaluate_model
+from cracksurvey.evaluation.datasets import read_rgb
+from cracksurvey.evaluation.evaluate import evaluate_model
 from cracksurvey.model import load_model
 from cracksurvey.skeleton import skeletonize_mask
 from cracksurvey.tiling import predict_tiled

@@ -28,6 +28,7 @@ depend on the weight values.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -36,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,8 @@ from affine import Affine
 from scipy import ndimage
 from tqdm import tqdm
 
-from cracksurvey.engine import Engine, EngineConfig, available_cores, default_layout
+from cracksurvey.config import EngineConfig, Precision, TilingConfig
+from cracksurvey.engine import Engine, available_cores, default_layout
 from cracksurvey.model import (
     ModelCard,
     TernausNet,
@@ -63,9 +66,19 @@ from cracksurvey.predict import (
     keep_freed_memory,
     release_freed_memory,
 )
+from cracksurvey.progress import ProgressEvent
 from cracksurvey.tiling import tile_grid
 
 PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a benchmark run passes to the engine: tiles, precision, Dask layout."""
+
+    tiling: TilingConfig
+    precision: Precision
+    engine: EngineConfig = EngineConfig()
 
 
 def best_time(fn, *, repeats: int = 3, warmup: int = 1) -> float:
@@ -139,11 +152,11 @@ def _forward_worker(
 
 
 def model_only_on_grid(
-    weights: Path, card: ModelCard, side: int, config: EngineConfig, n_workers: int
+    weights: Path, card: ModelCard, side: int, config: RunSettings, workers: int
 ) -> dict[str, float]:
     """Model-only MP/s over the engine's own tile grid and worker layout, nothing else.
 
-    ``n_workers`` processes with one torch thread each (as the engine's workers run) share the
+    ``workers`` processes with one torch thread each (as the engine's workers run) share the
     forward passes of the engine's tiles for a ``side`` x ``side`` image, round robin, and run
     them at the same time (after a warm-up per shape and a barrier): no reading, no
     post-processing, no writing, no scheduler. The honest denominator for end-to-end /
@@ -151,12 +164,12 @@ def model_only_on_grid(
     """
     import multiprocessing as mp
 
-    tiles = tile_grid(side, side, tile_px=config.tile_px, halo_px=config.halo_px,
+    tiles = tile_grid(side, side, core_px=config.tiling.core_px, halo_px=config.tiling.halo_px,
                       multiple=card.input_multiple)
     shapes = [(t.read_row1 - t.read_row0, t.read_col1 - t.read_col0) for t in tiles]
     # largest first, dealt round robin: the workers get near-equal work (the best split)
     shapes.sort(key=lambda hw: -hw[0] * hw[1])
-    n = max(1, min(n_workers, len(tiles)))
+    n = max(1, min(workers, len(tiles)))
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(n), ctx.Queue()
     procs = [ctx.Process(target=_forward_worker, args=(str(weights), shapes[i::n], config.precision, barrier, out))
@@ -170,12 +183,12 @@ def model_only_on_grid(
         "mp_per_s": side * side / 1e6 / wall,
         "n_tiles": len(tiles),
         "forward_mp": sum(r * c for r, c in shapes) / 1e6,
-        "n_workers": n,
+        "workers": n,
     }
 
 
 def process_mps(
-    weights: Path, images: Path | list[Path], tmp: Path, config: EngineConfig, side: int,
+    weights: Path, images: Path | list[Path], tmp: Path, config: RunSettings, side: int,
     *, prefetch: bool = True,
 ) -> dict:
     """``cracksurvey process`` on a survey of ``images``: engine, vectorization, GeoPackage, report.
@@ -194,8 +207,7 @@ def process_mps(
         target = survey / image.name
         if not target.exists():
             target.symlink_to(image)
-    overrides = {"tiling": {"tile_px": config.tile_px + 2 * config.halo_px,
-                            "halo_px": config.halo_px}}
+    overrides = {"tiling": {"tile_px": config.tiling.tile_px, "halo_px": config.tiling.halo_px}}
     original = Engine._prefetch_one
     if not prefetch:
         Engine._prefetch_one = lambda self, image, max_in_flight: None
@@ -331,7 +343,7 @@ class PeakRSS:
 
 
 def engine_mps(
-    weights: Path, image: Path, out: Path, config: EngineConfig, side: int, *,
+    weights: Path, image: Path, out: Path, config: RunSettings, side: int, *,
     warm_runs: int = 0, before_warm: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Engine MP/s on one image (cluster start-up timed separately).
@@ -344,7 +356,8 @@ def engine_mps(
     """
     t = time.perf_counter()
     runs = []
-    with Engine(weights, config=config) as engine:
+    with Engine(weights, core_px=config.tiling.core_px, halo_px=config.tiling.halo_px,
+                precision=config.precision, config=config.engine) as engine:
         engine.start()
         startup = time.perf_counter() - t
         for i in range(1 + warm_runs):
@@ -352,15 +365,15 @@ def engine_mps(
                 before_warm()
             with tqdm(desc=image.name, unit="tile", file=sys.stderr, leave=False) as bar:
 
-                def on_tile_done(done: int, total: int) -> None:
-                    bar.total = total
-                    bar.update(done - bar.n)
+                def on_tile_done(event: ProgressEvent) -> None:
+                    bar.total = event.total
+                    bar.update(event.done - bar.n)
 
                 runs.append(engine.run_image(
                     image,
                     distance_path=out / "d.tif",
                     mask_path=out / "m.tif",
-                    on_tile_done=on_tile_done,
+                    progress=on_tile_done,
                 ))
     result = runs[0]
     report = {
@@ -406,7 +419,7 @@ def write_sparse_geotiff(path: Path, side: int, tmp: Path, *, patch_px: int = 20
 
 
 def scaling_table(
-    weights: Path, tmp: Path, config: EngineConfig, *, sizes: list[int], sparse_from: int,
+    weights: Path, tmp: Path, config: RunSettings, *, sizes: list[int], sparse_from: int,
     worker_counts: list[int], workers_size: int, log,
 ) -> dict[str, object]:
     """Peak RSS and MP/s of ``cracksurvey process`` per image size; engine MP/s per worker count.
@@ -442,9 +455,8 @@ def scaling_table(
     by_workers = {}
     for n in worker_counts:
         log(f"(f) {workers_size}^2 on {n} local worker(s) ...")
-        cfg = EngineConfig(tile_px=config.tile_px, halo_px=config.halo_px,
-                           precision=config.precision, n_workers=n, threads_per_worker=1,
-                           torch_threads=max(1, available_cores() // n))
+        cfg = dataclasses.replace(config, engine=EngineConfig(
+            workers=n, threads_per_worker=1, torch_threads=max(1, available_cores() // n)))
         with PeakRSS() as mem:
             by_workers[n] = engine_mps(weights, image, tmp, cfg, workers_size)
         by_workers[n]["peak_rss_gb"] = mem.peak_bytes / 1e9
@@ -479,8 +491,7 @@ def run_scaling(args: argparse.Namespace, log) -> int:
         weights, _, _, note = resolve_model(args.weights, tmp)
         log(f"model: {note}")
         precision = effective_precision("auto")  # what `cracksurvey process` runs here
-        config = EngineConfig(tile_px=args.tile - 2 * args.halo, halo_px=args.halo,
-                              precision=precision)
+        config = RunSettings(TilingConfig(tile_px=args.tile, halo_px=args.halo), precision)
         report = scaling_table(
             weights, tmp, config, sizes=args.sizes, sparse_from=args.sparse_from,
             worker_counts=args.scaling_workers, workers_size=args.workers_size or args.sizes[0],
@@ -578,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         report["ceiling_gflops"] = {p: conv_ceiling(p) for p in PRECISIONS}
 
         log("(b) model only ...")
-        core_px = args.tile - 2 * args.halo
+        tiling = TilingConfig(tile_px=args.tile, halo_px=args.halo)
+        core_px = tiling.core_px
         model_only = {}
         for p in PRECISIONS:
             raw = model_throughput(model, p, tile_px=args.tile)
@@ -593,18 +605,18 @@ def main(argv: list[str] | None = None) -> int:
         release_freed_memory()  # this process's kept heap is not the engine's memory in (d)
 
         precision = effective_precision("auto")  # what `cracksurvey process` runs here
-        config = EngineConfig(tile_px=core_px, halo_px=args.halo, precision=precision)
+        config = RunSettings(tiling, precision)
 
         log(f"(c) end-to-end {args.size}^2 ({precision}) ...")
         img = write_synthetic_geotiff(tmp / "e2e.tif", args.size)
         out = tmp / "out"
-        n_workers = default_layout()[0]
+        workers = default_layout()[0]
         grids: list[dict[str, float]] = []
         # pairs measured back to back (model only, then the engine on the warm workers): the
         # machine's speed drifts between minutes, a ratio within a pair does not see it
         e2e = engine_mps(weights, img, out, config, args.size, warm_runs=args.pairs,
                          before_warm=lambda: grids.append(
-                             model_only_on_grid(weights, card, args.size, config, n_workers)))
+                             model_only_on_grid(weights, card, args.size, config, workers)))
         e2e["precision"] = precision
         e2e["ratio_to_model_only"] = e2e["mp_per_s"] / model_only[precision]["core_mp_per_s"]
         grid = dict(grids[0], mp_per_s=statistics.median(g["mp_per_s"] for g in grids),
@@ -645,18 +657,18 @@ def main(argv: list[str] | None = None) -> int:
             cores = available_cores()
             layouts = {
                 f"1 worker x 1 task, torch {cores} threads": dict(
-                    n_workers=1, threads_per_worker=1, torch_threads=cores
+                    workers=1, threads_per_worker=1, torch_threads=cores
                 ),
                 f"1 worker x {cores} tasks, torch 1 thread": dict(
-                    n_workers=1, threads_per_worker=cores, torch_threads=1
+                    workers=1, threads_per_worker=cores, torch_threads=1
                 ),
                 f"{cores} workers x 1 task, torch 1 thread": dict(
-                    n_workers=cores, threads_per_worker=1, torch_threads=1
+                    workers=cores, threads_per_worker=1, torch_threads=1
                 ),
             }
             report["layouts"] = {}
             for name, kw in layouts.items():
-                cfg = EngineConfig(tile_px=core_px, halo_px=args.halo, precision=precision, **kw)
+                cfg = dataclasses.replace(config, engine=EngineConfig(**kw))
                 with PeakRSS() as mem:
                     res = engine_mps(weights, img, out, cfg, args.layout_size)
                 res["peak_rss_gb"] = mem.peak_bytes / 1e9
@@ -713,7 +725,7 @@ def print_table(r: dict, args: argparse.Namespace) -> None:
     g = e["model_only_on_grid"]
     listed = ", ".join(f"{v:.2f}" for v in g["all_mp_per_s"])
     print(f"    model only on the same grid ({g['n_tiles']} tiles, {g['forward_mp']:.1f} MP forward) "
-          f"and layout ({g['n_workers']} workers x 1 thread, run at once): median "
+          f"and layout ({g['workers']} workers x 1 thread, run at once): median "
           f"{g['mp_per_s']:.2f} MP/s ({listed}); first engine run / that = "
           f"{e['ratio_to_model_only_on_grid']:.0%}")
     warm = ", ".join(f"{v:.2f}" for v in e["warm_mp_per_s"])

@@ -59,7 +59,6 @@ def make_survey(folder: Path, images: list[tuple[Path, float]]) -> Path:
 
 
 def measure(survey: Path, out: Path, weights: str | None, extra: list[str]) -> dict[str, Any]:
-    import geopandas as gpd
     import pyogrio
 
     cmd = [str(Path(sys.executable).with_name("cracksurvey")), "process", str(survey), "--out", str(out), "--overwrite"]
@@ -76,9 +75,13 @@ def measure(survey: Path, out: Path, weights: str | None, extra: list[str]) -> d
 
     layers = [name for name, _ in pyogrio.list_layers(gpkg)]
     # one cracks_/images_ layer per georeferencing frame; cracks_3d repeats the façade cracks
-    cracks = pd.concat([gpd.read_file(gpkg, layer=n) for n in layers if n.startswith("cracks_") and n != "cracks_3d"])
-    images = pd.concat([gpd.read_file(gpkg, layer=n) for n in layers if n.startswith("images_")])
-    buildings = gpd.read_file(gpkg, layer="buildings")
+    # frames have different CRSs: attributes only
+    def table(name: str) -> pd.DataFrame:
+        return pyogrio.read_dataframe(gpkg, layer=name, read_geometry=False)
+
+    cracks = pd.concat([table(n) for n in layers if n.startswith("cracks_") and n != "cracks_3d"])
+    images = pd.concat([table(n) for n in layers if n.startswith("images_")])
+    buildings = table("buildings")
     pixels = float(images["valid_px"].sum())
     length_px = float(cracks["length_px"].sum()) if len(cracks) else 0.0
     wall_px = float(images["wall_px"].sum()) if "wall_px" in images else float("nan")

@@ -63,7 +63,7 @@ def cracksurvey(*args: str | Path) -> float:
 
 def synthetic_facade(data: Path, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image uint8 (3, H, W), true centreline bool (H, W), true crack body bool (H, W))."""
-    from cracksurvey.datasets import read_mask, read_rgb
+    from cracksurvey.evaluation.datasets import read_mask, read_rgb
     from cracksurvey.train.negatives import cut_stamps, downscale, render_synthetic_crack
 
     rng = np.random.default_rng(seed)

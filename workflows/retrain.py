@@ -100,14 +100,14 @@ def _reencode(src: Path, dst: Path, quality: int = 92) -> None:
 def _mask(src: Path, dst: Path) -> None:
     from PIL import Image
 
-    from cracksurvey.datasets import read_mask
+    from cracksurvey.evaluation.datasets import read_mask
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(read_mask(src)).convert("1").save(dst.parent / (dst.name + ".png"), optimize=True)
 
 
 def pack(data: Path, out: Path, *, mine: bool = True) -> None:
-    from cracksurvey.datasets import list_pairs
+    from cracksurvey.evaluation.datasets import list_pairs
 
     out.mkdir(parents=True, exist_ok=True)
     for name in CRACK_SETS:
@@ -178,7 +178,7 @@ def mine_hot_spots(data: Path, out: Path, *, per_image: int = 400, seed: int = 0
     t0 = time.time()
     for name, scales in sets.items():
         for neg in load_negatives(data / name, "train", scales=scales):
-            dist, _ = predict_tiled(neg.image, model, card, tile_px=1280, halo_px=96)
+            dist, _ = predict_tiled(neg.image, model, card, core_px=1280, halo_px=96)
             rows, cols = np.nonzero(skeletonize_mask(dist <= card.threshold_px))
             if rows.size > per_image:
                 keep = rng.choice(rows.size, per_image, replace=False)

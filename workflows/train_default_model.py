@@ -50,7 +50,7 @@ def install(run: Path, data: Path) -> None:
     """Evaluate the finished run on the test splits and ship it with a complete model card."""
     import dataclasses
 
-    from cracksurvey.evaluate import evaluate_model
+    from cracksurvey.evaluation.evaluate import evaluate_model
 
     model, card = load_model(run / "model.safetensors", fold_bn=False)
     results = evaluate_model(run / "model.safetensors", [data / "masonry_dais2021", data / "deepcrack"], split="test")

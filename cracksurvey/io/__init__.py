@@ -5,5 +5,10 @@ and write survey directories, rasters and layers and hand plain values to them.
 
 - :mod:`cracksurvey.io.survey_files`: survey.yaml, config presets, images.csv, buildings layer,
   image headers and sidecars (world files, .prj), file hashes.
-- :mod:`cracksurvey.io.raster`: windowed reads of input images, tiled COG output.
+- :mod:`cracksurvey.io.raster`: raster headers, windowed reads of input images.
+- :mod:`cracksurvey.io.cog`: Cloud-Optimized GeoTIFF output, window by window.
+- :mod:`cracksurvey.io.vector`: the GeoPackage layers; :mod:`cracksurvey.io.styles` and
+  :mod:`cracksurvey.io.style_xml`: their QGIS styles.
+- :mod:`cracksurvey.io.outputs`: the output folder, run.json, summary tables.
+- :mod:`cracksurvey.io.cache`: the stage cache of a run (predictions, results).
 """

@@ -1,20 +1,24 @@
-"""Per-image result cache: what makes an interrupted run resumable and a rerun free.
+"""The cache of a run's output folder, by stage: what makes an interrupted run resumable and a
+rerun cheap.
 
-Each image that succeeds leaves one entry in ``<out>/.cache/<key>/``, where ``key`` is the
-SHA-256 of everything its results depend on (input content hash, model checksum and threshold,
-the config sections that change per-image results, its georeferencing and ids; see
-:func:`cache_key`). An entry holds:
+Two stages are cached apart, so that changing what is measured never reruns the network:
 
-- ``distance.tif``, ``mask.tif``: the COGs, hard-linked (else copied) to ``<out>/rasters/``;
-- ``layers.npz`` + ``entry.json``: the image's outcome, crack and branch layers and coverage, in
-  a safe, exact format (no pickle: an output folder may come from someone else; numbers as
-  binary arrays, geometries as WKB, strings as JSON).
+- **predictions** (:class:`PredictionCache`, ``<out>/.cache/.predictions/<key>/``): an image's
+  distance map and mask (COGs, hard-linked, else copied, to ``<out>/rasters/``) and its sparse
+  skeleton with widths (``skeleton.npz``), keyed by the image content, the model checksum, the
+  threshold, the precision and the tiling;
+- **results** (:class:`ImageCache`, ``<out>/.cache/<key>/``): the image's outcome, crack and
+  branch layers and coverage (``layers.npz`` + ``entry.json``), keyed by its prediction key,
+  the vectorize and CPP settings, its georeferencing and ids.
 
-Atomicity: an entry is built in a staging folder (``.cache/.staging-*``) and renamed to its
-key in one step, ``entry.json`` written last; a folder whose ``entry.json`` is missing,
-unreadable or whose files do not have the sizes it lists is not an entry (a crash, a full disk,
-a hand edit) and is recomputed. Staging leftovers of a killed run are removed by
-:meth:`ImageCache.prune`.
+Entries use safe, exact formats (no pickle: an output folder may come from someone else;
+numbers as binary arrays, geometries as WKB, strings as JSON).
+
+Atomicity: an entry is built in a staging folder (``.staging-*`` beside the entries) and
+renamed to its key in one step, ``entry.json`` (the manifest, listing every file and its size)
+written last; a folder whose ``entry.json`` is missing, unreadable or whose files do not have
+the sizes it lists is not an entry (a crash, a full disk, a hand edit) and is recomputed.
+Staging leftovers of a killed run are removed by :meth:`EntryCache.prune`.
 """
 
 from __future__ import annotations
@@ -26,22 +30,40 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 
-__all__ = ["CACHE_DIR", "RASTER_NAMES", "CachedImage", "ImageCache", "cache_key", "publish_raster"]
+from cracksurvey.skeleton import TileSkeleton
+
+__all__ = [
+    "CACHE_DIR",
+    "RASTER_NAMES",
+    "CacheEntry",
+    "EntryCache",
+    "ImageCache",
+    "PredictionCache",
+    "cache_key",
+    "publish_raster",
+    "read_skeleton",
+    "write_skeleton",
+]
 
 logger = logging.getLogger(__name__)
 
 CACHE_DIR = ".cache"
+PREDICTIONS_DIR = ".predictions"
 #: Bump when the entry layout changes: old entries then simply miss.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _ENTRY_JSON = "entry.json"
 _LAYERS_NPZ = "layers.npz"
+SKELETON_NPZ = "skeleton.npz"
+#: The COGs of a prediction entry: distance map, mask.
 RASTER_NAMES = ("distance.tif", "mask.tif")
 
 
@@ -58,44 +80,43 @@ def cache_key(parts: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class CachedImage:
+class CacheEntry:
     """A cache entry read back.
 
     Attributes
     ----------
     key : str
+    path : Path
+        The entry's folder (its files: ``path / name``).
     record : dict
-        JSON-ready data of the image (its outcome and coverage rows), as committed.
+        JSON-ready data of the entry, as committed.
     frames : dict of str to GeoDataFrame or None
-        The image's layers, as committed (``None`` stays ``None``).
-    distance_path, mask_path : Path
-        The COGs inside the entry.
+        The entry's layers, as committed (``None`` stays ``None``; empty without layers).
     """
 
     key: str
+    path: Path
     record: dict[str, Any]
-    frames: dict[str, Any]
-    distance_path: Path
-    mask_path: Path
+    frames: dict[str, Any] = field(default_factory=dict)
 
 
-class ImageCache:
-    """The entries of one output folder (``<out>/.cache``).
+class EntryCache:
+    """Committed entries under one folder (the base of the two stage caches).
 
     Parameters
     ----------
-    out_dir : Path
-        The run's output folder.
+    root : Path
+        The folder of the entries.
     reuse : bool
-        False: :meth:`lookup` always misses (``--no-cache``); results are still committed, so
+        False: :meth:`lookup` always misses (``--no-cache``); entries are still committed, so
         an interrupted run stays resumable.
     """
 
-    def __init__(self, out_dir: str | Path, *, reuse: bool = True) -> None:
-        self.root = Path(out_dir) / CACHE_DIR
+    def __init__(self, root: str | Path, *, reuse: bool = True) -> None:
+        self.root = Path(root)
         self.reuse = reuse
 
-    def lookup(self, key: str) -> CachedImage | None:
+    def lookup(self, key: str) -> CacheEntry | None:
         """The complete entry of ``key``, or None (missing, half-written or damaged)."""
         return self._read(key) if self.reuse else None
 
@@ -103,7 +124,7 @@ class ImageCache:
         """Whether ``key`` has a committed entry (cheap: its manifest exists; not validated)."""
         return self.reuse and (self.root / key / _ENTRY_JSON).is_file()
 
-    def _read(self, key: str) -> CachedImage | None:
+    def _read(self, key: str) -> CacheEntry | None:
         entry = self.root / key
         try:
             meta = json.loads((entry / _ENTRY_JSON).read_text(encoding="utf-8"))
@@ -112,29 +133,33 @@ class ImageCache:
                 (entry / name).stat().st_size != size for name, size in sizes.items()
             ):
                 raise ValueError("its files do not match its manifest")
-            frames = _read_frames(entry / _LAYERS_NPZ, meta["frames"])
+            frames = _read_frames(entry / _LAYERS_NPZ, meta["frames"]) if meta["frames"] else {}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             if entry.exists():
                 logger.warning("%s: damaged cache entry, recomputing (%s)", entry, exc)
             return None
-        return CachedImage(key, meta["record"], frames, *(entry / n for n in RASTER_NAMES))
+        return CacheEntry(key, entry, meta["record"], frames)
 
     def stage(self) -> Path:
-        """A new, empty staging folder for an entry (the engine writes the COGs there)."""
+        """A new, empty staging folder for an entry (its files are written there)."""
         path = self.root / f".staging-{uuid.uuid4().hex}"
         path.mkdir(parents=True)
         return path
 
     def commit(
-        self, staging: Path, key: str, record: Mapping[str, Any], frames: Mapping[str, Any]
-    ) -> CachedImage:
-        """Write ``record`` and ``frames`` into ``staging`` and make it the entry of ``key``.
+        self,
+        staging: Path,
+        key: str,
+        record: Mapping[str, Any],
+        frames: Mapping[str, Any] | None = None,
+    ) -> CacheEntry:
+        """Write ``record`` (and ``frames``) into ``staging`` and make it the entry of ``key``.
 
-        The staging folder must already hold the COGs (:data:`RASTER_NAMES`). Returns the
-        entry as read back from disk, so a fresh and a resumed run use identical data.
+        Every file already in ``staging`` becomes part of the entry. Returns the entry as read
+        back from disk, so a fresh and a resumed run use identical data.
         """
-        frame_meta = _write_frames(staging / _LAYERS_NPZ, frames)
-        sizes = {name: (staging / name).stat().st_size for name in (*RASTER_NAMES, _LAYERS_NPZ)}
+        frame_meta = _write_frames(staging / _LAYERS_NPZ, frames) if frames else None
+        sizes = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
         meta = {"key": key, "record": record, "frames": frame_meta, "sizes": sizes}
         _write_synced(staging / _ENTRY_JSON, json.dumps(meta, allow_nan=True).encode())
         entry = self.root / key
@@ -147,13 +172,14 @@ class ImageCache:
         return cached
 
     def discard(self, staging: Path) -> None:
-        """Delete a staging folder (the image failed)."""
+        """Delete a staging folder (the work failed)."""
         shutil.rmtree(staging, ignore_errors=True)
 
     def prune(self, keep: set[str] | None) -> int:
         """Delete staging leftovers and the entries whose key is not in ``keep``.
 
-        ``keep=None`` deletes staging leftovers only (start of a run).
+        ``keep=None`` deletes staging leftovers only (start of a run). Folders whose name starts
+        with a dot and that are not staging folders (another stage's cache) are left alone.
 
         Returns
         -------
@@ -165,10 +191,47 @@ class ImageCache:
         removed = 0
         for path in self.root.iterdir():
             staging = path.name.startswith(".staging-")
-            if path.is_dir() and (staging or (keep is not None and path.name not in keep)):
+            entry = not path.name.startswith(".")
+            if path.is_dir() and (
+                staging or (keep is not None and entry and path.name not in keep)
+            ):
                 shutil.rmtree(path, ignore_errors=True)
                 removed += 1
         return removed
+
+
+class ImageCache(EntryCache):
+    """Results of the images (outcome, layers, coverage) in ``<out_dir>/.cache``."""
+
+    def __init__(self, out_dir: str | Path, *, reuse: bool = True) -> None:
+        super().__init__(Path(out_dir) / CACHE_DIR, reuse=reuse)
+
+
+class PredictionCache(EntryCache):
+    """Predictions of the images (COGs, sparse skeleton) in ``<out_dir>/.cache/.predictions``."""
+
+    def __init__(self, out_dir: str | Path, *, reuse: bool = True) -> None:
+        super().__init__(Path(out_dir) / CACHE_DIR / PREDICTIONS_DIR, reuse=reuse)
+
+
+def write_skeleton(path: Path, skeleton: TileSkeleton) -> None:
+    """Save a sparse skeleton (rows, cols, width, distance) exactly, without pickle."""
+    with open(path, "wb") as f:
+        np.savez(
+            f,
+            rows=skeleton.rows,
+            cols=skeleton.cols,
+            width_px=skeleton.width_px,
+            distance_px=skeleton.distance_px,
+        )
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_skeleton(path: Path) -> TileSkeleton:
+    """The skeleton :func:`write_skeleton` saved."""
+    with np.load(path, allow_pickle=False) as npz:
+        return TileSkeleton(npz["rows"], npz["cols"], npz["width_px"], npz["distance_px"])
 
 
 def publish_raster(source: Path, target: Path) -> None:
@@ -197,15 +260,13 @@ def _write_synced(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------------------------
 def _write_frames(path: Path, frames: Mapping[str, Any]) -> dict[str, Any]:
     """Save the frames' columns into one ``.npz``; return the JSON metadata to read them back."""
-    import shapely
-
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Any] = {}
     meta: dict[str, Any] = {}
     for name, frame in frames.items():
         if frame is None:
             meta[name] = None
             continue
-        columns = []
+        columns: list[dict[str, Any]] = []
         for column in frame.columns:
             if column == frame.geometry.name:
                 continue
@@ -234,9 +295,6 @@ def _write_frames(path: Path, frames: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _read_frames(path: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
-    import geopandas as gpd
-    import shapely
-
     frames: dict[str, Any] = {}
     with np.load(path, allow_pickle=False) as npz:
         for name, spec in meta.items():

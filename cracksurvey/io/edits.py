@@ -78,7 +78,9 @@ def _read_run(out_dir: Path) -> dict[str, Any]:
     try:
         return dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: not readable as JSON ({exc}); process the survey again") from exc
+        raise DatasetError(
+            f"{path}: not readable as JSON ({exc}); process the survey again"
+        ) from exc
 
 
 def _locate_survey(out_dir: Path, run: Mapping[str, Any], survey_dir: Path | None) -> Path:
@@ -92,8 +94,11 @@ def _locate_survey(out_dir: Path, run: Mapping[str, Any], survey_dir: Path | Non
     first = candidates[0]
     missing = next((p for p in images if not (first / p).is_file()), None)
     what = f"{first / missing}" if missing else f"{first}"
-    fix = (f"check --survey-dir {out_dir}={survey_dir}" if survey_dir is not None else
-           f"if the survey folder has moved, pass --survey-dir {out_dir}=NEW_SURVEY_DIR")
+    fix = (
+        f"check --survey-dir {out_dir}={survey_dir}"
+        if survey_dir is not None
+        else f"if the survey folder has moved, pass --survey-dir {out_dir}=NEW_SURVEY_DIR"
+    )
     raise DatasetError(
         f"{out_dir}: the processed images are not where the run found them: expected {what} "
         f"(run.json survey_dir {recorded}); {fix}"
@@ -179,8 +184,10 @@ def read_image_window(
         scale = None
         if raw.dtype != np.uint8:
             overview = source.read_overview()
-            scale = percentile_scale(overview, valid=valid_pixels(
-                overview, nodata=info.nodata, alpha_band=info.alpha_band))
+            scale = percentile_scale(
+                overview,
+                valid=valid_pixels(overview, nodata=info.nodata, alpha_band=info.alpha_band),
+            )
     return prepare_bands(raw, nodata=info.nodata, alpha_band=info.alpha_band, scale=scale)
 
 
@@ -196,8 +203,18 @@ def write_target_raster(
     rio_crs = rasterio.crs.CRS.from_wkt(crs.to_wkt()) if crs is not None else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", driver="GTiff", width=classes.shape[1],
-                           height=classes.shape[0], count=1, dtype="uint8", crs=rio_crs,
-                           transform=transform, nodata=255, compress="deflate") as dst:
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=classes.shape[1],
+            height=classes.shape[0],
+            count=1,
+            dtype="uint8",
+            crs=rio_crs,
+            transform=transform,
+            nodata=255,
+            compress="deflate",
+        ) as dst:
             dst.write(classes, 1)
     return path

@@ -27,17 +27,16 @@ Functions that build styles are pure (strings in, strings out); only
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
-from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 import pandas as pd
+
+from cracksurvey.io.style_xml import STYLE_NAME, LayerStyle, StyleClass, render_style
 
 __all__ = [
     "DENSITY_CLASSES",
@@ -59,44 +58,25 @@ LayerKind = Literal["cracks", "crack_branches", "cracks_3d", "images", "building
 
 #: Layer kinds, most specific first (``cracks_3d`` before ``cracks``).
 LAYER_KINDS: tuple[LayerKind, ...] = (
-    "crack_branches", "cracks_3d", "cracks", "images", "buildings"
+    "crack_branches",
+    "cracks_3d",
+    "cracks",
+    "images",
+    "buildings",
 )
-
-#: Name of the default style stored for every layer.
-STYLE_NAME = "cracksurvey"
-
-
-@dataclass(frozen=True)
-class StyleClass:
-    """One legend entry: a range ``(lower, upper]`` of a numeric column or one category value.
-
-    Parameters
-    ----------
-    label : str
-        Legend text, with units.
-    colour : tuple of int
-        RGB (0-255).
-    lower, upper : float, optional
-        Range bounds (the first class of a renderer also includes ``lower``).
-    value : str, optional
-        Category value (categorized renderers); None matches every other value, NULL included.
-    size_mm : float
-        Line width on screen (millimetres); polygon outline width for fills.
-    """
-
-    label: str
-    colour: tuple[int, int, int]
-    lower: float = math.nan
-    upper: float = math.nan
-    value: str | None = None
-    size_mm: float = 0.4
 
 
 def _ylorrd(n: int) -> list[tuple[int, int, int]]:
     """ColorBrewer YlOrRd without its palest colours (visible on bright façade images)."""
-    ramp = [(254, 217, 118), (254, 178, 76), (253, 141, 60), (252, 78, 42), (227, 26, 28),
-            (177, 0, 38)]
-    return ramp[len(ramp) - n:]
+    ramp = [
+        (254, 217, 118),
+        (254, 178, 76),
+        (253, 141, 60),
+        (252, 78, 42),
+        (227, 26, 28),
+        (177, 0, 38),
+    ]
+    return ramp[len(ramp) - n :]
 
 
 #: Crack width classes of BRE Digest 251 (damage categories 0-5), millimetres.
@@ -134,25 +114,6 @@ DENSITY_CLASSES: tuple[StyleClass, ...] = tuple(
 _NOT_ASSESSED = StyleClass("not assessed (no processed image)", (200, 200, 200), size_mm=0.26)
 
 
-@dataclass(frozen=True)
-class LayerStyle:
-    """A layer's default style, as stored in ``layer_styles``.
-
-    Parameters
-    ----------
-    qml : str
-        QGIS style document (symbology).
-    sld : str
-        The same classes as an SLD 1.1 document.
-    description : str
-        What the style shows (``layer_styles.description``).
-    """
-
-    qml: str
-    sld: str
-    description: str
-
-
 def layer_kind(name: str) -> LayerKind | None:
     """The kind of a layer from its name (``cracks_epsg32633`` is a ``cracks`` layer).
 
@@ -163,199 +124,6 @@ def layer_kind(name: str) -> LayerKind | None:
         if re.fullmatch(rf"{kind}(_.*)?", name):
             return kind
     return None
-
-
-# --------------------------------------------------------------------------------------------
-# QML
-# --------------------------------------------------------------------------------------------
-def _rgba(colour: tuple[int, int, int], alpha: int = 255) -> str:
-    return f"{colour[0]},{colour[1]},{colour[2]},{alpha}"
-
-
-def _options(props: Mapping[str, str]) -> str:
-    items = "".join(
-        f'<Option type="QString" name={quoteattr(k)} value={quoteattr(v)}/>'
-        for k, v in props.items()
-    )
-    return f'<Option type="Map">{items}</Option>'
-
-
-def _symbol_xml(name: str, geometry: Literal["line", "fill"], cls: StyleClass,
-                *, fill_alpha: int) -> str:
-    if geometry == "line":
-        layer_class = "SimpleLine"
-        props = {"line_color": _rgba(cls.colour), "line_width": f"{cls.size_mm:g}",
-                 "line_width_unit": "MM", "line_style": "solid", "capstyle": "round",
-                 "joinstyle": "round"}
-    else:
-        layer_class = "SimpleFill"
-        props = {"color": _rgba(cls.colour, fill_alpha), "style": "solid" if fill_alpha else "no",
-                 "outline_color": _rgba(cls.colour if not fill_alpha else (60, 60, 60)),
-                 "outline_width": f"{cls.size_mm:g}", "outline_width_unit": "MM",
-                 "outline_style": "solid", "joinstyle": "miter"}
-    return (
-        f'<symbol type="{geometry}" name={quoteattr(name)} alpha="1" clip_to_extent="1" '
-        f'force_rhr="0"><layer class="{layer_class}" enabled="1" locked="0" pass="0">'
-        f"{_options(props)}</layer></symbol>"
-    )
-
-
-def _symbols_xml(classes: Sequence[StyleClass], geometry: Literal["line", "fill"],
-                 fill_alpha: int) -> str:
-    return "<symbols>" + "".join(
-        _symbol_xml(str(i), geometry, c, fill_alpha=fill_alpha) for i, c in enumerate(classes)
-    ) + "</symbols>"
-
-
-def _field(column: str) -> str:
-    return '"' + column.replace('"', '""') + '"'
-
-
-def _renderer_xml(
-    kind: Literal["graduated", "categorized", "rules", "single"],
-    column: str,
-    classes: Sequence[StyleClass],
-    geometry: Literal["line", "fill"],
-    fill_alpha: int,
-) -> str:
-    symbols = _symbols_xml(classes, geometry, fill_alpha)
-    common = 'enableorderby="0" forceraster="0" symbollevels="0" referencescale="-1"'
-    if kind == "single":
-        return f'<renderer-v2 type="singleSymbol" {common}>{symbols}</renderer-v2>'
-    if kind == "graduated":
-        ranges = "".join(
-            f'<range lower="{c.lower!r}" upper="{c.upper!r}" symbol="{i}" '
-            f'label={quoteattr(c.label)} render="true"/>'
-            for i, c in enumerate(classes)
-        )
-        return (
-            f'<renderer-v2 type="graduatedSymbol" attr={quoteattr(column)} '
-            f'graduatedMethod="GraduatedColor" {common}><ranges>{ranges}</ranges>{symbols}'
-            '<classificationMethod id="Custom"><labelFormat format="%1 - %2" '
-            'labelprecision="4" trimtrailingzeroes="1"/></classificationMethod>'
-            "</renderer-v2>"
-        )
-    if kind == "categorized":
-        categories = "".join(
-            f'<category value={quoteattr(c.value or "")} symbol="{i}" '
-            f'label={quoteattr(c.label)} render="true"/>'
-            for i, c in enumerate(classes)
-        )
-        return (
-            f'<renderer-v2 type="categorizedSymbol" attr={quoteattr(column)} {common}>'
-            f"<categories>{categories}</categories>{symbols}</renderer-v2>"
-        )
-    rules = "".join(
-        f'<rule key="r{i}" symbol="{i}" label={quoteattr(c.label)} '
-        f"filter={quoteattr(_rule_filter(column, c, first=i == 0))}/>"
-        for i, c in enumerate(classes)
-    )
-    return (
-        f'<renderer-v2 type="RuleRenderer" {common}><rules key="root">{rules}</rules>'
-        f"{symbols}</renderer-v2>"
-    )
-
-
-def _rule_filter(column: str, cls: StyleClass, *, first: bool) -> str:
-    """QGIS expression of a class: ``ELSE`` for a class without bounds."""
-    if math.isnan(cls.lower):
-        return "ELSE"
-    field = _field(column)
-    if cls.lower == cls.upper:
-        return f"{field} = {cls.lower!r}"
-    low = ">=" if first else ">"
-    return f"{field} {low} {cls.lower!r} AND {field} <= {cls.upper!r}"
-
-
-def _qml(renderer: str, geometry: Literal["line", "fill"]) -> str:
-    geometry_code = {"line": 1, "fill": 2}[geometry]
-    return (
-        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
-        '<qgis version="3.22.0" styleCategories="Symbology">'
-        f"{renderer}<blendMode>0</blendMode><featureBlendMode>0</featureBlendMode>"
-        f"<layerGeometryType>{geometry_code}</layerGeometryType></qgis>\n"
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# SLD
-# --------------------------------------------------------------------------------------------
-def _sld_filter(column: str, cls: StyleClass, *, first: bool) -> str:
-    prop = f"<ogc:PropertyName>{escape(column)}</ogc:PropertyName>"
-    if cls.value is not None:
-        return (f"<ogc:Filter><ogc:PropertyIsEqualTo>{prop}<ogc:Literal>{escape(cls.value)}"
-                "</ogc:Literal></ogc:PropertyIsEqualTo></ogc:Filter>")
-    if math.isnan(cls.lower):
-        return "<se:ElseFilter/>"
-    if cls.lower == cls.upper:
-        return (f"<ogc:Filter><ogc:PropertyIsEqualTo>{prop}<ogc:Literal>{cls.lower!r}"
-                "</ogc:Literal></ogc:PropertyIsEqualTo></ogc:Filter>")
-    low = "PropertyIsGreaterThanOrEqualTo" if first else "PropertyIsGreaterThan"
-    return (
-        f"<ogc:Filter><ogc:And><ogc:{low}>{prop}<ogc:Literal>{cls.lower!r}</ogc:Literal>"
-        f"</ogc:{low}><ogc:PropertyIsLessThanOrEqualTo>{prop}<ogc:Literal>{cls.upper!r}"
-        "</ogc:Literal></ogc:PropertyIsLessThanOrEqualTo></ogc:And></ogc:Filter>"
-    )
-
-
-def _hex(colour: tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*colour)
-
-
-def _sld_symbolizer(cls: StyleClass, geometry: Literal["line", "fill"], fill_alpha: int) -> str:
-    # SLD widths are in pixels: 1 mm on screen is about 3.78 px at 96 dpi
-    width = f"{cls.size_mm * 3.78:.2f}"
-    if geometry == "line":
-        return (f'<se:LineSymbolizer><se:Stroke><se:SvgParameter name="stroke">{_hex(cls.colour)}'
-                f'</se:SvgParameter><se:SvgParameter name="stroke-width">{width}'
-                "</se:SvgParameter></se:Stroke></se:LineSymbolizer>")
-    fill = (f'<se:Fill><se:SvgParameter name="fill">{_hex(cls.colour)}</se:SvgParameter>'
-            f'<se:SvgParameter name="fill-opacity">{fill_alpha / 255:.2f}</se:SvgParameter>'
-            "</se:Fill>") if fill_alpha else ""
-    stroke = _hex(cls.colour) if not fill_alpha else "#3c3c3c"
-    return (f"<se:PolygonSymbolizer>{fill}<se:Stroke><se:SvgParameter name=\"stroke\">{stroke}"
-            f'</se:SvgParameter><se:SvgParameter name="stroke-width">{width}</se:SvgParameter>'
-            "</se:Stroke></se:PolygonSymbolizer>")
-
-
-def _sld(layer: str, column: str, classes: Sequence[StyleClass],
-         geometry: Literal["line", "fill"], fill_alpha: int, *, single: bool) -> str:
-    rules = "".join(
-        f"<se:Rule><se:Name>{escape(c.label)}</se:Name><se:Description><se:Title>"
-        f"{escape(c.label)}</se:Title></se:Description>"
-        f"{'' if single else _sld_filter(column, c, first=i == 0)}"
-        f"{_sld_symbolizer(c, geometry, fill_alpha)}</se:Rule>"
-        for i, c in enumerate(classes)
-    )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<StyledLayerDescriptor xmlns="http://www.opengis.net/sld" '
-        'xmlns:ogc="http://www.opengis.net/ogc" xmlns:se="http://www.opengis.net/se" '
-        'xmlns:xlink="http://www.w3.org/1999/xlink" '
-        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" version="1.1.0" '
-        'xsi:schemaLocation="http://www.opengis.net/sld '
-        'http://schemas.opengis.net/sld/1.1.0/StyledLayerDescriptor.xsd">'
-        f"<NamedLayer><se:Name>{escape(layer)}</se:Name><UserStyle><se:Name>{STYLE_NAME}"
-        f"</se:Name><se:FeatureTypeStyle>{rules}</se:FeatureTypeStyle></UserStyle></NamedLayer>"
-        "</StyledLayerDescriptor>\n"
-    )
-
-
-def _style(
-    layer: str,
-    kind: Literal["graduated", "categorized", "rules", "single"],
-    column: str,
-    classes: Sequence[StyleClass],
-    geometry: Literal["line", "fill"],
-    description: str,
-    *,
-    fill_alpha: int = 0,
-) -> LayerStyle:
-    return LayerStyle(
-        qml=_qml(_renderer_xml(kind, column, classes, geometry, fill_alpha), geometry),
-        sld=_sld(layer, column, classes, geometry, fill_alpha, single=kind == "single"),
-        description=description,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,14 +146,29 @@ def crack_style(
         The layer is in pixel units (widths unknown): one symbol, labelled so.
     """
     if pixel_units:
-        cls = StyleClass("crack (pixel units: width not measured)", (227, 26, 28),
-                         size_mm=0.5 * scale)
-        return _style(layer, "single", column, [cls], "line",
-                      "cracks in pixel units (no georeferencing): one symbol")
-    classes = [StyleClass(c.label, c.colour, c.lower, c.upper, size_mm=c.size_mm * scale)
-               for c in WIDTH_CLASSES_MM]
-    return _style(layer, "graduated", column, classes, "line",
-                  f"graduated by {column} (mm), crack width classes of BRE Digest 251")
+        cls = StyleClass(
+            "crack (pixel units: width not measured)", (227, 26, 28), size_mm=0.5 * scale
+        )
+        return render_style(
+            layer,
+            "single",
+            column,
+            [cls],
+            "line",
+            "cracks in pixel units (no georeferencing): one symbol",
+        )
+    classes = [
+        StyleClass(c.label, c.colour, c.lower, c.upper, size_mm=c.size_mm * scale)
+        for c in WIDTH_CLASSES_MM
+    ]
+    return render_style(
+        layer,
+        "graduated",
+        column,
+        classes,
+        "line",
+        f"graduated by {column} (mm), crack width classes of BRE Digest 251",
+    )
 
 
 def buildings_style(
@@ -415,12 +198,24 @@ def buildings_style(
             StyleClass(label, _level_colour(value, i), value=value, size_mm=0.26)
             for i, (value, label) in enumerate(categories.items())
         ]
-        return _style(layer, "categorized", column, [*classes, _NOT_ASSESSED], "fill",
-                      f"buildings by {column} (indicative, not a structural assessment)",
-                      fill_alpha=190)
-    return _style(layer, "rules", column, [*DENSITY_CLASSES, _NOT_ASSESSED], "fill",
-                  f"buildings by {column} (metres of crack per square metre imaged)",
-                  fill_alpha=190)
+        return render_style(
+            layer,
+            "categorized",
+            column,
+            [*classes, _NOT_ASSESSED],
+            "fill",
+            f"buildings by {column} (indicative, not a structural assessment)",
+            fill_alpha=190,
+        )
+    return render_style(
+        layer,
+        "rules",
+        column,
+        [*DENSITY_CLASSES, _NOT_ASSESSED],
+        "fill",
+        f"buildings by {column} (metres of crack per square metre imaged)",
+        fill_alpha=190,
+    )
 
 
 #: Colours of damage levels 0-5 (0: no crack detected).
@@ -440,8 +235,9 @@ def images_style(layer: str) -> LayerStyle:
         StyleClass("image failed (see message)", (227, 26, 28), value="error", size_mm=0.6),
         StyleClass("other status", (120, 120, 120), size_mm=0.3),
     ]
-    return _style(layer, "categorized", "status", classes, "fill",
-                  "image footprints by processing status")
+    return render_style(
+        layer, "categorized", "status", classes, "fill", "image footprints by processing status"
+    )
 
 
 def _damage_categories(columns: pd.DataFrame, column: str) -> dict[str, str]:
@@ -452,7 +248,9 @@ def _damage_categories(columns: pd.DataFrame, column: str) -> dict[str, str]:
     if not len(present):
         return {str(level): f"damage level {level}" for level in range(len(LEVEL_COLOURS))}
     values = present[column]
-    order = values.argsort() if pd.api.types.is_numeric_dtype(values) else values.astype(str).argsort()
+    order = (
+        values.argsort() if pd.api.types.is_numeric_dtype(values) else values.astype(str).argsort()
+    )
     categories = {}
     for _, row in present.iloc[np.asarray(order)].iterrows():
         value = row[column]
@@ -494,8 +292,9 @@ def default_style(
         return images_style(name)
     if kind == "buildings":
         if damage_column in columns:
-            return buildings_style(name, column=damage_column,
-                                   categories=_damage_categories(columns, damage_column))
+            return buildings_style(
+                name, column=damage_column, categories=_damage_categories(columns, damage_column)
+            )
         return buildings_style(name)
     return None
 
@@ -542,5 +341,10 @@ def write_layer_styles(
             "update_time": now,
         }
     )
-    pyogrio.write_dataframe(table, path, layer="layer_styles", driver="GPKG",
-                            layer_options={"FID": "id", "OVERWRITE": "YES"})
+    pyogrio.write_dataframe(
+        table,
+        path,
+        layer="layer_styles",
+        driver="GPKG",
+        layer_options={"FID": "id", "OVERWRITE": "YES"},
+    )

@@ -3,7 +3,7 @@
 Everything here opens files and hands plain values to the pure modules
 (:mod:`cracksurvey.config`, :mod:`cracksurvey.survey`, :mod:`cracksurvey.georef`). A file that
 belongs to one image and cannot be read (corrupt or truncated raster, unparsable world file or
-.prj) does not raise: its :class:`~cracksurvey.survey.RasterHeader` carries a one-line ``error``.
+.prj) does not raise: its :class:`~cracksurvey.survey.ImageFile` carries a one-line ``error``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import hashlib
 import io
 import logging
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,12 +28,14 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from cracksurvey.config import ProcessConfig, build_config
 from cracksurvey.errors import ConfigError
 from cracksurvey.georef import GeorefSources, parse_world_file, same_transform
+from cracksurvey.io.raster import read_header
+from cracksurvey.progress import ProgressCallback, ProgressEvent
 from cracksurvey.survey import (
     BUILDINGS_FILES,
     IMAGE_SUFFIXES,
     WORLD_FILE_SUFFIXES,
+    ImageFile,
     ImageRow,
-    RasterHeader,
     Survey,
     build_records,
     check_building_ids,
@@ -53,7 +55,7 @@ __all__ = [
     "load_process_config",
     "read_buildings",
     "read_images_csv",
-    "read_raster_header",
+    "read_image_file",
     "read_yaml",
 ]
 
@@ -142,9 +144,9 @@ def config_layers(
     if preset is not None:
         path = _preset_path(preset)
         layers.append((str(path), read_yaml(path)))
-    for path in (survey_yaml, config_path):
-        if path is not None:
-            layers.append((str(path), read_yaml(path)))
+    for layer_path in (survey_yaml, config_path):
+        if layer_path is not None:
+            layers.append((str(layer_path), read_yaml(layer_path)))
     if overrides:
         layers.append(("command line", overrides))
     return layers
@@ -176,8 +178,10 @@ def read_images_csv(path: str | Path) -> dict[str, ImageRow]:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
     lines = text.splitlines()
     if not lines or not lines[0].strip():
-        raise ConfigError(f"{path}: empty; the first line must be a header such as "
-                          "image,building_id,facade_id,gsd_mm")
+        raise ConfigError(
+            f"{path}: empty; the first line must be a header such as "
+            "image,building_id,facade_id,gsd_mm"
+        )
     first = lines[0]
     delimiter = max((",", ";", "\t"), key=first.count)
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
@@ -345,13 +349,14 @@ def _truncation(path: Path, driver: str, size_bytes: int, src: Any) -> str | Non
     return None
 
 
-def read_raster_header(
+def read_image_file(
     path: str | Path,
     *,
     display_name: str | None = None,
     siblings: Mapping[str, Path] | None = None,
-) -> RasterHeader:
-    """Read an image's header and georeferencing sidecars; never raises for a bad image.
+) -> ImageFile:
+    """Hash an image file, read its raster header and georeferencing sidecars; never raises
+    for a bad image.
 
     Parameters
     ----------
@@ -364,7 +369,7 @@ def read_raster_header(
 
     Returns
     -------
-    RasterHeader
+    ImageFile
         With ``error`` set (one line: the file, the problem, the fix) if the file is empty,
         not a readable raster, truncated, or a sidecar is unreadable.
     """
@@ -375,23 +380,18 @@ def read_raster_header(
         siblings = {p.name.lower(): p for p in path.parent.iterdir()}
     size_bytes = path.stat().st_size
     digest = hash_file(path)
-    base = dict(path=path, name=path.name, display_name=shown, sha256=digest,
-                size_bytes=size_bytes)
+    base: dict[str, Any] = dict(
+        path=path, name=path.name, display_name=shown, sha256=digest, size_bytes=size_bytes
+    )
     if size_bytes == 0:
-        return RasterHeader(
+        return ImageFile(
             **base, error=f"{shown}: the file is empty (0 bytes); copy it again from the source"
         )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                header = dict(
-                    width=src.width,
-                    height=src.height,
-                    band_count=src.count,
-                    dtype=src.dtypes[0],
-                    nodata=src.nodata,
-                )
+                header = read_header(src)
                 has_transform = src.transform != Affine.identity()
                 raster_transform = src.transform if has_transform else None
                 raster_crs = CRS.from_wkt(src.crs.to_wkt()) if src.crs else None
@@ -399,21 +399,21 @@ def read_raster_header(
                 truncated = _truncation(path, src.driver, size_bytes, src)
     except (RasterioError, CRSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return RasterHeader(
+        return ImageFile(
             **base,
             error=f"{shown}: cannot read the raster header ({reason}); the file is corrupt or "
             "not an image: export or copy it again",
         )
     if truncated:
-        return RasterHeader(**base, **header, error=f"{shown}: {truncated}; copy it again")
+        return ImageFile(**base, header=header, error=f"{shown}: {truncated}; copy it again")
     try:
         world_transform, world_file = _read_world_file(path, display_dir, siblings)
         prj_crs, prj_file = _read_prj(path, display_dir, siblings)
     except _SidecarError as exc:
-        return RasterHeader(**base, **header, error=str(exc))
+        return ImageFile(**base, header=header, error=str(exc))
     sources = GeorefSources(
-        width=header["width"],
-        height=header["height"],
+        width=header.width,
+        height=header.height,
         raster_transform=raster_transform,
         raster_crs=raster_crs,
         world_transform=world_transform,
@@ -422,7 +422,7 @@ def read_raster_header(
         prj_file=prj_file,
         has_gcps=has_gcps,
     )
-    return RasterHeader(**base, **header, sources=sources)
+    return ImageFile(**base, header=header, sources=sources)
 
 
 def discover_survey(
@@ -431,7 +431,7 @@ def discover_survey(
     preset: str | Path | None = None,
     config_path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Survey:
     """Read and validate a survey directory before any work.
 
@@ -442,8 +442,8 @@ def discover_survey(
     preset, config_path, overrides
         Config layers around survey.yaml (see :func:`config_layers`).
     progress : callable, optional
-        Called as ``progress(done, total)`` after each image header is read (hashing is the
-        slow part on large surveys).
+        Called with ``ProgressEvent('discover', done, total, image=name)`` after each image
+        file is read (hashing is the slow part on large surveys).
 
     Returns
     -------
@@ -487,16 +487,16 @@ def discover_survey(
     image_dir_rel = "" if image_dir == root else image_dir.relative_to(root).as_posix()
     prefix = f"{image_dir_rel}/" if image_dir_rel else ""
     siblings = {p.name.lower(): p for p in image_dir.iterdir()}
-    headers = []
+    image_files = []
     for done, path in enumerate(files, start=1):
-        headers.append(
-            read_raster_header(path, display_name=prefix + path.name, siblings=siblings)
+        image_files.append(
+            read_image_file(path, display_name=prefix + path.name, siblings=siblings)
         )
         if progress is not None:
-            progress(done, len(files))
+            progress(ProgressEvent("discover", done, len(files), image=path.name))
 
     records = build_records(
-        headers,
+        image_files,
         rows,
         config,
         building_ids=building_ids,

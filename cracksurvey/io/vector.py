@@ -276,19 +276,37 @@ def crack_layers(
     for group in groups:
         where = f" ({_crs_text(group.crs)})"
         specs += [
-            LayerSpec(groups.name("cracks", group), concat_layer(group.cracks, crack_schema),
-                      "MultiLineString", group.crs, "one feature per crack" + where),
-            LayerSpec(groups.name("crack_branches", group),
-                      concat_layer(group.branches, branch_schema), "LineString", group.crs,
-                      "one feature per crack branch" + where),
-            LayerSpec(groups.name("images", group), _typed_frame(group.images, image_columns),
-                      "Polygon", group.crs, "image footprints and processing status" + where),
+            LayerSpec(
+                groups.name("cracks", group),
+                concat_layer(group.cracks, crack_schema),
+                "MultiLineString",
+                group.crs,
+                "one feature per crack" + where,
+            ),
+            LayerSpec(
+                groups.name("crack_branches", group),
+                concat_layer(group.branches, branch_schema),
+                "LineString",
+                group.crs,
+                "one feature per crack branch" + where,
+            ),
+            LayerSpec(
+                groups.name("images", group),
+                _typed_frame(group.images, image_columns),
+                "Polygon",
+                group.crs,
+                "image footprints and processing status" + where,
+            ),
         ]
     for group in groups_3d:
         specs.append(
-            LayerSpec(groups_3d.name("cracks_3d", group), concat_layer(group.cracks, crack_schema),
-                      "MultiLineString Z", group.crs,
-                      f"cracks of façades placed in the world, 3-D ({_crs_text(group.crs)})")
+            LayerSpec(
+                groups_3d.name("cracks_3d", group),
+                concat_layer(group.cracks, crack_schema),
+                "MultiLineString Z",
+                group.crs,
+                f"cracks of façades placed in the world, 3-D ({_crs_text(group.crs)})",
+            )
         )
     return specs
 
@@ -296,8 +314,9 @@ def crack_layers(
 def _default_styles(layers: Sequence[LayerSpec]) -> dict[str, LayerStyle]:
     """Layer name to default style, for the layers of a known kind."""
     styles = {
-        layer.name: default_style(layer.name, layer.frame, kind=layer.kind,
-                                  pixel_units=layer.crs is None)
+        layer.name: default_style(
+            layer.name, layer.frame, kind=layer.kind, pixel_units=layer.crs is None
+        )
         for layer in layers
     }
     return {name: style for name, style in styles.items() if style is not None}
@@ -412,6 +431,14 @@ def read_geopackage(path: str | Path) -> list[LayerSpec]:
         info = pyogrio.read_info(path, layer=name)
         frame = pyogrio.read_dataframe(path, layer=name)
         description = (info.get("layer_metadata") or {}).get("DESCRIPTION", "")
-        specs.append(LayerSpec(str(name), frame, str(geometry_type), frame.crs, description,
-                               kind=layer_kind(str(name))))
+        specs.append(
+            LayerSpec(
+                str(name),
+                frame,
+                str(geometry_type),
+                frame.crs,
+                description,
+                kind=layer_kind(str(name)),
+            )
+        )
     return specs

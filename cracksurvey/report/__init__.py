@@ -16,5 +16,4 @@ from cracksurvey.io.outputs import REPORT_HTML
 from .build import ReportOptions, write_survey_report
 from .city import CityReport, write_city_report
 
-__all__ = ["REPORT_HTML", "CityReport", "ReportOptions", "write_city_report",
-           "write_survey_report"]
+__all__ = ["REPORT_HTML", "CityReport", "ReportOptions", "write_city_report", "write_survey_report"]

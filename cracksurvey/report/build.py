@@ -65,15 +65,28 @@ def pixel_transform(footprint: Any, width_px: int, height_px: int) -> Affine:
     The ``images`` layer footprint is ``transform @ (0, 0), (w, 0), (w, h), (0, h)``.
     """
     p = np.asarray(footprint.exterior.coords)
-    return Affine((p[1, 0] - p[0, 0]) / width_px, (p[3, 0] - p[0, 0]) / height_px, p[0, 0],
-                  (p[1, 1] - p[0, 1]) / width_px, (p[3, 1] - p[0, 1]) / height_px, p[0, 1])
+    return Affine(
+        (p[1, 0] - p[0, 0]) / width_px,
+        (p[3, 0] - p[0, 0]) / height_px,
+        p[0, 0],
+        (p[1, 1] - p[0, 1]) / width_px,
+        (p[3, 1] - p[0, 1]) / height_px,
+        p[0, 1],
+    )
 
 
-def _window(inverse: Affine, geometry: Any, width: int, height: int
-            ) -> tuple[int, int, int, int] | None:
+def _apply(transform: Affine, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``transform @ (x, y)`` on arrays (affine's type hints cover scalars only)."""
+    a, b, c, d, e, f = tuple(transform)[:6]
+    return a * x + b * y + c, d * x + e * y + f
+
+
+def _window(
+    inverse: Affine, geometry: Any, width: int, height: int
+) -> tuple[int, int, int, int] | None:
     """Pixel window (row0, row1, col0, col1) around ``geometry``; None: (nearly) whole image."""
     x0, y0, x1, y1 = geometry.bounds
-    cols, rows = inverse @ (np.array([x0, x1, x0, x1]), np.array([y0, y0, y1, y1]))
+    cols, rows = _apply(inverse, np.array([x0, x1, x0, x1]), np.array([y0, y0, y1, y1]))
     pad = 0.05 * max(cols.max() - cols.min(), rows.max() - rows.min())
     row0, row1 = max(0, int(rows.min() - pad)), min(height, math.ceil(rows.max() + pad))
     col0, col1 = max(0, int(cols.min() - pad)), min(width, math.ceil(cols.max() + pad))
@@ -82,10 +95,14 @@ def _window(inverse: Affine, geometry: Any, width: int, height: int
     return row0, row1, col0, col1
 
 
-def _to_view(coords: np.ndarray, inverse: Affine, window: tuple[int, int, int, int],
-             scale: tuple[float, float]) -> np.ndarray:
+def _to_view(
+    coords: np.ndarray,
+    inverse: Affine,
+    window: tuple[int, int, int, int],
+    scale: tuple[float, float],
+) -> np.ndarray:
     """CRS coordinates (n, 2) to thumbnail (x, y) pixels."""
-    cols, rows = inverse @ (coords[:, 0], coords[:, 1])
+    cols, rows = _apply(inverse, coords[:, 0], coords[:, 1])
     return np.column_stack([(cols - window[2]) * scale[1], (rows - window[0]) * scale[0]])
 
 
@@ -95,23 +112,34 @@ def _lines(geometry: Any) -> list[np.ndarray]:
     return [np.asarray(g.coords)[:, :2] for g in getattr(geometry, "geoms", [geometry])]
 
 
-def _image_view(survey: SurveyOutput, image: pd.Series, cracks: pd.DataFrame,
-                building_geometry: Any, options: ReportOptions) -> ImageView | None:
+def _image_view(
+    survey: SurveyOutput,
+    image: pd.Series,
+    cracks: pd.DataFrame,
+    building_geometry: Any,
+    options: ReportOptions,
+) -> ImageView | None:
     """One image of a building: thumbnail (cropped to the building for a map image covering
     more than it), the building's cracks in it and its footprint outline."""
     width, height = int(image["width_px"] or 0), int(image["height_px"] or 0)
     if image["geometry"] is None or not width or not height:
         return None
     inverse = ~pixel_transform(image["geometry"], width, height)
-    window = (_window(inverse, building_geometry, width, height)
-              if building_geometry is not None else None)
+    window = (
+        _window(inverse, building_geometry, width, height)
+        if building_geometry is not None
+        else None
+    )
     full = window or (0, height, 0, width)
     path = survey.survey_dir / str(image["path"]) if survey.survey_dir else None
     thumb = read_thumbnail(path, window, max_side_px=options.thumbnail_px) if path else None
     if thumb is None:
         side = options.thumbnail_px / max(full[1] - full[0], full[3] - full[2])
         data_uri, scale = None, (side, side)
-        size = (max(1, round((full[1] - full[0]) * side)), max(1, round((full[3] - full[2]) * side)))
+        size = (
+            max(1, round((full[1] - full[0]) * side)),
+            max(1, round((full[3] - full[2]) * side)),
+        )
     else:
         rgb, sr, sc = thumb
         data_uri, scale, size = png_data_uri(rgb), (sr, sc), rgb.shape[:2]
@@ -125,11 +153,14 @@ def _image_view(survey: SurveyOutput, image: pd.Series, cracks: pd.DataFrame,
         ring = max(getattr(building_geometry, "geoms", [building_geometry]), key=lambda g: g.area)
         outline = _to_view(np.asarray(ring.exterior.coords), inverse, full, scale)
     where = image.get("facade_id") or image.get("georef_kind") or ""
-    caption = (f"{image['image']} ({where}): {len(cracks)} crack(s) of this building drawn"
-               + (", cropped to the building" if window else "")
-               + ("; image file not found, cracks only" if thumb is None else ""))
-    svg = image_overlay_svg(data_uri, size, polylines, outline=outline,
-                            label=f"{image['image']} with detected cracks")
+    caption = (
+        f"{image['image']} ({where}): {len(cracks)} crack(s) of this building drawn"
+        + (", cropped to the building" if window else "")
+        + ("; image file not found, cracks only" if thumb is None else "")
+    )
+    svg = image_overlay_svg(
+        data_uri, size, polylines, outline=outline, label=f"{image['image']} with detected cracks"
+    )
     return ImageView(svg, caption)
 
 
@@ -140,26 +171,40 @@ def _same_crs(a: Any, b: Any) -> bool:
     return a is not None and b is not None and a.equals(b)
 
 
-def _images_of(survey: SurveyOutput, building_id: str, geometry: Any, cracks: pd.DataFrame
-               ) -> pd.DataFrame:
+def _images_of(
+    survey: SurveyOutput, building_id: str, geometry: Any, cracks: pd.DataFrame
+) -> pd.DataFrame:
     """The processed images showing a building: its images.csv rows, images holding its
     ``cracks``, and map images whose footprint meets its footprint (same CRS)."""
     images = survey.images[survey.images["status"].astype(str) == "ok"]
     with_cracks = set(cracks["image"])
     crs = survey.buildings.crs
-    meets = np.array([
-        geometry is not None and row.georef_kind == "map" and _same_crs(row.crs, crs)
-        and row.geometry is not None and row.geometry.intersects(geometry)
-        for row in images.itertuples()
-    ], dtype=bool)
-    keep = ((images["building_id"] == building_id).to_numpy(dtype=bool)
-            | images["image"].isin(with_cracks).to_numpy(dtype=bool) | meets)
+    meets = np.array(
+        [
+            geometry is not None
+            and row.georef_kind == "map"
+            and _same_crs(row.crs, crs)
+            and row.geometry is not None
+            and row.geometry.intersects(geometry)
+            for row in images.itertuples()
+        ],
+        dtype=bool,
+    )
+    keep = (
+        (images["building_id"] == building_id).to_numpy(dtype=bool)
+        | images["image"].isin(with_cracks).to_numpy(dtype=bool)
+        | meets
+    )
     return images[keep].sort_values("image")
 
 
-def build_building_views(survey: SurveyOutput, options: ReportOptions, *,
-                         anchor_prefix: str = "b", with_survey: bool = False
-                         ) -> list[BuildingView]:
+def build_building_views(
+    survey: SurveyOutput,
+    options: ReportOptions,
+    *,
+    anchor_prefix: str = "b",
+    with_survey: bool = False,
+) -> list[BuildingView]:
     """A :class:`BuildingView` for every row of the survey's ``buildings`` layer."""
     views = []
     buildings = survey.buildings
@@ -176,37 +221,53 @@ def build_building_views(survey: SurveyOutput, options: ReportOptions, *,
         for image in images.itertuples(index=False):
             image_row = pd.Series(image._asdict())
             in_image = cracks[cracks["image"] == image_row["image"]]
-            crop = geometry if (image_row["georef_kind"] == "map"
-                                and _same_crs(image_row["crs"], buildings.crs)) else None
+            crop = (
+                geometry
+                if (
+                    image_row["georef_kind"] == "map" and _same_crs(image_row["crs"], buildings.crs)
+                )
+                else None
+            )
             view = _image_view(survey, image_row, in_image, crop, options)
             if view is not None:
                 shown.append(view)
             if len(shown) == options.max_images:
                 break
-        views.append(BuildingView(
-            anchor=f"{anchor_prefix}-{index}",
-            values=values,
-            survey=survey.name if with_survey else "",
-            district=survey.district if with_survey else "",
-            images=shown,
-            images_not_shown=max(0, len(images) - len(shown)),
-            figures=(width_histogram_svg(branches["width_mean_mm"], branches["length_m"]),
-                     rose_svg(cracks["orientation_deg"], cracks["length_m"])),
-        ))
+        views.append(
+            BuildingView(
+                anchor=f"{anchor_prefix}-{index}",
+                values=values,
+                survey=survey.name if with_survey else "",
+                district=survey.district if with_survey else "",
+                images=shown,
+                images_not_shown=max(0, len(images) - len(shown)),
+                figures=(
+                    width_histogram_svg(branches["width_mean_mm"], branches["length_m"]),
+                    rose_svg(cracks["orientation_deg"], cracks["length_m"]),
+                ),
+            )
+        )
     return views
 
 
 def _sort_key(view: BuildingView) -> tuple[float, float, float, str, str]:
     def number(column: str) -> float:
         value = view.values.get(column)
+        if value is None:
+            return -math.inf
         try:
             value = float(value)
         except (TypeError, ValueError):
             return -math.inf
         return value if math.isfinite(value) else -math.inf
 
-    return (-number("damage_level"), -number("crack_density_m_per_m2"),
-            -number("total_length_m"), view.survey, str(view.values.get("building_id")))
+    return (
+        -number("damage_level"),
+        -number("crack_density_m_per_m2"),
+        -number("total_length_m"),
+        view.survey,
+        str(view.values.get("building_id")),
+    )
 
 
 def rank_views(views: Sequence[BuildingView]) -> list[BuildingView]:
@@ -214,8 +275,9 @@ def rank_views(views: Sequence[BuildingView]) -> list[BuildingView]:
     return sorted(views, key=_sort_key)
 
 
-def overview_items(views: Sequence[BuildingView], geometries: Sequence[Any], *,
-                   with_survey: bool = False) -> list[dict[str, Any]]:
+def overview_items(
+    views: Sequence[BuildingView], geometries: Sequence[Any], *, with_survey: bool = False
+) -> list[dict[str, Any]]:
     """The overview map entries of the buildings (geometry None: drawn schematically)."""
     items = []
     for view, geometry in zip(views, geometries):
@@ -223,13 +285,21 @@ def overview_items(views: Sequence[BuildingView], geometries: Sequence[Any], *,
         level = v.get("damage_level")
         level = None if level is None or pd.isna(level) else int(level)
         name = f"{view.survey} {v['building_id']}" if with_survey else str(v["building_id"])
-        items.append({
-            "label": str(v["building_id"]), "anchor": view.anchor, "level": level,
-            "geometry": geometry,
-            "title": f"{name}: " + ("not imaged" if level is None
-                                    else f"level {level} ({v.get('damage_label')}), "
-                                         f"{int(v.get('n_cracks') or 0)} cracks"),
-        })
+        items.append(
+            {
+                "label": str(v["building_id"]),
+                "anchor": view.anchor,
+                "level": level,
+                "geometry": geometry,
+                "title": f"{name}: "
+                + (
+                    "not imaged"
+                    if level is None
+                    else f"level {level} ({v.get('damage_label')}), "
+                    f"{int(v.get('n_cracks') or 0)} cracks"
+                ),
+            }
+        )
     return items
 
 
@@ -281,16 +351,28 @@ def provenance(run: dict[str, Any]) -> list[tuple[str, str]]:
         ("survey", str(run.get("survey_dir", ""))),
         ("processed (UTC)", f"{run.get('started_utc', '?')} to {run.get('finished_utc', '?')}"),
         ("cracksurvey version", str(run.get("cracksurvey_version", "?"))),
-        ("model", f"{model.get('model_id', '?')} ({model.get('architecture', '?')}, width "
-                  f"{model.get('width', '?')}), sha256 {model.get('sha256') or '?'}"),
-        ("threshold", f"{model.get('threshold_px', '?')} px on the distance map (from the "
-                      f"{model.get('threshold_source', '?')})"),
-        ("CPP", f"{cpp.get('patch_px', '?')}-px patches, fragments of at least "
-                f"{cpp.get('min_area_px', '?')} px (area)"),
+        (
+            "model",
+            f"{model.get('model_id', '?')} ({model.get('architecture', '?')}, width "
+            f"{model.get('width', '?')}), sha256 {model.get('sha256') or '?'}",
+        ),
+        (
+            "threshold",
+            f"{model.get('threshold_px', '?')} px on the distance map (from the "
+            f"{model.get('threshold_source', '?')})",
+        ),
+        (
+            "CPP",
+            f"{cpp.get('patch_px', '?')}-px patches, fragments of at least "
+            f"{cpp.get('min_area_px', '?')} px (area)",
+        ),
         ("damage scale", f"{scale.get('name', 'default')} ({scale.get('source', '?')})"),
-        ("images", f"{run.get('n_images', '?')} ({run.get('n_images_failed', 0)} failed), "
-                   f"{run.get('n_cracks', '?')} cracks "
-                   f"({run.get('n_cracks_unassigned', 0)} without a building)"),
+        (
+            "images",
+            f"{run.get('n_images', '?')} ({run.get('n_images_failed', 0)} failed), "
+            f"{run.get('n_cracks', '?')} cracks "
+            f"({run.get('n_cracks_unassigned', 0)} without a building)",
+        ),
         ("report written (UTC)", datetime.now(timezone.utc).isoformat(timespec="seconds")),
     ]
 
@@ -311,19 +393,25 @@ def survey_report_html(survey: SurveyOutput, options: ReportOptions) -> str:
     return render_page(
         title=f"Crack survey report: {survey.name}",
         subtitle=f"{len(views)} buildings, {survey.run.get('n_images', '?')} images, "
-                 f"processed {str(survey.run.get('finished_utc', '?'))[:10]}",
+        f"processed {str(survey.run.get('finished_utc', '?'))[:10]}",
         disclaimer=scale.disclaimer,
         overview=overview,
         table=ranked_table(ranked, city=False),
         levels=level_rows(scale),
-        buildings=[building_section(v, patch_px=patch_px, scale_note=f"Scale: {scale.name}.")
-                   for v in ranked],
+        buildings=[
+            building_section(v, patch_px=patch_px, scale_note=f"Scale: {scale.name}.")
+            for v in ranked
+        ],
         provenance=provenance(survey.run),
     )
 
 
-def write_survey_report(out_dir: str | Path, *, run_record: dict[str, Any] | None = None,
-                        options: ReportOptions | None = None) -> Path:
+def write_survey_report(
+    out_dir: str | Path,
+    *,
+    run_record: dict[str, Any] | None = None,
+    options: ReportOptions | None = None,
+) -> Path:
     """Write ``out_dir/report.html`` from the outputs of a process run.
 
     Parameters

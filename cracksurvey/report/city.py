@@ -98,16 +98,21 @@ def _district_rows(table: pd.DataFrame, levels: Sequence[int]) -> list[dict[str,
         length = part["total_length_m"].to_numpy(dtype=np.float64)
         width = part["width_max_mm"].to_numpy(dtype=np.float64)
         density = part["crack_density_m_per_m2"].to_numpy(dtype=np.float64)
-        rows.append({
-            "district": str(district),
-            "surveys": part["survey"].nunique(),
-            "buildings": len(part),
-            "counts": counts,
-            "total_length_m": float(np.nansum(length)) if np.isfinite(length).any() else math.nan,
-            "width_max_mm": float(np.nanmax(width)) if np.isfinite(width).any() else math.nan,
-            "median_density": (float(np.nanmedian(density)) if np.isfinite(density).any()
-                               else math.nan),
-        })
+        rows.append(
+            {
+                "district": str(district),
+                "surveys": part["survey"].nunique(),
+                "buildings": len(part),
+                "counts": counts,
+                "total_length_m": float(np.nansum(length))
+                if np.isfinite(length).any()
+                else math.nan,
+                "width_max_mm": float(np.nanmax(width)) if np.isfinite(width).any() else math.nan,
+                "median_density": (
+                    float(np.nanmedian(density)) if np.isfinite(density).any() else math.nan
+                ),
+            }
+        )
     return rows
 
 
@@ -120,12 +125,12 @@ def district_section(table: pd.DataFrame, levels: Sequence[tuple[int, str, str]]
         counts = row["counts"]
         body.append(
             f'<tr class="district-row"><td>{escape(row["district"])}</td>'
-            f'<td>{row["surveys"]}</td><td>{row["buildings"]}</td>'
+            f"<td>{row['surveys']}</td><td>{row['buildings']}</td>"
             + "".join(f"<td>{counts[v]}</td>" for v in numbers)
             + f"<td>{counts[None]}</td><td>{level_bars_svg(counts, width_px=200)}</td>"
-            f'<td>{format_value("total_length_m", row["total_length_m"])}</td>'
-            f'<td>{format_value("width_max_mm", row["width_max_mm"])}</td>'
-            f'<td>{format_value("crack_density_m_per_m2", row["median_density"])}</td></tr>'
+            f"<td>{format_value('total_length_m', row['total_length_m'])}</td>"
+            f"<td>{format_value('width_max_mm', row['width_max_mm'])}</td>"
+            f"<td>{format_value('crack_density_m_per_m2', row['median_density'])}</td></tr>"
         )
     return (
         '<section id="districts"><h2>Districts</h2><table class="districts"><thead><tr>'
@@ -141,15 +146,20 @@ def district_section(table: pd.DataFrame, levels: Sequence[tuple[int, str, str]]
 def _surveys_section(surveys: Sequence[SurveyOutput]) -> str:
     rows = "".join(
         f"<tr><td>{escape(s.name)}</td><td>{escape(s.district)}</td>"
-        + "".join(f"<td>{escape(value)}</td>" for key, value in provenance(s.run)
-                  if key in ("processed (UTC)", "model", "threshold", "cracksurvey version"))
+        + "".join(
+            f"<td>{escape(value)}</td>"
+            for key, value in provenance(s.run)
+            if key in ("processed (UTC)", "model", "threshold", "cracksurvey version")
+        )
         + "</tr>"
         for s in surveys
     )
-    return ('<section id="surveys"><h2>Surveys</h2><table class="surveys"><thead><tr>'
-            "<th>survey</th><th>district</th><th>processed (UTC)</th><th>version</th>"
-            f"<th>model</th><th>threshold</th></tr></thead><tbody>{rows}</tbody></table>"
-            "</section>")
+    return (
+        '<section id="surveys"><h2>Surveys</h2><table class="surveys"><thead><tr>'
+        "<th>survey</th><th>district</th><th>processed (UTC)</th><th>version</th>"
+        f"<th>model</th><th>threshold</th></tr></thead><tbody>{rows}</tbody></table>"
+        "</section>"
+    )
 
 
 def city_report_html(surveys: Sequence[SurveyOutput], options: ReportOptions) -> str:
@@ -159,8 +169,9 @@ def city_report_html(surveys: Sequence[SurveyOutput], options: ReportOptions) ->
     views: list[BuildingView] = []
     items = []
     for index, survey in enumerate(surveys):
-        survey_views = build_building_views(survey, options, anchor_prefix=f"s{index}",
-                                            with_survey=True)
+        survey_views = build_building_views(
+            survey, options, anchor_prefix=f"s{index}", with_survey=True
+        )
         items += overview_items(survey_views, map_geometries(survey, crs), with_survey=True)
         views += survey_views
     table = city_table(surveys)
@@ -170,17 +181,24 @@ def city_report_html(surveys: Sequence[SurveyOutput], options: ReportOptions) ->
     return render_page(
         title="City-wide crack survey report",
         subtitle=f"{len(surveys)} surveys, {table['district'].nunique()} districts, "
-                 f"{len(views)} buildings",
+        f"{len(views)} buildings",
         disclaimer=scale.disclaimer,
         overview=overview_map_svg(items, {level: label for level, label, _ in levels}),
         table=ranked_table(ranked, city=True),
         levels=levels,
-        buildings=[building_section(v, patch_px=_patch_px(surveys, v), scale_note=f"Scale: "
-                                    f"{scale.name}.") for v in ranked],
-        provenance=[("surveys", ", ".join(s.name for s in surveys)),
-                    ("models", ", ".join(names)),
-                    ("damage scale", f"{scale.name} (of {surveys[0].name}; every survey's "
-                                     "own levels are in its table rows)")],
+        buildings=[
+            building_section(v, patch_px=_patch_px(surveys, v), scale_note=f"Scale: {scale.name}.")
+            for v in ranked
+        ],
+        provenance=[
+            ("surveys", ", ".join(s.name for s in surveys)),
+            ("models", ", ".join(names)),
+            (
+                "damage scale",
+                f"{scale.name} (of {surveys[0].name}; every survey's "
+                "own levels are in its table rows)",
+            ),
+        ],
         extra_sections=[district_section(table, levels), _surveys_section(surveys)],
     )
 
@@ -225,14 +243,17 @@ def write_city_report(
     """
     dest = Path(dest)
     if (dest / REPORT_HTML).exists() and not overwrite:
-        raise OutputExistsError(f"{dest} already holds a report ({REPORT_HTML}); pass "
-                                "--overwrite to replace it or choose another --out")
+        raise OutputExistsError(
+            f"{dest} already holds a report ({REPORT_HTML}); pass "
+            "--overwrite to replace it or choose another --out"
+        )
     surveys = [load_survey_output(d) for d in out_dirs]
     _labelled(surveys)
     options = options or ReportOptions(thumbnail_px=360, max_images=2)
     table = city_table(surveys)
     csv_path, json_path = write_summary_tables(
-        dest, table, columns={**CITY_COLUMNS, "building_id": "building id", **SUMMARY_COLUMNS})
+        dest, table, columns={**CITY_COLUMNS, "building_id": "building id", **SUMMARY_COLUMNS}
+    )
     report = atomic_write_text(dest / REPORT_HTML, city_report_html(surveys, options))
     gpkg = None
     if merge:

@@ -86,8 +86,10 @@ def _legend(levels: Mapping[int, str], y: float) -> str:
     out = []
     for i, (colour, text) in enumerate(items):
         x = 8 + i * 150
-        out.append(f'<rect x="{x}" y="{y}" width="14" height="14" fill="{colour}" '
-                   f'stroke="#333"/><text x="{x + 19}" y="{y + 11}">{escape(text)}</text>')
+        out.append(
+            f'<rect x="{x}" y="{y}" width="14" height="14" fill="{colour}" '
+            f'stroke="#333"/><text x="{x + 19}" y="{y + 11}">{escape(text)}</text>'
+        )
     return "".join(out)
 
 
@@ -132,30 +134,33 @@ def overview_map_svg(
             body.append(
                 f'<a href="#{b["anchor"]}"><path d="{_polygon_path(b["geometry"], to_view)}" '
                 f'fill="{level_colour(b.get("level"))}" stroke="#222" stroke-width="1">'
-                f'<title>{escape(b["title"])}</title></path>'
+                f"<title>{escape(b['title'])}</title></path>"
                 f'<text x="{px[0]:.1f}" y="{py[0]:.1f}" class="maplabel">'
-                f'{escape(b["label"])}</text></a>'
+                f"{escape(b['label'])}</text></a>"
             )
         body.append(_scale_bar(scale, height))
     if others:
         y = height + 24
-        body.append(f'<text x="8" y="{y}">Without a footprint (façade images only), '
-                    'schematic:</text>')
+        body.append(
+            f'<text x="8" y="{y}">Without a footprint (façade images only), schematic:</text>'
+        )
         per_row = max(1, int(width_px // 110))
         for i, b in enumerate(others):
             bx, by = 8 + (i % per_row) * 110, y + 10 + (i // per_row) * 70
             body.append(
                 f'<a href="#{b["anchor"]}"><rect x="{bx}" y="{by}" width="100" height="56" '
                 f'fill="{level_colour(b.get("level"))}" stroke="#222">'
-                f'<title>{escape(b["title"])}</title></rect>'
+                f"<title>{escape(b['title'])}</title></rect>"
                 f'<text x="{bx + 50}" y="{by + 33}" class="maplabel">{escape(b["label"])}'
-                '</text></a>'
+                "</text></a>"
             )
         height = y + 10 + math.ceil(len(others) / per_row) * 70
     body.append(_legend(levels, height + 8))
     total = height + 30
-    return (f'<svg class="map" viewBox="0 0 {width_px} {total:.0f}" role="img" '
-            f'aria-label="overview map of buildings by damage level">{"".join(body)}</svg>')
+    return (
+        f'<svg class="map" viewBox="0 0 {width_px} {total:.0f}" role="img" '
+        f'aria-label="overview map of buildings by damage level">{"".join(body)}</svg>'
+    )
 
 
 def _scale_bar(scale: float, height: float) -> str:
@@ -167,8 +172,10 @@ def _scale_bar(scale: float, height: float) -> str:
             nice *= step
             break
     length = nice * scale
-    return (f'<g class="scalebar"><rect x="8" y="{height - 14:.1f}" width="{length:.1f}" '
-            f'height="4" fill="#222"/><text x="8" y="{height - 18:.1f}">{_num(nice)} m</text></g>')
+    return (
+        f'<g class="scalebar"><rect x="8" y="{height - 14:.1f}" width="{length:.1f}" '
+        f'height="4" fill="#222"/><text x="8" y="{height - 18:.1f}">{_num(nice)} m</text></g>'
+    )
 
 
 def level_bars_svg(counts: Mapping[int | None, int], *, width_px: int = 320) -> str:
@@ -180,11 +187,15 @@ def level_bars_svg(counts: Mapping[int | None, int], *, width_px: int = 320) -> 
             continue
         w = width_px * n / total
         name = "not imaged" if level is None else f"level {level}"
-        out.append(f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="18" '
-                   f'fill="{level_colour(level)}" stroke="#fff"><title>{name}: {n}</title></rect>')
+        out.append(
+            f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="18" '
+            f'fill="{level_colour(level)}" stroke="#fff"><title>{name}: {n}</title></rect>'
+        )
         x += w
-    return (f'<svg class="bars" viewBox="0 0 {width_px} 18" width="{width_px}" height="18" '
-            f'role="img" aria-label="buildings per damage level">{"".join(out)}</svg>')
+    return (
+        f'<svg class="bars" viewBox="0 0 {width_px} 18" width="{width_px}" height="18" '
+        f'role="img" aria-label="buildings per damage level">{"".join(out)}</svg>'
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,20 +225,29 @@ def image_overlay_svg(
         Accessible description.
     """
     rows, cols = size
-    background = (f'<image href="{data_uri}" x="0" y="0" width="{cols}" height="{rows}"/>'
-                  if data_uri else f'<rect width="{cols}" height="{rows}" fill="#ddd"/>')
+    background = (
+        f'<image href="{data_uri}" x="0" y="0" width="{cols}" height="{rows}"/>'
+        if data_uri
+        else f'<rect width="{cols}" height="{rows}" fill="#ddd"/>'
+    )
     lines = "".join(
         '<polyline points="' + " ".join(f"{x:.1f},{y:.1f}" for x, y in line) + '"/>'
-        for line in polylines if len(line) >= 2
+        for line in polylines
+        if len(line) >= 2
     )
     frame = ""
     if outline is not None and len(outline) >= 3:
-        frame = ('<polygon class="footprint" points="'
-                 + " ".join(f"{x:.1f},{y:.1f}" for x, y in outline) + '"/>')
-    return (f'<svg class="overlay" viewBox="0 0 {cols} {rows}" role="img" '
-            f'aria-label="{escape(label)}">{background}{frame}'
-            f'<g fill="none" stroke="{_CRACK_COLOUR}" stroke-width="2" '
-            f'stroke-linejoin="round" vector-effect="non-scaling-stroke">{lines}</g></svg>')
+        frame = (
+            '<polygon class="footprint" points="'
+            + " ".join(f"{x:.1f},{y:.1f}" for x, y in outline)
+            + '"/>'
+        )
+    return (
+        f'<svg class="overlay" viewBox="0 0 {cols} {rows}" role="img" '
+        f'aria-label="{escape(label)}">{background}{frame}'
+        f'<g fill="none" stroke="{_CRACK_COLOUR}" stroke-width="2" '
+        f'stroke-linejoin="round" vector-effect="non-scaling-stroke">{lines}</g></svg>'
+    )
 
 
 def width_histogram_svg(width_mm: ArrayLike, length_m: ArrayLike, *, width_px: int = 360) -> str:
@@ -255,7 +275,7 @@ def width_histogram_svg(width_mm: ArrayLike, length_m: ArrayLike, *, width_px: i
         bars.append(
             f'<rect x="{x + 1:.1f}" y="{10 + plot_h - h:.1f}" width="{bar_w - 2:.1f}" '
             f'height="{h:.1f}" fill="#8c510a"><title>{_num(edges[i])}-{label} mm: '
-            f'{total:.2f} m</title></rect>'
+            f"{total:.2f} m</title></rect>"
             f'<text x="{x + bar_w / 2:.1f}" y="{plot_h + 24:.1f}" class="tick">{label}</text>'
         )
     return (
@@ -264,12 +284,13 @@ def width_histogram_svg(width_mm: ArrayLike, length_m: ArrayLike, *, width_px: i
         f'<text x="2" y="14" class="tick">{top:.2f} m</text>'
         f'<line x1="44" y1="10" x2="44" y2="{plot_h + 10:.0f}" stroke="#333"/>'
         f'{"".join(bars)}<text x="{width_px / 2:.0f}" y="{plot_h + 44:.0f}" class="axis">'
-        'crack width, mm (upper class limit) — bar: crack length, m</text></svg>'
+        "crack width, mm (upper class limit) — bar: crack length, m</text></svg>"
     )
 
 
-def rose_svg(orientation_deg: ArrayLike, length_m: ArrayLike, *, size_px: int = 220,
-             bin_deg: float = 15.0) -> str:
+def rose_svg(
+    orientation_deg: ArrayLike, length_m: ArrayLike, *, size_px: int = 220, bin_deg: float = 15.0
+) -> str:
     """Orientation rose: crack length per direction bin, mirrored (directions are axial).
 
     Petal radius is proportional to the square root of the length in the bin (area-true);
@@ -297,7 +318,7 @@ def rose_svg(orientation_deg: ArrayLike, length_m: ArrayLike, *, size_px: int = 
             petals.append(
                 f'<path d="M{centre},{centre}L{p0[0]:.1f},{p0[1]:.1f}A{r:.1f},{r:.1f} 0 0 0 '
                 f'{p1[0]:.1f},{p1[1]:.1f}Z" fill="{colour}" stroke="#fff" stroke-width="0.5">'
-                f'<title>{i * bin_deg:.0f}-{(i + 1) * bin_deg:.0f}°: {total:.2f} m</title></path>'
+                f"<title>{i * bin_deg:.0f}-{(i + 1) * bin_deg:.0f}°: {total:.2f} m</title></path>"
             )
     tol = ORIENTATION_TOLERANCE_DEG
     guides = "".join(
@@ -310,7 +331,7 @@ def rose_svg(orientation_deg: ArrayLike, length_m: ArrayLike, *, size_px: int = 
         f'<svg class="rose" viewBox="0 0 {size_px} {size_px}" role="img" '
         f'aria-label="orientation rose of crack length">'
         f'<circle cx="{centre}" cy="{centre}" r="{radius:.1f}" fill="none" stroke="#ccc"/>'
-        f'{guides}{"".join(petals)}'
+        f"{guides}{''.join(petals)}"
         f'<text x="{size_px - 2}" y="{centre - 4}" class="tick end">x</text>'
         f'<text x="{centre + 4}" y="12" class="tick">y</text></svg>'
     )

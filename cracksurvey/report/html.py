@@ -31,35 +31,55 @@ __all__ = [
 
 #: Columns of the ranked building table (after rank, and survey/district city-wide).
 TABLE_COLUMNS = (
-    "building_id", "damage_level", "n_cracks", "total_length_m", "longest_crack_m",
-    "width_max_mm", "width_p95_mm", "crack_density_m_per_m2", "share_diagonal", "cpp_mean",
+    "building_id",
+    "damage_level",
+    "n_cracks",
+    "total_length_m",
+    "longest_crack_m",
+    "width_max_mm",
+    "width_p95_mm",
+    "crack_density_m_per_m2",
+    "share_diagonal",
+    "cpp_mean",
     "n_images",
 )
 #: Column headings for people (units in brackets).
 HEADINGS = {
-    "survey": "survey", "district": "district",
-    "building_id": "building", "damage_level": "level (indicative)", "n_cracks": "cracks",
-    "total_length_m": "total length [m]", "longest_crack_m": "longest [m]",
-    "mean_crack_length_m": "mean crack length [m]", "width_max_mm": "max width [mm]",
-    "width_p95_mm": "p95 width [mm]", "imaged_area_m2": "imaged area [m²]",
-    "crack_density_m_per_m2": "density [m/m²]", "share_vertical": "near-vertical",
-    "share_horizontal": "near-horizontal", "share_diagonal": "diagonal",
-    "cpp_mean": "CPP", "cpp_patches": "CPP patches", "fragments_per_m": "fragments per m",
-    "largest_crack_share": "largest-crack share", "n_images": "images",
-    "n_images_failed": "images failed", "damage_label": "level wording",
+    "survey": "survey",
+    "district": "district",
+    "building_id": "building",
+    "damage_level": "level (indicative)",
+    "n_cracks": "cracks",
+    "total_length_m": "total length [m]",
+    "longest_crack_m": "longest [m]",
+    "mean_crack_length_m": "mean crack length [m]",
+    "width_max_mm": "max width [mm]",
+    "width_p95_mm": "p95 width [mm]",
+    "imaged_area_m2": "imaged area [m²]",
+    "crack_density_m_per_m2": "density [m/m²]",
+    "share_vertical": "near-vertical",
+    "share_horizontal": "near-horizontal",
+    "share_diagonal": "diagonal",
+    "cpp_mean": "CPP",
+    "cpp_patches": "CPP patches",
+    "fragments_per_m": "fragments per m",
+    "largest_crack_share": "largest-crack share",
+    "n_images": "images",
+    "n_images_failed": "images failed",
+    "damage_label": "level wording",
     "damage_basis": "why this level",
 }
 #: One line for each continuity number.
 CONTINUITY_NOTES = {
     "cpp_mean": "Cracks Per Patch: the average number of separate crack fragments in one "
-                "{patch_px}-pixel image patch (METHOD.md 7.4); higher means more cracks or "
-                "more broken-up cracks.",
+    "{patch_px}-pixel image patch (docs/method.md); higher means more cracks or "
+    "more broken-up cracks.",
     "fragments_per_m": "Separate cracks per metre of crack: high values mean many short, "
-                       "disconnected pieces rather than a few continuous cracks.",
+    "disconnected pieces rather than a few continuous cracks.",
     "mean_crack_length_m": "Average length of one connected crack: long continuous cracks "
-                           "matter more for a wall than scattered short ones.",
+    "matter more for a wall than scattered short ones.",
     "largest_crack_share": "Share of the total crack length in the single longest crack: "
-                           "near 100 % means one dominant crack.",
+    "near 100 % means one dominant crack.",
 }
 _INT_COLUMNS = {"n_cracks", "cpp_patches", "n_images", "n_images_failed", "damage_level"}
 _DECIMALS = {"imaged_area_m2": 1, "crack_density_m_per_m2": 3}
@@ -139,8 +159,10 @@ class BuildingView:
 
 def _keys(view: BuildingView) -> str:
     """Attributes naming the building (and survey) of a table row or section."""
-    return (f'data-building="{escape(str(view.values.get("building_id")))}" '
-            f'data-survey="{escape(view.survey)}"')
+    return (
+        f'data-building="{escape(str(view.values.get("building_id")))}" '
+        f'data-survey="{escape(view.survey)}"'
+    )
 
 
 def _level_badge(view: BuildingView) -> str:
@@ -150,9 +172,11 @@ def _level_badge(view: BuildingView) -> str:
     else:
         text = f"level {int(level)}: {label}" if not _missing(label) else f"level {int(level)}"
     dark = not _missing(level) and int(level) >= 3
-    return (f'<span class="badge{" dark" if dark else ""}" '
-            f'style="background:{level_colour(None if _missing(level) else int(level))}">'
-            f"{escape(text)}</span>")
+    return (
+        f'<span class="badge{" dark" if dark else ""}" '
+        f'style="background:{level_colour(None if _missing(level) else int(level))}">'
+        f"{escape(text)}</span>"
+    )
 
 
 def ranked_table(views: Sequence[BuildingView], *, city: bool) -> str:
@@ -163,22 +187,29 @@ def ranked_table(views: Sequence[BuildingView], *, city: bool) -> str:
     for rank, view in enumerate(views, start=1):
         cells = [f"<td>{rank}</td>"]
         if city:
-            cells += [f'<td data-column="survey">{escape(view.survey)}</td>',
-                      f'<td data-column="district">{escape(view.district)}</td>']
+            cells += [
+                f'<td data-column="survey">{escape(view.survey)}</td>',
+                f'<td data-column="district">{escape(view.district)}</td>',
+            ]
         for column in TABLE_COLUMNS:
             value = view.values.get(column)
             if column == "building_id":
-                cells.append(f'<td data-column="building_id" data-value="{escape(str(value))}">'
-                             f'<a href="#{view.anchor}">{escape(str(value))}</a></td>')
+                cells.append(
+                    f'<td data-column="building_id" data-value="{escape(str(value))}">'
+                    f'<a href="#{view.anchor}">{escape(str(value))}</a></td>'
+                )
             elif column == "damage_level":
-                colour = level_colour(None if _missing(value) else int(value))
-                ink = ";color:#fff" if not _missing(value) and int(value) >= 3 else ""
+                level = None if value is None or _missing(value) else int(value)
+                colour = level_colour(level)
+                ink = ";color:#fff" if level is not None and level >= 3 else ""
                 cells.append(_cell(column, value, extra=f' style="background:{colour}{ink}"'))
             else:
                 cells.append(_cell(column, value))
         rows.append(f'<tr class="building-row" {_keys(view)}>{"".join(cells)}</tr>')
-    return (f'<table class="ranked"><thead><tr><th scope="col">rank</th>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
+    return (
+        f'<table class="ranked"><thead><tr><th scope="col">rank</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _summary_table(values: Mapping[str, Any]) -> str:
@@ -215,13 +246,19 @@ def building_section(view: BuildingView, *, patch_px: int, scale_note: str) -> s
         images += f'<p class="note">{view.images_not_shown} more image(s) not shown.</p>'
     return (
         f'<section class="building" id="{view.anchor}" {_keys(view)}>'
-        f'<h2>Building {escape(str(values.get("building_id")))}{where} {_level_badge(view)}</h2>'
-        + (f'<p class="basis">Why: {escape(str(basis))}. {escape(scale_note)}</p>'
-           if not _missing(basis) else "")
+        f"<h2>Building {escape(str(values.get('building_id')))}{where} {_level_badge(view)}</h2>"
+        + (
+            f'<p class="basis">Why: {escape(str(basis))}. {escape(scale_note)}</p>'
+            if not _missing(basis)
+            else ""
+        )
         + _continuity(values, patch_px)
         + f'<div class="figures">{"".join(view.figures)}</div>'
-        + (f'<div class="images">{images}</div>' if images else
-           '<p class="note">No processed image of this building.</p>')
+        + (
+            f'<div class="images">{images}</div>'
+            if images
+            else '<p class="note">No processed image of this building.</p>'
+        )
         + f"<details><summary>All numbers</summary>{_summary_table(values)}</details>"
         + "</section>"
     )
@@ -275,8 +312,10 @@ nav.toc a{margin-right:.8rem}
  .badge,td,.swatch,svg{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
 """
 
-_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-        "base-uri 'none'; form-action 'none'")
+_CSP = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+    "base-uri 'none'; form-action 'none'"
+)
 
 
 def render_page(

@@ -36,8 +36,17 @@ logger = logging.getLogger(__name__)
 #: Crack and branch columns the report uses.
 _CRACK_COLUMNS = ["image", "building_id", "length_m", "width_max_mm", "orientation_deg"]
 _BRANCH_COLUMNS = ["image", "building_id", "length_m", "width_mean_mm"]
-_IMAGE_COLUMNS = ["image", "path", "status", "building_id", "facade_id", "georef_kind",
-                  "width_px", "height_px", "n_cracks"]
+_IMAGE_COLUMNS = [
+    "image",
+    "path",
+    "status",
+    "building_id",
+    "facade_id",
+    "georef_kind",
+    "width_px",
+    "height_px",
+    "n_cracks",
+]
 #: Largest window (pixels) read at full resolution for a cropped thumbnail; larger crops are
 #: cut from a decimated read of the whole image.
 _MAX_WINDOW_PX = 4096 * 4096
@@ -113,19 +122,29 @@ def _layers(gpkg: Path) -> list[str]:
 
 def _of_kind(names: list[str], base: str) -> list[str]:
     """Layers named ``base`` or ``base_<crs group>`` (``cracks_3d*`` is not a crack group)."""
-    return [n for n in names if (n == base or n.startswith(base + "_"))
-            and not n.startswith("cracks_3d")]
+    return [
+        n
+        for n in names
+        if (n == base or n.startswith(base + "_")) and not n.startswith("cracks_3d")
+    ]
 
 
-def _read_layers(gpkg: Path, names: list[str], columns: list[str], *, geometry: bool
-                 ) -> pd.DataFrame:
+def _read_layers(
+    gpkg: Path, names: list[str], columns: list[str], *, geometry: bool
+) -> pd.DataFrame:
     import pyogrio
 
     parts = []
     for name in names:
         frame = pyogrio.read_dataframe(gpkg, layer=name, columns=columns, read_geometry=geometry)
-        table = pd.DataFrame({c: frame[c].astype(object) if frame[c].dtype == object
-                              or str(frame[c].dtype) == "str" else frame[c] for c in columns})
+        table = pd.DataFrame(
+            {
+                c: frame[c].astype(object)
+                if frame[c].dtype == object or str(frame[c].dtype) == "str"
+                else frame[c]
+                for c in columns
+            }
+        )
         if geometry:
             table["geometry"] = np.asarray(frame.geometry.values, dtype=object)
             table["crs"] = [frame.crs] * len(frame)
@@ -135,8 +154,9 @@ def _read_layers(gpkg: Path, names: list[str], columns: list[str], *, geometry: 
     return pd.DataFrame(columns=columns + (["geometry", "crs"] if geometry else []))
 
 
-def load_survey_output(out_dir: str | Path, *, run_record: dict[str, Any] | None = None
-                       ) -> SurveyOutput:
+def load_survey_output(
+    out_dir: str | Path, *, run_record: dict[str, Any] | None = None
+) -> SurveyOutput:
     """Read the outputs of one ``cracksurvey process`` run.
 
     Parameters
@@ -157,8 +177,9 @@ def load_survey_output(out_dir: str | Path, *, run_record: dict[str, Any] | None
     gpkg = out / GPKG
     if run_record is None:
         if not (out / RUN_JSON).is_file():
-            raise ConfigError(f"{out}: no {RUN_JSON}; not the output folder of a finished "
-                              "cracksurvey process run")
+            raise ConfigError(
+                f"{out}: no {RUN_JSON}; not the output folder of a finished cracksurvey process run"
+            )
         run_record = json.loads((out / RUN_JSON).read_text(encoding="utf-8"))
     if not gpkg.is_file():
         raise ConfigError(f"{out}: no {GPKG}; run cracksurvey process first")
@@ -166,13 +187,22 @@ def load_survey_output(out_dir: str | Path, *, run_record: dict[str, Any] | None
         names = _layers(gpkg)
         buildings = pyogrio.read_dataframe(gpkg, layer="buildings")
         cracks = _read_layers(gpkg, _of_kind(names, "cracks"), _CRACK_COLUMNS, geometry=True)
-        branches = _read_layers(gpkg, _of_kind(names, "crack_branches"), _BRANCH_COLUMNS,
-                                geometry=False)
+        branches = _read_layers(
+            gpkg, _of_kind(names, "crack_branches"), _BRANCH_COLUMNS, geometry=False
+        )
         images = _read_layers(gpkg, _of_kind(names, "images"), _IMAGE_COLUMNS, geometry=True)
     buildings["building_id"] = buildings["building_id"].astype(object)
     name, district = survey_names(run_record, out)
-    return SurveyOutput(out_dir=out, name=name, district=district, run=run_record,
-                        buildings=buildings, cracks=cracks, branches=branches, images=images)
+    return SurveyOutput(
+        out_dir=out,
+        name=name,
+        district=district,
+        run=run_record,
+        buildings=buildings,
+        cracks=cracks,
+        branches=branches,
+        images=images,
+    )
 
 
 def _to_rgb8(array: np.ndarray) -> np.ndarray:
@@ -225,8 +255,9 @@ def read_thumbnail(
                 ratio = max(height / max(row1 - row0, 1), width / max(col1 - col0, 1))
                 whole = src.read_overview(max_side_px=int(max_side_px * ratio))
                 sr, sc = whole.shape[1] / height, whole.shape[2] / width
-                array = whole[:, int(row0 * sr): math.ceil(row1 * sr),
-                              int(col0 * sc): math.ceil(col1 * sc)]
+                array = whole[
+                    :, int(row0 * sr) : math.ceil(row1 * sr), int(col0 * sc) : math.ceil(col1 * sc)
+                ]
             else:
                 step = max(1, math.ceil(max(row1 - row0, col1 - col0) / max_side_px))
                 array = src.read(row0, row1, col0, col1)[:, ::step, ::step]

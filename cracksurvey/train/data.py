@@ -23,8 +23,8 @@ from typing import Protocol
 import numpy as np
 from scipy import ndimage
 
-from ..datasets import list_pairs, read_mask, read_rgb
 from ..errors import DatasetError
+from ..evaluation.datasets import list_pairs, read_mask, read_rgb
 from .targets import distance_target, skeletonize_mask
 
 log = logging.getLogger(__name__)

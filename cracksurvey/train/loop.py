@@ -26,11 +26,12 @@ import torch
 import yaml
 
 from ..errors import ConfigError
-from ..metrics import aggregate, relaxed_counts
+from ..evaluation.metrics import aggregate, relaxed_counts
 from ..model import ModelCard, TernausNet, save_model
 from ..predict import auto_precision, keep_freed_memory
 from ..skeleton import skeletonize_mask
 from .data import Augment, CropSource, MixedCrops, Sample, load_samples, pad_to_multiple
+from .losses import LossWeights, combined_loss
 from .negatives import (
     NegativeImage,
     NegativeSource,
@@ -39,7 +40,6 @@ from .negatives import (
     load_negatives,
     load_stamps,
 )
-from .losses import LossWeights, combined_loss
 from .topo import TopoParams, set_threads
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..datasets import IMAGE_SUFFIXES, read_rgb
 from ..errors import DatasetError
+from ..evaluation.datasets import IMAGE_SUFFIXES, read_rgb
 from .targets import distance_target, skeletonize_mask
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..datasets import read_rgb
 from ..errors import DatasetError
+from ..evaluation.datasets import read_rgb
 from ..model import IMAGENET_MEAN, IMAGENET_STD, ModelCard, TernausNet, save_model
 from .negatives import LABELMEFACADE_CLASSES, negative_split
 

@@ -20,7 +20,7 @@ __all__ = ["distance_target", "skeletonize_mask"]
 def distance_target(skeleton: np.ndarray, *, clip_px: float = 20.0) -> np.ndarray:
     """Clipped distance (pixels) to the nearest skeleton pixel; all ``clip_px`` if empty (B6).
 
-    >>> distance_target(np.zeros((3, 3), bool)).max()
+    >>> float(distance_target(np.zeros((3, 3), bool)).max())
     20.0
     """
     skeleton = np.asarray(skeleton, bool)

@@ -3,9 +3,9 @@
 For every image of a split: predict the distance map (whole image, reflect-padded; the same
 network call as the engine's), threshold at the card's calibrated τ, and compare with the GT mask:
 
-- relaxed correctness / completeness / quality / F1 at a slack (METHOD.md §7.1; Wiedemann
-  completeness by default, the authors' variant on request), micro and macro;
-- CPP (§7.4) of prediction and GT per 256-px patch, ΔCPP and mean |ΔCPP|;
+- relaxed correctness / completeness / quality / F1 at a slack (docs/method.md, "Metrics";
+  Wiedemann completeness by default, the authors' variant on request), micro and macro;
+- CPP of prediction and GT per 256-px patch, ΔCPP and mean |ΔCPP|;
 - clDice and the Betti-0 (component count) error;
 - width: at predicted skeleton pixels matched (within the slack) to the GT centreline, the width
   measured on the predicted body map vs the width measured the same way on the GT mask (px).
@@ -21,12 +21,15 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .datasets import list_pairs, read_mask, read_rgb
-from .metrics import aggregate, betti0_error, cldice, cracks_per_patch, relaxed_counts
-from .model import load_model
-from .predict import effective_precision, keep_freed_memory
-from .skeleton import measure_width_px, skeletonize_mask
-from .tiling import predict_untiled
+from cracksurvey.config import Precision
+from cracksurvey.evaluation.datasets import list_pairs, read_mask, read_rgb
+from cracksurvey.evaluation.metrics import aggregate, betti0_error, cldice, relaxed_counts
+from cracksurvey.measure.continuity import cracks_per_patch
+from cracksurvey.measure.width import measure_width_px
+from cracksurvey.model import load_model
+from cracksurvey.predict import effective_precision, keep_freed_memory
+from cracksurvey.skeleton import skeletonize_mask
+from cracksurvey.tiling import predict_untiled
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ def width_errors(
 ) -> np.ndarray:
     """Predicted minus GT width (px) at predicted skeleton pixels within ``slack_px`` of the GT.
 
-    Both widths are measured with :func:`cracksurvey.skeleton.measure_width_px`: the predicted
+    Both widths are measured with :func:`cracksurvey.measure.width.measure_width_px`: the predicted
     one on the body probability, the GT one on the GT mask at the nearest GT skeleton pixel.
     """
     if pred_body is None or not pred_skeleton.any() or not gt_mask.any():
@@ -70,7 +73,7 @@ def evaluate_model(
     variant: str = "wiedemann",
     cpp_patch_px: int = 256,
     cpp_min_area_px: int = 50,
-    precision: str = "auto",
+    precision: Precision = "auto",
     halo_px: int = 64,
     progress: Callable[[int, str], Any] | None = None,
 ) -> dict[str, Any]:
@@ -98,7 +101,14 @@ def evaluate_model(
         "cpp": {"patch_px": cpp_patch_px, "min_area_px": cpp_min_area_px},
         "datasets": {},
     }
-    everything: dict[str, list[Any]] = {"counts": [], "cpp_pred": [], "cpp_gt": [], "cldice": [], "betti0": [], "width": []}
+    everything: dict[str, list[Any]] = {
+        "counts": [],
+        "cpp_pred": [],
+        "cpp_gt": [],
+        "cldice": [],
+        "betti0": [],
+        "width": [],
+    }
     for data_dir in data_dirs:
         pairs = list_pairs(data_dir, split)
         bar = progress(len(pairs), Path(data_dir).name) if progress else None
@@ -106,13 +116,19 @@ def evaluate_model(
         for pair in pairs:
             image = read_rgb(pair.image)
             gt = read_mask(pair.mask)
-            distance, body = predict_untiled(image, model, card, halo_px=halo_px, precision=prec, device=device)
+            distance, body = predict_untiled(
+                image, model, card, halo_px=halo_px, precision=prec, device=device
+            )
             pred = distance <= tau
             acc["counts"].append(relaxed_counts(pred, gt, slack_px=slack_px, variant=variant))  # type: ignore[arg-type]
             # CPP pooled over every counted patch of every image (images smaller than half a
             # patch have none)
-            acc["cpp_pred"].append(cracks_per_patch(pred, patch_px=cpp_patch_px, min_area_px=cpp_min_area_px))
-            acc["cpp_gt"].append(cracks_per_patch(gt, patch_px=cpp_patch_px, min_area_px=cpp_min_area_px))
+            acc["cpp_pred"].append(
+                cracks_per_patch(pred, patch_px=cpp_patch_px, min_area_px=cpp_min_area_px)
+            )
+            acc["cpp_gt"].append(
+                cracks_per_patch(gt, patch_px=cpp_patch_px, min_area_px=cpp_min_area_px)
+            )
             acc["cldice"].append(cldice(pred, gt))
             acc["betti0"].append(betti0_error(pred, gt, min_area_px=cpp_min_area_px))
             acc["width"].append(width_errors(body, skeletonize_mask(pred), gt, slack_px=slack_px))
@@ -161,18 +177,48 @@ def _fmt(v: Any) -> str:
 
 def format_table(results: dict[str, Any]) -> str:
     """A plain-text table of the headline numbers."""
-    cols = ["dataset", "n", "correct.", "complete.", "quality", "F1", "CPP pred", "CPP GT", "|ΔCPP|", "clDice", "β0 err", "width MAE px"]
+    cols = [
+        "dataset",
+        "n",
+        "correct.",
+        "complete.",
+        "quality",
+        "F1",
+        "CPP pred",
+        "CPP GT",
+        "|ΔCPP|",
+        "clDice",
+        "β0 err",
+        "width MAE px",
+    ]
     rows = []
-    entries = list(results["datasets"].items()) + ([("all", results["all"])] if "all" in results else [])
+    entries = list(results["datasets"].items()) + (
+        [("all", results["all"])] if "all" in results else []
+    )
     for name, r in entries:
         m = r["micro"]
-        rows.append([name, r["n_images"], m["correctness"], m["completeness"], m["quality"], m["f1"],
-                     r["cpp_pred_mean"], r["cpp_gt_mean"], r["abs_delta_cpp_mean"], r["cldice_mean"],
-                     r["betti0_error_mean"], r["width_mae_px"]])
+        rows.append(
+            [
+                name,
+                r["n_images"],
+                m["correctness"],
+                m["completeness"],
+                m["quality"],
+                m["f1"],
+                r["cpp_pred_mean"],
+                r["cpp_gt_mean"],
+                r["abs_delta_cpp_mean"],
+                r["cldice_mean"],
+                r["betti0_error_mean"],
+                r["width_mae_px"],
+            ]
+        )
     table = [cols] + [[_fmt(v) for v in row] for row in rows]
     widths = [max(len(str(r[i])) for r in table) for i in range(len(cols))]
     lines = ["  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)) for r in table]
-    head = (f"model {results['model_id']} (sha256 {results['sha256'][:12]}), threshold {results['threshold_px']} px, "
-            f"slack {results['slack_px']} px, {results['variant']} completeness, micro over images; "
-            f"CPP: patch {results['cpp']['patch_px']} px, min area {results['cpp']['min_area_px']} px")
+    head = (
+        f"model {results['model_id']} (sha256 {results['sha256'][:12]}), threshold {results['threshold_px']} px, "
+        f"slack {results['slack_px']} px, {results['variant']} completeness, micro over images; "
+        f"CPP: patch {results['cpp']['patch_px']} px, min area {results['cpp']['min_area_px']} px"
+    )
     return "\n".join([head, lines[0], "-" * len(lines[0]), *lines[1:]])

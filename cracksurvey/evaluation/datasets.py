@@ -1,4 +1,4 @@
-"""Labelled crack datasets: folders of images and masks (the ../shared/data layout).
+"""Labelled crack datasets: folders of images and masks.
 
 ```
 <root>/<split>/images/<name>.<jpg|png>
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError
+from cracksurvey.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,9 @@ def list_pairs(root: str | Path, split: str) -> list[Pair]:
         if not mask.exists():
             candidates = [p for p in masks_dir.glob(image.stem + ".*")]
             if not candidates:
-                raise DatasetError(f"{image}: no mask {mask.name} in {masks_dir}; add it or remove the image")
+                raise DatasetError(
+                    f"{image}: no mask {mask.name} in {masks_dir}; add it or remove the image"
+                )
             mask = candidates[0]
         pairs.append(Pair(image.stem, image, mask, root.name))
     if not pairs:
@@ -68,7 +70,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a mask as bool (rows, cols); crack = value > 0 in the first channel (B7: 1 channel)."""
+    """Read a mask as bool (rows, cols); crack = value > 0 in the first channel (one channel: docs/method.md, D3)."""
     from PIL import Image
 
     with Image.open(path) as im:
