@@ -21,8 +21,7 @@ Used by tests/test_field_loop.py; a plain script so the test process never impor
 
 from __future__ import annotations
 
-import json
-import sys
+from qgis_app import read_spec, run_script
 
 
 def _commit(layer) -> None:  # type: ignore[no-untyped-def]
@@ -99,22 +98,15 @@ def _add_reviewed(spec: dict, crack_layer: str) -> dict:
     return out
 
 
-def main(argv: list[str]) -> int:
-    from qgis.core import Qgis, QgsApplication
+def main(argv: list[str]) -> dict:
+    from qgis.core import Qgis
 
-    with open(argv[0], encoding="utf-8") as f:
-        spec = json.load(f)
-    app = QgsApplication([], False)
-    app.initQgis()
-    try:
-        out = {"qgis": Qgis.version(), "cracks": _edit_cracks(spec)}
-        if "reviewed" in spec:
-            out["reviewed"] = _add_reviewed(spec, spec["layer"])
-        print(json.dumps(out))
-    finally:
-        app.exitQgis()
-    return 0
+    spec = read_spec(argv)
+    out = {"qgis": Qgis.version(), "cracks": _edit_cracks(spec)}
+    if "reviewed" in spec:
+        out["reviewed"] = _add_reviewed(spec, spec["layer"])
+    return out
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_script(main)

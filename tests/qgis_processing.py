@@ -15,8 +15,9 @@ algorithm, its parameters and help. Used by tests/test_qgis_plugin.py.
 
 from __future__ import annotations
 
-import json
 import sys
+
+from qgis_app import read_spec, run_script
 
 
 def _feedback():  # type: ignore[no-untyped-def]
@@ -57,67 +58,59 @@ def _describe(algorithm) -> dict:  # type: ignore[no-untyped-def]
     }
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> dict:
     from qgis.core import QgsApplication, QgsProcessingContext, QgsProject
 
-    with open(argv[0], encoding="utf-8") as f:
-        spec = json.load(f)
-    app = QgsApplication([], False)
-    app.initQgis()
-    try:
-        sys.path.append("/usr/share/qgis/python/plugins")
-        import processing  # noqa: F401 - Debian's Processing plugin
-        import qgis.utils
-        from processing.core.Processing import Processing
+    spec = read_spec(argv)
+    sys.path.append("/usr/share/qgis/python/plugins")
+    import processing  # Debian's Processing plugin
+    import qgis.utils
+    from processing.core.Processing import Processing
 
-        Processing.initialize()
-        qgis.utils.plugin_paths = [spec["plugins"]]
-        sys.path.insert(0, spec["plugins"])
-        qgis.utils.updateAvailablePlugins()
-        assert "cracksurvey_processing" in qgis.utils.available_plugins, qgis.utils.available_plugins
-        assert qgis.utils.loadPlugin("cracksurvey_processing")
-        assert qgis.utils.startProcessingPlugin("cracksurvey_processing")
-        registry = QgsApplication.processingRegistry()
-        provider = registry.providerById("cracksurvey")
-        out: dict = {"provider": provider.longName(),
-                     "algorithms": {a.id(): _describe(a) for a in provider.algorithms()},
-                     "runs": []}
-        for run in spec["runs"]:
-            feedback = _feedback()
-            context = QgsProcessingContext()
-            context.setProject(QgsProject.instance())
-            dirty = None
-            if run.get("unsaved_edit"):  # a layer with an edit not saved yet
-                from qgis.core import QgsVectorLayer
+    Processing.initialize()
+    qgis.utils.plugin_paths = [spec["plugins"]]
+    sys.path.insert(0, spec["plugins"])
+    qgis.utils.updateAvailablePlugins()
+    assert "cracksurvey_processing" in qgis.utils.available_plugins, qgis.utils.available_plugins
+    assert qgis.utils.loadPlugin("cracksurvey_processing")
+    assert qgis.utils.startProcessingPlugin("cracksurvey_processing")
+    provider = QgsApplication.processingRegistry().providerById("cracksurvey")
+    out: dict = {"provider": provider.longName(),
+                 "algorithms": {a.id(): _describe(a) for a in provider.algorithms()},
+                 "runs": []}
+    for run in spec["runs"]:
+        feedback = _feedback()
+        context = QgsProcessingContext()
+        context.setProject(QgsProject.instance())
+        dirty = None
+        if run.get("unsaved_edit"):  # a layer with an edit not saved yet
+            from qgis.core import QgsVectorLayer
 
-                dirty = QgsVectorLayer(run["unsaved_edit"], "cracks", "ogr")
-                QgsProject.instance().addMapLayer(dirty)
-                dirty.startEditing()
-                dirty.deleteFeature(next(dirty.getFeatures()).id())
-            try:
-                results = processing.run(run["algorithm"], run["parameters"], feedback=feedback,
-                                         context=context)
-                error = None
-            except Exception as exc:  # noqa: BLE001 - reported to the test
-                results, error = {}, str(exc)
-            out["runs"].append({
-                "results": {k: str(v) for k, v in results.items()},
-                "error": error,
-                "progress": feedback.progress,
-                "log": feedback.log,
-                "load": sorted(d.name for d in context.layersToLoadOnCompletion().values()),
-            })
-            del context
-            if dirty is not None:
-                dirty.rollBack()
-                QgsProject.instance().removeMapLayer(dirty.id())
-                del dirty
-        print(json.dumps(out))
-        qgis.utils.unloadPlugin("cracksurvey_processing")
-    finally:
-        app.exitQgis()
-    return 0
+            dirty = QgsVectorLayer(run["unsaved_edit"], "cracks", "ogr")
+            QgsProject.instance().addMapLayer(dirty)
+            dirty.startEditing()
+            dirty.deleteFeature(next(dirty.getFeatures()).id())
+        try:
+            results = processing.run(run["algorithm"], run["parameters"], feedback=feedback,
+                                     context=context)
+            error = None
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            results, error = {}, str(exc)
+        out["runs"].append({
+            "results": {k: str(v) for k, v in results.items()},
+            "error": error,
+            "progress": feedback.progress,
+            "log": feedback.log,
+            "load": sorted(d.name for d in context.layersToLoadOnCompletion().values()),
+        })
+        del context
+        if dirty is not None:
+            dirty.rollBack()
+            QgsProject.instance().removeMapLayer(dirty.id())
+            del dirty
+    qgis.utils.unloadPlugin("cracksurvey_processing")
+    return out
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_script(main)

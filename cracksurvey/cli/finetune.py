@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from cracksurvey.cli.group import main, tqdm_factory
+from cracksurvey.cli.group import main, out_dirs_argument, tqdm_factory
 
 
 def _survey_dir_pairs(items: tuple[str, ...], out_dirs: tuple[Path, ...]) -> dict[str, str]:
@@ -28,12 +28,7 @@ def _survey_dir_pairs(items: tuple[str, ...], out_dirs: tuple[Path, ...]) -> dic
 
 
 @main.command("finetune")
-@click.argument(
-    "out_dirs",
-    nargs=-1,
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-)
+@out_dirs_argument
 @click.option(
     "--run",
     "run_dir",

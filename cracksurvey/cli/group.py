@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,7 +13,7 @@ import click
 from cracksurvey import __version__
 from cracksurvey.errors import CrackSurveyError
 
-__all__ = ["bars_disabled", "main", "tqdm_factory"]
+__all__ = ["bars_disabled", "main", "out_dirs_argument", "tqdm_factory"]
 
 log = logging.getLogger("cracksurvey")
 
@@ -77,3 +78,12 @@ def tqdm_factory(quiet: bool = False) -> Any:
         )
 
     return make
+
+
+#: OUT_DIR...: output folders of `cracksurvey process` (report, finetune).
+out_dirs_argument = click.argument(
+    "out_dirs",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)

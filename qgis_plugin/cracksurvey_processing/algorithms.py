@@ -46,6 +46,11 @@ def configured_executable() -> str:
     return str(ProcessingConfig.getSetting(EXECUTABLE_SETTING) or "")
 
 
+def options(*pairs: tuple[str, Any]) -> list[str]:
+    """``[flag, value, ...]`` for the pairs whose value is set (not empty, not 0)."""
+    return [text for flag, value in pairs if value for text in (flag, str(value))]
+
+
 def gpkg_layer_names(path: str) -> list[str]:
     """Names of the spatial layers of a GeoPackage, as QGIS lists them."""
     probe = QgsVectorLayer(path, "probe", "ogr")
@@ -168,16 +173,10 @@ class ProcessAlgorithm(_CliAlgorithm):
 
     def processAlgorithm(self, parameters: dict, context: QgsProcessingContext,
                          feedback: Any) -> dict:
-        args = ["process", self.parameterAsFile(parameters, self.INPUT, context)]
-        out = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
-        if out:
-            args += ["--out", out]
-        weights = self.parameterAsFile(parameters, self.WEIGHTS, context)
-        if weights:
-            args += ["--weights", weights]
-        config = self.parameterAsFile(parameters, self.CONFIG, context)
-        if config:
-            args += ["--config", config]
+        args = ["process", self.parameterAsFile(parameters, self.INPUT, context),
+                *options(("--out", self.parameterAsFileOutput(parameters, self.OUTPUT, context)),
+                         ("--weights", self.parameterAsFile(parameters, self.WEIGHTS, context)),
+                         ("--config", self.parameterAsFile(parameters, self.CONFIG, context)))]
         record = self._run(args + self._common_args(parameters, context) + ["--json"], feedback)
         folder = record["out_dir"]
         gpkg = os.path.join(folder, record["outputs"]["geopackage"])
@@ -318,12 +317,8 @@ class FinetuneAlgorithm(_CliAlgorithm):
                 "--default-width-mm",
                 repr(self.parameterAsDouble(parameters, self.DEFAULT_WIDTH_MM, context)),
                 "--seed", str(number(parameters, self.SEED, context))]
-        crop = number(parameters, self.CROP_PX, context)
-        if crop:
-            args += ["--crop-px", str(crop)]
-        weights = self.parameterAsFile(parameters, self.WEIGHTS, context)
-        if weights:
-            args += ["--weights", weights]
+        args += options(("--crop-px", number(parameters, self.CROP_PX, context)),
+                        ("--weights", self.parameterAsFile(parameters, self.WEIGHTS, context)))
         answer = self._run(args + self._common_args(parameters, context) + ["--json"], feedback)
         for path in sorted(glob.glob(os.path.join(run, "samples", "*", "*_target.tif"))):
             name = "target " + os.path.basename(os.path.dirname(path)) + "/" + \
