@@ -172,7 +172,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data")
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=None, help="default: cracksurvey finetune's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     ap.add_argument("--json", action="store_true")
@@ -193,13 +193,16 @@ def main() -> int:
     seconds["process"] = cracksurvey("process", survey, "--out", before, "--overwrite", "-q")
     shutil.copy(before / "cracks.gpkg", work / "found_before.gpkg")  # before the corrections
     edits = correct(before / "cracks.gpkg", truth, boxes["reviewed half"], slack_m)
+    lr = ["--lr", args.lr] if args.lr else []
     seconds["finetune"] = cracksurvey("finetune", before, "--run", run, "--steps", args.steps,
-                                      "--lr", args.lr, "--seed", args.seed, "--overwrite")
+                                      *lr, "--seed", args.seed, "--overwrite")
     seconds["process again"] = cracksurvey("process", survey, "--out", after, "--weights",
                                            run / "model.safetensors", "--overwrite", "-q")
-    results: dict[str, Any] = {"cpu": cpu_name(), "steps": args.steps, "lr": args.lr,
+    card = json.loads((run / "model.json").read_text())
+    results: dict[str, Any] = {"cpu": cpu_name(), "steps": args.steps,
+                               "lr": card["lineage"]["finetune"]["lr"],
                                "edits": edits, "seconds": {k: round(v, 1) for k, v in seconds.items()},
-                               "lineage_samples": json.loads((run / "model.json").read_text())["lineage"]["samples"]}
+                               "lineage_samples": card["lineage"]["samples"]}
     for label, out in (("shipped", before), ("fine-tuned", after)):
         # the corrected layer of `before` is not what the model found: read its run's copy
         detected = pyogrio.read_dataframe(out / "cracks.gpkg", layer="cracks") if out == after \
@@ -209,7 +212,7 @@ def main() -> int:
         print(json.dumps(results, indent=1))
     else:
         print(f"CPU: {results['cpu']}; edits on the reviewed half: {edits}; "
-              f"{args.steps} steps, seconds: {results['seconds']}")
+              f"{args.steps} steps at lr {results['lr']:g}; seconds: {results['seconds']}")
         print(f"{'model':11s} {'half':15s} {'true m':>7s} {'found m':>8s} {'false m':>8s} {'missed m':>9s}")
         for label in ("shipped", "fine-tuned"):
             for name, r in results[label].items():

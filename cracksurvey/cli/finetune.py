@@ -52,7 +52,7 @@ def _survey_dir_pairs(items: tuple[str, ...], out_dirs: tuple[Path, ...]) -> dic
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
-    default=1e-4,
+    default=3e-4,
     show_default=True,
     help="Adam learning rate (constant).",
 )
