@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -199,6 +200,7 @@ def finetune_from_surveys(
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise ConfigError(f"steps={steps}, batch_size={batch_size}, lr={lr}: must be positive")
     t0 = time.perf_counter()
+    shutil.rmtree(run / SAMPLES_DIR, ignore_errors=True)  # a previous run's targets
     if threads:
         torch.set_num_threads(threads)
     set_threads(torch.get_num_threads())
