@@ -11,6 +11,7 @@ The runner's parts that need no QGIS (executable lookup, progress parsing) are t
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -30,8 +31,11 @@ from gis_helpers import run_qgis_script
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_ROOT = REPO / "qgis_plugin"
 SCRIPT = Path(__file__).with_name("qgis_processing.py")
-sys.path.insert(0, str(PLUGIN_ROOT / "cracksurvey_processing"))
-import runner  # noqa: E402 - the plugin's QGIS-free module
+_spec = importlib.util.spec_from_file_location(
+    "cracksurvey_processing_runner", PLUGIN_ROOT / "cracksurvey_processing" / "runner.py")
+assert _spec is not None and _spec.loader is not None
+runner = importlib.util.module_from_spec(_spec)  # the plugin's QGIS-free module
+_spec.loader.exec_module(runner)
 
 #: The oracle's fast settings as command-line options (one process, small tiles).
 FAST_ARGS = ["--scheduler", "synchronous",
