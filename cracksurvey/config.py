@@ -162,17 +162,27 @@ class VectorizeConfig:
     smoothing_px : float
         Polyline simplification tolerance in pixels (0 = keep every skeleton vertex).
     bridge_gap_px : int
-        Gaps up to this length between crack tips are bridged and flagged ``bridged``
-        (0 = no bridging; gap bridging is not implemented yet, a value > 0 is warned about).
+        Crack tips are linked to the next crack through a valley of the distance map when the
+        gap is at most this long (pixels); the crack is flagged ``bridged`` (0 = no bridging;
+        docs/method.md, "Gap bridging").
+    bridge_valley_px : float
+        Highest predicted distance (pixels) a bridge may cross: the valley it follows.
     """
 
     min_spur_px: int = 8
     min_crack_length_px: int = 15
     smoothing_px: float = 1.0
-    bridge_gap_px: int = 0
+    bridge_gap_px: int = 16
+    bridge_valley_px: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("min_spur_px", "min_crack_length_px", "smoothing_px", "bridge_gap_px"):
+        for name in (
+            "min_spur_px",
+            "min_crack_length_px",
+            "smoothing_px",
+            "bridge_gap_px",
+            "bridge_valley_px",
+        ):
             _require_non_negative("vectorize", self, name)
 
 
@@ -231,6 +241,44 @@ class CppConfig:
     def __post_init__(self) -> None:
         _require_positive("cpp", self, "patch_px")
         _require_non_negative("cpp", self, "min_area_px")
+
+
+SemanticsMode = Literal["auto", "on", "off"]
+Surface = Literal["wall", "opening", "background"]
+
+
+@dataclass(frozen=True)
+class SemanticsConfig:
+    """Façade semantics and no data (:mod:`cracksurvey.semantics`).
+
+    Parameters
+    ----------
+    mode : {'auto', 'on', 'off'}
+        ``auto``: façade images and images in pixel units that show enough of a façade (longest
+        side >= 1024 px and, at a known GSD, >= 4 m of wall); never map orthophotos (the model
+        was trained on street façades). ``on``: every image large enough. ``off``: every
+        pixel is wall.
+    weights : str or None
+        Semantics model (.safetensors with its card); None: the shipped one.
+    keep_on : tuple of {'wall', 'opening', 'background'}
+        Cracks are kept when most of their length lies on one of these surfaces.
+    fill : {'auto', 'off'}
+        ``auto``: constant black or white regions touching the image border (the fill that
+        rectification leaves) are no data, like GDAL nodata and alpha.
+    fill_tolerance : int
+        Grey levels of noise a constant fill may carry (JPEG).
+    """
+
+    mode: SemanticsMode = "auto"
+    weights: str | None = None
+    keep_on: tuple[Surface, ...] = ("wall",)
+    fill: Literal["auto", "off"] = "auto"
+    fill_tolerance: int = 6
+
+    def __post_init__(self) -> None:
+        _require_non_negative("semantics", self, "fill_tolerance")
+        if not self.keep_on:
+            raise _invalid(["semantics.keep_on"], "semantics.keep_on is empty; use e.g. [wall]")
 
 
 @dataclass(frozen=True)
@@ -307,6 +355,7 @@ class ProcessConfig:
     vectorize: VectorizeConfig = field(default_factory=VectorizeConfig)
     survey: SurveyConfig = field(default_factory=SurveyConfig)
     cpp: CppConfig = field(default_factory=CppConfig)
+    semantics: SemanticsConfig = field(default_factory=SemanticsConfig)
     damage: DamageConfig = field(default_factory=DamageConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 

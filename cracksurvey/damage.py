@@ -40,12 +40,16 @@ from cracksurvey.errors import ConfigError
 __all__ = [
     "DAMAGE_COLUMNS",
     "DAMAGE_SCALE_DIR",
+    "NOT_ASSESSABLE",
     "DamageLevel",
     "DamageScale",
     "assess_damage",
     "load_damage_scale",
     "parse_damage_scale",
 ]
+
+#: Label of a building whose images are too coarse to tell its damage level.
+NOT_ASSESSABLE = "not assessable at this GSD"
 
 #: Named damage scales: ``configs/damage/<name>.yaml`` of the source tree.
 DAMAGE_SCALE_DIR = Path(__file__).resolve().parents[1] / "configs" / "damage"
@@ -89,6 +93,11 @@ class DamageScale:
     disclaimer: str
     levels: tuple[DamageLevel, ...]
     source: str = ""
+    #: cracks at or above this confidence are evidence (the ``evidence_*`` summary columns)
+    min_confidence: float = 0.0
+    #: a building without evidence of level 2 or more whose images cannot see cracks this
+    #: wide (detection limit above it) is "not assessable at this GSD"; None: no such rule
+    assessable_limit_mm: float | None = None
 
     def label(self, level: int) -> str:
         """The label of ``level``."""
@@ -99,6 +108,8 @@ class DamageScale:
         return {
             "name": self.name,
             "disclaimer": self.disclaimer,
+            "min_confidence": self.min_confidence,
+            "assessable_limit_mm": self.assessable_limit_mm,
             "levels": [
                 {"level": v.level, "label": v.label, "ems98": v.ems98, "when": dict(v.when)}
                 for v in self.levels
@@ -151,10 +162,21 @@ def parse_damage_scale(mapping: Any, *, source: str = "damage scale") -> DamageS
     """
     if not isinstance(mapping, Mapping):
         raise _scale_error(source, "a damage scale must be a mapping with name, disclaimer, levels")
-    unknown = sorted(set(mapping) - {"name", "disclaimer", "levels"})
+    allowed = {"name", "disclaimer", "levels", "min_confidence", "assessable_limit_mm"}
+    unknown = sorted(set(mapping) - allowed)
     if unknown:
         raise _scale_error(
-            source, f"unknown key(s) {', '.join(unknown)}; allowed: name, disclaimer, levels"
+            source, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+    min_confidence = mapping.get("min_confidence", 0.0)
+    limit = mapping.get("assessable_limit_mm")
+    if not isinstance(min_confidence, (int, float)) or not 0 <= min_confidence <= 1:
+        raise _scale_error(
+            source, f"min_confidence={min_confidence!r}: expected a number in [0, 1]"
+        )
+    if limit is not None and (not isinstance(limit, (int, float)) or limit <= 0):
+        raise _scale_error(
+            source, f"assessable_limit_mm={limit!r}: expected a positive number or null"
         )
     levels = mapping.get("levels")
     if not isinstance(levels, list) or not levels:
@@ -165,7 +187,12 @@ def parse_damage_scale(mapping: Any, *, source: str = "damage scale") -> DamageS
             source, "levels[0].when must be empty (every imaged building is at least level 0)"
         )
     return DamageScale(
-        str(mapping.get("name", "")), str(mapping.get("disclaimer", "")), parsed, source
+        str(mapping.get("name", "")),
+        str(mapping.get("disclaimer", "")),
+        parsed,
+        source,
+        float(min_confidence),
+        None if limit is None else float(limit),
     )
 
 
@@ -250,14 +277,22 @@ def assess_damage(summary: pd.DataFrame, scale: DamageScale) -> pd.DataFrame:
         for i in np.flatnonzero(hit):
             basis[i] = texts[i]
     imaged = summary["n_images"].to_numpy() > 0
+    assessed = imaged.copy()
+    labels = [scale.label(int(v)) if ok else None for v, ok in zip(level, imaged)]
+    if scale.assessable_limit_mm is not None and "detection_limit_mm" in summary:
+        limit = summary["detection_limit_mm"].to_numpy(dtype=np.float64)
+        blind = imaged & (level <= 1) & np.isfinite(limit) & (limit > scale.assessable_limit_mm)
+        for i in np.flatnonzero(blind):
+            labels[i] = NOT_ASSESSABLE
+            basis[i] = (
+                f"detection limit {limit[i]:.3g} mm > {scale.assessable_limit_mm:g} mm: cracks "
+                f"that define level 2 could not be seen (level {int(level[i])} found)"
+            )
+        assessed &= ~blind
     return pd.DataFrame(
         {
-            "damage_level": pd.Series(level, dtype="Int64", index=summary.index).where(imaged),
-            "damage_label": pd.Series(
-                [scale.label(int(v)) if ok else None for v, ok in zip(level, imaged)],
-                dtype=object,
-                index=summary.index,
-            ),
+            "damage_level": pd.Series(level, dtype="Int64", index=summary.index).where(assessed),
+            "damage_label": pd.Series(labels, dtype=object, index=summary.index),
             "damage_basis": pd.Series(
                 [b if ok else None for b, ok in zip(basis, imaged)],
                 dtype=object,

@@ -96,12 +96,19 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "cpp_patches": "number of patches the CPP mean is taken over",
     "fragments_per_m": "number of cracks / total_length_m, per metre",
     "largest_crack_share": "longest_crack_m / total_length_m, 0-1",
+    "evidence_cracks": "cracks at or above the damage scale's confidence threshold (evidence)",
+    "evidence_length_m": "total length of the evidence cracks, metres",
+    "evidence_width_p95_mm": "length-weighted 95th percentile of the mean widths of the "
+    "evidence cracks' branches, millimetres",
+    "evidence_density_m_per_m2": "evidence_length_m / imaged_area_m2, metres per square metre",
+    "detection_limit_mm": "narrowest crack the model finds in the building's finest image "
+    "(its detection limit in pixels times the image's GSD), millimetres",
     "n_images": "images that were processed and cover the building",
     "n_images_failed": "images of the building (images.csv) that failed",
     **DAMAGE_COLUMNS,
 }
 #: Integer columns of the summary (the damage level is a nullable integer).
-_INT_COLUMNS = ("n_cracks", "cpp_patches", "n_images", "n_images_failed")
+_INT_COLUMNS = ("n_cracks", "evidence_cracks", "cpp_patches", "n_images", "n_images_failed")
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,8 +288,20 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 and np.isfinite(num) and np.isfinite(den) else float("nan")
 
 
+def _confident(frame: pd.DataFrame, min_confidence: float) -> NDArray[np.bool_]:
+    if "confidence" not in frame or min_confidence <= 0:
+        return np.ones(len(frame), dtype=bool)
+    return frame["confidence"].to_numpy(dtype=np.float64) >= min_confidence
+
+
 def _one_building(
-    cracks: pd.DataFrame, branches: pd.DataFrame, coverage: pd.DataFrame, n_failed: int
+    cracks: pd.DataFrame,
+    branches: pd.DataFrame,
+    coverage: pd.DataFrame,
+    n_failed: int,
+    *,
+    min_confidence: float = 0.0,
+    detection_limit_mm: float = float("nan"),
 ) -> dict[str, float | int]:
     lengths = cracks["length_m"].to_numpy(dtype=np.float64)
     metric = np.isfinite(lengths)
@@ -309,6 +328,10 @@ def _one_building(
     def if_length(value: float) -> float:
         return float(value) if has_length else float("nan")
 
+    evidence = _confident(cracks, min_confidence)
+    evidence_length = float(lengths[metric & evidence].sum()) if has_length else float("nan")
+    evidence_branches = branches[_confident(branches, min_confidence)]
+
     return {
         "n_cracks": len(cracks),
         "total_length_m": total,
@@ -323,6 +346,13 @@ def _one_building(
         "cpp_patches": patches,
         "fragments_per_m": if_length(stats["fragments_per_m"]),
         "largest_crack_share": if_length(stats["largest_share"]),
+        "evidence_cracks": int(evidence.sum()),
+        "evidence_length_m": evidence_length,
+        "evidence_width_p95_mm": weighted_quantile(
+            evidence_branches["width_mean_mm"], evidence_branches["length_m"], 0.95
+        ),
+        "evidence_density_m_per_m2": _ratio(evidence_length, imaged_area),
+        "detection_limit_mm": detection_limit_mm,
         "n_images": n_images,
         "n_images_failed": n_failed,
     }
@@ -387,9 +417,18 @@ def summarize_buildings(
         return frame[frame["building_id"].astype(object) == building]
 
     failed = images[images["status"] == "error"]
+    min_confidence = damage_scale.min_confidence if damage_scale is not None else 0.0
+    image_limit: dict[str, float] = {}
+    if "detection_limit_mm" in images:
+        image_limit = dict(zip(images["image"], images["detection_limit_mm"].astype(float)))
     records = []
     for building in sorted(ids):
         n_failed = int(rows_of(failed, building)["image"].nunique())
+        limits = np.array(
+            [image_limit.get(i, np.nan) for i in rows_of(coverage, building)["image"]]
+        )
+        limits = limits[np.isfinite(limits)]
+        limit = float(limits.min()) if limits.size else float("nan")
         records.append(
             {
                 "building_id": building,
@@ -398,6 +437,8 @@ def summarize_buildings(
                     rows_of(branches, building),
                     rows_of(coverage, building),
                     n_failed,
+                    min_confidence=min_confidence,
+                    detection_limit_mm=limit,
                 ),
             }
         )

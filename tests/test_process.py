@@ -104,7 +104,7 @@ def test_attribute_columns_carry_units(processed) -> None:
     cracks = layer(processed, "cracks_epsg32633")
     for column in ("image", "building_id", "facade_id", "crack_id", "length_m", "length_px",
                    "width_mean_mm", "width_max_mm", "width_p95_mm", "orientation_deg",
-                   "n_branches", "n_junctions", "mean_confidence", "bridged"):
+                   "n_branches", "n_junctions", "confidence", "bridged"):
         assert column in cracks.columns
     branches = layer(processed, "crack_branches_facade_b2_e")
     assert {"crack_id", "branch_id", "kind", "length_m", "width_mean_mm"} <= set(branches)
@@ -346,7 +346,7 @@ def test_bad_inputs_fail_alone_with_one_line(tmp_path: Path, oracle_weights: Pat
     # failed images leave no rasters; the others keep theirs and their layers
     rasters = sorted(p.name for p in (summary.out_dir / "rasters").iterdir())
     assert rasters == sorted(f"{s}_{k}.tif" for s in ("good", "rgba", "sixteen", "nogeo")
-                             for k in ("distance", "mask"))
+                             for k in ("distance", "mask", "semantics"))
     record = json.loads(summary.run_json_path.read_text())
     assert record["n_images_failed"] == 3 and record["status"] == "some images failed"
     assert {i["image"]: i["status"] for i in record["images"]}["corrupt.tif"] == "error"

@@ -94,14 +94,14 @@ def test_every_layer_opens_with_its_embedded_style(outputs) -> None:
 def test_rasters_open_on_top_of_their_cracks(outputs) -> None:
     summary, _, seen, _ = outputs
     rasters = seen["rasters"]
-    assert len(rasters) == 2 * len(summary.images)
+    assert len(rasters) == 3 * len(summary.images)  # distance, mask, semantics
     footprints = {}
     for name in summary.layers:
         if layer_kind(name) == "images":
             frame = pyogrio.read_dataframe(summary.gpkg_path, layer=name)
             footprints.update(zip(frame["image"], frame.geometry.bounds.to_numpy().tolist()))
     for outcome in summary.images:
-        for raster in (outcome.distance_raster, outcome.mask_raster):
+        for raster in (outcome.distance_raster, outcome.mask_raster, outcome.semantics_raster):
             qgis = rasters[str(summary.out_dir / raster)]
             assert qgis["valid"] and qgis["has_nodata"], raster
             assert qgis["nodata"] == ("nan" if "distance" in raster else "255.0")

@@ -115,7 +115,7 @@ def test_rerun_recomputes_nothing_and_gives_identical_layers(tmp_path: Path, wei
     assert entries(out) == before  # not rewritten
     assert_same_layers(gpkg_copy, again.gpkg_path)  # timings included: they come from the cache
     rasters = sorted(p.name for p in (out / "rasters").iterdir())
-    assert len(rasters) == 10 and all((out / "rasters" / r).stat().st_nlink == 2 for r in rasters)
+    assert len(rasters) == 15 and all((out / "rasters" / r).stat().st_nlink == 2 for r in rasters)
 
 
 def test_key_follows_input_model_and_config(tmp_path: Path, weights: Path):

@@ -329,10 +329,10 @@ def test_width_and_confidence_statistics():
         assert layer.width_mean_mm.iloc[0] == pytest.approx(w_mm.mean())
         assert layer.width_max_mm.iloc[0] == pytest.approx(80.0)
         assert layer.width_p95_mm.iloc[0] == pytest.approx(np.percentile(w_mm, 95))
-        assert layer.mean_confidence.iloc[0] == pytest.approx(0.5)
+        assert layer.confidence.iloc[0] == pytest.approx(0.5)
     cracks, _ = _vec(pixels, width_px=width, distance_px=np.zeros(20), threshold_px=2.0)
     assert np.isnan(cracks.width_mean_mm.iloc[0])  # no pixel size
-    assert cracks.mean_confidence.iloc[0] == pytest.approx(1.0)
+    assert cracks.confidence.iloc[0] == pytest.approx(1.0)
 
 
 def test_input_validation():

@@ -115,7 +115,36 @@ def train(
 )
 @click.option("--cpp-patch-px", default=256, show_default=True, help="CPP patch size (pixels).")
 @click.option(
-    "--cpp-min-area-px", default=50, show_default=True, help="CPP minimum fragment area (pixels)."
+    "--cpp-min-length-px",
+    default=10.0,
+    show_default=True,
+    help="CPP: shortest centreline fragment counted (pixels).",
+)
+@click.option(
+    "--cpp-min-area-px",
+    default=50,
+    show_default=True,
+    help="Mask-area CPP of earlier versions: smallest fragment counted (pixels).",
+)
+@click.option(
+    "--halo-px",
+    default=0,
+    show_default=True,
+    help="Reflect padding around each image (pixels); 0 predicts the image as it is.",
+)
+@click.option(
+    "--postprocess/--no-postprocess",
+    default=True,
+    show_default=True,
+    help="Score the crack layer as process writes it (gap bridging, spur pruning, minimum "
+    "length at the process defaults) or the raw thresholded map.",
+)
+@click.option("--tta", is_flag=True, help="Average the 8 flips and quarter turns of each image.")
+@click.option(
+    "--bootstrap",
+    default=1000,
+    show_default=True,
+    help="Resamples of images for the 95 % intervals (0: none).",
 )
 @click.option(
     "--precision", type=click.Choice(typing.get_args(Precision)), default="auto", show_default=True
@@ -129,11 +158,17 @@ def evaluate(
     threshold_px: float | None,
     variant: str,
     cpp_patch_px: int,
+    cpp_min_length_px: float,
     cpp_min_area_px: int,
+    halo_px: int,
+    postprocess: bool,
+    tta: bool,
+    bootstrap: int,
     precision: Precision,
     as_json: bool,
 ) -> None:
-    """Score a model on labelled data: correctness, completeness, quality, F1, CPP, clDice, Betti-0."""
+    """Score a model on labelled data: correctness, completeness, quality, F1, CPP, clDice,
+    clIoU, dilated F1, width; bootstrap 95 % intervals over images."""
     from cracksurvey.evaluation.evaluate import evaluate_model, format_table
 
     results = evaluate_model(
@@ -144,7 +179,12 @@ def evaluate(
         threshold_px=threshold_px,
         variant=variant,
         cpp_patch_px=cpp_patch_px,
+        cpp_min_length_px=cpp_min_length_px,
         cpp_min_area_px=cpp_min_area_px,
+        halo_px=halo_px,
+        postprocess=postprocess,
+        tta=tta,
+        bootstrap=bootstrap,
         precision=precision,
         progress=tqdm_factory(),
     )

@@ -1,7 +1,9 @@
 """Score a model on labelled data (``cracksurvey evaluate``).
 
-For every image of a split: predict the distance map (whole image, reflect-padded; the same
-network call as the engine's), threshold at the card's calibrated τ, and compare with the GT mask:
+For every image of a split: predict the distance map (the whole image in one network call, as
+one tile of the engine), threshold at the card's calibrated τ, turn it into the centreline of the
+crack layer ``process`` writes (gap bridging, spur pruning, minimum length), and compare with the
+GT mask (docs/method.md, "Evaluation"):
 
 - relaxed correctness / completeness / quality / F1 at a slack (docs/method.md, "Metrics";
   Wiedemann completeness by default, the authors' variant on request), micro and macro;
@@ -13,6 +15,7 @@ network call as the engine's), threshold at the card's calibrated τ, and compar
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,8 +24,16 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cracksurvey.config import Precision
+from cracksurvey.config import Precision, VectorizeConfig
 from cracksurvey.evaluation.datasets import list_pairs, read_mask, read_rgb
+from cracksurvey.evaluation.field import (
+    bootstrap_interval,
+    cl_iou_counts,
+    dilated_f1_counts,
+    mean_of,
+    pooled_cl_iou,
+    pooled_dilated_f1,
+)
 from cracksurvey.evaluation.metrics import aggregate, betti0_error, cldice, relaxed_counts
 from cracksurvey.measure.continuity import cracks_per_patch
 from cracksurvey.measure.width import measure_width_px
@@ -63,6 +74,46 @@ def width_errors(
     return diff[np.isfinite(diff)].astype(np.float32)
 
 
+def crack_layer_skeleton(
+    distance: np.ndarray,
+    *,
+    threshold_px: float,
+    vectorize: VectorizeConfig,
+) -> tuple[np.ndarray, int]:
+    """The centreline of an image's crack layer, as ``process`` would write it.
+
+    Threshold, skeleton, gap bridging (:mod:`cracksurvey.gaps`), then the vectorize stage's spur
+    pruning and minimum crack length (:func:`cracksurvey.vectorize.trace_cracks`). Returns the
+    kept skeleton (bool, image-sized) and the number of bridges.
+    """
+    from cracksurvey.gaps import bridge_gaps
+    from cracksurvey.vectorize import trace_cracks
+
+    skeleton = skeletonize_mask(distance <= threshold_px)
+    bridges, n_bridges = bridge_gaps(
+        distance,
+        skeleton,
+        max_gap_px=vectorize.bridge_gap_px,
+        max_valley_px=vectorize.bridge_valley_px,
+    )
+    skeleton |= bridges
+    rows, cols = np.nonzero(skeleton)
+    kept = np.zeros_like(skeleton)
+    if rows.size:
+        network = trace_cracks(
+            rows.astype(np.int64),
+            cols.astype(np.int64),
+            np.full(rows.size, np.nan),
+            distance[rows, cols].astype(np.float64),
+            min_spur_px=vectorize.min_spur_px,
+            min_crack_length_px=vectorize.min_crack_length_px,
+            smoothing_px=0.0,
+        )
+        on = network.pixel_crack >= 0
+        kept[network.rows[on], network.cols[on]] = True
+    return kept, n_bridges
+
+
 def evaluate_model(
     weights: str | Path | None,
     data_dirs: Sequence[Path],
@@ -73,15 +124,30 @@ def evaluate_model(
     variant: str = "wiedemann",
     cpp_patch_px: int = 256,
     cpp_min_area_px: int = 50,
+    cpp_min_length_px: float = 10.0,
+    cliou_tolerance_px: float = 4.0,
     precision: Precision = "auto",
-    halo_px: int = 64,
+    halo_px: int = 0,
+    postprocess: bool = True,
+    vectorize: VectorizeConfig | None = None,
+    tta: bool = False,
+    bootstrap: int = 1000,
     progress: Callable[[int, str], Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on one split of one or more dataset folders.
 
-    Returns a dict with, per dataset and for all together: micro/macro relaxed metrics, CPP
-    summary (pred, GT, ΔCPP), clDice (mean over images), Betti-0 error (mean), width error
-    (MAE and bias, px), image count; plus the model id, checksum and threshold used.
+    Each image is predicted whole (``halo_px`` of reflect padding around it: 0 by default, see
+    docs/method.md, "Evaluation"), thresholded at the card's τ and, with ``postprocess``, turned
+    into the centreline of the crack layer ``process`` would write (gap bridging, spur pruning,
+    minimum crack length: :func:`crack_layer_skeleton`, settings ``vectorize``, default the
+    process defaults).
+
+    Returns a dict with, per dataset and for all together: micro/macro relaxed metrics; CPP of
+    prediction and GT per patch on centrelines (fragments of at least ``cpp_min_length_px``),
+    ΔCPP and mean |ΔCPP|, and the mask-area CPP of earlier versions (``cpp_mask_*``); clDice,
+    Betti-0 error, clIoU at ``cliou_tolerance_px``, Dais et al.'s dilated F1 (on the crack-body
+    head's mask), width error (MAE and bias, px); bootstrap 95 % intervals over images
+    (``ci95``) for the headline metrics; plus the model id, checksum and settings used.
     """
     import torch
 
@@ -90,6 +156,7 @@ def evaluate_model(
     model, card = load_model(weights, device=device)
     tau = card.threshold_px if threshold_px is None else float(threshold_px)
     prec = effective_precision(precision, device)
+    vcfg = vectorize or VectorizeConfig()
     results: dict[str, Any] = {
         "model_id": card.model_id,
         "sha256": card.sha256,
@@ -98,57 +165,161 @@ def evaluate_model(
         "variant": variant,
         "precision": prec,
         "split": split,
-        "cpp": {"patch_px": cpp_patch_px, "min_area_px": cpp_min_area_px},
+        "halo_px": halo_px,
+        "tta": tta,
+        "postprocess": dataclasses.asdict(vcfg) if postprocess else None,
+        "cpp": {
+            "patch_px": cpp_patch_px,
+            "min_length_px": cpp_min_length_px,
+            "mask_min_area_px": cpp_min_area_px,
+        },
+        "cliou_tolerance_px": cliou_tolerance_px,
+        "bootstrap": bootstrap,
         "datasets": {},
     }
-    everything: dict[str, list[Any]] = {
-        "counts": [],
-        "cpp_pred": [],
-        "cpp_gt": [],
-        "cldice": [],
-        "betti0": [],
-        "width": [],
-    }
+    keys = (
+        "counts",
+        "cpp_pred",
+        "cpp_gt",
+        "cpp_mask_pred",
+        "cpp_mask_gt",
+        "cldice",
+        "betti0",
+        "width",
+        "cliou",
+        "dil_f1",
+        "bridges",
+    )
+    everything: dict[str, list[Any]] = {k: [] for k in keys}
+
+    def centreline_cpp(m: np.ndarray) -> np.ndarray:
+        return cracks_per_patch(
+            m, patch_px=cpp_patch_px, min_area_px=0, min_skeleton_length_px=cpp_min_length_px
+        )
+
     for data_dir in data_dirs:
         pairs = list_pairs(data_dir, split)
         bar = progress(len(pairs), Path(data_dir).name) if progress else None
-        acc: dict[str, list[Any]] = {k: [] for k in everything}
+        acc: dict[str, list[Any]] = {k: [] for k in keys}
         for pair in pairs:
             image = read_rgb(pair.image)
             gt = read_mask(pair.mask)
-            distance, body = predict_untiled(
-                image, model, card, halo_px=halo_px, precision=prec, device=device
+            distance, body = predict_image(
+                image, model, card, halo_px=halo_px, precision=prec, device=device, tta=tta
             )
-            pred = distance <= tau
-            acc["counts"].append(relaxed_counts(pred, gt, slack_px=slack_px, variant=variant))  # type: ignore[arg-type]
-            # CPP pooled over every counted patch of every image (images smaller than half a
-            # patch have none)
-            acc["cpp_pred"].append(
-                cracks_per_patch(pred, patch_px=cpp_patch_px, min_area_px=cpp_min_area_px)
+            mask = distance <= tau
+            if postprocess:
+                centreline, n_bridges = crack_layer_skeleton(
+                    distance, threshold_px=tau, vectorize=vcfg
+                )
+            else:
+                centreline, n_bridges = skeletonize_mask(mask), 0
+            gt_centreline = skeletonize_mask(gt)
+            acc["counts"].append(
+                relaxed_counts(centreline, gt, slack_px=slack_px, variant=variant)  # type: ignore[arg-type]
             )
-            acc["cpp_gt"].append(
+
+            acc["cpp_pred"].append(centreline_cpp(centreline))
+            acc["cpp_gt"].append(centreline_cpp(gt_centreline))
+            acc["cpp_mask_pred"].append(
+                cracks_per_patch(mask, patch_px=cpp_patch_px, min_area_px=cpp_min_area_px)
+            )
+            acc["cpp_mask_gt"].append(
                 cracks_per_patch(gt, patch_px=cpp_patch_px, min_area_px=cpp_min_area_px)
             )
-            acc["cldice"].append(cldice(pred, gt))
-            acc["betti0"].append(betti0_error(pred, gt, min_area_px=cpp_min_area_px))
-            acc["width"].append(width_errors(body, skeletonize_mask(pred), gt, slack_px=slack_px))
+            acc["cldice"].append(cldice(mask | centreline, gt))
+            acc["betti0"].append(betti0_error(mask, gt, min_area_px=cpp_min_area_px))
+            acc["width"].append(width_errors(body, centreline, gt, slack_px=slack_px))
+            acc["cliou"].append(cl_iou_counts(centreline, gt, tolerance_px=cliou_tolerance_px))
+            if body is not None:
+                acc["dil_f1"].append(dilated_f1_counts(body >= 0.5, gt))
+            acc["bridges"].append(n_bridges)
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
-        results["datasets"][Path(data_dir).name] = _summarise(acc)
+        results["datasets"][Path(data_dir).name] = _summarise(acc, bootstrap)
         for k in everything:
             everything[k].extend(acc[k])
     if len(data_dirs) > 1:
-        results["all"] = _summarise(everything)
+        results["all"] = _summarise(everything, bootstrap)
     return results
 
 
-def _summarise(acc: dict[str, list[Any]]) -> dict[str, Any]:
+def predict_image(
+    image: np.ndarray,
+    model: Any,
+    card: Any,
+    *,
+    halo_px: int,
+    precision: Precision,
+    device: str,
+    tta: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Distance (and body) of a whole image; with ``tta`` averaged over the 8 flips and quarter
+    turns of the image (each prediction turned back before averaging)."""
+    if not tta:
+        return predict_untiled(
+            image, model, card, halo_px=halo_px, precision=precision, device=device
+        )
+    distances, bodies = [], []
+    for k in range(4):
+        for flip in (False, True):
+            view = np.rot90(image, k, axes=(1, 2))
+            view = view[:, :, ::-1] if flip else view
+            d, b = predict_untiled(
+                np.ascontiguousarray(view),
+                model,
+                card,
+                halo_px=halo_px,
+                precision=precision,
+                device=device,
+            )
+            if flip:
+                d = d[:, ::-1]
+                b = None if b is None else b[:, ::-1]
+            distances.append(np.rot90(d, -k))
+            if b is not None:
+                bodies.append(np.rot90(b, -k))
+    body = np.mean(bodies, axis=0).astype(np.float32) if bodies else None
+    return np.mean(distances, axis=0).astype(np.float32), body
+
+
+def _abs_delta(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float | None:
+    if not pairs:
+        return None
+    pred = np.concatenate([p for p, _ in pairs]).astype(float)
+    gt = np.concatenate([g for _, g in pairs]).astype(float)
+    return float(np.abs(pred - gt).mean()) if pred.size else None
+
+
+def _summarise(acc: dict[str, list[Any]], bootstrap: int) -> dict[str, Any]:
     agg = aggregate(acc["counts"])
-    pred = np.concatenate(acc["cpp_pred"]).astype(float) if acc["cpp_pred"] else np.zeros(0)
-    gt = np.concatenate(acc["cpp_gt"]).astype(float) if acc["cpp_gt"] else np.zeros(0)
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate(acc[key]).astype(float) if acc[key] else np.zeros(0)
+
+    pred, gt = cat("cpp_pred"), cat("cpp_gt")
+    mpred, mgt = cat("cpp_mask_pred"), cat("cpp_mask_gt")
     widths = np.concatenate(acc["width"]) if acc["width"] else np.zeros(0)
+    cpp_pairs = list(zip(acc["cpp_pred"], acc["cpp_gt"], strict=True))
+
+    def micro(metric: str) -> Callable[[list[Any]], float | None]:
+        return lambda counts: aggregate(counts)["micro"][metric]
+
+    def width_mae(values: list[Any]) -> float | None:
+        arr = np.concatenate(values) if values else np.zeros(0)
+        return float(np.abs(arr).mean()) if arr.size else None
+
+    ci = {
+        "f1": bootstrap_interval(acc["counts"], micro("f1"), n_resamples=bootstrap),
+        "quality": bootstrap_interval(acc["counts"], micro("quality"), n_resamples=bootstrap),
+        "abs_delta_cpp": bootstrap_interval(cpp_pairs, _abs_delta, n_resamples=bootstrap),
+        "cldice": bootstrap_interval(acc["cldice"], mean_of, n_resamples=bootstrap),
+        "cliou": bootstrap_interval(acc["cliou"], pooled_cl_iou, n_resamples=bootstrap),
+        "dilated_f1": bootstrap_interval(acc["dil_f1"], pooled_dilated_f1, n_resamples=bootstrap),
+        "width_mae_px": bootstrap_interval(acc["width"], width_mae, n_resamples=bootstrap),
+    }
     return {
         "n_images": len(acc["counts"]),
         "micro": agg["micro"],
@@ -159,11 +330,18 @@ def _summarise(acc: dict[str, list[Any]]) -> dict[str, Any]:
         "cpp_gt_mean": float(gt.mean()) if gt.size else None,
         "delta_cpp_mean": float((pred - gt).mean()) if pred.size else None,
         "abs_delta_cpp_mean": float(np.abs(pred - gt).mean()) if pred.size else None,
+        "cpp_mask_pred_mean": float(mpred.mean()) if mpred.size else None,
+        "cpp_mask_gt_mean": float(mgt.mean()) if mgt.size else None,
+        "abs_delta_cpp_mask_mean": float(np.abs(mpred - mgt).mean()) if mpred.size else None,
         "cldice_mean": float(np.mean(acc["cldice"])) if acc["cldice"] else 0.0,
         "betti0_error_mean": float(np.mean(acc["betti0"])) if acc["betti0"] else 0.0,
+        "cliou": pooled_cl_iou(acc["cliou"]) if acc["cliou"] else None,
+        "dilated_f1": pooled_dilated_f1(acc["dil_f1"]) if acc["dil_f1"] else None,
         "width_mae_px": float(np.abs(widths).mean()) if widths.size else None,
         "width_bias_px": float(widths.mean()) if widths.size else None,
         "width_n_px": int(widths.size),
+        "bridges": int(np.sum(acc["bridges"])) if acc["bridges"] else 0,
+        "ci95": ci,
     }
 
 
@@ -176,7 +354,7 @@ def _fmt(v: Any) -> str:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """A plain-text table of the headline numbers."""
+    """A plain-text table of the headline numbers, then their bootstrap 95 % intervals."""
     cols = [
         "dataset",
         "n",
@@ -188,10 +366,11 @@ def format_table(results: dict[str, Any]) -> str:
         "CPP GT",
         "|ΔCPP|",
         "clDice",
-        "β0 err",
+        "clIoU",
+        "dil. F1",
         "width MAE px",
     ]
-    rows = []
+    rows, intervals = [], []
     entries = list(results["datasets"].items()) + (
         [("all", results["all"])] if "all" in results else []
     )
@@ -209,16 +388,26 @@ def format_table(results: dict[str, Any]) -> str:
                 r["cpp_gt_mean"],
                 r["abs_delta_cpp_mean"],
                 r["cldice_mean"],
-                r["betti0_error_mean"],
+                r["cliou"],
+                r["dilated_f1"],
                 r["width_mae_px"],
             ]
         )
+        ci = r.get("ci95", {})
+        shown = ", ".join(f"{k} {v[0]:.3f}-{v[1]:.3f}" for k, v in ci.items() if v is not None)
+        intervals.append(f"  {name}: {shown}")
     table = [cols] + [[_fmt(v) for v in row] for row in rows]
     widths = [max(len(str(r[i])) for r in table) for i in range(len(cols))]
     lines = ["  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)) for r in table]
+    cpp = results["cpp"]
+    post = "crack layer as process writes it" if results.get("postprocess") else "raw threshold"
     head = (
-        f"model {results['model_id']} (sha256 {results['sha256'][:12]}), threshold {results['threshold_px']} px, "
-        f"slack {results['slack_px']} px, {results['variant']} completeness, micro over images; "
-        f"CPP: patch {results['cpp']['patch_px']} px, min area {results['cpp']['min_area_px']} px"
+        f"model {results['model_id']} (sha256 {results['sha256'][:12]}), threshold "
+        f"{results['threshold_px']} px, {post}, halo {results.get('halo_px', 0)} px"
+        f"{', TTA' if results.get('tta') else ''}; slack {results['slack_px']} px, "
+        f"{results['variant']} completeness, micro over images; CPP on centrelines: patch "
+        f"{cpp['patch_px']} px, fragments >= {cpp['min_length_px']} px; clIoU at "
+        f"{results['cliou_tolerance_px']} px"
     )
-    return "\n".join([head, lines[0], "-" * len(lines[0]), *lines[1:]])
+    tail = [f"bootstrap 95 % intervals ({results['bootstrap']} resamples of images):", *intervals]
+    return "\n".join([head, lines[0], "-" * len(lines[0]), *lines[1:], *tail])

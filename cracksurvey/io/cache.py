@@ -64,7 +64,7 @@ _ENTRY_JSON = "entry.json"
 _LAYERS_NPZ = "layers.npz"
 SKELETON_NPZ = "skeleton.npz"
 #: The COGs of a prediction entry: distance map, mask.
-RASTER_NAMES = ("distance.tif", "mask.tif")
+RASTER_NAMES = ("distance.tif", "mask.tif", "semantics.tif")
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:

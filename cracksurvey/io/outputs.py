@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +220,15 @@ def read_mask_strips(path: str | Path, *, strip_rows: int) -> Iterator[tuple[int
         for row0 in range(0, ds.height, strip_rows):
             rows = min(strip_rows, ds.height - row0)
             yield row0, ds.read(1, window=Window(0, row0, ds.width, rows))
+
+
+def read_band_window(path: str | Path) -> Callable[[int, int, int, int], np.ndarray]:
+    """A reader of windows ``(row0, row1, col0, col1)`` of band 1 of a raster (float, NaN for
+    nodata). Each call opens the file (windows are few and large; no handle is kept)."""
+
+    def read(row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_BYTES), rasterio.open(path) as ds:
+            band = ds.read(1, window=Window(col0, row0, col1 - col0, row1 - row0), masked=True)
+        return np.ma.filled(band.astype(np.float32), np.nan)
+
+    return read

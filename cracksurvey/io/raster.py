@@ -214,6 +214,19 @@ class RasterSource:
             error = _input_error(self.path, f"cannot be decoded ({_gdal_detail(exc)})")
         raise error
 
+    def read_decimated(self, rows: int, cols: int) -> np.ndarray:
+        """The whole image resampled to ``(bands, rows, cols)`` by block averaging.
+
+        Uses the file's overviews when it has them; memory holds only the result.
+        """
+        try:
+            return self._ds.read(
+                out_shape=(self._ds.count, rows, cols), resampling=Resampling.average
+            )
+        except RasterioError as exc:
+            error = _input_error(self.path, f"cannot be decoded ({_gdal_detail(exc)})")
+        raise error
+
     def close(self) -> None:
         self._ds.close()
         self._env.__exit__(None, None, None)

@@ -41,7 +41,7 @@ BRANCH_COLUMNS: dict[str, str] = {
     "width_mean_mm": "float64",
     "width_max_mm": "float64",
     "width_p95_mm": "float64",
-    "mean_confidence": "float64",
+    "confidence": "float64",
 }
 
 #: Columns (and dtypes) of the cracks layer, geometry excluded.
@@ -55,8 +55,9 @@ CRACK_COLUMNS: dict[str, str] = {
     "orientation_deg": "float64",
     "n_branches": "int64",
     "n_junctions": "int64",
-    "mean_confidence": "float64",
+    "confidence": "float64",
     "bridged": "bool",
+    "surface": "str",
 }
 
 
@@ -220,7 +221,7 @@ def measure_cracks(
             "width_mean_mm": b_wmean[b_keep],
             "width_max_mm": b_wmax[b_keep],
             "width_p95_mm": b_wp95[b_keep],
-            "mean_confidence": b_conf[b_keep],
+            "confidence": b_conf[b_keep],
         },
         geometry=gpd.GeoSeries(lines, crs=None),
         crs=None,
@@ -236,8 +237,10 @@ def measure_cracks(
             "orientation_deg": orientation,
             "n_branches": n_branches.astype(np.int64),
             "n_junctions": network.n_junctions,
-            "mean_confidence": c_conf,
+            "confidence": c_conf,
             "bridged": network.bridged.copy(),
+            # wall unless façade semantics say otherwise (cracksurvey.process.facade)
+            "surface": pd.Series(["wall"] * n_crack, dtype="str"),
         },
         geometry=gpd.GeoSeries(multis, crs=None),
         crs=None,

@@ -42,6 +42,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from cracksurvey import __version__
 from cracksurvey.config import ProcessConfig
 from cracksurvey.engine import Engine
+from cracksurvey.gaps import bridge_sparse_skeleton
 from cracksurvey.georef import Georef, facade_to_world
 from cracksurvey.io.cache import (
     RASTER_NAMES,
@@ -54,10 +55,18 @@ from cracksurvey.io.cache import (
     read_skeleton,
     write_skeleton,
 )
-from cracksurvey.io.outputs import read_mask_strips
+from cracksurvey.io.outputs import read_band_window, read_mask_strips
 from cracksurvey.measure.continuity import cracks_per_patch, patch_origins
+from cracksurvey.process.facade import (
+    SemanticsModel,
+    keep_pixels,
+    predict_semantics,
+    read_semantics,
+    surface_of,
+)
 from cracksurvey.process.outcome import ImageOutcome, Timings, raster_names, record_fields
 from cracksurvey.progress import ProgressCallback
+from cracksurvey.semantics import WALL
 from cracksurvey.skeleton import TileSkeleton
 from cracksurvey.summary import join_cracks_to_footprints, join_points_to_footprints
 from cracksurvey.survey import ImageRecord
@@ -67,7 +76,7 @@ from cracksurvey.vectorize import vectorize_skeleton
 __all__ = ["ImageLayers", "ImageRun", "Prediction", "image_footprint", "measure_image"]
 
 #: Version of what the cache entries hold, within one package version (part of every key).
-ENTRY_FORMAT = 3
+ENTRY_FORMAT = 4
 
 
 @dataclass
@@ -86,16 +95,19 @@ class Prediction:
 
     distance_path: Path
     mask_path: Path
+    semantics_path: Path
     skeleton: TileSkeleton
     threshold_px: float
     n_tiles: int
     precision: str
     seconds: float
+    semantics: str  # how the class raster was made: "model", or why not
 
     @classmethod
     def from_entry(cls, entry: CacheEntry) -> Prediction:
-        distance, mask = (entry.path / name for name in RASTER_NAMES)
-        return cls(distance, mask, read_skeleton(entry.path / SKELETON_NPZ), **entry.record)
+        distance, mask, semantics = (entry.path / name for name in RASTER_NAMES)
+        skeleton = read_skeleton(entry.path / SKELETON_NPZ)
+        return cls(distance, mask, semantics, skeleton, **entry.record)
 
 
 def image_footprint(georef: Georef, width: int, height: int) -> Any:
@@ -127,26 +139,57 @@ def measure_image(
     raster_dir: Path,
     root: Path,
     timings: Timings,
+    detection_limit_px: float | None = None,
 ) -> tuple[ImageOutcome, ImageLayers]:
-    """Vectorize and measure one image's prediction; join it to buildings."""
+    """Vectorize and measure one image's prediction; join it to buildings.
+
+    ``detection_limit_px``: the narrowest crack the model finds (its card), for the image's
+    detection limit in millimetres.
+    """
     georef = record.georef
     assert georef is not None
+    height, width = record.height or 0, record.width or 0
+    semantics = read_semantics(
+        prediction.semantics_path, height=height, width=width, applied=prediction.semantics
+    )
     skeleton = prediction.skeleton
+    keep = keep_pixels(semantics, skeleton.rows, skeleton.cols, config.semantics.keep_on)
+    if not keep.all():
+        skeleton = TileSkeleton(
+            skeleton.rows[keep],
+            skeleton.cols[keep],
+            skeleton.width_px[keep],
+            skeleton.distance_px[keep],
+        )
     vcfg = config.vectorize
-    with timings("vectorize"):
-        cracks, branches = vectorize_skeleton(
+    with timings("bridge"):
+        bridge_rows, bridge_cols, bridge_distance, n_bridges = bridge_sparse_skeleton(
             skeleton.rows,
             skeleton.cols,
+            read_band_window(prediction.distance_path),
+            height=height,
+            width=width,
+            max_gap_px=vcfg.bridge_gap_px,
+            max_valley_px=vcfg.bridge_valley_px,
+        )
+    bridged_px = np.concatenate([np.zeros(len(skeleton), bool), np.ones(bridge_rows.size, bool)])
+    with timings("vectorize"):
+        cracks, branches = vectorize_skeleton(
+            np.concatenate([skeleton.rows, bridge_rows]),
+            np.concatenate([skeleton.cols, bridge_cols]),
             transform=georef.transform,
-            width_px=skeleton.width_px,
-            distance_px=skeleton.distance_px,
+            width_px=np.concatenate(
+                [skeleton.width_px, np.full(bridge_rows.size, np.nan, np.float32)]
+            ),
+            distance_px=np.concatenate([skeleton.distance_px, bridge_distance]),
             threshold_px=prediction.threshold_px,
             pixel_size_m=georef.pixel_size_m,
             min_spur_px=vcfg.min_spur_px,
             min_crack_length_px=vcfg.min_crack_length_px,
             smoothing_px=vcfg.smoothing_px,
-            bridge_gap_px=vcfg.bridge_gap_px,
+            bridged_px=bridged_px,
         )
+    cracks["surface"] = _surfaces(cracks, semantics, georef.transform)
     # length_m is in CRS units: metres for façade frames, scaled for e.g. US-foot map CRSs,
     # unknown (NaN) in pixel units.
     for frame in (cracks, branches):
@@ -157,6 +200,10 @@ def measure_image(
 
     with timings("cpp"):
         counts, origins, n_valid = _patch_counts(prediction.mask_path, config)
+    nodata_px = semantics.pixels(255, height=height, width=width)
+    wall_px = semantics.pixels(WALL, height=height, width=width)
+    # imaged area: wall only where the semantics ran; valid pixels less constant fill otherwise
+    area_px = wall_px if semantics.applied == "model" else max(0, n_valid - nodata_px)
 
     with timings("join"):
         building, coverage = _join_buildings(
@@ -164,7 +211,7 @@ def measure_image(
             cracks,
             counts=counts,
             origins=origins,
-            n_valid=n_valid,
+            n_valid=area_px,
             footprints=footprints,
             patch_px=config.cpp.patch_px,
         )
@@ -191,13 +238,31 @@ def measure_image(
         precision=prediction.precision,
         seconds=prediction.seconds,
         n_cracks=len(cracks),
+        n_bridges=n_bridges,
         total_length_m=total,
         valid_px=n_valid,
-        area_m2=n_valid * georef.pixel_size_m**2 if georef.pixel_size_m else math.nan,
+        wall_px=wall_px if semantics.applied == "model" else None,
+        semantics=semantics.applied,
+        detection_limit_mm=(
+            detection_limit_px * georef.pixel_size_m * 1000.0
+            if detection_limit_px and georef.pixel_size_m and georef.kind != "pixel"
+            else None
+        ),
+        area_m2=area_px * georef.pixel_size_m**2 if georef.pixel_size_m else math.nan,
         cpp_mean=float(counts.mean()) if counts.size else math.nan,
         cpp_patches=int(counts.size),
     )
     return outcome, ImageLayers(cracks, branches, cracks_3d, coverage)
+
+
+def _surfaces(cracks: gpd.GeoDataFrame, semantics: Any, transform: Any) -> pd.Series:
+    """Majority surface of each crack, from its vertices."""
+    if len(cracks) == 0:
+        return pd.Series([], dtype="str")
+    xy, index = shapely.get_coordinates(cracks.geometry.values, return_index=True)
+    col, row = ~transform @ (xy[:, 0], xy[:, 1])
+    names = surface_of(semantics, np.floor(row), np.floor(col), index, len(cracks))
+    return pd.Series(names, index=cracks.index, dtype="str")
 
 
 def _patch_counts(mask_path: Path, config: ProcessConfig) -> tuple[np.ndarray, np.ndarray, int]:
@@ -286,6 +351,8 @@ class ImageRun:
     timings: Timings
     footprints_for: Callable[[Georef], gpd.GeoDataFrame | None]
     buildings_sha256: str | None
+    semantics_model: SemanticsModel
+    detection_limit_px: float | None = None
     reused: list[str] = field(default_factory=list)
     computed: list[str] = field(default_factory=list)
     predictions_reused: list[str] = field(default_factory=list)
@@ -332,7 +399,8 @@ class ImageRun:
         self.keys.add(key)
         with self.timings("cache"):
             for source, target in zip(
-                (prediction.distance_path, prediction.mask_path), raster_names(record)
+                (prediction.distance_path, prediction.mask_path, prediction.semantics_path),
+                raster_names(record),
             ):
                 publish_raster(source, self.raster_dir / target)
         outcome = ImageOutcome(
@@ -355,7 +423,7 @@ class ImageRun:
         assert georef is not None
         staging = self.predictions.stage()
         try:
-            distance_path, mask_path = (staging / name for name in RASTER_NAMES)
+            distance_path, mask_path, semantics_path = (staging / name for name in RASTER_NAMES)
             with self.timings("engine"), warnings.catch_warnings():
                 # The georeferencing was resolved at discovery (world files, images.csv, pixel
                 # units); rasterio's warning about rasters without a geotransform is noise here.
@@ -369,6 +437,11 @@ class ImageRun:
                     # the COGs overlay the crack layers: same transform and CRS, as resolved
                     georeference=(georef.transform, georef.crs.to_wkt() if georef.crs else None),
                 )
+            with self.timings("semantics"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                semantics = predict_semantics(
+                    record, self.config, self.semantics_model, semantics_path
+                )
             with self.timings("cache"):
                 write_skeleton(staging / SKELETON_NPZ, result.skeleton)
                 return self.predictions.commit(
@@ -379,6 +452,7 @@ class ImageRun:
                         "n_tiles": result.n_tiles,
                         "precision": result.precision,
                         "seconds": result.seconds,
+                        "semantics": semantics.applied,
                     },
                 )
         finally:
@@ -397,6 +471,7 @@ class ImageRun:
                 raster_dir=self.raster_dir,
                 root=self.root,
                 timings=self.timings,
+                detection_limit_px=self.detection_limit_px,
             )
             with self.timings("cache"):
                 return self.results.commit(
@@ -430,6 +505,11 @@ class ImageRun:
                     "device": sections["model"]["device"],
                 },
                 "tiling": sections["tiling"],
+                "semantics": {
+                    **{k: v for k, v in sections["semantics"].items() if k != "keep_on"},
+                    "model": self.semantics_sha256(),
+                    "gsd_m": georef.pixel_size_m,
+                },
                 # the COGs carry the resolved georeferencing
                 "georeference": {
                     "transform": list(georef.transform)[:6],
@@ -437,6 +517,12 @@ class ImageRun:
                 },
             }
         )
+
+    def semantics_sha256(self) -> str | None:
+        """Checksum of the semantics model (None when semantics are off)."""
+        if self.config.semantics.mode == "off":
+            return None
+        return self.semantics_model.sha256
 
     def result_key(self, record: ImageRecord, prediction_key: str) -> str:
         """Everything the image's layers and outcome depend on, its prediction included."""
@@ -471,6 +557,8 @@ class ImageRun:
                     },
                 },
                 "config": {name: sections[name] for name in ("vectorize", "cpp")},
+                "keep_on": sections["semantics"]["keep_on"],
+                "detection_limit_px": self.detection_limit_px,
                 "buildings": self.buildings_sha256 if joined_by_footprint else None,
             }
         )

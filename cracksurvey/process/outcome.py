@@ -44,17 +44,22 @@ class ImageOutcome:
     width_px: int | None = None
     height_px: int | None = None
     gsd_mm: float | None = None
+    detection_limit_mm: float | None = None
     n_tiles: int = 0
     precision: str | None = None
     seconds: float = 0.0
     n_cracks: int = 0
+    n_bridges: int = 0
     total_length_m: float = math.nan
     valid_px: int = 0
+    wall_px: int | None = None
+    semantics: str | None = None
     area_m2: float = math.nan
     cpp_mean: float = math.nan
     cpp_patches: int = 0
     distance_raster: str | None = None
     mask_raster: str | None = None
+    semantics_raster: str | None = None
     sha256: str = ""
     warnings: tuple[str, ...] = ()
 
@@ -170,9 +175,13 @@ def display_path(record: ImageRecord, root: Path) -> str:
         return str(record.path)
 
 
-def raster_names(record: ImageRecord) -> tuple[str, str]:
-    """File names of the image's distance and mask COGs in ``rasters/``."""
-    return f"{record.stem}_distance.tif", f"{record.stem}_mask.tif"
+def raster_names(record: ImageRecord) -> tuple[str, str, str]:
+    """File names of the image's distance, mask and semantics COGs in ``rasters/``."""
+    return (
+        f"{record.stem}_distance.tif",
+        f"{record.stem}_mask.tif",
+        f"{record.stem}_semantics.tif",
+    )
 
 
 def record_fields(record: ImageRecord, raster_dir: Path | None, *, root: Path) -> dict[str, Any]:
@@ -180,9 +189,11 @@ def record_fields(record: ImageRecord, raster_dir: Path | None, *, root: Path) -
     georef = record.georef
     rasters = {}
     if raster_dir is not None:
-        distance, mask = raster_names(record)
+        distance, mask, semantics = raster_names(record)
         rasters = dict(
-            distance_raster=f"{raster_dir.name}/{distance}", mask_raster=f"{raster_dir.name}/{mask}"
+            distance_raster=f"{raster_dir.name}/{distance}",
+            mask_raster=f"{raster_dir.name}/{mask}",
+            semantics_raster=f"{raster_dir.name}/{semantics}",
         )
     return dict(
         image=record.name,

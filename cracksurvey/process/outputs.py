@@ -170,8 +170,8 @@ def write_outputs(
             columns=["image", "building_id", "area_m2", "cpp_fragments", "cpp_patches"],
         )
         images_table = pd.DataFrame(
-            [(o.image, o.building_id, o.status) for o in outcomes],
-            columns=["image", "building_id", "status"],
+            [(o.image, o.building_id, o.status, o.detection_limit_mm) for o in outcomes],
+            columns=["image", "building_id", "status", "detection_limit_mm"],
         )
         footprint_ids = (
             list(survey.buildings["building_id"]) if survey.buildings is not None else []

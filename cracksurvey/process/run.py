@@ -9,7 +9,6 @@ import os
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,13 +20,14 @@ from torch import nn
 from cracksurvey.config import ProcessConfig
 from cracksurvey.damage import load_damage_scale
 from cracksurvey.engine import Engine
-from cracksurvey.errors import CrackSurveyError, CrackSurveyWarning, OutputWriteError
+from cracksurvey.errors import CrackSurveyError, OutputWriteError
 from cracksurvey.georef import Georef
 from cracksurvey.io.cache import CACHE_DIR, ImageCache, PredictionCache
 from cracksurvey.io.outputs import RASTER_DIR, check_output_dir, clear_previous_outputs
 from cracksurvey.io.survey_files import discover_survey, hash_file
 from cracksurvey.model import ModelCard, Weights, read_weights
 from cracksurvey.predict import resolve_device
+from cracksurvey.process.facade import SemanticsModel
 from cracksurvey.process.images import ImageLayers, ImageRun
 from cracksurvey.process.outcome import (
     ImageOutcome,
@@ -138,13 +138,6 @@ def process_survey(
         )
     config = survey.config
     damage_scale = load_damage_scale(config.damage.scale, root=survey.root)
-    if config.vectorize.bridge_gap_px:
-        warnings.warn(
-            f"vectorize.bridge_gap_px={config.vectorize.bridge_gap_px}: gap bridging is not "
-            "implemented yet; no gap is bridged",
-            CrackSurveyWarning,
-            stacklevel=2,
-        )
     engine_config = config.engine
     if scheduler is not None:
         engine_config = dataclasses.replace(engine_config, scheduler=scheduler)
@@ -179,6 +172,8 @@ def process_survey(
             timings=timings,
             footprints_for=_footprints_for(survey.buildings),
             buildings_sha256=_file_sha256(survey.buildings_path),
+            semantics_model=SemanticsModel(config.semantics.weights),
+            detection_limit_px=model_info["detection_limit_px"],
         )
         for cache in (run.predictions, run.results):
             cache.prune(keep=None)  # staging folders of a killed run
@@ -307,6 +302,8 @@ def _model_info(
         "body_head": card.body_head,
         "clip_px": card.clip_px,
         "threshold_px": engine.threshold_px,
+        # narrowest crack the model finds, pixels (measured, the card's notes); None: unknown
+        "detection_limit_px": card.notes.get("detection_limit_px"),
         "threshold_source": "config" if config.model.threshold_px is not None else "model card",
         "weights": model.source if isinstance(model, Weights) else "in-memory model",
         # the client's device; workers resolve "auto" for themselves

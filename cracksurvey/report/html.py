@@ -34,6 +34,7 @@ TABLE_COLUMNS = (
     "building_id",
     "damage_level",
     "n_cracks",
+    "evidence_cracks",
     "total_length_m",
     "longest_crack_m",
     "width_max_mm",
@@ -41,6 +42,7 @@ TABLE_COLUMNS = (
     "crack_density_m_per_m2",
     "share_diagonal",
     "cpp_mean",
+    "detection_limit_mm",
     "n_images",
 )
 #: Column headings for people (units in brackets).
@@ -66,6 +68,11 @@ HEADINGS = {
     "largest_crack_share": "largest-crack share",
     "n_images": "images",
     "n_images_failed": "images failed",
+    "evidence_cracks": "evidence cracks",
+    "evidence_length_m": "evidence length [m]",
+    "evidence_width_p95_mm": "evidence p95 width [mm]",
+    "evidence_density_m_per_m2": "evidence density [m/m²]",
+    "detection_limit_mm": "detection limit [mm]",
     "damage_label": "level wording",
     "damage_basis": "why this level",
 }
@@ -81,8 +88,20 @@ CONTINUITY_NOTES = {
     "largest_crack_share": "Share of the total crack length in the single longest crack: "
     "near 100 % means one dominant crack.",
 }
-_INT_COLUMNS = {"n_cracks", "cpp_patches", "n_images", "n_images_failed", "damage_level"}
-_DECIMALS = {"imaged_area_m2": 1, "crack_density_m_per_m2": 3}
+_INT_COLUMNS = {
+    "n_cracks",
+    "evidence_cracks",
+    "cpp_patches",
+    "n_images",
+    "n_images_failed",
+    "damage_level",
+}
+_DECIMALS = {
+    "imaged_area_m2": 1,
+    "crack_density_m_per_m2": 3,
+    "evidence_density_m_per_m2": 3,
+    "detection_limit_mm": 1,
+}
 _PERCENT = {"share_vertical", "share_horizontal", "share_diagonal", "largest_crack_share"}
 
 
@@ -167,8 +186,9 @@ def _keys(view: BuildingView) -> str:
 
 def _level_badge(view: BuildingView) -> str:
     level, label = view.level, view.values.get("damage_label")
-    if _missing(level):  # outputs of a version without damage levels: imaged, not assessed
-        text = "not assessed" if (view.values.get("n_images") or 0) > 0 else "not imaged"
+    if _missing(level):  # not assessable at its GSD, or imaged by a version without levels
+        imaged = (view.values.get("n_images") or 0) > 0
+        text = "not imaged" if not imaged else "not assessed" if _missing(label) else str(label)
     else:
         text = f"level {int(level)}: {label}" if not _missing(label) else f"level {int(level)}"
     dark = not _missing(level) and int(level) >= 3

@@ -44,7 +44,7 @@ def vectorize_skeleton(
     min_spur_px: float = 10.0,
     min_crack_length_px: float = 10.0,
     smoothing_px: float = 3.0,
-    bridge_gap_px: float = 0.0,
+    bridged_px: ArrayLike | None = None,
 ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """Turn the sparse skeleton pixels of a whole image into crack and branch layers.
 
@@ -79,10 +79,9 @@ def vectorize_skeleton(
         fixed. It removes the staircase of 8-connected chains, which otherwise overestimates
         length by up to 8 % at oblique angles. 0 switches smoothing off (exact pixel-step
         lengths: 1 or sqrt 2 per step).
-    bridge_gap_px : float
-        Largest gap (pixels) between crack tips that gap bridging may join
-        (:func:`cracksurvey.vectorize.network.link_gaps`; not implemented yet: nothing is
-        joined).
+    bridged_px : ndarray of shape (n,), bool, optional
+        Pixels that bridge a gap between fragments (:mod:`cracksurvey.gaps`); a crack holding
+        any is flagged ``bridged``.
 
     Returns
     -------
@@ -94,9 +93,9 @@ def vectorize_skeleton(
         pixels, NaN-aware), ``orientation_deg`` (length-weighted mean axial direction of the
         segments in map coordinates, [0, 180), 0 = +x (east), counter-clockwise),
         ``n_branches``, ``n_junctions`` (nodes where >= 3 branch ends meet),
-        ``mean_confidence`` (mean over the pixels of ``clip(1 - distance_px / threshold_px,
+        ``confidence`` (mean over the pixels of ``clip(1 - distance_px / threshold_px,
         0, 1)``: 1 on the predicted centreline, 0 at the threshold), ``bridged`` (the crack
-        joins fragments across a gap; always False until gap bridging is implemented). No CRS: the caller sets it.
+        joins fragments across a gap, :mod:`cracksurvey.gaps`). No CRS: the caller sets it.
     branches : geopandas.GeoDataFrame
         One LineString per branch, columns :data:`BRANCH_COLUMNS`; ``kind`` is one of
         'junction-junction', 'junction-tip', 'tip-tip', 'cycle'. Junction ends sit at the
@@ -123,7 +122,7 @@ def vectorize_skeleton(
         min_spur_px=min_spur_px,
         min_crack_length_px=min_crack_length_px,
         smoothing_px=smoothing_px,
-        bridge_gap_px=bridge_gap_px,
+        bridged_px=None if bridged_px is None else np.asarray(bridged_px, bool).reshape(-1),
     )
     return measure_cracks(
         network, transform=transform, threshold_px=threshold_px, pixel_size_m=pixel_size_m

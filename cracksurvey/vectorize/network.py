@@ -4,9 +4,10 @@ Steps of :func:`trace_cracks`:
 
 1. unique pixels in row-major order;
 2. pixel graph and branches (:mod:`cracksurvey.vectorize.graph`), spur pruning until stable;
-3. gap bridging (:func:`link_gaps`: which crack tips to join across a gap);
-4. cracks: the connected components of the pruned graph (plus the links), long enough;
-5. polylines: junction ends moved to the centroid of their junction's pixels, then a moving
+3. cracks: the connected components of the pruned graph, long enough; a crack holding pixels of
+   a gap bridge (:mod:`cracksurvey.gaps`, added to the skeleton before it gets here) is
+   flagged ``bridged``;
+4. polylines: junction ends moved to the centroid of their junction's pixels, then a moving
    average along each branch (ends fixed) that removes the staircase of 8-connected chains.
 
 Everything here is in pixel units (rows, cols); map coordinates and measurements are the
@@ -25,7 +26,7 @@ from scipy.sparse import csgraph
 
 from cracksurvey.vectorize.graph import BRANCH_KINDS, Branches, PixelGraph, flag, prunable_pixels
 
-__all__ = ["CrackNetwork", "link_gaps", "trace_cracks"]
+__all__ = ["CrackNetwork", "trace_cracks"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class CrackNetwork:
     n_junctions : ndarray of shape (n_crack,), int64
         Nodes where three or more branch ends meet, per crack.
     bridged : ndarray of shape (n_crack,), bool
-        The crack joins fragments across a gap (:func:`link_gaps`).
+        The crack holds pixels of a gap bridge (:mod:`cracksurvey.gaps`).
     """
 
     rows: NDArray[np.int64]
@@ -119,23 +120,6 @@ class CrackNetwork:
         )
 
 
-def link_gaps(graph: PixelGraph, branches: Branches, *, max_gap_px: float) -> NDArray[np.int64]:
-    """Gap bridging: the pairs of crack tips to join across a gap of at most ``max_gap_px``.
-
-    This is where gap bridging belongs: it runs on the pruned graph, and the pairs it returns
-    join their components into one crack whose ``bridged`` flag is set.
-
-    Not implemented yet: no pair is returned whatever ``max_gap_px`` (``process`` warns when
-    ``vectorize.bridge_gap_px`` is set).
-
-    Returns
-    -------
-    ndarray of shape (k, 2), int64
-        Pixel indices (into the graph's pixels) of the two tips of each link.
-    """
-    return np.zeros((0, 2), dtype=np.int64)
-
-
 def trace_cracks(
     rows: NDArray[np.int64],
     cols: NDArray[np.int64],
@@ -145,7 +129,7 @@ def trace_cracks(
     min_spur_px: float,
     min_crack_length_px: float,
     smoothing_px: float,
-    bridge_gap_px: float = 0.0,
+    bridged_px: NDArray[np.bool_] | None = None,
 ) -> CrackNetwork:
     """The crack network of a sparse skeleton (module docstring; parameters as in
     :func:`cracksurvey.vectorize.vectorize_skeleton`)."""
@@ -159,15 +143,15 @@ def trace_cracks(
     if first.size != n_in:
         logger.debug("vectorize: %d duplicate skeleton pixels ignored", n_in - first.size)
     r, c, width, distance = rows[first], cols[first], width_px[first], distance_px[first]
+    bridge = np.zeros(r.size, bool) if bridged_px is None else np.asarray(bridged_px, bool)[first]
 
     graph, branches, keep = _pruned(r, c, min_spur_px=min_spur_px)
-    r, c, width, distance = r[keep], c[keep], width[keep], distance[keep]
+    r, c, width, distance, bridge = r[keep], c[keep], width[keep], distance[keep], bridge[keep]
     if branches.starts.size == 0:
         logger.debug("vectorize: %d isolated pixels, no lines", r.size)
         return CrackNetwork.empty()
 
-    links = link_gaps(graph, branches, max_gap_px=bridge_gap_px)
-    component = _components(graph, links)
+    component = _components(graph)
     vertices = _polylines(graph, branches, r, c, smoothing_px=smoothing_px)
     starts, stops = branches.starts, branches.stops
     seg_px = np.hypot(np.diff(vertices[:, 0]), np.diff(vertices[:, 1]))
@@ -194,14 +178,15 @@ def trace_cracks(
     branch_crack = crack_of_comp[branch_comp]
     crack_branches = np.nonzero(branch_crack >= 0)[0]
     crack_branches = crack_branches[np.lexsort((crack_branches, branch_crack[crack_branches]))]
-    bridged = np.zeros(kept.size, dtype=bool)
-    bridged[crack_of_comp[component[links[:, 0]]]] = True
+    pixel_crack = crack_of_comp[component]
+    on_crack = bridge & (pixel_crack >= 0)
+    bridged = np.bincount(pixel_crack[on_crack], minlength=kept.size) > 0
     return CrackNetwork(
         rows=r,
         cols=c,
         width_px=width,
         distance_px=distance,
-        pixel_crack=crack_of_comp[component],
+        pixel_crack=pixel_crack,
         path=branches.path,
         starts=starts,
         stops=stops,
@@ -241,10 +226,10 @@ def _pruned(
     return graph, branches, mask
 
 
-def _components(graph: PixelGraph, links: NDArray[np.int64]) -> NDArray[np.int64]:
-    """Connected component of each pixel of the pruned graph, links included."""
-    src = np.concatenate([np.repeat(np.arange(graph.n), 8), links[:, 0]])
-    dst = np.concatenate([graph.nbr.ravel(), links[:, 1]])
+def _components(graph: PixelGraph) -> NDArray[np.int64]:
+    """Connected component of each pixel of the pruned graph."""
+    src = np.repeat(np.arange(graph.n), 8)
+    dst = graph.nbr.ravel()
     ok = dst >= 0
     adjacency = sparse.coo_matrix(
         (np.ones(int(ok.sum()), dtype=np.int8), (src[ok], dst[ok])), shape=(graph.n, graph.n)
