@@ -251,6 +251,19 @@ def test_moved_images_name_the_expected_path_and_the_fix(processed, out, tmp_pat
     assert result.exit_code == 0, result.output
 
 
+def test_a_survey_moved_with_its_output_folder_is_found(processed, tmp_path) -> None:
+    survey, out, weights = processed
+    moved = Path(shutil.copytree(survey, tmp_path / "elsewhere" / "wall"))
+    out = moved / out.name  # SURVEY/cracksurvey, moved along
+    edit(out / "cracks.gpkg", reviewed=[reviewed_box()])
+    record = json.loads((out / "run.json").read_text())
+    record["survey_dir"] = str(tmp_path / "gone")
+    (out / "run.json").write_text(json.dumps(record))
+    assert finetune(out, tmp_path / "run", weights).exit_code == 0
+    lineage = read_card(tmp_path / "run" / "model.safetensors").lineage
+    assert lineage["surveys"][0]["survey_dir"] == str(moved.resolve())
+
+
 def test_a_changed_image_is_refused(processed, out, tmp_path) -> None:
     survey, _, weights = processed
     copy = Path(shutil.copytree(survey, tmp_path / "wall", ignore=shutil.ignore_patterns("cracksurvey")))
