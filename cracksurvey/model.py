@@ -49,7 +49,7 @@ _VGG_CONV_INDICES = {
 }
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL_ID = "cracksurvey-unet16w0125-mse-dice-topo"
+DEFAULT_MODEL_ID = "cracksurvey-unet16w0125-facade"
 
 
 def _c(channels: int, width: float) -> int:

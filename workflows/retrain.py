@@ -8,6 +8,9 @@
     python workflows/retrain.py run --name ship-s1 --data runs/data --out runs/campaign --budget-s 420
     # 3. unpack a campaign's archives (e.g. brought back from a GPU machine)
     python workflows/retrain.py unpack --archives DIR --out runs/campaign
+    # 4. re-fit a collapsed crack-body head; evaluate and ship a run as the default model
+    python workflows/retrain.py refit-body --run runs/campaign/ship-s1 --data runs/data --out runs/ship
+    python workflows/retrain.py install --run runs/ship --detection-limit runs/ship/detection_limit.json
 
 The campaign is the default recipe (configs/train/facade.yaml) at three seeds, its width and
 negative-weight variants, the loss ablation (mse, mse+topo, dice+topo, mse+dice+topo and the
@@ -24,6 +27,7 @@ crops centre near them half of the time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -210,7 +214,6 @@ def run_one(name: str, data: Path, out: Path, budget_s: float) -> None:
     overrides.update({"data_root": str(data), "time_budget_s": budget_s, "epochs": 1000, "threads": 1, "name": name})
     if "loss" in overrides:
         base = load_config(ROOT / "configs/train/facade.yaml")
-        import dataclasses
 
         loss = json.loads(json.dumps(dataclasses.asdict(base.loss)))
         extra = dict(overrides["loss"])
@@ -291,11 +294,87 @@ def archive(out: Path, dest: Path, *, chunk_mib: float = 15.0, fp16_prefixes: tu
     print(f"archived {len(files)} files into {k} chunks in {dest}")
 
 
+def refit_body(run: Path, data: Path, out: Path, *, steps: int = 300, seed: int = 0) -> None:
+    """Re-fit the crack-body head (a 1x1 conv) on the frozen network: in some runs it collapsed
+    to a constant (its loss stuck near its start), which leaves widths unmeasured. The distance
+    head and the features are untouched, so every distance-based metric stays as it was."""
+    import torch
+
+    from cracksurvey.model import load_model, save_model
+    from cracksurvey.train.data import Augment, MixedCrops
+    from cracksurvey.train.loop import build_sources, load_config
+    from cracksurvey.train.losses import body_loss
+
+    torch.manual_seed(seed)
+    model, card = load_model(run / "model.safetensors", fold_bn=False)
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    assert model.body is not None
+    torch.nn.init.normal_(model.body.weight, std=0.1)
+    torch.nn.init.zeros_(model.body.bias)
+    for parameter in model.body.parameters():
+        parameter.requires_grad_(True)
+    cfg = load_config(
+        ROOT / "configs/train/facade.yaml",
+        {"data_root": str(data), "negatives": [], "synthetic": {"weight": 0.0}, "val_negatives": []},
+    )
+    sources, weights = build_sources(cfg)
+    crops = MixedCrops(sources, weights, crop_px=128, aug=Augment())
+    optimizer = torch.optim.Adam(model.body.parameters(), lr=0.05)
+    mean = torch.tensor(card.mean)[:, None, None]
+    std = torch.tensor(card.std)[:, None, None]
+    rng = np.random.default_rng(seed)
+    for step in range(steps):
+        images, _, body = crops.batch(16, rng)
+        x = ((torch.from_numpy(images) - mean) / std).contiguous(memory_format=torch.channels_last)
+        loss = body_loss(model(x)[:, 1:2], torch.from_numpy(body))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0:
+            print(f"body refit step {step}: loss {float(loss.detach()):.3f}", flush=True)
+    notes = {**card.notes, "body_head": f"re-fitted on the frozen network for {steps} steps of 16 x 128 px crops (workflows/retrain.py refit-body)"}
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, dataclasses.replace(card, notes=notes), out / "model")
+    print(f"body head re-fitted -> {out / 'model.safetensors'}")
+
+
+def install(run: Path, data: Path, *, detection_limit: Path | None) -> None:
+    """Evaluate a finished run on the test splits and ship it as the default model."""
+    from cracksurvey.evaluation.evaluate import evaluate_model
+    from cracksurvey.model import DEFAULT_MODEL_ID, SHIPPED_DIR, load_model, save_model
+
+    model, card = load_model(run / "model.safetensors", fold_bn=False)
+    results = evaluate_model(run / "model.safetensors", [data / "masonry_dais2021", data / "deepcrack"], split="test")
+    metrics = dict(card.metrics)
+    metrics["test"] = {
+        name: {k: r[k] for k in ("n_images", "cpp_n_patches", "cpp_pred_mean", "cpp_gt_mean", "abs_delta_cpp_mean",
+                                 "cldice_mean", "cliou", "dilated_f1", "betti0_error_mean", "width_mae_px",
+                                 "width_bias_px", "ci95")}
+        | {k: r["micro"][k] for k in ("correctness", "completeness", "quality", "f1")}
+        for name, r in results["datasets"].items()
+    }
+    metrics["test_protocol"] = "cracksurvey evaluate --split test (defaults; docs/method.md, Evaluation)"
+    notes = dict(card.notes)
+    if detection_limit is not None:
+        limit = json.loads(detection_limit.read_text())
+        notes["detection_limit_px"] = limit["detection_limit_px"]
+        notes["detection_limit"] = {k: limit[k] for k in ("centreline_found", "protocol")}
+    notes["reproduce"] = (
+        "python workflows/retrain.py pack --data ../shared/data --out runs/data && python workflows/retrain.py "
+        "campaign --data runs/data --out runs/campaign --budget-s 400 (GPU) && python workflows/retrain.py "
+        "refit-body --run runs/campaign/ship-s1 --data runs/data --out runs/ship && python workflows/retrain.py "
+        "install --run runs/ship --data ../shared/data --detection-limit runs/ship/detection_limit.json"
+    )
+    card = dataclasses.replace(card, model_id=DEFAULT_MODEL_ID, metrics=metrics, notes=notes)
+    card = save_model(model, card, SHIPPED_DIR / DEFAULT_MODEL_ID)
+    print("installed", SHIPPED_DIR / DEFAULT_MODEL_ID, card.sha256)
+
+
 def unpack(archives: Path, out: Path) -> None:
     """Extract campaign chunks; fp16 transport copies are restored to fp32 safetensors (the card's
     checksum is then that of the restored file, recomputed)."""
-    import dataclasses
-
     from safetensors.torch import load_file, save_file
 
     from cracksurvey.model import read_card, sha256_file
@@ -333,6 +412,15 @@ def main() -> int:
     c.add_argument("--margin-s", type=float, default=60)
     c.add_argument("--only", default="", help="comma-separated run names")
     c.add_argument("--archive", type=Path, default=None, help="also write tar chunks here")
+    b = sub.add_parser("refit-body")
+    b.add_argument("--run", type=Path, required=True)
+    b.add_argument("--data", type=Path, required=True)
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--steps", type=int, default=300)
+    i = sub.add_parser("install")
+    i.add_argument("--run", type=Path, required=True)
+    i.add_argument("--data", type=Path, default=ROOT.parent / "shared/data")
+    i.add_argument("--detection-limit", type=Path, default=None, help="JSON of workflows/detection_limit.py")
     u = sub.add_parser("unpack")
     u.add_argument("--archives", type=Path, required=True)
     u.add_argument("--out", type=Path, required=True)
@@ -346,6 +434,10 @@ def main() -> int:
         if args.archive:
             fp16 = tuple(f"{loss}-" for loss in LOSSES) + ("noneg-", "w050-")
             archive(args.out, args.archive, fp16_prefixes=fp16)
+    elif args.cmd == "refit-body":
+        refit_body(args.run, args.data, args.out, steps=args.steps)
+    elif args.cmd == "install":
+        install(args.run, args.data, detection_limit=args.detection_limit)
     elif args.cmd == "unpack":
         unpack(args.archives, args.out)
     return 0
