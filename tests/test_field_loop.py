@@ -194,6 +194,9 @@ def test_edits_made_in_qgis_give_the_samples_pixel_for_pixel(processed, out, tmp
     assert samples["centreline_px"] == int((expected == 2).sum())
     assert samples["body_px"] == int(np.isin(expected, (1, 2)).sum())
     assert samples["crops_trained"] == 4
+    threshold = lineage["threshold"]  # the oracle: exact on the image, not on drawn crack C
+    assert threshold["parent_px"] == 4.0 and card.threshold_px == threshold["threshold_px"]
+    assert 0 < threshold["reviewed_quality_parent"] < 1 and threshold["reviewed_quality"] > 0
     assert json.loads(result.stdout)["sha256"] == card.sha256 != lineage["parent"]["sha256"]
 
 
@@ -278,6 +281,14 @@ def test_reviewed_areas_smaller_than_a_crop_are_refused(processed, out, tmp_path
     edit(out / "cracks.gpkg", reviewed=[shapely.box(*facade_xy(10, 40), *facade_xy(30, 20))])
     line = one_error_line(finetune(out, tmp_path / "run", processed[2]))
     assert "no reviewed area holds a 32 x 32 pixel crop (the largest holds 20 x 20)" in line
+
+
+def test_the_parent_threshold_can_be_kept(processed, out, tmp_path) -> None:
+    edit(out / "cracks.gpkg", reviewed=[reviewed_box()])
+    assert finetune(out, tmp_path / "run", processed[2], "--threshold", "keep").exit_code == 0
+    threshold = read_card(tmp_path / "run" / "model.safetensors").lineage["threshold"]
+    assert threshold["threshold_px"] == threshold["parent_px"] == 4.0
+    assert threshold["chosen"] == "the parent's, kept"
 
 
 def test_a_run_folder_is_not_overwritten(processed, out, tmp_path) -> None:

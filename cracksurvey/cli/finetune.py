@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -71,6 +71,14 @@ def _survey_dir_pairs(items: tuple[str, ...], out_dirs: tuple[Path, ...]) -> dic
     help="Width of cracks that have none (a warning says how many).",
 )
 @click.option(
+    "--threshold",
+    type=click.Choice(["calibrate", "keep"]),
+    default="calibrate",
+    show_default=True,
+    help="Distance threshold of the new model: the best on the reviewed areas after "
+    "fine-tuning, or the parent's.",
+)
+@click.option(
     "--survey-dir",
     "survey_dirs",
     multiple=True,
@@ -104,6 +112,7 @@ def finetune(
     lr: float,
     crop_px: int | None,
     default_width_mm: float,
+    threshold: Literal["calibrate", "keep"],
     survey_dirs: tuple[str, ...],
     seed: int,
     threads: int,
@@ -122,7 +131,8 @@ def finetune(
     \b
     Samples come only from reviewed areas: inside, every line is a crack
     and everything else is not. Starts from --weights (default: the shipped
-    model), keeps its threshold, and writes into --run:
+    model), calibrates the threshold on the reviewed areas (--threshold keep:
+    the parent's), and writes into --run:
       model.safetensors, model.json   card with the lineage (parent sha256,
                                       surveys, edit and sample counts)
       finetune.json                   the same, with the loss history
@@ -151,6 +161,7 @@ def finetune(
             lr=lr,
             crop_px=crop_px,
             default_width_mm=default_width_mm,
+            threshold=threshold,
             survey_dirs=_survey_dir_pairs(survey_dirs, out_dirs),
             seed=seed,
             threads=threads,

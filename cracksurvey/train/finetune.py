@@ -10,8 +10,11 @@ The tool behind ``cracksurvey finetune``: the field loop is process, review the 
   the statistics of the parent's training data; the affine parameters still train).
 - Recipe: the parent card's recipe gives the loss weights, the augmentations and the crop size;
   the steps, batch size and learning rate (Adam, constant) are the fine-tune's own.
-- Threshold: the parent's calibrated threshold is kept (a few reviewed areas are too little
-  independent data to recalibrate it).
+- Threshold: by default recalibrated on the reviewed areas after fine-tuning (the best relaxed
+  quality over the sweep of the training loop's calibration): fine-tuning can shift the
+  distance map far from the parent's threshold. It is an in-sample choice (the areas it trained
+  on); ``threshold="keep"`` keeps the parent's. The lineage records the reviewed areas'
+  quality before and after.
 - Output: ``RUN/model.safetensors`` + ``model.json`` (card with ``lineage``: parent id and
   SHA-256, surveys with their GeoPackage checksum and edit counts, sample counts, settings),
   ``RUN/finetune.json`` (the same plus the loss history) and, per sample,
@@ -31,7 +34,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,7 +44,7 @@ from ..errors import ConfigError, CrackSurveyWarning, OutputExistsError
 from ..model import ModelCard, TernausNet, load_model, save_model
 from .data import MixedCrops
 from .edits import match_survey_edits
-from .loop import TrainConfig, config_from_dict
+from .loop import CALIBRATION_SWEEP, TrainConfig, config_from_dict
 from .losses import combined_loss
 from .survey_samples import SurveySample, SurveySource, build_sample, sample_counts, target_classes
 from .topo import set_threads
@@ -110,6 +113,40 @@ def finetune_steps(
     return history
 
 
+def reviewed_quality(
+    model: TernausNet,
+    card: ModelCard,
+    samples: Sequence[SurveySample],
+    thresholds: Sequence[float],
+    *,
+    slack_px: float = 5.0,
+) -> dict[float, float | None]:
+    """Relaxed micro quality (Wiedemann) on the reviewed areas, per distance threshold.
+
+    The network runs on each sample window as in processing (tiles with a halo, fp32);
+    predictions and crack bodies outside the reviewed areas are ignored.
+    """
+    from ..config import TilingConfig
+    from ..evaluation.metrics import aggregate, relaxed_counts
+    from ..tiling import predict_tiled
+
+    tiling = TilingConfig()
+    device = next(model.parameters()).device
+    model.eval()
+    counts: dict[float, list[Any]] = {t: [] for t in thresholds}
+    for s in samples:
+        distance, _ = predict_tiled(s.image, model, card, core_px=tiling.core_px,
+                                    halo_px=tiling.halo_px, device=device)
+        truth = s.body & s.reviewed
+        for t in thresholds:
+            counts[t].append(relaxed_counts((distance <= t) & s.reviewed, truth, slack_px=slack_px))
+    return {t: aggregate(c)["micro"]["quality"] for t, c in counts.items()}
+
+
+def _best(quality: Mapping[float, float | None]) -> float:
+    return max(quality, key=lambda t: -1.0 if quality[t] is None else float(quality[t] or 0.0))
+
+
 def _labels(survey_dirs: Sequence[Path]) -> list[str]:
     """Unique survey labels from the survey folders' names."""
     labels: list[str] = []
@@ -138,6 +175,7 @@ def finetune_from_surveys(
     crop_px: int | None = None,
     crack_share: float = 0.5,
     default_width_mm: float = 1.0,
+    threshold: Literal["calibrate", "keep"] = "calibrate",
     survey_dirs: Mapping[str, str | Path] | None = None,
     seed: int = 0,
     threads: int = 0,
@@ -164,6 +202,11 @@ def finetune_from_surveys(
         Share of crops centred on a crack.
     default_width_mm : float
         Crack body width of cracks without a width attribute (with a warning).
+    threshold : {'calibrate', 'keep'}
+        ``calibrate``: the distance threshold with the best relaxed quality on the reviewed
+        areas after fine-tuning (the areas it trained on: an in-sample choice, but the only
+        truth there is, and fine-tuning can shift the distance map a lot); ``keep``: the
+        parent's calibrated threshold.
     survey_dirs : mapping of str to str or Path, optional
         ``{out_dir: survey_dir}`` for surveys whose folder moved since they were processed.
     seed : int
@@ -252,8 +295,12 @@ def finetune_from_surveys(
     source = SurveySource(samples, crack_share=crack_share)
     positions = source.check(crop)
     crops = MixedCrops([source], [1.0], crop_px=crop, aug=recipe.augment)
+    before = reviewed_quality(model, parent, samples, [parent.threshold_px])
     history = finetune_steps(model, crops, parent, recipe, steps=steps, batch_size=batch_size,
                              lr=lr, seed=seed, progress=progress)
+    sweep = CALIBRATION_SWEEP if threshold == "calibrate" else (parent.threshold_px,)
+    after = reviewed_quality(model, parent, samples, sorted({*sweep, parent.threshold_px}))
+    chosen = _best(after) if threshold == "calibrate" else parent.threshold_px
 
     lineage = {
         "parent": {"model_id": parent.model_id, "sha256": parent_sha,
@@ -262,6 +309,12 @@ def finetune_from_surveys(
         "surveys": surveys,
         "samples": {**sample_counts(samples, clip_px=parent.clip_px),
                     "crop_positions": positions, "crops_trained": steps * batch_size},
+        "threshold": {"parent_px": parent.threshold_px, "threshold_px": chosen,
+                      "chosen": "best relaxed quality (slack 5 px) on the reviewed areas"
+                      if threshold == "calibrate" else "the parent's, kept",
+                      "reviewed_quality_parent": before[parent.threshold_px],
+                      "reviewed_quality_at_parent_threshold": after[parent.threshold_px],
+                      "reviewed_quality": after[chosen]},
         "finetune": {"steps": steps, "batch_size": batch_size, "lr": lr, "crop_px": crop,
                      "crack_share": crack_share, "default_width_mm": default_width_mm,
                      "seed": seed, "batchnorm": "frozen", "optimizer": "adam, constant lr"},
@@ -271,9 +324,9 @@ def finetune_from_surveys(
         parent,
         model_id=f"{parent.model_id}+{'+'.join(labels)}",
         sha256="",
+        threshold_px=float(chosen),
         metrics={},
-        notes={"finetuned_from": parent.model_id,
-               "threshold": "the parent's calibrated threshold, kept"},
+        notes={"finetuned_from": parent.model_id},
         lineage=lineage,
     )
     card = save_model(model.eval().cpu(), card, run / "model")

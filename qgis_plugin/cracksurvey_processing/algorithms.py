@@ -22,6 +22,7 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterCrs,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMultipleLayers,
@@ -246,6 +247,8 @@ class FinetuneAlgorithm(_CliAlgorithm):
     CROP_PX = "CROP_PX"
     DEFAULT_WIDTH_MM = "DEFAULT_WIDTH_MM"
     SEED = "SEED"
+    THRESHOLD = "THRESHOLD"
+    THRESHOLDS = ("calibrate", "keep")
     MODEL = "MODEL"
     command = "finetune"
     title = "Fine-tune the model on corrected surveys"
@@ -259,7 +262,8 @@ class FinetuneAlgorithm(_CliAlgorithm):
         "- <b>reviewed</b>: create a polygon layer named <i>reviewed</i> in the GeoPackage, in "
         "the CRS of its cracks layer, and draw the areas you checked by eye.<br>"
         "Samples only come from reviewed areas: inside them every line is a crack and "
-        "everything else is not. Save your edits first.<br><br>"
+        "everything else is not. Save your edits first. The new model's threshold is the best "
+        "on the reviewed areas (advanced: keep the starting model's).<br><br>"
         "The targets training saw are loaded as rasters (RUN/samples): 0 no crack, 1 crack "
         "body, 2 centreline, no data = not reviewed."
     )
@@ -286,6 +290,9 @@ class FinetuneAlgorithm(_CliAlgorithm):
             QgsProcessingParameterNumber.Double, 1.0, minValue=0.01))
         self._advanced(QgsProcessingParameterNumber(
             self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, 0))
+        self._advanced(QgsProcessingParameterEnum(
+            self.THRESHOLD, "Threshold of the new model",
+            options=["best on the reviewed areas", "the starting model's"], defaultValue=0))
         self._add_common()
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Run folder"))
         self.addOutput(QgsProcessingOutputFile(self.MODEL, "Fine-tuned model (.safetensors)"))
@@ -316,7 +323,9 @@ class FinetuneAlgorithm(_CliAlgorithm):
                 "--lr", repr(self.parameterAsDouble(parameters, self.LR, context)),
                 "--default-width-mm",
                 repr(self.parameterAsDouble(parameters, self.DEFAULT_WIDTH_MM, context)),
-                "--seed", str(number(parameters, self.SEED, context))]
+                "--seed", str(number(parameters, self.SEED, context)),
+                "--threshold",
+                self.THRESHOLDS[self.parameterAsEnum(parameters, self.THRESHOLD, context)]]
         args += options(("--crop-px", number(parameters, self.CROP_PX, context)),
                         ("--weights", self.parameterAsFile(parameters, self.WEIGHTS, context)))
         answer = self._run(args + self._common_args(parameters, context) + ["--json"], feedback)
