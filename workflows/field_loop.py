@@ -206,7 +206,8 @@ def main() -> int:
                                "model": card["lineage"]["parent"]["model_id"],
                                "lr": card["lineage"]["finetune"]["lr"],
                                "edits": edits, "seconds": {k: round(v, 1) for k, v in seconds.items()},
-                               "lineage_samples": card["lineage"]["samples"]}
+                               "lineage_samples": card["lineage"]["samples"],
+                               "threshold": card["lineage"]["threshold"]}
     for label, out in (("shipped", before), ("fine-tuned", after)):
         # the corrected layer of `before` is not what the model found: read its run's copy
         detected = pyogrio.read_dataframe(out / "cracks.gpkg", layer="cracks") if out == after \
