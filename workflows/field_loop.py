@@ -7,7 +7,8 @@ training (``negatives/spb_facades``, validation photo ``train_img_13``, at half 
 1920 x 1080 px, 2 mm per pixel in a façade frame) with real crack geometry darkened into it
 (stamps of the ``crackmaps_rezaie2020`` maps, :func:`cracksurvey.train.negatives.
 render_synthetic_crack`) in 6 of the 12 cells of 256 px of each half. The ground truth is
-the rendered centreline, vectorized.
+the rendered centreline, vectorized. (The shipped model saw synthetic cracks from the same maps
+during training, on other photos.)
 
 1. ``cracksurvey process`` with the shipped model.
 2. The left half is corrected from the ground truth, as an engineer would in QGIS (the edits
