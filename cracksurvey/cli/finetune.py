@@ -52,9 +52,17 @@ def _survey_dir_pairs(items: tuple[str, ...], out_dirs: tuple[Path, ...]) -> dic
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
-    default=3e-4,
+    default=1e-4,
     show_default=True,
     help="Adam learning rate (constant).",
+)
+@click.option(
+    "--crack-share",
+    type=click.FloatRange(min=0, max=1),
+    default=0.5,
+    show_default=True,
+    help="Share of crops centred on a crack (0: crops anywhere in the reviewed areas, as "
+    "they come). Higher finds more cracks and more false ones.",
 )
 @click.option(
     "--crop-px",
@@ -110,6 +118,7 @@ def finetune(
     steps: int,
     batch_size: int,
     lr: float,
+    crack_share: float,
     crop_px: int | None,
     default_width_mm: float,
     threshold: Literal["calibrate", "keep"],
@@ -159,6 +168,7 @@ def finetune(
             steps=steps,
             batch_size=batch_size,
             lr=lr,
+            crack_share=crack_share,
             crop_px=crop_px,
             default_width_mm=default_width_mm,
             threshold=threshold,

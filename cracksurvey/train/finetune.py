@@ -171,7 +171,7 @@ def finetune_from_surveys(
     weights: str | Path | None = None,
     steps: int = 200,
     batch_size: int = 8,
-    lr: float = 3e-4,
+    lr: float = 1e-4,
     crop_px: int | None = None,
     crack_share: float = 0.5,
     default_width_mm: float = 1.0,

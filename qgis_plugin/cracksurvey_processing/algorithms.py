@@ -281,7 +281,7 @@ class FinetuneAlgorithm(_CliAlgorithm):
             self.BATCH_SIZE, "Crops per step", QgsProcessingParameterNumber.Integer, 8,
             minValue=1))
         self._advanced(QgsProcessingParameterNumber(
-            self.LR, "Learning rate", QgsProcessingParameterNumber.Double, 3e-4, minValue=0))
+            self.LR, "Learning rate", QgsProcessingParameterNumber.Double, 1e-4, minValue=0))
         self._advanced(QgsProcessingParameterNumber(
             self.CROP_PX, "Crop size (pixels, multiple of 32; 0: the model's recipe)",
             QgsProcessingParameterNumber.Integer, 0, minValue=0))
