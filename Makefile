@@ -28,6 +28,7 @@ system-deps:
 
 demo: $(STAMP)
 	$(BIN)/cracksurvey process examples/survey --overwrite
+	$(BIN)/cracksurvey process examples/street --overwrite
 
 # CI (.ci/run) runs `make test`: the lint runs first, then every test and docstring example.
 test: $(STAMP) system-deps lint

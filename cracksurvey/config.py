@@ -429,7 +429,14 @@ def _coerce(value: Any, hint: Any) -> Any:
     """``value`` checked against a type hint (ints accepted as floats); TypeError if invalid."""
     origin = typing.get_origin(hint)
     if origin is Literal:
-        if value in typing.get_args(hint) and not isinstance(value, bool):
+        choices = typing.get_args(hint)
+        if isinstance(value, bool) and "off" in choices:
+            # YAML 1.1 reads a bare on/off as a boolean
+            if not value:
+                return "off"
+            if "on" in choices:
+                return "on"
+        if value in choices and not isinstance(value, bool):
             return value
         raise TypeError
     if origin in (Union, types.UnionType):

@@ -95,8 +95,12 @@ class DamageScale:
     source: str = ""
     #: cracks at or above this confidence are evidence (the ``evidence_*`` summary columns)
     min_confidence: float = 0.0
-    #: a building without evidence of level 2 or more whose images cannot see cracks this
-    #: wide (detection limit above it) is "not assessable at this GSD"; None: no such rule
+    #: cracks at least this long (metres) and at least this straight are not evidence (an
+    #: architectural edge or an overhead cable, not a crack); None: no such rule
+    straight_line_min_length_m: float | None = None
+    straight_line_min_straightness: float = 0.98
+    #: a building whose images cannot see cracks this wide (detection limit above it) is "not
+    #: assessable at this GSD", whatever was detected; None: no such rule
     assessable_limit_mm: float | None = None
 
     def label(self, level: int) -> str:
@@ -109,6 +113,8 @@ class DamageScale:
             "name": self.name,
             "disclaimer": self.disclaimer,
             "min_confidence": self.min_confidence,
+            "straight_line_min_length_m": self.straight_line_min_length_m,
+            "straight_line_min_straightness": self.straight_line_min_straightness,
             "assessable_limit_mm": self.assessable_limit_mm,
             "levels": [
                 {"level": v.level, "label": v.label, "ems98": v.ems98, "when": dict(v.when)}
@@ -162,7 +168,15 @@ def parse_damage_scale(mapping: Any, *, source: str = "damage scale") -> DamageS
     """
     if not isinstance(mapping, Mapping):
         raise _scale_error(source, "a damage scale must be a mapping with name, disclaimer, levels")
-    allowed = {"name", "disclaimer", "levels", "min_confidence", "assessable_limit_mm"}
+    allowed = {
+        "name",
+        "disclaimer",
+        "levels",
+        "min_confidence",
+        "assessable_limit_mm",
+        "straight_line_min_length_m",
+        "straight_line_min_straightness",
+    }
     unknown = sorted(set(mapping) - allowed)
     if unknown:
         raise _scale_error(
@@ -186,13 +200,28 @@ def parse_damage_scale(mapping: Any, *, source: str = "damage scale") -> DamageS
         raise _scale_error(
             source, "levels[0].when must be empty (every imaged building is at least level 0)"
         )
+    straight_length = mapping.get("straight_line_min_length_m")
+    straightness = mapping.get("straight_line_min_straightness", 0.98)
+    if straight_length is not None and (
+        not isinstance(straight_length, (int, float)) or straight_length <= 0
+    ):
+        raise _scale_error(
+            source,
+            f"straight_line_min_length_m={straight_length!r}: expected a positive number or null",
+        )
+    if not isinstance(straightness, (int, float)) or not 0 < straightness <= 1:
+        raise _scale_error(
+            source, f"straight_line_min_straightness={straightness!r}: expected a number in (0, 1]"
+        )
     return DamageScale(
         str(mapping.get("name", "")),
         str(mapping.get("disclaimer", "")),
         parsed,
         source,
-        float(min_confidence),
-        None if limit is None else float(limit),
+        min_confidence=float(min_confidence),
+        assessable_limit_mm=None if limit is None else float(limit),
+        straight_line_min_length_m=None if straight_length is None else float(straight_length),
+        straight_line_min_straightness=float(straightness),
     )
 
 
@@ -227,12 +256,23 @@ def load_damage_scale(
 
 
 def _reached(values: pd.DataFrame, bounds: Mapping[str, float]) -> tuple[np.ndarray, list[str]]:
-    """Per building: whether any bound is reached, and the ``column value >= bound`` texts."""
+    """Per building: whether any bound is reached, and the ``column value >= bound`` texts.
+
+    A bound on a width in millimetres is not used for a building whose detection limit is above
+    it: every crack such images can see is wider than the bound, so reaching it says nothing.
+    """
     hit = np.zeros(len(values), dtype=bool)
     basis = [""] * len(values)
+    limit = (
+        values["detection_limit_mm"].to_numpy(dtype=np.float64)
+        if "detection_limit_mm" in values
+        else np.full(len(values), np.nan)
+    )
     for column, bound in bounds.items():
         column_values = values[column].to_numpy(dtype=np.float64)
         column_hit = np.isfinite(column_values) & (column_values >= bound)
+        if "width" in column and column.endswith("_mm"):
+            column_hit &= ~(np.isfinite(limit) & (limit > bound))
         for i in np.flatnonzero(column_hit):
             text = f"{column} {column_values[i]:.3g} >= {bound:g}"
             basis[i] = f"{basis[i]}; {text}" if basis[i] else text
@@ -281,12 +321,13 @@ def assess_damage(summary: pd.DataFrame, scale: DamageScale) -> pd.DataFrame:
     labels = [scale.label(int(v)) if ok else None for v, ok in zip(level, imaged)]
     if scale.assessable_limit_mm is not None and "detection_limit_mm" in summary:
         limit = summary["detection_limit_mm"].to_numpy(dtype=np.float64)
-        blind = imaged & (level <= 1) & np.isfinite(limit) & (limit > scale.assessable_limit_mm)
+        blind = imaged & np.isfinite(limit) & (limit > scale.assessable_limit_mm)
         for i in np.flatnonzero(blind):
             labels[i] = NOT_ASSESSABLE
             basis[i] = (
-                f"detection limit {limit[i]:.3g} mm > {scale.assessable_limit_mm:g} mm: cracks "
-                f"that define level 2 could not be seen (level {int(level[i])} found)"
+                f"detection limit {limit[i]:.3g} mm > {scale.assessable_limit_mm:g} mm: the "
+                f"images are too coarse to grade damage from cracks (level {int(level[i])} "
+                "would have been given)"
             )
         assessed &= ~blind
     return pd.DataFrame(

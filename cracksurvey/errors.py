@@ -38,3 +38,28 @@ class CrackSurveyWarning(UserWarning):
 
 class OutputWriteError(CrackSurveyError, OSError):
     """The output folder cannot be written (no space left, read-only, no permission)."""
+
+
+class OutputInUseError(CrackSurveyError, BlockingIOError):
+    """Another run holds the output folder's lock (:mod:`cracksurvey.io.lock`)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM; the message says what was kept.
+
+    A :class:`KeyboardInterrupt`, so code that lets Ctrl-C through lets this through too. The
+    images finished before the stop are in the output folder's cache: running the same command
+    again resumes from them.
+
+    Attributes
+    ----------
+    finished : int
+        Images whose results are in the cache.
+    total : int or None
+        Images of the survey (None: stopped before the survey was read).
+    """
+
+    def __init__(self, message: str, *, finished: int = 0, total: int | None = None) -> None:
+        super().__init__(message)
+        self.finished = finished
+        self.total = total

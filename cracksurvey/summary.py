@@ -294,13 +294,28 @@ def _confident(frame: pd.DataFrame, min_confidence: float) -> NDArray[np.bool_]:
     return frame["confidence"].to_numpy(dtype=np.float64) >= min_confidence
 
 
+def _evidence(cracks: pd.DataFrame, scale: DamageScale | None) -> NDArray[np.bool_]:
+    """Cracks that count as evidence for a damage level (the scale's rules)."""
+    if scale is None:
+        return np.ones(len(cracks), dtype=bool)
+    keep = _confident(cracks, scale.min_confidence)
+    if scale.straight_line_min_length_m is not None and "straightness" in cracks:
+        straight = cracks["straightness"].to_numpy(dtype=np.float64)
+        length = cracks["length_m"].to_numpy(dtype=np.float64)
+        keep &= ~(
+            (straight >= scale.straight_line_min_straightness)
+            & (length >= scale.straight_line_min_length_m)
+        )
+    return keep
+
+
 def _one_building(
     cracks: pd.DataFrame,
     branches: pd.DataFrame,
     coverage: pd.DataFrame,
     n_failed: int,
     *,
-    min_confidence: float = 0.0,
+    scale: DamageScale | None = None,
     detection_limit_mm: float = float("nan"),
 ) -> dict[str, float | int]:
     lengths = cracks["length_m"].to_numpy(dtype=np.float64)
@@ -328,9 +343,23 @@ def _one_building(
     def if_length(value: float) -> float:
         return float(value) if has_length else float("nan")
 
-    evidence = _confident(cracks, min_confidence)
+    evidence = _evidence(cracks, scale)
     evidence_length = float(lengths[metric & evidence].sum()) if has_length else float("nan")
-    evidence_branches = branches[_confident(branches, min_confidence)]
+    evidence_branches = branches
+    if (
+        "crack_id" in branches
+        and "crack_id" in cracks
+        and "image" in branches
+        and "image" in cracks
+    ):
+        kept = set(zip(cracks["image"][evidence], cracks["crack_id"][evidence], strict=True))
+        in_evidence = np.array(
+            [(i, c) in kept for i, c in zip(branches["image"], branches["crack_id"], strict=True)],
+            dtype=bool,
+        )
+        evidence_branches = branches.loc[in_evidence]
+    elif scale is not None:
+        evidence_branches = branches[_confident(branches, scale.min_confidence)]
 
     return {
         "n_cracks": len(cracks),
@@ -417,7 +446,6 @@ def summarize_buildings(
         return frame[frame["building_id"].astype(object) == building]
 
     failed = images[images["status"] == "error"]
-    min_confidence = damage_scale.min_confidence if damage_scale is not None else 0.0
     image_limit: dict[str, float] = {}
     if "detection_limit_mm" in images:
         image_limit = dict(zip(images["image"], images["detection_limit_mm"].astype(float)))
@@ -437,7 +465,7 @@ def summarize_buildings(
                     rows_of(branches, building),
                     rows_of(coverage, building),
                     n_failed,
-                    min_confidence=min_confidence,
+                    scale=damage_scale,
                     detection_limit_mm=limit,
                 ),
             }

@@ -148,3 +148,45 @@ def test_usage_and_config_errors_exit_2(tmp_path: Path, args: list[str], message
     result = run("process", root, *args)
     assert result.exit_code == 2
     assert message in result.stderr
+
+
+def test_the_same_warning_for_many_images_is_one_line(tmp_path: Path, weights: Path) -> None:
+    import geopandas as gpd
+    import pyogrio
+    from conftest import crack_array, make_image
+
+    root = tmp_path / "survey"
+    names = [f"images/wall{i}.png" for i in range(5)]
+    for name in names:  # no world file, no gsd: pixel units, one warning each
+        make_image(root / name, crack_array())
+    result = run("process", root, "--weights", weights, *FAST_OPTIONS)
+    assert result.exit_code == 0, result.stderr
+    [line] = [x for x in lines(result.stderr) if "georeferencing" in x]
+    assert line.startswith(
+        "warning: 5 images (images/wall0.png, images/wall1.png, images/wall2.png and 2 more): "
+        "no georeferencing")
+    assert "pixel units" in line
+    gpkg = root / "cracksurvey" / "cracks.gpkg"
+    assert "images" in [name for name, _ in pyogrio.list_layers(gpkg)]
+    images = gpd.read_file(gpkg, layer="images", engine="pyogrio")
+    for name, warning in zip(images["image"], images["warnings"]):  # each keeps its own
+        assert warning.startswith(f"images/{name}: no georeferencing"), warning
+    assert len(images) == 5
+
+
+def test_warning_lines_group_by_what_and_keep_single_ones() -> None:
+    from cracksurvey.cli.process import _WarningLines
+
+    written: list[str] = []
+    grouped = _WarningLines(written.append)
+    grouped.add("a.png: no georeferencing")
+    grouped.add("gap bridging is not implemented")
+    grouped.add("b.png: no georeferencing")
+    grouped.add("c.png: only one like this")
+    assert written == []  # held until flushed
+    grouped.flush()
+    assert written == ["warning: 2 images (a.png, b.png): no georeferencing",
+                       "warning: gap bridging is not implemented",
+                       "warning: c.png: only one like this"]
+    grouped.flush()
+    assert len(written) == 3

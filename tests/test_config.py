@@ -168,3 +168,12 @@ def test_parse_set_options() -> None:
 def test_direct_construction_is_validated() -> None:
     with pytest.raises(ConfigError, match="halo_px"):
         TilingConfig(halo_px=10)
+
+
+def test_yaml_on_off_reach_mode_settings_as_words():
+    """YAML 1.1 reads a bare off/on as a boolean: mode-like settings take them as the words."""
+    from cracksurvey.config import ProcessConfig, parse_set_options
+
+    config = ProcessConfig.from_dict(parse_set_options(["semantics.mode=off", "semantics.fill=off"]))
+    assert config.semantics.mode == "off" and config.semantics.fill == "off"
+    assert ProcessConfig.from_dict({"semantics": {"mode": True}}).semantics.mode == "on"

@@ -24,8 +24,8 @@ NAN = math.nan
 
 def summary(**columns) -> pd.DataFrame:
     n = len(next(iter(columns.values())))
-    base = {"n_cracks": [1] * n, "width_p95_mm": [NAN] * n, "crack_density_m_per_m2": [NAN] * n,
-            "n_images": [1] * n}
+    base = {"n_cracks": [1] * n, "evidence_cracks": [1] * n, "evidence_width_p95_mm": [NAN] * n,
+            "evidence_density_m_per_m2": [NAN] * n, "n_images": [1] * n}
     return pd.DataFrame({**base, **columns})
 
 
@@ -50,31 +50,34 @@ def test_default_scale_is_labelled_indicative_and_worded_after_ems98() -> None:
         (NAN, NAN, 0, 0),     # imaged, no crack
         (0.3, 0.05, 2, 1),    # hairline, few
         (1.0, 0.05, 2, 2),    # the width bound is inclusive
-        (0.3, 0.6, 9, 3),     # dense hairline cracks reach level 3 on density alone
+        (0.3, 2.6, 9, 3),     # dense hairline cracks reach level 3 on density alone
         (20.0, 0.01, 1, 4),   # one wide crack
-        (NAN, 0.25, 3, 2),    # width unknown: the other bound still counts
+        (NAN, 1.7, 3, 2),     # width unknown: the other bound still counts
+        (NAN, 1.0, 30, 1),    # under the false-crack density of intact façades: no level 2
     ],
 )
 def test_default_levels_any_bound_highest_level(p95, density, n_cracks, expected) -> None:
-    frame = summary(width_p95_mm=[p95], crack_density_m_per_m2=[density], n_cracks=[n_cracks])
+    frame = summary(evidence_width_p95_mm=[p95], evidence_density_m_per_m2=[density],
+                    evidence_cracks=[n_cracks])
     assert assess_damage(frame, load_damage_scale())["damage_level"].tolist() == [expected]
 
 
 def test_unimaged_building_has_no_level_and_basis_names_the_values() -> None:
-    frame = summary(width_p95_mm=[6.0, NAN], crack_density_m_per_m2=[0.1, NAN],
-                    n_cracks=[4, 0], n_images=[2, 0])
+    frame = summary(evidence_width_p95_mm=[6.0, NAN], evidence_density_m_per_m2=[0.1, NAN],
+                    evidence_cracks=[4, 0], n_images=[2, 0])
     damage = assess_damage(frame, load_damage_scale())
     assert list(damage.columns) == list(DAMAGE_COLUMNS)
     assert damage["damage_level"].iloc[0] == 3 and pd.isna(damage["damage_level"].iloc[1])
     assert damage["damage_label"].tolist() == ["substantial to heavy", None]
-    assert damage["damage_basis"].iloc[0] == "width_p95_mm 6 >= 5"
+    assert damage["damage_basis"].iloc[0] == "evidence_width_p95_mm 6 >= 5"
     assert damage["damage_basis"].iloc[1] is None
 
 
 def test_summarize_buildings_adds_the_damage_columns() -> None:
-    cracks = pd.DataFrame({"building_id": ["A"], "length_m": [2.0], "width_max_mm": [3.0],
-                           "orientation_deg": [45.0]})
-    branches = pd.DataFrame({"building_id": ["A"], "length_m": [2.0], "width_mean_mm": [2.0]})
+    cracks = pd.DataFrame({"building_id": ["A"], "length_m": [12.0], "width_max_mm": [3.0],
+                           "orientation_deg": [45.0], "confidence": [0.9]})
+    branches = pd.DataFrame({"building_id": ["A"], "length_m": [12.0], "width_mean_mm": [2.0],
+                             "confidence": [0.9]})
     coverage = pd.DataFrame({"image": ["a.tif", "b.tif"], "building_id": ["A", "B"],
                              "area_m2": [4.0, 4.0], "cpp_fragments": [1, 0],
                              "cpp_patches": [1, 1]})
@@ -84,7 +87,7 @@ def test_summarize_buildings_adds_the_damage_columns() -> None:
     table = summarize_buildings(*args, building_ids=["C"], damage_scale=load_damage_scale())
     assert list(table.columns) == ["building_id", *SUMMARY_COLUMNS]
     levels = dict(zip(table["building_id"], table["damage_level"]))
-    assert levels["A"] == 3 and levels["B"] == 0 and pd.isna(levels["C"])  # density 0.5
+    assert levels["A"] == 3 and levels["B"] == 0 and pd.isna(levels["C"])  # density 3.0
     unassessed = summarize_buildings(*args)
     assert unassessed["damage_level"].isna().all() and str(unassessed["damage_level"].dtype) == "Int64"
 
@@ -128,3 +131,28 @@ def test_load_by_name_or_path(tmp_path: Path) -> None:
         load_damage_scale("missing.yaml", root=tmp_path)
     levels = assess_damage(summary(n_cracks=[4, 5]), scale)["damage_level"]
     assert np.array_equal(levels.to_numpy(dtype=float), [0, 1])
+
+
+def test_coarse_images_are_not_assessable_and_confidence_is_evidence() -> None:
+    """A building whose images cannot see the cracks that grade damage gets no level, whatever
+    was detected; the default scale's evidence needs a confidence."""
+    scale = load_damage_scale()
+    assert scale.min_confidence > 0 and scale.assessable_limit_mm is not None
+    frame = summary(
+        evidence_width_p95_mm=[20.0, 20.0, NAN],
+        evidence_cracks=[5, 5, 0],
+        detection_limit_mm=[scale.assessable_limit_mm * 3, scale.assessable_limit_mm / 2, NAN],
+    )
+    damage = assess_damage(frame, scale)
+    assert pd.isna(damage["damage_level"].iloc[0])
+    assert damage["damage_label"].iloc[0] == "not assessable at this GSD"
+    assert "detection limit" in damage["damage_basis"].iloc[0]
+    assert damage["damage_level"].iloc[1] == 4  # fine enough: graded
+    assert damage["damage_level"].iloc[2] == 0  # limit unknown (pixel units): no such rule
+
+
+def test_a_width_bound_below_the_detection_limit_is_not_used() -> None:
+    """At 3 mm per pixel every visible crack is wider than 1 mm: that bound says nothing there."""
+    frame = summary(evidence_width_p95_mm=[4.0, 4.0], evidence_cracks=[3, 3],
+                    detection_limit_mm=[3.6, 0.8])
+    assert assess_damage(frame, load_damage_scale())["damage_level"].tolist() == [1, 2]

@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import json
 import math
+import platform
 import statistics
 import sys
 import tempfile
@@ -61,6 +62,7 @@ from cracksurvey.model import (
     save_model,
 )
 from cracksurvey.predict import (
+    cpu_amx_supported,
     cpu_bf16_supported,
     effective_precision,
     keep_freed_memory,
@@ -564,10 +566,13 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, object] = {
         "machine": {
+            "cpu": cpu_kind(),
             "cores": available_cores(),
             "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": cpu_bf16_supported(),
+            "amx": cpu_amx_supported(),
+            "precision_auto": effective_precision("auto"),
         }
     }
     with tempfile.TemporaryDirectory(prefix="cracksurvey-bench-") as tmpdir:
@@ -695,9 +700,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cpu_kind() -> str:
+    """The CPU's model name and the instruction sets that decide the precision."""
+    name = platform.processor() or "unknown CPU"
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name in ("", "unknown CPU", "x86_64"):
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    has = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return f"{name} ({', '.join(has) or 'no AVX2'})"
+
+
 def print_table(r: dict, args: argparse.Namespace) -> None:
     m = r["model"]
-    print(f"machine: {r['machine']}")
+    mach = r["machine"]
+    print(f"cpu:     {mach['cpu']}; {mach['cores']} cores; precision auto -> {mach['precision_auto']} "
+          f"(native bf16 {mach['native_bf16']}, AMX {mach['amx']})")
+    print(f"machine: {mach}")
     print(f"model:   {m['note']}")
     print(f"         {m['architecture']} width {m['width']}, {m['parameters'] / 1e6:.2f} M params, "
           f"{m['gflop_per_mp']:.1f} GFLOP/MP")
@@ -715,7 +740,7 @@ def print_table(r: dict, args: argparse.Namespace) -> None:
           f"({mo['fp32']['fraction_of_ceiling']:.0%}) | {mo['bf16']['gflops']:.0f} "
           f"({mo['bf16']['fraction_of_ceiling']:.0%}) |")
     if not r["machine"]["native_bf16"]:
-        print("| note | | bf16 is emulated on this CPU; the engine falls back to fp32 |")
+        print("| note | | bf16 is emulated on this CPU (slower than fp32; auto runs fp32) |")
     e = r["end_to_end"]
     print()
     print(f"(c) end-to-end {args.size}^2 ({e['precision']}): {e['mp_per_s']:.2f} MP/s "

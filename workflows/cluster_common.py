@@ -42,17 +42,28 @@ def parser(kind: str, description: str) -> argparse.ArgumentParser:
 
 
 def run_on(address: str, args: argparse.Namespace, log: Callable[[str], None]) -> int:
-    """``process`` on the cluster at ``address``; the exit status of ``cracksurvey process``."""
-    from cracksurvey.errors import CrackSurveyError
+    """``process`` on the cluster at ``address``; the exit status of ``cracksurvey process``
+    (Ctrl-C and SIGTERM stop it in order, as they stop the command: 130 / 143)."""
+    import signal
+
+    from cracksurvey.cli.signals import exit_code, stop_on_signals
+    from cracksurvey.errors import CrackSurveyError, RunInterrupted
     from cracksurvey.process import process_survey
 
     log(f"processing {args.survey_dir} on {address}")
-    try:
-        summary = process_survey(args.survey_dir, out_dir=args.out, weights=args.weights,
-                                 overwrite=args.overwrite, scheduler=address)
-    except CrackSurveyError as exc:
-        log(f"error: {exc}")
-        return 2
+    with stop_on_signals() as stop:
+        try:
+            summary = process_survey(args.survey_dir, out_dir=args.out, weights=args.weights,
+                                     overwrite=args.overwrite, scheduler=address)
+        except CrackSurveyError as exc:
+            log(f"error: {exc}")
+            return 2
+        except RunInterrupted as exc:
+            signum = stop.signum or signal.SIGINT
+            log(f"stopped by {signal.Signals(signum).name}: {exc}")
+            return exit_code(signum)
+        finally:
+            stop.done()
     for outcome in summary.images:
         log(outcome.line())
     log(f"{summary.n_cracks} cracks -> {summary.gpkg_path}")

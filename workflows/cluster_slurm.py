@@ -7,7 +7,11 @@
 Run it on a login node (the client: vectorization and the GeoPackage are written there). The
 survey and output folders must be on a filesystem the compute nodes see; the weights are sent
 to the workers. If a job dies (pre-emption, time limit), its tiles are rerun on the others; if
-the whole allocation ends, rerun the same command: finished images come from the cache.
+the whole allocation ends, rerun the same command: finished images come from the cache. Ctrl-C
+or SIGTERM to this script stops the run in order (exit 130 / 143) and cancels the worker jobs.
+To run the whole survey inside one SLURM job instead (a local cluster on the node, pre-emption
+and time limits handled with ``--requeue`` and ``--signal``), see README, "Interruptions and
+concurrent runs".
 """
 
 from __future__ import annotations

@@ -14,8 +14,10 @@ folder:
 
 Every crack found there is false. The table gives, per model and survey: cracks, total length,
 false crack length per megapixel of image (pixels of crack centreline per million image pixels)
-and per megapixel of wall where the façade semantics are known, and the highest damage level of
-any building (all must be <= 1). Results as JSON with --json.
+and per megapixel of wall where the façade semantics are known, the highest damage level of any
+building (all must be <= 1) and how many buildings are not assessable at their GSD (``n/a``).
+Results as JSON with --json. The ablation of the façade semantics:
+``... --weights shipped -- --set semantics.mode=off``.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def measure(survey: Path, out: Path, weights: str | None, extra: list[str]) -> d
     pixels = float(images["valid_px"].sum())
     length_px = float(cracks["length_px"].sum()) if len(cracks) else 0.0
     wall_px = float(images["wall_px"].sum()) if "wall_px" in images else float("nan")
-    levels = [int(v) for v in buildings["damage_level"].fillna(-1)]
+    levels = [None if v != v else int(v) for v in buildings["damage_level"].astype(float)]
+    labels = list(buildings["damage_label"])
     return {
         "cracks": len(cracks),
         "length_m": float(cracks["length_m"].sum()) if len(cracks) else 0.0,
@@ -93,7 +96,8 @@ def measure(survey: Path, out: Path, weights: str | None, extra: list[str]) -> d
         "image_mp": pixels / 1e6,
         "fp_px_per_mp": length_px / pixels * 1e6 if pixels else float("nan"),
         "fp_px_per_wall_mp": length_px / wall_px * 1e6 if wall_px == wall_px and wall_px > 0 else None,
-        "max_level": max(levels) if levels else None,
+        "max_level": max((v for v in levels if v is not None), default=None),
+        "not_assessable": sum(str(label).startswith("not assessable") for label in labels),
         "levels": dict(zip(buildings["building_id"], levels, strict=False)),
         "wall_s": round(wall, 1),
     }
@@ -130,12 +134,13 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
-    print(f"{'model':50s} {'survey':8s} {'cracks':>6s} {'length m':>9s} {'px/MP':>8s} {'px/wall MP':>10s} {'max level':>9s} {'s':>6s}")
+    print(f"{'model':50s} {'survey':8s} {'cracks':>6s} {'length m':>9s} {'px/MP':>8s} {'px/wall MP':>10s} {'max level':>9s} {'n/a':>4s} {'s':>6s}")
     for w, per in results.items():
         for name, r in per.items():
             wall = "—" if r["fp_px_per_wall_mp"] is None else f"{r['fp_px_per_wall_mp']:.0f}"
             print(f"{Path(w).parent.name + '/' + Path(w).name if w != 'shipped' else 'shipped':50s} {name:8s} {r['cracks']:6d} "
-                  f"{r['length_m']:9.1f} {r['fp_px_per_mp']:8.0f} {wall:>10s} {r['max_level']!s:>9s} {r['wall_s']:6.1f}")
+                  f"{r['length_m']:9.1f} {r['fp_px_per_mp']:8.0f} {wall:>10s} {r['max_level']!s:>9s} "
+                  f"{r['not_assessable']:4d} {r['wall_s']:6.1f}")
     return 0
 
 

@@ -14,7 +14,7 @@
 
 The campaign is the default recipe (configs/train/facade.yaml) at three seeds, its width and
 negative-weight variants, the loss ablation (mse, mse+topo, dice+topo, mse+dice+topo and the
-paper-faithful TOPO constants with B2 unfixed; three seeds each), the same recipe without
+paper-faithful TOPO constants (docs/method.md D6 undone); three seeds each), the same recipe without
 negatives, and the façade-semantics model. Each run is one process; the learning-rate schedule of
 every run follows its wall-time budget, so all runs end together whatever the machine's speed.
 
@@ -54,7 +54,7 @@ LOSSES = {
     "dice+topo": {"mse": 0.0, "dice": 10.0, "topo": 1.0},
     "mse+dice+topo": {"mse": 1.0, "dice": 10.0, "topo": 1.0},
     # the authors' constants: alpha 100 / beta 10 summed over the batch, far edges pinned to the
-    # clip value (B2 unfixed)
+    # clip value (docs/method.md D6 undone)
     "faithful": {
         "mse": 1.0,
         "dice": 0.0,
@@ -372,6 +372,36 @@ def install(run: Path, data: Path, *, detection_limit: Path | None) -> None:
     print("installed", SHIPPED_DIR / DEFAULT_MODEL_ID, card.sha256)
 
 
+def plot_curves(runs: Path, out: Path) -> None:
+    """Training curves of a campaign's runs (loss, validation quality, false positives)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    groups = {"ship": "C0", "noneg": "C1", "mse+topo": "C2", "dice+topo": "C3", "faithful": "C4", "mse": "C5"}
+    for group, colour in groups.items():
+        dirs = sorted(p for p in runs.glob(f"{group}-s*") if p.is_dir())
+        for i, run in enumerate(dirs):
+            history = json.loads((run / "history.json").read_text())["history"]
+            steps = np.cumsum([e.get("steps", 200) for e in history])
+            style = dict(color=colour, alpha=0.8, label=group if i == 0 else None)
+            ax[0].plot(steps, [e["train"].get("total", np.nan) for e in history], **style)
+            ax[1].plot(steps, [e["val"]["quality"] for e in history], **style)
+            ax[2].plot(steps, [e["val"].get("fp_px_per_mp", np.nan) for e in history], **style)
+    ax[0].set_yscale("log")
+    ax[0].set_title("training loss (mean per step, all terms)")
+    ax[1].set_title("masonry validation quality (best threshold of the coarse sweep)")
+    ax[2].set_title("false centreline px per MP, held-out intact façades")
+    for a in ax:
+        a.set_xlabel("optimizer steps (16 x 256 px crops)")
+        a.legend(fontsize=8)
+    fig.suptitle(f"Retraining campaign {runs.name}: each run's validation after every 200 steps")
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+
+
 def unpack(archives: Path, out: Path) -> None:
     """Extract campaign chunks; fp16 transport copies are restored to fp32 safetensors (the card's
     checksum is then that of the restored file, recomputed)."""
@@ -421,6 +451,9 @@ def main() -> int:
     i.add_argument("--run", type=Path, required=True)
     i.add_argument("--data", type=Path, default=ROOT.parent / "shared/data")
     i.add_argument("--detection-limit", type=Path, default=None, help="JSON of workflows/detection_limit.py")
+    cv = sub.add_parser("curves")
+    cv.add_argument("--runs", type=Path, required=True)
+    cv.add_argument("--out", type=Path, default=ROOT / "docs/training-curves.png")
     u = sub.add_parser("unpack")
     u.add_argument("--archives", type=Path, required=True)
     u.add_argument("--out", type=Path, required=True)
@@ -438,6 +471,8 @@ def main() -> int:
         refit_body(args.run, args.data, args.out, steps=args.steps)
     elif args.cmd == "install":
         install(args.run, args.data, detection_limit=args.detection_limit)
+    elif args.cmd == "curves":
+        plot_curves(args.runs, args.out)
     elif args.cmd == "unpack":
         unpack(args.archives, args.out)
     return 0

@@ -5,17 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import typing
 import warnings
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cracksurvey.cli.group import bars_disabled, main
+from cracksurvey.cli.signals import StopSignals, exit_code, stop_on_signals
 from cracksurvey.config import ModelConfig, Precision, TilingConfig, parse_set_options
+from cracksurvey.io.lock import check_run_lock
 from cracksurvey.progress import ProgressEvent
+
+if TYPE_CHECKING:
+    from cracksurvey.process import RunSummary
 
 
 def _process_overrides(
@@ -44,9 +52,45 @@ def _process_overrides(
     return layer
 
 
+class _WarningLines:
+    """Warnings as lines on stderr, the same warning for several images as one line.
+
+    A warning about one image reads ``NAME: what``; those with the same ``what`` are held
+    until :meth:`flush` and printed as ``N images (a, b, c and N-3 more): what``. Each image
+    keeps its own warning in the ``images`` layer.
+    """
+
+    SHOWN = 3
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.write = write
+        self.pending: dict[str, list[str]] = {}
+
+    def add(self, message: str) -> None:
+        text = " ".join(message.split())
+        name, colon, what = text.partition(": ")
+        if not colon:  # not about one image
+            name, what = "", text
+        self.pending.setdefault(what, []).append(name)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, {}
+        for what, names in pending.items():
+            named = list(dict.fromkeys(n for n in names if n))
+            if not named:
+                self.write(f"warning: {what}")
+            elif len(named) == 1:
+                self.write(f"warning: {named[0]}: {what}")
+            else:
+                more = len(named) - self.SHOWN
+                shown = ", ".join(named[: self.SHOWN]) + (f" and {more} more" if more > 0 else "")
+                self.write(f"warning: {len(named)} images ({shown}): {what}")
+
+
 class _ProcessProgress:
-    """tqdm bars on stderr (image files read, images, tiles of the current image) and one line
-    per image."""
+    """tqdm bars on stderr (image files read, images, tiles of the current image), one line
+    per image, and the warnings, grouped (:class:`_WarningLines`) before the images start and
+    at the end."""
 
     def __init__(self, *, quiet: bool) -> None:
         from tqdm import tqdm
@@ -56,6 +100,8 @@ class _ProcessProgress:
         self.reading: Any = None
         self.images: Any = None
         self.tiles: Any = None
+        self.warnings = _WarningLines(self.write)
+        self.stop: StopSignals | None = None  # a signal whose interrupt was lost is raised
 
     def _bar(self, total: int, desc: str, position: int) -> Any:
         return self._tqdm(
@@ -74,6 +120,8 @@ class _ProcessProgress:
         self._tqdm.write(line, file=sys.stderr)
 
     def __call__(self, event: ProgressEvent) -> None:
+        if self.stop is not None:
+            self.stop.raise_if_stopping()
         if event.kind == "discover":
             if self.reading is None:
                 self.reading = self._bar(event.total, "reading images", 0)
@@ -82,6 +130,7 @@ class _ProcessProgress:
             if self.reading is not None:
                 self.reading.close()
                 self.reading = None
+            self.warnings.flush()
             self.images = self._bar(event.total, "images", 0)
         elif event.kind == "image":
             if self.tiles is not None:
@@ -103,6 +152,8 @@ class _ProcessProgress:
         for bar in (self.tiles, self.images, self.reading):
             if bar is not None:
                 bar.close()
+        self.tiles = self.images = self.reading = None
+        self.warnings.flush()
 
 
 def _drop_reported_image_errors(record: logging.LogRecord) -> bool:
@@ -144,7 +195,17 @@ def _process_help() -> str:
     A run stopped before the end (Ctrl-C, kill, power loss) writes no run.json:
     run the same command again and only the missing images are computed. With
     --overwrite, unchanged images are taken from the cache too; --no-cache
-    recomputes them all.
+    recomputes them all. Ctrl-C or SIGTERM stop the run in order: one line says
+    how many images were kept (exit status 130 or 143).
+
+    \b
+    One run per output folder: OUT/cracksurvey.lock names the run that holds it
+    (host, process id, start time, command); a second run on the same OUT
+    refuses, --overwrite or not. The lock of a run that ended without removing
+    it is taken over, with a warning, when that run was on this host; one from
+    another host cannot be checked: delete it, or pass --break-lock, once you
+    know that run has ended. Dask's own messages go to OUT/cracksurvey.log
+    (to the terminal with -v).
 
     \b
     Cluster: --scheduler tcp://HOST:8786 runs the tiles on an existing Dask
@@ -156,8 +217,9 @@ def _process_help() -> str:
     \b
     Config precedence: defaults < --preset < survey.yaml < --config < --set < options.
     Exit status: 0 all images processed, 1 some image failed (the others keep their
-    results), 2 usage, survey, model or output-folder error (nothing processed;
-    after a full disk mid-run, the finished images stay cached).
+    results), 2 usage, survey, model or output-folder error, or the output folder
+    in use (nothing processed; after a full disk mid-run, the finished images stay
+    cached), 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM.
     """
 
 
@@ -203,6 +265,13 @@ def _process_help() -> str:
     is_flag=True,
     help="Replace the outputs of a previous run in the output folder (cached "
     "images are reused unless --no-cache).",
+)
+@click.option(
+    "--break-lock",
+    "break_lock",
+    is_flag=True,
+    help="Take over the output folder's lock when the run holding it cannot be checked (on "
+    "another host): only once you know that run has ended.",
 )
 @click.option(
     "--no-cache",
@@ -262,6 +331,7 @@ def process(
     preset: str | None,
     set_items: tuple[str, ...],
     overwrite: bool,
+    break_lock: bool,
     no_cache: bool,
     scheduler: str | None,
     workers: int | None,
@@ -271,12 +341,12 @@ def process(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    if not ctx.obj.get("verbose"):  # read when Dask is imported: its scheduler logs at INFO
+    verbose = bool(ctx.obj.get("verbose"))
+    if not verbose:  # read when Dask is imported: its scheduler logs at INFO
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-
-    from cracksurvey.errors import CrackSurveyWarning
-    from cracksurvey.io.outputs import json_ready
-    from cracksurvey.process import process_survey  # imports Dask
+    out = out_dir if out_dir is not None else survey_dir / "cracksurvey"
+    # a folder in use is refused before anything heavy is loaded
+    check_run_lock(out, break_lock=break_lock)
 
     overrides = _process_overrides(
         set_items,
@@ -289,33 +359,63 @@ def process(
     )
     progress = _ProcessProgress(quiet=quiet)
     # Image failures are logged by the library and reported by `progress` as one line each.
-    handlers = [] if ctx.obj.get("verbose") else logging.getLogger().handlers
+    handlers = [] if verbose else logging.getLogger().handlers
     for handler in handlers:
         handler.addFilter(_drop_reported_image_errors)
 
     def show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
-        progress.write("warning: " + " ".join(str(message).split()))
+        progress.warnings.add(str(message))
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", CrackSurveyWarning)
-            warnings.showwarning = show_warning
-            summary = process_survey(
-                survey_dir,
-                out_dir=out_dir,
-                preset=preset,
-                config_path=config_path,
-                overrides=overrides,
-                overwrite=overwrite,
-                use_cache=not no_cache,
-                scheduler=None if scheduler == "synchronous" else scheduler,
-                synchronous=scheduler == "synchronous",
-                progress=progress,
-            )
-    finally:
-        progress.close()
-        for handler in handlers:
-            handler.removeFilter(_drop_reported_image_errors)
+    with stop_on_signals() as stop:
+        progress.stop = stop
+        summary = None
+        try:
+            from cracksurvey.errors import CrackSurveyWarning
+            from cracksurvey.logs import LOG_FILE, engine_logs_to
+            from cracksurvey.process import process_survey  # imports Dask
+
+            with warnings.catch_warnings(), ExitStack() as logs:
+                if not verbose:
+                    logs.enter_context(engine_logs_to(out / LOG_FILE))
+                warnings.simplefilter("always", CrackSurveyWarning)
+                warnings.showwarning = show_warning
+                summary = process_survey(
+                    survey_dir,
+                    out_dir=out,
+                    preset=preset,
+                    config_path=config_path,
+                    overrides=overrides,
+                    overwrite=overwrite,
+                    use_cache=not no_cache,
+                    scheduler=None if scheduler == "synchronous" else scheduler,
+                    synchronous=scheduler == "synchronous",
+                    progress=progress,
+                    break_lock=break_lock,
+                )
+        except KeyboardInterrupt as stopped:
+            if summary is None:  # else the run had finished: nothing was stopped
+                stop.done()
+                progress.close()
+                signum = stop.signum or signal.SIGINT
+                what = (
+                    str(stopped)
+                    if stopped.args
+                    else "stopped before the run started; run the same command again"
+                )
+                click.echo(f"stopped by {signal.Signals(signum).name}: {what}", err=True)
+                ctx.exit(exit_code(signum))
+        finally:
+            stop.done()
+            progress.close()
+            for handler in handlers:
+                handler.removeFilter(_drop_reported_image_errors)
+        assert summary is not None
+        _report(summary, quiet=quiet, as_json=as_json)
+        ctx.exit(summary.exit_code)
+
+
+def _report(summary: RunSummary, *, quiet: bool, as_json: bool) -> None:
+    """The last line of a finished run on stderr, and run.json on stdout with ``--json``."""
     failed = len(summary.failed)
     done = len(summary.images) - failed
     if not quiet:
@@ -331,5 +431,6 @@ def process(
             err=True,
         )
     if as_json:
+        from cracksurvey.io.outputs import json_ready
+
         click.echo(json.dumps(json_ready(summary.record), indent=1))
-    ctx.exit(summary.exit_code)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -94,11 +95,43 @@ def worker_environ() -> Iterator[None]:
                 os.environ[k] = v
 
 
+#: Signals the local worker processes never receive: the client stops them in order.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Threads and processes started inside this context never receive SIGINT or SIGTERM.
+
+    Ctrl-C in a terminal (and a batch system's SIGTERM) reaches every process of the group:
+    workers would stop on their own, with tracebacks, while the client still needs them to
+    shut down in order. A blocked signal stays blocked in the threads started meanwhile (the
+    cluster's event loop, which later also restarts dead workers) and across the workers'
+    fork and exec. This thread gets a signal that arrived meanwhile once the context exits.
+    A worker still exits at once when its client process dies (Dask watches the parent).
+
+    multiprocessing's resource tracker is started first: starting it unblocks both signals in
+    the thread that starts it (it would be the cluster's event loop).
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def start_local_cluster(config: EngineConfig) -> tuple[Any, int, int]:
     """A ``LocalCluster`` laid out by :func:`local_layout`; returns it, its task slots and the
-    torch threads per task."""
+    torch threads per task. Its workers never receive SIGINT or SIGTERM
+    (:func:`stop_signals_blocked`): the client stops them."""
     workers, threads, torch_threads = local_layout(config)
-    with worker_environ():
+    with worker_environ(), stop_signals_blocked():
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=threads,

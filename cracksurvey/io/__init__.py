@@ -11,4 +11,5 @@ and write survey directories, rasters and layers and hand plain values to them.
   :mod:`cracksurvey.io.style_xml`: their QGIS styles.
 - :mod:`cracksurvey.io.outputs`: the output folder, run.json, summary tables.
 - :mod:`cracksurvey.io.cache`: the stage cache of a run (predictions, results).
+- :mod:`cracksurvey.io.lock`: the output folder's lock (one run at a time).
 """

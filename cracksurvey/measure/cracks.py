@@ -9,6 +9,8 @@ output: the attribute tables and geometries of the ``cracks`` and ``crack_branch
   pixels, from the width measured per pixel in the workers (:mod:`cracksurvey.measure.width`).
 - **Orientation** is the length-weighted mean axial direction of the segments in map
   coordinates, in [0, 180), 0 = +x (east), counter-clockwise.
+- **Straightness** is the diameter of the smallest circle enclosing the crack over its length:
+  1 for a straight line, lower the more the crack wanders or branches.
 - **Confidence** of a pixel is ``clip(1 - distance_px / threshold_px, 0, 1)``: 1 on the
   predicted centreline, 0 at the threshold.
 """
@@ -53,6 +55,7 @@ CRACK_COLUMNS: dict[str, str] = {
     "width_max_mm": "float64",
     "width_p95_mm": "float64",
     "orientation_deg": "float64",
+    "straightness": "float64",
     "n_branches": "int64",
     "n_junctions": "int64",
     "confidence": "float64",
@@ -235,6 +238,10 @@ def measure_cracks(
             "width_max_mm": c_wmax,
             "width_p95_mm": c_wp95,
             "orientation_deg": orientation,
+            # diameter of the smallest circle around the crack / its length: 1 for a straight line
+            "straightness": np.minimum(
+                1.0, 2.0 * shapely.minimum_bounding_radius(multis) / np.maximum(c_len_m, 1e-12)
+            ),
             "n_branches": n_branches.astype(np.int64),
             "n_junctions": network.n_junctions,
             "confidence": c_conf,

@@ -9,7 +9,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ from torch import nn
 from cracksurvey.config import ProcessConfig
 from cracksurvey.damage import load_damage_scale
 from cracksurvey.engine import Engine
-from cracksurvey.errors import CrackSurveyError, OutputWriteError
+from cracksurvey.errors import CrackSurveyError, OutputWriteError, RunInterrupted
 from cracksurvey.georef import Georef
 from cracksurvey.io.cache import CACHE_DIR, ImageCache, PredictionCache
+from cracksurvey.io.lock import RunLock
 from cracksurvey.io.outputs import RASTER_DIR, check_output_dir, clear_previous_outputs
 from cracksurvey.io.survey_files import discover_survey, hash_file
 from cracksurvey.model import ModelCard, Weights, read_weights
@@ -62,6 +64,7 @@ def process_survey(
     synchronous: bool = False,
     use_cache: bool = True,
     progress: ProgressCallback | None = None,
+    break_lock: bool = False,
 ) -> RunSummary:
     """Process a survey directory: every image to crack layers, rasters and summaries.
 
@@ -94,6 +97,10 @@ def process_survey(
         False: recompute every image (``--no-cache``); results are still cached.
     progress : callable, optional
         Called with a :class:`~cracksurvey.progress.ProgressEvent` as images and tiles complete.
+    break_lock : bool
+        Take over the output folder's lock also when its holder cannot be checked (a run on
+        another host, an unreadable lock file): for when the user knows that run has ended.
+        A holder on this host that still runs is never broken (:mod:`cracksurvey.io.lock`).
 
     Returns
     -------
@@ -106,11 +113,21 @@ def process_survey(
         Malformed or contradictory survey inputs (before any work).
     OutputExistsError
         ``out_dir`` holds a previous run and ``overwrite`` is False.
+    OutputInUseError
+        Another run holds ``out_dir`` (its lock file ``cracksurvey.lock``), ``overwrite`` or
+        not; the message names it (host, process id, start time) and says what to do.
     ModelError
         No weights, or weights that do not match their card.
     OutputWriteError
         The output folder cannot be written (read-only, no permission, disk full); images
         finished before stay in the cache, so rerunning the same command resumes.
+    RunInterrupted
+        A :class:`KeyboardInterrupt` (Ctrl-C, or a signal handler that raises one) stopped
+        the run: the engine is shut down, the lock released, and the message says how many
+        images finished and are kept in the cache; rerunning the same command resumes.
+
+    One run per output folder: the run holds ``out_dir/cracksurvey.lock`` from the start to
+    the end, whatever the way it ends (:class:`~cracksurvey.io.lock.RunLock`).
 
     Failure policy: problems with the survey inputs, an output folder holding a previous run
     and unusable weights raise before any image is processed. An image that cannot be processed
@@ -119,14 +136,48 @@ def process_survey(
     """
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    timings = Timings()
-    emit = progress or (lambda event: None)
-
     # A previous run in the output folder is refused first: nothing else is worth checking.
     out = check_output_dir(
         Path(out_dir) if out_dir is not None else Path(survey_dir) / "cracksurvey",
         overwrite=overwrite,
     )
+    tally = _Tally(progress)
+    with RunLock.acquire(out, break_lock=break_lock), _interrupts_reported(out, tally):
+        return _process_locked(
+            survey_dir,
+            out,
+            preset=preset,
+            config_path=config_path,
+            overrides=overrides,
+            weights=weights,
+            overwrite=overwrite,
+            scheduler=scheduler,
+            synchronous=synchronous,
+            use_cache=use_cache,
+            emit=tally,
+            started=started,
+            t0=t0,
+        )
+
+
+def _process_locked(
+    survey_dir: str | Path,
+    out: Path,
+    *,
+    preset: str | Path | None,
+    config_path: str | Path | None,
+    overrides: Mapping[str, Any] | None,
+    weights: ModelInput,
+    overwrite: bool,
+    scheduler: str | None,
+    synchronous: bool,
+    use_cache: bool,
+    emit: _Tally,
+    started: datetime,
+    t0: float,
+) -> RunSummary:
+    """:func:`process_survey` once the output folder is checked and locked."""
+    timings = Timings()
     if isinstance(weights, (str, Path)):  # part of the effective config (run.json)
         overrides = {
             **(overrides or {}),
@@ -156,66 +207,145 @@ def process_survey(
             synchronous=synchronous,
         )
     model_info = _model_info(engine, model, config)
-    try:
-        if overwrite:
-            clear_previous_outputs(out)
-        raster_dir = out / RASTER_DIR
-        _check_writable(out, raster_dir)
-        run = ImageRun(
-            engine=engine,
-            predictions=PredictionCache(out, reuse=use_cache),
-            results=ImageCache(out, reuse=use_cache),
-            config=config,
-            model_sha256=model_info["sha256"] or _weights_sha256(model),
-            root=survey.root,
-            raster_dir=raster_dir,
-            timings=timings,
-            footprints_for=_footprints_for(survey.buildings),
-            buildings_sha256=_file_sha256(survey.buildings_path),
-            semantics_model=SemanticsModel(config.semantics.weights),
-            detection_limit_px=model_info["detection_limit_px"],
-        )
-        for cache in (run.predictions, run.results):
-            cache.prune(keep=None)  # staging folders of a killed run
-        outcomes, results = _run_images(run, survey.images, out=out, emit=emit)
-    except BaseException:
-        engine.close()
-        raise
+    close_engine = _CloseOnce(engine.close)
     # the local cluster shuts down (its processes exit) while the outputs are written
-    closing = threading.Thread(target=engine.close, name="cracksurvey-engine-close")
-    closing.start()
+    closing = threading.Thread(target=close_engine, name="cracksurvey-engine-close")
+    summary: RunSummary | None = None
     try:
-        summary = write_outputs(
-            survey,
-            out,
-            outcomes,
-            results,
-            model_info=model_info,
-            timings=timings,
-            started=started,
-            t0=t0,
-            damage_scale=damage_scale,
-            cache_info={
-                "dir": CACHE_DIR,
-                "reused": run.reused,
-                "computed": run.computed,
-                "predictions": {
-                    "reused": run.predictions_reused,
-                    "computed": run.predictions_computed,
-                },
-            },
-        )
-    except OSError as exc:
-        failure = output_failure(exc, out, len(run.keys))
-        if failure is None:
+        try:
+            if overwrite:
+                clear_previous_outputs(out)
+            raster_dir = out / RASTER_DIR
+            _check_writable(out, raster_dir)
+            run = ImageRun(
+                engine=engine,
+                predictions=PredictionCache(out, reuse=use_cache),
+                results=ImageCache(out, reuse=use_cache),
+                config=config,
+                model_sha256=model_info["sha256"] or _weights_sha256(model),
+                root=survey.root,
+                raster_dir=raster_dir,
+                timings=timings,
+                footprints_for=_footprints_for(survey.buildings),
+                buildings_sha256=_file_sha256(survey.buildings_path),
+                semantics_model=SemanticsModel(config.semantics.weights),
+                detection_limit_px=model_info["detection_limit_px"],
+            )
+            for cache in (run.predictions, run.results):
+                cache.prune(keep=None)  # staging folders of a killed run
+            outcomes, results = _run_images(run, survey.images, out=out, emit=emit)
+        except BaseException:
+            close_engine()
             raise
-        raise failure from exc
-    finally:
+        closing.start()
+        try:
+            summary = write_outputs(
+                survey,
+                out,
+                outcomes,
+                results,
+                model_info=model_info,
+                timings=timings,
+                started=started,
+                t0=t0,
+                damage_scale=damage_scale,
+                cache_info={
+                    "dir": CACHE_DIR,
+                    "reused": run.reused,
+                    "computed": run.computed,
+                    "predictions": {
+                        "reused": run.predictions_reused,
+                        "computed": run.predictions_computed,
+                    },
+                },
+            )
+        except OSError as exc:
+            failure = output_failure(exc, out, len(run.keys))
+            if failure is None:
+                raise
+            raise failure from exc
+        emit.written = True
         closing.join()
-    # entries of images no longer in the survey, or of stale settings
-    run.results.prune(keep=run.keys)
-    run.predictions.prune(keep=run.prediction_keys)
+    except KeyboardInterrupt:
+        if summary is None:
+            raise
+        # stopped while the engine closed, its outputs written: the run is complete
+    finally:
+        if closing.is_alive():  # stopped meanwhile: the engine still closes in order
+            closing.join()
+        close_engine()  # however the run ended (nothing to do once closed)
+    assert summary is not None
+    try:  # entries of images no longer in the survey, or of stale settings
+        run.results.prune(keep=run.keys)
+        run.predictions.prune(keep=run.prediction_keys)
+    except KeyboardInterrupt:  # the run is complete: the next run prunes
+        pass
     return summary
+
+
+class _CloseOnce:
+    """Closes the engine for whichever asks first, the closing thread or the clean-up after
+    a stop; the other waits for it (a second close would race the first)."""
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self._close = close
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._close()
+                self._closed = True
+
+
+class _Tally:
+    """The progress callback of a run, counting what finished for the message of a stop."""
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.progress = progress
+        self.total: int | None = None
+        self.finished = 0
+        self.written = False
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.kind == "images":
+            self.total = event.total
+        elif event.kind == "image_done" and event.outcome is not None:
+            self.finished += event.outcome.status == "ok"
+        if self.progress is not None:
+            self.progress(event)
+
+
+@contextmanager
+def _interrupts_reported(out: Path, tally: _Tally) -> Iterator[None]:
+    """A KeyboardInterrupt becomes :class:`RunInterrupted`, saying what was kept.
+
+    Every image is committed to the cache when it finishes (atomically), so what finished
+    before the stop is there; what was being computed is dropped (staging folders, removed by
+    the next run).
+    """
+    try:
+        yield
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt as exc:
+        if tally.total is None:
+            message = "stopped before any image was processed; run the same command again"
+        elif tally.written:
+            message = f"stopped after the run had finished; its outputs are in {out}"
+        elif tally.finished == 0:
+            message = (
+                f"none of the {tally.total} images had finished; run the same command again "
+                "to start over"
+            )
+        else:
+            message = (
+                f"{tally.finished} of {tally.total} images finished and are kept in "
+                f"{out / CACHE_DIR}; run the same command again to resume (they are not "
+                "computed again)"
+            )
+        raise RunInterrupted(message, finished=tally.finished, total=tally.total) from exc
 
 
 def _run_images(

@@ -30,6 +30,7 @@ from .figures import (
     overview_map_svg,
     png_data_uri,
     rose_svg,
+    semantics_tint_uri,
     width_histogram_svg,
 )
 from .html import BuildingView, ImageView, building_section, ranked_table, render_page
@@ -153,15 +154,53 @@ def _image_view(
         ring = max(getattr(building_geometry, "geoms", [building_geometry]), key=lambda g: g.area)
         outline = _to_view(np.asarray(ring.exterior.coords), inverse, full, scale)
     where = image.get("facade_id") or image.get("georef_kind") or ""
+    tint = _semantics_tint(survey, image, full, size)
     caption = (
         f"{image['image']} ({where}): {len(cracks)} crack(s) of this building drawn"
         + (", cropped to the building" if window else "")
         + ("; image file not found, cracks only" if thumb is None else "")
+        + (
+            "; façade semantics: openings blue, background green, no data dark (cracks are "
+            "kept on wall)"
+            if tint
+            else ""
+        )
     )
     svg = image_overlay_svg(
-        data_uri, size, polylines, outline=outline, label=f"{image['image']} with detected cracks"
+        data_uri,
+        size,
+        polylines,
+        outline=outline,
+        label=f"{image['image']} with detected cracks",
+        tint_uri=tint,
     )
     return ImageView(svg, caption)
+
+
+def _semantics_tint(
+    survey: SurveyOutput, image: pd.Series, window: tuple[int, int, int, int], size: tuple[int, int]
+) -> str | None:
+    """The image's façade-semantics classes over ``window``, as a tint the thumbnail's size."""
+    name = image.get("semantics_raster")
+    if not isinstance(name, str) or not name:
+        return None
+    path = survey.out_dir / name
+    if not path.is_file():
+        return None
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        classes = ds.read(1)
+    height, width = int(image["height_px"]), int(image["width_px"])
+    rows = ((np.arange(size[0]) + 0.5) / size[0] * (window[1] - window[0]) + window[0]) * (
+        classes.shape[0] / height
+    )
+    cols = ((np.arange(size[1]) + 0.5) / size[1] * (window[3] - window[2]) + window[2]) * (
+        classes.shape[1] / width
+    )
+    r = np.clip(rows.astype(int), 0, classes.shape[0] - 1)
+    c = np.clip(cols.astype(int), 0, classes.shape[1] - 1)
+    return semantics_tint_uri(classes[np.ix_(r, c)])
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ __all__ = [
     "level_colour",
     "overview_map_svg",
     "png_data_uri",
+    "semantics_tint_uri",
     "rose_svg",
     "width_histogram_svg",
 ]
@@ -62,6 +63,29 @@ def png_data_uri(rgb: np.ndarray, *, quality: int = 80) -> str:
     buffer = io.BytesIO()
     Image.fromarray(rgb, mode="RGB").save(buffer, format="JPEG", quality=quality, optimize=True)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+#: Tint of each façade-semantics class in the report's overlays (RGBA; wall left clear).
+SEMANTICS_TINT = {
+    1: (40, 90, 230, 110),  # opening
+    2: (40, 170, 60, 110),  # background
+    255: (20, 20, 20, 150),  # no data
+}
+
+
+def semantics_tint_uri(classes: np.ndarray) -> str | None:
+    """``data:`` URI (PNG with alpha) tinting openings, background and no data; None if all
+    wall."""
+    from PIL import Image
+
+    rgba = np.zeros((*classes.shape, 4), np.uint8)
+    for value, colour in SEMANTICS_TINT.items():
+        rgba[classes == value] = colour
+    if not rgba[..., 3].any():
+        return None
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,6 +232,7 @@ def image_overlay_svg(
     *,
     outline: np.ndarray | None = None,
     label: str = "",
+    tint_uri: str | None = None,
 ) -> str:
     """An image thumbnail with crack polylines drawn over it.
 
@@ -223,6 +248,8 @@ def image_overlay_svg(
         The building footprint in thumbnail pixels (for a map image cropped to a building).
     label : str
         Accessible description.
+    tint_uri : str, optional
+        A transparent image laid over the thumbnail (the façade semantics).
     """
     rows, cols = size
     background = (
@@ -230,6 +257,11 @@ def image_overlay_svg(
         if data_uri
         else f'<rect width="{cols}" height="{rows}" fill="#ddd"/>'
     )
+    if tint_uri:
+        background += (
+            f'<image class="semantics" href="{tint_uri}" x="0" y="0" width="{cols}" '
+            f'height="{rows}" preserveAspectRatio="none" style="image-rendering:pixelated"/>'
+        )
     lines = "".join(
         '<polyline points="' + " ".join(f"{x:.1f},{y:.1f}" for x, y in line) + '"/>'
         for line in polylines

@@ -46,6 +46,7 @@ _IMAGE_COLUMNS = [
     "width_px",
     "height_px",
     "n_cracks",
+    "semantics_raster",  # absent in outputs of earlier versions: read as missing
 ]
 #: Largest window (pixels) read at full resolution for a cropped thumbnail; larger crops are
 #: cut from a decimated read of the whole image.
@@ -136,12 +137,19 @@ def _read_layers(
 
     parts = []
     for name in names:
-        frame = pyogrio.read_dataframe(gpkg, layer=name, columns=columns, read_geometry=geometry)
+        present = set(pyogrio.read_info(gpkg, layer=name)["fields"])
+        frame = pyogrio.read_dataframe(
+            gpkg, layer=name, columns=[c for c in columns if c in present], read_geometry=geometry
+        )
         table = pd.DataFrame(
             {
-                c: frame[c].astype(object)
-                if frame[c].dtype == object or str(frame[c].dtype) == "str"
-                else frame[c]
+                c: (
+                    pd.Series([None] * len(frame), dtype=object, index=frame.index)
+                    if c not in present
+                    else frame[c].astype(object)
+                    if frame[c].dtype == object or str(frame[c].dtype) == "str"
+                    else frame[c]
+                )
                 for c in columns
             }
         )

@@ -1,10 +1,10 @@
 """Training data: labelled images held in memory, random native-resolution crops, augmentations.
 
-Targets are built once per image on the full mask (skeleton → clipped EDT, METHOD.md §3.1 with
-B6-B8 fixed) and cropped with the image, so a crop near a crack that lies just outside it still
+Targets are built once per image on the full mask (skeleton → clipped EDT, docs/method.md
+"Targets", D1-D3) and cropped with the image, so a crop near a crack that lies just outside it still
 gets the right distances. Images smaller than the crop are reflect-padded (image and targets).
 
-Augmentations follow METHOD.md §3.4 (flips, then fixed-factor brightness 0.5, contrast 0.4,
+Augmentations follow the authors' list (docs/method.md, D9: flips, then fixed-factor brightness 0.5, contrast 0.4,
 gamma 1.4, greyscale, each with its own probability); ``rot90`` is our addition (cracks have no
 preferred orientation), configurable like the others.
 
@@ -72,7 +72,7 @@ def load_samples(root: str | Path, split: str, *, clip_px: float = 20.0) -> list
         if mask.shape != image.shape[1:]:
             raise DatasetError(
                 f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                f"{image.shape[2]}x{image.shape[1]}; masks must match their images (no resizing, B7)"
+                f"{image.shape[2]}x{image.shape[1]}; masks must match their images (no resizing, docs/method.md D3)"
             )
         skeleton = skeletonize_mask(mask)
         samples.append(
@@ -100,11 +100,15 @@ def random_crop(
     r0 = int(rng.integers(0, image.shape[1] - crop_px + 1))
     c0 = int(rng.integers(0, image.shape[2] - crop_px + 1))
     win = (slice(r0, r0 + crop_px), slice(c0, c0 + crop_px))
-    return image[(slice(None), *win)], distance[win], body[win]
+    return image[(slice(None), win[0], win[1])], distance[win], body[win]
 
 
 def augment(
-    image: np.ndarray, distance: np.ndarray, body: np.ndarray, aug: Augment, rng: np.random.Generator
+    image: np.ndarray,
+    distance: np.ndarray,
+    body: np.ndarray,
+    aug: Augment,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Apply §3.4 augmentations. ``image`` uint8 (3, H, W) in, float32 in [0, 1] out."""
     draws = rng.random(7)
@@ -139,7 +143,9 @@ def augment(
 class CropSource(Protocol):
     """Anything that yields training crops: image uint8 (3, c, c), distance (c, c), body (c, c)."""
 
-    def crop(self, crop_px: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def crop(
+        self, crop_px: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -148,7 +154,9 @@ class LabelledSource:
 
     samples: list[Sample]
 
-    def crop(self, crop_px: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def crop(
+        self, crop_px: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sample = self.samples[int(rng.integers(len(self.samples)))]
         return random_crop(sample, crop_px, rng)
 

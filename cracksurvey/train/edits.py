@@ -130,10 +130,7 @@ def _to_pixels(geometries: Sequence[Any], transform: Affine) -> list[Any]:
     inverse = ~transform
     matrix = np.array([[inverse.a, inverse.b], [inverse.d, inverse.e]])
     offset = np.array([inverse.c, inverse.f])
-    return [
-        shapely.transform(g, lambda xy: xy @ matrix.T + offset)
-        for g in geometries
-    ]
+    return [shapely.transform(g, lambda xy: xy @ matrix.T + offset) for g in geometries]
 
 
 def _window(polygons_px: Sequence[Any], width: int, height: int, margin_px: int) -> Window | None:
@@ -144,8 +141,10 @@ def _window(polygons_px: Sequence[Any], width: int, height: int, margin_px: int)
         return None
     x0, y0, x1, y1 = shapely.total_bounds(np.asarray(inside, dtype=object))
     return (
-        max(0, math.floor(y0) - margin_px), min(height, math.ceil(y1) + margin_px),
-        max(0, math.floor(x0) - margin_px), min(width, math.ceil(x1) + margin_px),
+        max(0, math.floor(y0) - margin_px),
+        min(height, math.ceil(y1) + margin_px),
+        max(0, math.floor(x0) - margin_px),
+        min(width, math.ceil(x1) + margin_px),
     )
 
 
@@ -307,8 +306,10 @@ def match_survey_edits(
             f"{REVIEWED_LAYER} in this GeoPackage, in the CRS of layer {first}, and draw the "
             "areas you checked by eye (samples only come from reviewed areas)"
         )
-    reviewed_frames = {n: layers[n][~(layers[n].geometry.isna() | layers[n].geometry.is_empty)]
-                       for n in reviewed_names}
+    reviewed_frames = {
+        n: layers[n][~(layers[n].geometry.isna() | layers[n].geometry.is_empty)]
+        for n in reviewed_names
+    }
     if not any(len(f) for f in reviewed_frames.values()):
         raise DatasetError(
             f"{source}: layer{'s' if len(reviewed_names) > 1 else ''} "
@@ -318,8 +319,9 @@ def match_survey_edits(
         )
 
     out = SurveyEdits(survey)
-    counts = dict.fromkeys(("kept", "drawn", "deleted", "drawn_unreviewed", "no_width",
-                            "reviewed_areas"), 0)
+    counts = dict.fromkeys(
+        ("kept", "drawn", "deleted", "drawn_unreviewed", "no_width", "reviewed_areas"), 0
+    )
     matched: set[str] = set()
     for suffix in groups:
         images_layer, cracks_name = layers[f"images{suffix}"], f"cracks{suffix}"
@@ -344,14 +346,23 @@ def match_survey_edits(
         matched.update(n for n, f in reviewed_frames.items() if _same(f.crs, crs))
         areas = [g for f in reviewed for g in f.geometry]
         counts["reviewed_areas"] += len(areas)
-        _group_edits(out, counts, names, records, cracks, areas, processed_cracks,
-                     source=source, layer=cracks_name, default_width_mm=default_width_mm,
-                     margin_px=margin_px)
+        _group_edits(
+            out,
+            counts,
+            names,
+            records,
+            cracks,
+            areas,
+            processed_cracks,
+            source=source,
+            layer=cracks_name,
+            default_width_mm=default_width_mm,
+            margin_px=margin_px,
+        )
 
     stray = [n for n in reviewed_names if n not in matched and len(reviewed_frames[n])]
     if stray:
-        frames = {f"cracks{g}": layers[f"cracks{g}"].crs for g in groups
-                  if f"cracks{g}" in layers}
+        frames = {f"cracks{g}": layers[f"cracks{g}"].crs for g in groups if f"cracks{g}" in layers}
         expected = "; ".join(f"{name}: {_crs_text(crs)}" for name, crs in frames.items())
         raise GeoreferenceError(
             f"{source}: layer {stray[0]} is in {_crs_text(reviewed_frames[stray[0]].crs)}, the "
@@ -413,8 +424,15 @@ def _group_edits(
         georef = record.georef
         assert record.width is not None and record.height is not None
         footprint = shapely.Polygon(
-            [georef.transform @ c for c in
-             ((0, 0), (record.width, 0), (record.width, record.height), (0, record.height))]
+            [
+                georef.transform @ c
+                for c in (
+                    (0, 0),
+                    (record.width, 0),
+                    (record.width, record.height),
+                    (0, record.height),
+                )
+            ]
         )
         mine = np.array([o == name for o in owner], bool)
         kept = int(mine.sum())
@@ -423,13 +441,19 @@ def _group_edits(
         on_image = mine | (drawn & shapely.intersects(geometries, footprint))
         image_areas = [a for a in areas if shapely.intersects(a, footprint)]
         edits = place_edits(
-            out.survey, name, georef, record.width, record.height,
-            list(geometries[on_image]), list(widths[on_image]), image_areas,
-            margin_px=margin_px, n_kept=kept, n_drawn=int((drawn & on_image).sum()),
+            out.survey,
+            name,
+            georef,
+            record.width,
+            record.height,
+            list(geometries[on_image]),
+            list(widths[on_image]),
+            image_areas,
+            margin_px=margin_px,
+            n_kept=kept,
+            n_drawn=int((drawn & on_image).sum()),
         )
         if edits is not None:
             out.images.append(edits)
             used |= on_image & touching
     counts["no_width"] += int((missing & used).sum())
-
-

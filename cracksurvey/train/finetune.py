@@ -100,8 +100,12 @@ def finetune_steps(
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(x.contiguous(memory_format=torch.channels_last))
-        loss, terms = combined_loss(out.float(), torch.from_numpy(distance).to(device),
-                                    torch.from_numpy(body).to(device), recipe.loss)
+        loss, terms = combined_loss(
+            out.float(),
+            torch.from_numpy(distance).to(device),
+            torch.from_numpy(body).to(device),
+            recipe.loss,
+        )
         loss.backward()
         optimizer.step()
         history.append({**terms, "total": float(loss.detach())})
@@ -135,8 +139,9 @@ def reviewed_quality(
     model.eval()
     counts: dict[float, list[Any]] = {t: [] for t in thresholds}
     for s in samples:
-        distance, _ = predict_tiled(s.image, model, card, core_px=tiling.core_px,
-                                    halo_px=tiling.halo_px, device=device)
+        distance, _ = predict_tiled(
+            s.image, model, card, core_px=tiling.core_px, halo_px=tiling.halo_px, device=device
+        )
         truth = s.body & s.reviewed
         for t in thresholds:
             counts[t].append(relaxed_counts((distance <= t) & s.reviewed, truth, slack_px=slack_px))
@@ -250,8 +255,13 @@ def finetune_from_surveys(
     parent_path = Path(weights) if weights is not None else None
     model, parent = load_model(parent_path, fold_bn=False)
     parent_sha = parent.sha256 or sha256_file(
-        (parent_path or default_weights_path()).with_suffix(".safetensors"))
-    recipe = config_from_dict(parent.recipe, "parent model card recipe") if parent.recipe else TrainConfig()
+        (parent_path or default_weights_path()).with_suffix(".safetensors")
+    )
+    recipe = (
+        config_from_dict(parent.recipe, "parent model card recipe")
+        if parent.recipe
+        else TrainConfig()
+    )
     crop = int(crop_px or recipe.crop_px)
     if crop % parent.input_multiple:
         raise ConfigError(f"crop_px={crop}: must be a multiple of {parent.input_multiple}")
@@ -263,8 +273,12 @@ def finetune_from_surveys(
     surveys = []
     for label, survey in zip(labels, edited):
         edits = match_survey_edits(
-            label, survey.layers, survey.records, survey.processed_cracks,
-            source=str(survey.gpkg), default_width_mm=default_width_mm,
+            label,
+            survey.layers,
+            survey.records,
+            survey.processed_cracks,
+            source=str(survey.gpkg),
+            default_width_mm=default_width_mm,
             margin_px=math.ceil(parent.clip_px) + 1,
         )
         for line in edits.warnings:
@@ -277,47 +291,78 @@ def finetune_from_surveys(
             row0, _, col0, _ = item.window
             assert record.georef is not None
             write_target_raster(
-                run / SAMPLES_DIR / label / f"{record.stem}_target.tif", target_classes(sample),
-                record.georef.transform @ Affine.translation(col0, row0), record.georef.crs,
+                run / SAMPLES_DIR / label / f"{record.stem}_target.tif",
+                target_classes(sample),
+                record.georef.transform @ Affine.translation(col0, row0),
+                record.georef.crs,
             )
             own.append(sample)
         samples += own
-        surveys.append({
-            "survey": label,
-            "out_dir": str(survey.out_dir.resolve()),
-            "survey_dir": str(survey.survey_dir.resolve()),
-            "geopackage_sha256": survey.gpkg_sha256,
-            "processed_with": (survey.run.get("model") or {}).get("sha256"),
-            "images": [s.name.split("/", 1)[1] for s in own],
-            "edits": edits.counts,
-            "samples": sample_counts(own, clip_px=parent.clip_px),
-        })
+        surveys.append(
+            {
+                "survey": label,
+                "out_dir": str(survey.out_dir.resolve()),
+                "survey_dir": str(survey.survey_dir.resolve()),
+                "geopackage_sha256": survey.gpkg_sha256,
+                "processed_with": (survey.run.get("model") or {}).get("sha256"),
+                "images": [s.name.split("/", 1)[1] for s in own],
+                "edits": edits.counts,
+                "samples": sample_counts(own, clip_px=parent.clip_px),
+            }
+        )
     source = SurveySource(samples, crack_share=crack_share)
     positions = source.check(crop)
     crops = MixedCrops([source], [1.0], crop_px=crop, aug=recipe.augment)
     before = reviewed_quality(model, parent, samples, [parent.threshold_px])
-    history = finetune_steps(model, crops, parent, recipe, steps=steps, batch_size=batch_size,
-                             lr=lr, seed=seed, progress=progress)
+    history = finetune_steps(
+        model,
+        crops,
+        parent,
+        recipe,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        progress=progress,
+    )
     sweep = CALIBRATION_SWEEP if threshold == "calibrate" else (parent.threshold_px,)
     after = reviewed_quality(model, parent, samples, sorted({*sweep, parent.threshold_px}))
     chosen = _best(after) if threshold == "calibrate" else parent.threshold_px
 
     lineage = {
-        "parent": {"model_id": parent.model_id, "sha256": parent_sha,
-                   "weights": str(parent_path) if parent_path else "shipped",
-                   "lineage": parent.lineage},
+        "parent": {
+            "model_id": parent.model_id,
+            "sha256": parent_sha,
+            "weights": str(parent_path) if parent_path else "shipped",
+            "lineage": parent.lineage,
+        },
         "surveys": surveys,
-        "samples": {**sample_counts(samples, clip_px=parent.clip_px),
-                    "crop_positions": positions, "crops_trained": steps * batch_size},
-        "threshold": {"parent_px": parent.threshold_px, "threshold_px": chosen,
-                      "chosen": "best relaxed quality (slack 5 px) on the reviewed areas"
-                      if threshold == "calibrate" else "the parent's, kept",
-                      "reviewed_quality_parent": before[parent.threshold_px],
-                      "reviewed_quality_at_parent_threshold": after[parent.threshold_px],
-                      "reviewed_quality": after[chosen]},
-        "finetune": {"steps": steps, "batch_size": batch_size, "lr": lr, "crop_px": crop,
-                     "crack_share": crack_share, "default_width_mm": default_width_mm,
-                     "seed": seed, "batchnorm": "frozen", "optimizer": "adam, constant lr"},
+        "samples": {
+            **sample_counts(samples, clip_px=parent.clip_px),
+            "crop_positions": positions,
+            "crops_trained": steps * batch_size,
+        },
+        "threshold": {
+            "parent_px": parent.threshold_px,
+            "threshold_px": chosen,
+            "chosen": "best relaxed quality (slack 5 px) on the reviewed areas"
+            if threshold == "calibrate"
+            else "the parent's, kept",
+            "reviewed_quality_parent": before[parent.threshold_px],
+            "reviewed_quality_at_parent_threshold": after[parent.threshold_px],
+            "reviewed_quality": after[chosen],
+        },
+        "finetune": {
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "crop_px": crop,
+            "crack_share": crack_share,
+            "default_width_mm": default_width_mm,
+            "seed": seed,
+            "batchnorm": "frozen",
+            "optimizer": "adam, constant lr",
+        },
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     card = dataclasses.replace(

@@ -2,7 +2,7 @@
 
 A run directory holds ``config.yaml`` (effective), ``checkpoint.pt`` (last epoch: model, optimiser,
 history; loaded with ``weights_only=True``), ``best.safetensors`` + card (best epoch by the
-selection metric — B15: not the loss), ``history.json``, ``history.png`` and, after calibration,
+selection metric — docs/method.md, D11: not the loss), ``history.json``, ``history.png`` and, after calibration,
 ``model.safetensors`` + ``model.json`` (the card ``process`` reads).
 
 Exact resume: each epoch's crops and augmentations come from a generator seeded by
@@ -138,7 +138,8 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> TrainConfig:
     for key in ("train", "val"):
         if key in d:
             d[key] = tuple(
-                DatasetSpec(**_strict(DatasetSpec, s, f"{where}: {key}")) if isinstance(s, dict)
+                DatasetSpec(**_strict(DatasetSpec, s, f"{where}: {key}"))
+                if isinstance(s, dict)
                 else DatasetSpec(str(s), split="train" if key == "train" else "val")
                 for s in d[key]
             )
@@ -147,14 +148,18 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> TrainConfig:
             d[key] = tuple(_negative_spec(x, f"{where}: {key}") for x in d[key])
     if "synthetic" in d:
         syn = dict(_strict(SyntheticSpec, d["synthetic"], f"{where}: synthetic"))
-        syn["backgrounds"] = tuple(_negative_spec(x, f"{where}: synthetic.backgrounds") for x in syn.get("backgrounds", ()))
+        syn["backgrounds"] = tuple(
+            _negative_spec(x, f"{where}: synthetic.backgrounds") for x in syn.get("backgrounds", ())
+        )
         d["synthetic"] = SyntheticSpec(**syn)
     if "augment" in d:
         d["augment"] = Augment(**_strict(Augment, d["augment"], f"{where}: augment"))
     if "loss" in d:
         loss = dict(_strict(LossWeights, d["loss"], f"{where}: loss"))
         if "topo_params" in loss:
-            loss["topo_params"] = TopoParams(**_strict(TopoParams, loss["topo_params"], f"{where}: loss.topo_params"))
+            loss["topo_params"] = TopoParams(
+                **_strict(TopoParams, loss["topo_params"], f"{where}: loss.topo_params")
+            )
         d["loss"] = LossWeights(**loss)
     try:
         return TrainConfig(**d)
@@ -210,7 +215,15 @@ def choose_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def predict_distance(model: TernausNet, image: np.ndarray, mean: tuple, std: tuple, *, device: torch.device, bf16: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def predict_distance(
+    model: TernausNet,
+    image: np.ndarray,
+    mean: tuple,
+    std: tuple,
+    *,
+    device: torch.device,
+    bf16: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Distance (and body probability) for one uint8 (3, H, W) image, padded to a multiple of 32."""
     padded, (h, w) = pad_to_multiple(image, 32)
     x = torch.from_numpy(padded.astype(np.float32) / 255.0)
@@ -242,7 +255,9 @@ def validate(
     counts: dict[float, list] = {t: [] for t in thresholds}
     mse = 0.0
     for s in samples:
-        dist, _ = predict_distance(model, s.image, cfg_mean(cfg), cfg_std(cfg), device=device, bf16=bf16)
+        dist, _ = predict_distance(
+            model, s.image, cfg_mean(cfg), cfg_std(cfg), device=device, bf16=bf16
+        )
         mse += float(((np.minimum(dist, cfg.clip_px) - s.distance) ** 2).mean())
         for t in thresholds:
             counts[t].append(relaxed_counts(dist <= t, s.body, slack_px=cfg.slack_px))
@@ -251,7 +266,9 @@ def validate(
         fp_px = dict.fromkeys(thresholds, 0.0)
         pixels = 0
         for neg in negatives:
-            dist, _ = predict_distance(model, neg.image, cfg_mean(cfg), cfg_std(cfg), device=device, bf16=bf16)
+            dist, _ = predict_distance(
+                model, neg.image, cfg_mean(cfg), cfg_std(cfg), device=device, bf16=bf16
+            )
             pixels += dist.size
             for t in thresholds:
                 fp_px[t] += float(skeletonize_mask(dist <= t).sum())
@@ -291,7 +308,13 @@ def cfg_std(cfg: TrainConfig) -> tuple[float, float, float]:
     return (0.229, 0.224, 0.225)
 
 
-def _card(cfg: TrainConfig, model_id: str, threshold: float, metrics: dict[str, Any], notes: dict[str, Any]) -> ModelCard:
+def _card(
+    cfg: TrainConfig,
+    model_id: str,
+    threshold: float,
+    metrics: dict[str, Any],
+    notes: dict[str, Any],
+) -> ModelCard:
     return ModelCard(
         model_id=model_id,
         architecture=cfg.architecture,
@@ -360,11 +383,17 @@ def train(
     if device.type == "cuda":
         bf16 = cfg.precision in ("auto", "bf16")  # bf16 autocast: no loss scaling needed
     else:
-        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and auto_precision("cpu") == "bf16")
+        bf16 = cfg.precision == "bf16" or (
+            cfg.precision == "auto" and auto_precision("cpu") == "bf16"
+        )
     torch.manual_seed(cfg.seed)
 
     sources, weights = build_sources(cfg)
-    val_samples = [x for s in cfg.val for x in load_samples(_resolve(cfg.data_root, s.name), s.split, clip_px=cfg.clip_px)]
+    val_samples = [
+        x
+        for s in cfg.val
+        for x in load_samples(_resolve(cfg.data_root, s.name), s.split, clip_px=cfg.clip_px)
+    ]
     val_negatives = [x for n in cfg.val_negatives for x in _negative_images(cfg, n, "val")]
     crops = MixedCrops(sources, weights, crop_px=cfg.crop_px, aug=cfg.augment)
 
@@ -372,6 +401,7 @@ def train(
     with torch.no_grad():
         # start the distance head mid-range: with a final ReLU and a small random bias, a
         # from-scratch network can begin with most outputs stuck at 0 (no gradient)
+        assert model.final.bias is not None
         model.final.bias.fill_(cfg.clip_px / 2)
     if cfg.init_weights:
         init_from_weights(model, cfg.init_weights)
@@ -379,7 +409,7 @@ def train(
         from ..model import load_imagenet_encoder
 
         load_imagenet_encoder(model)
-    model = model.to(device).to(memory_format=torch.channels_last)
+    model = model.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps_per_epoch = max(1, cfg.crops_per_epoch // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -430,7 +460,9 @@ def train(
         for _ in range(steps_per_epoch):
             images, dist, body = crops.batch(cfg.batch_size, rng)
             x = torch.from_numpy(images)
-            x = (x - torch.tensor(cfg_mean(cfg))[:, None, None]) / torch.tensor(cfg_std(cfg))[:, None, None]
+            x = (x - torch.tensor(cfg_mean(cfg))[:, None, None]) / torch.tensor(cfg_std(cfg))[
+                :, None, None
+            ]
             x = x.to(device).contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(dist).to(device)
             b = torch.from_numpy(body).to(device)
@@ -454,8 +486,10 @@ def train(
         if bar is not None:
             bar.close()
         train_time = time.perf_counter() - t0
-        val = validate(model, val_samples, cfg=cfg, device=device, bf16=bf16, negatives=val_negatives)
-        entry = {
+        val = validate(
+            model, val_samples, cfg=cfg, device=device, bf16=bf16, negatives=val_negatives
+        )
+        entry: dict[str, Any] = {
             "epoch": epoch + 1,
             "train": {k: v / max(1, steps_done) for k, v in sums.items()},
             "steps": steps_done,
@@ -468,8 +502,19 @@ def train(
         log.info("epoch %d: %s", epoch + 1, json.dumps(entry))
         score = float(val[cfg.selection_metric])
         if score > best["score"]:
-            best = {"score": score, "epoch": epoch + 1, "threshold_px": val["threshold_px"], "val": entry["val"]}
-            save_model(model, _card(cfg, f"{cfg.name}-best", val["threshold_px"], entry["val"], {"epoch": epoch + 1}), run_dir / "best")
+            best = {
+                "score": score,
+                "epoch": epoch + 1,
+                "threshold_px": val["threshold_px"],
+                "val": entry["val"],
+            }
+            save_model(
+                model,
+                _card(
+                    cfg, f"{cfg.name}-best", val["threshold_px"], entry["val"], {"epoch": epoch + 1}
+                ),
+                run_dir / "best",
+            )
         torch.save(
             {
                 "model": model.state_dict(),
@@ -482,13 +527,17 @@ def train(
             run_dir / "checkpoint.pt.tmp",
         )
         (run_dir / "checkpoint.pt.tmp").replace(ckpt_path)
-        (run_dir / "history.json").write_text(json.dumps({"history": history, "best": best}, indent=1))
+        (run_dir / "history.json").write_text(
+            json.dumps({"history": history, "best": best}, indent=1)
+        )
         _plot_history(history, run_dir / "history.png")
 
     done = len(history) >= cfg.epochs or out_of_time()
     summary = {"run_dir": str(run_dir), "epochs_done": len(history), "finished": done, "best": best}
     if done and not (run_dir / "model.safetensors").exists():
-        summary["calibration"] = calibrate(cfg, run_dir, val_samples, device=device, bf16=bf16, negatives=val_negatives)
+        summary["calibration"] = calibrate(
+            cfg, run_dir, val_samples, device=device, bf16=bf16, negatives=val_negatives
+        )
     return summary
 
 
@@ -499,17 +548,24 @@ def _negative_images(cfg: TrainConfig, spec: NegativeSpec, split: str) -> list[N
     if spec.hot_spots and split == "train":
         with np.load(_resolve(cfg.data_root, spec.hot_spots)) as z:
             hot = {k: z[k] for k in z.files}
-    return load_negatives(_resolve(cfg.data_root, spec.name), split, scales=spec.scales, hot_spots=hot)
+    return load_negatives(
+        _resolve(cfg.data_root, spec.name), split, scales=spec.scales, hot_spots=hot
+    )
 
 
 def build_sources(cfg: TrainConfig) -> tuple[list[CropSource | list[Sample]], list[float]]:
     """The training crop sources of a recipe and their mixing weights."""
     sources: list[CropSource | list[Sample]] = [
-        load_samples(_resolve(cfg.data_root, s.name), s.split, clip_px=cfg.clip_px) for s in cfg.train
+        load_samples(_resolve(cfg.data_root, s.name), s.split, clip_px=cfg.clip_px)
+        for s in cfg.train
     ]
     weights = [s.weight for s in cfg.train]
     for n in cfg.negatives:
-        sources.append(NegativeSource(_negative_images(cfg, n, "train"), clip_px=cfg.clip_px, hot_share=n.hot_share))
+        sources.append(
+            NegativeSource(
+                _negative_images(cfg, n, "train"), clip_px=cfg.clip_px, hot_share=n.hot_share
+            )
+        )
         weights.append(n.weight)
     syn = cfg.synthetic
     if syn.weight > 0:
@@ -549,7 +605,9 @@ def calibrate(
 
     model, card = load_model(run_dir / "best.safetensors", device=device, fold_bn=False)
     sweep = CALIBRATION_SWEEP
-    val = validate(model, val_samples, cfg=cfg, device=device, bf16=bf16, thresholds=sweep, negatives=negatives)
+    val = validate(
+        model, val_samples, cfg=cfg, device=device, bf16=bf16, thresholds=sweep, negatives=negatives
+    )
     metrics = {
         "validation": {k: v for k, v in val.items() if k != "sweep"},
         "validation_sweep": val["sweep"],
@@ -557,7 +615,13 @@ def calibrate(
         + ", ".join(f"{s.name}/{s.split}" for s in cfg.val),
     }
     notes = dict(card.notes)
-    final = dataclasses.replace(card, model_id=cfg.name, threshold_px=val["threshold_px"], metrics=metrics, notes=notes)
+    final = dataclasses.replace(
+        card, model_id=cfg.name, threshold_px=val["threshold_px"], metrics=metrics, notes=notes
+    )
     model_cpu = model.float().cpu()
     final = save_model(model_cpu, final, run_dir / "model")
-    return {"threshold_px": final.threshold_px, cfg.selection_metric: val[cfg.selection_metric], "sha256": final.sha256}
+    return {
+        "threshold_px": final.threshold_px,
+        cfg.selection_metric: val[cfg.selection_metric],
+        "sha256": final.sha256,
+    }

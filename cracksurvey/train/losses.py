@@ -1,6 +1,6 @@
-"""Loss terms: MSE on the distance map, soft Dice (our fix of B1), TOPO, body BCE.
+"""Loss terms: MSE on the distance map, soft Dice (docs/method.md D5), TOPO, body BCE.
 
-Soft Dice — a deviation from the authors' code, which has no gradient (B1): the crack
+Soft Dice — a deviation from the authors' code, which has no gradient (D5): the crack
 probability is q = sigmoid((tau - ŷ) / s) and the target tube t = 1[y <= r]; per image
 dice = (2 Σ q t + 1) / (Σ q + Σ t + 1) and the loss is the batch mean of 1 - dice.
 """
@@ -30,12 +30,17 @@ class LossWeights:
 
 
 def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over batch and pixels (METHOD.md §4.1)."""
+    """Mean squared error over batch and pixels (docs/method.md, "Losses")."""
     return F.mse_loss(pred.float(), target.float())
 
 
 def soft_dice_loss(
-    pred: torch.Tensor, target: torch.Tensor, *, tau_px: float = 3.0, scale_px: float = 1.0, tube_px: float = 2.0
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    tau_px: float = 3.0,
+    scale_px: float = 1.0,
+    tube_px: float = 2.0,
 ) -> torch.Tensor:
     """Differentiable Dice between a crack probability derived from ŷ and the GT tube y <= r."""
     q = torch.sigmoid((tau_px - pred.float()) / scale_px)
@@ -74,7 +79,11 @@ def combined_loss(
         terms["mse"] = mse_loss(pred, target)
     if weights.dice:
         terms["dice"] = soft_dice_loss(
-            pred, target, tau_px=weights.dice_tau_px, scale_px=weights.dice_scale_px, tube_px=weights.dice_tube_px
+            pred,
+            target,
+            tau_px=weights.dice_tau_px,
+            scale_px=weights.dice_scale_px,
+            tube_px=weights.dice_tube_px,
         )
     if weights.topo:
         terms["topo"] = topo_loss(pred, target, weights.topo_params)

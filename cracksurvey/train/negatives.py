@@ -117,7 +117,11 @@ def load_negatives(
         for f in scales:
             key = f"{path.stem}@{f}"
             spots = (hot_spots or {}).get(key, np.zeros((0, 2), np.int64))
-            out.append(NegativeImage(key, downscale(full, int(f)), np.asarray(spots, np.int64).reshape(-1, 2)))
+            out.append(
+                NegativeImage(
+                    key, downscale(full, int(f)), np.asarray(spots, np.int64).reshape(-1, 2)
+                )
+            )
     return out
 
 
@@ -141,8 +145,16 @@ def negative_crop(
         _, h, w = image.shape
     if neg.hot_spots.shape[0] and rng.random() < hot_share:
         r, c = neg.hot_spots[int(rng.integers(neg.hot_spots.shape[0]))]
-        r0 = int(np.clip(r - crop_px // 2 + rng.integers(-crop_px // 4, crop_px // 4 + 1), 0, h - crop_px))
-        c0 = int(np.clip(c - crop_px // 2 + rng.integers(-crop_px // 4, crop_px // 4 + 1), 0, w - crop_px))
+        r0 = int(
+            np.clip(
+                r - crop_px // 2 + rng.integers(-crop_px // 4, crop_px // 4 + 1), 0, h - crop_px
+            )
+        )
+        c0 = int(
+            np.clip(
+                c - crop_px // 2 + rng.integers(-crop_px // 4, crop_px // 4 + 1), 0, w - crop_px
+            )
+        )
     else:
         r0 = int(rng.integers(0, h - crop_px + 1))
         c0 = int(rng.integers(0, w - crop_px + 1))
@@ -285,7 +297,9 @@ class NegativeSource:
     def __len__(self) -> int:
         return len(self.images)
 
-    def crop(self, crop_px: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def crop(
+        self, crop_px: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         neg = self.images[int(rng.integers(len(self.images)))]
         image = negative_crop(neg, crop_px, rng, hot_share=self.hot_share)
         return (
@@ -307,8 +321,12 @@ class SyntheticSource:
     def __len__(self) -> int:
         return min(len(self.backgrounds), len(self.stamps))
 
-    def crop(self, crop_px: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def crop(
+        self, crop_px: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         neg = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
         background = negative_crop(neg, crop_px, rng, hot_share=0.0)
         stamp = self.stamps[int(rng.integers(len(self.stamps)))]
-        return render_synthetic_crack(background, stamp, rng, style=self.style, clip_px=self.clip_px)
+        return render_synthetic_crack(
+            background, stamp, rng, style=self.style, clip_px=self.clip_px
+        )

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import DatasetError
 from ..evaluation.datasets import read_rgb
-from ..model import IMAGENET_MEAN, IMAGENET_STD, ModelCard, TernausNet, save_model
+from ..model import IMAGENET_MEAN, IMAGENET_STD, Architecture, ModelCard, TernausNet, save_model
 from .negatives import LABELMEFACADE_CLASSES, negative_split
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ IGNORE = 255
 class SemanticsConfig:
     name: str = "cracksurvey-facade-semantics"
     seed: int = 27
-    architecture: str = "unet16"
+    architecture: Architecture = "unet16"
     width: float = 0.25
     data: str = "../shared/data/negatives/labelmefacade"
     crop_px: int = 320
@@ -83,7 +83,9 @@ def load_labelled_facades(root: str | Path, split: str) -> list[tuple[str, np.nd
 def _resize(x: torch.Tensor, size: tuple[int, int], *, labels: bool) -> torch.Tensor:
     if labels:
         return F.interpolate(x[None, None].float(), size=size, mode="nearest")[0, 0].to(torch.uint8)
-    return F.interpolate(x[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return F.interpolate(
+        x[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True
+    )[0]
 
 
 def _crop_batch(
@@ -126,12 +128,17 @@ def predict_classes(model: TernausNet, image: np.ndarray, device: torch.device) 
     x = torch.from_numpy(image).float() / 255.0
     x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
     x = F.pad(x[None], (0, pw, 0, ph), mode="reflect").to(device)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+    ):
         logits = model(x).float()
     return logits[0, :, :h, :w].argmax(0).to(torch.uint8).cpu().numpy()
 
 
-def iou_table(model: TernausNet, data: list[tuple[str, np.ndarray, np.ndarray]], device: torch.device) -> dict[str, Any]:
+def iou_table(
+    model: TernausNet, data: list[tuple[str, np.ndarray, np.ndarray]], device: torch.device
+) -> dict[str, Any]:
     """Per-class IoU and pixel accuracy over a split (ignored pixels left out)."""
     model.eval()
     inter = np.zeros(len(CLASSES))
@@ -162,7 +169,8 @@ def train_semantics(cfg: SemanticsConfig, run_dir: str | Path) -> dict[str, Any]
     torch.manual_seed(cfg.seed)
     train_data = load_labelled_facades(cfg.data, "train")
     val_data = load_labelled_facades(cfg.data, "val")
-    model = TernausNet(cfg.architecture, width=cfg.width, norm="batch", classes=len(CLASSES)).to(device)  # type: ignore[arg-type]
+    model = TernausNet(cfg.architecture, width=cfg.width, norm="batch", classes=len(CLASSES))
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     t_start = time.monotonic()
 
@@ -171,14 +179,19 @@ def train_semantics(cfg: SemanticsConfig, run_dir: str | Path) -> dict[str, Any]
             return min(1.0, (time.monotonic() - t_start) / cfg.time_budget_s)
         return min(1.0, step / cfg.steps)
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * fraction(step))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1 + math.cos(math.pi * fraction(step)))
+    )
     # class frequencies -> weights (openings and background are rarer than wall)
-    counts = np.bincount(np.concatenate([lab[lab != IGNORE].ravel() for _, _, lab in train_data]), minlength=len(CLASSES))
+    counts = np.bincount(
+        np.concatenate([lab[lab != IGNORE].ravel() for _, _, lab in train_data]),
+        minlength=len(CLASSES),
+    )
     weight = torch.tensor((counts.sum() / np.maximum(counts, 1)) ** 0.5, dtype=torch.float32)
     weight = (weight / weight.mean()).to(device)
     rng = np.random.default_rng(cfg.seed)
     history: list[dict[str, Any]] = []
-    best = {"miou": -1.0, "step": 0}
+    best: dict[str, Any] = {"miou": -1.0, "step": 0}
     step = 0
     while fraction(step) < 1.0:
         model.train()
@@ -194,19 +207,30 @@ def train_semantics(cfg: SemanticsConfig, run_dir: str | Path) -> dict[str, Any]
         step += 1
         if step % cfg.val_every == 0 or fraction(step) >= 1.0:
             val = iou_table(model, val_data, device)
-            history.append({"step": step, "loss": float(loss.detach()), "elapsed_s": round(time.monotonic() - t_start, 1), **val})
+            history.append(
+                {
+                    "step": step,
+                    "loss": float(loss.detach()),
+                    "elapsed_s": round(time.monotonic() - t_start, 1),
+                    **val,
+                }
+            )
             log.info("semantics step %d: %s", step, json.dumps(history[-1]))
             if val["miou"] > best["miou"]:
                 best = {"miou": val["miou"], "step": step, "val": val}
                 _save(model, cfg, run_dir / "model", {"validation": val, "step": step})
-            (run_dir / "history.json").write_text(json.dumps({"history": history, "best": best}, indent=1))
+            (run_dir / "history.json").write_text(
+                json.dumps({"history": history, "best": best}, indent=1)
+            )
     return {"run_dir": str(run_dir), "steps": step, "best": best}
 
 
-def _save(model: TernausNet, cfg: SemanticsConfig, path: Path, metrics: dict[str, Any]) -> ModelCard:
+def _save(
+    model: TernausNet, cfg: SemanticsConfig, path: Path, metrics: dict[str, Any]
+) -> ModelCard:
     card = ModelCard(
         model_id=cfg.name,
-        architecture=cfg.architecture,  # type: ignore[arg-type]
+        architecture=cfg.architecture,
         width=cfg.width,
         body_head=False,
         norm="batch",

@@ -52,9 +52,7 @@ def _lines(geometry: Any) -> list[shapely.LineString]:
     return [p for p in parts if isinstance(p, shapely.LineString) and not p.is_empty]
 
 
-def rasterize_centrelines(
-    lines_px: Sequence[Any], shape: tuple[int, int]
-) -> NDArray[np.bool_]:
+def rasterize_centrelines(lines_px: Sequence[Any], shape: tuple[int, int]) -> NDArray[np.bool_]:
     """Burn crack centrelines, one pixel wide and 8-connected.
 
     Parameters
@@ -102,13 +100,20 @@ def rasterize_areas(polygons_px: Sequence[Any], shape: tuple[int, int]) -> NDArr
     shapes = [(g, 1) for g in polygons_px if g is not None and not g.is_empty]
     if not shapes:
         return np.zeros(shape, bool)
-    burnt = rasterize(shapes, out_shape=shape, transform=Affine.identity(), fill=0,
-                      dtype="uint8", all_touched=False)
+    burnt = rasterize(
+        shapes,
+        out_shape=shape,
+        transform=Affine.identity(),
+        fill=0,
+        dtype="uint8",
+        all_touched=False,
+    )
     return burnt.astype(bool)
 
 
 def rasterize_crack_body(
-    lines_px: Sequence[Any], widths_px: Sequence[float] | NDArray[np.float64],
+    lines_px: Sequence[Any],
+    widths_px: Sequence[float] | NDArray[np.float64],
     shape: tuple[int, int],
 ) -> NDArray[np.bool_]:
     """Crack body: each line buffered by half its width (round ends), plus the centreline.
@@ -208,8 +213,7 @@ def _window_sums(mask: NDArray[np.bool_], size: int) -> NDArray[np.int64]:
     """Sum of ``mask`` over every ``size`` x ``size`` window (top-left indexed)."""
     table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
     table[1:, 1:] = mask.cumsum(0).cumsum(1)
-    return (table[size:, size:] - table[:-size, size:] - table[size:, :-size]
-            + table[:-size, :-size])
+    return table[size:, size:] - table[:-size, size:] - table[size:, :-size] + table[:-size, :-size]
 
 
 @dataclass
@@ -225,7 +229,8 @@ class SurveySource:
     samples: list[SurveySample]
     crack_share: float = 0.5
     _positions: dict[int, list[tuple[NDArray[np.int64], NDArray[np.int64]]]] = field(
-        default_factory=dict, init=False, repr=False)
+        default_factory=dict, init=False, repr=False
+    )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -256,8 +261,9 @@ class SurveySource:
             )
         return n
 
-    def crop(self, crop_px: int, rng: np.random.Generator) -> tuple[
-            NDArray[np.uint8], NDArray[np.float32], NDArray[np.bool_]]:
+    def crop(
+        self, crop_px: int, rng: np.random.Generator
+    ) -> tuple[NDArray[np.uint8], NDArray[np.float32], NDArray[np.bool_]]:
         positions = self.positions(crop_px)
         n_crack = np.array([c.size for _, c in positions], np.float64)
         use_crack = n_crack.sum() > 0 and rng.random() < self.crack_share
@@ -267,8 +273,8 @@ class SurveySource:
         sample = self.samples[k]
         cols = sample.reviewed.shape[1] - crop_px + 1
         r0, c0 = divmod(int(pool[int(rng.integers(pool.size))]), cols)
-        win = (slice(r0, r0 + crop_px), slice(c0, c0 + crop_px))
-        return sample.image[(slice(None), *win)], sample.distance[win], sample.body[win]
+        rr, cc = slice(r0, r0 + crop_px), slice(c0, c0 + crop_px)
+        return sample.image[:, rr, cc], sample.distance[rr, cc], sample.body[rr, cc]
 
 
 def _largest_square(mask: NDArray[np.bool_]) -> int:

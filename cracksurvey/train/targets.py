@@ -1,10 +1,10 @@
-"""Training targets (METHOD.md §3.1 with fixes B6, B7, B8).
+"""Training targets (docs/method.md, "Targets"; departures D1-D3).
 
-- the mask is binarised (1 channel) and skeletonised explicitly (8-connected 2-D skeleton, B8);
+- the mask is binarised (1 channel) and skeletonised explicitly (8-connected 2-D skeleton, D1);
 - the target is the Euclidean distance to that skeleton, clipped at ``clip_px``;
-- an empty mask gives a target of all ``clip_px`` (B6: scipy's EDT on a mask without zeros
+- an empty mask gives a target of all ``clip_px`` (D2: scipy's EDT on a mask without zeros
   measures distance to a phantom point outside the corner);
-- masks are never resized bilinearly (B7): crops are taken at native resolution.
+- masks are never resized bilinearly (D3): crops are taken at native resolution.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ __all__ = ["distance_target", "skeletonize_mask"]
 
 
 def distance_target(skeleton: np.ndarray, *, clip_px: float = 20.0) -> np.ndarray:
-    """Clipped distance (pixels) to the nearest skeleton pixel; all ``clip_px`` if empty (B6).
+    """Clipped distance (pixels) to the nearest skeleton pixel; all ``clip_px`` if empty (D2).
 
     >>> float(distance_target(np.zeros((3, 3), bool)).max())
     20.0

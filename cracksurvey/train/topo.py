@@ -1,4 +1,4 @@
-"""TOPO loss (windowed MALIS region-separation loss), METHOD.md §4.4-4.5, clean-room.
+"""TOPO loss (windowed MALIS region-separation loss), docs/method.md "Losses", clean-room.
 
 All windows of a batch are processed in ONE compiled (numba) call per loss evaluation, windows in
 parallel (``prange``), both passes inside, with the closed-form normalisers
@@ -8,7 +8,7 @@ parallel (``prange``), both passes inside, with the closed-form normalisers
 (the window graph is connected, so every labelled pair is merged exactly once).
 
 Per window (side ``window_px``, grid from (0, 0); remainder rows/cols get no weight, as in the
-authors' code — B5):
+authors' code, kept knowingly):
 
 1. 4-connected graph, horizontal edges first then vertical, each block row-major;
    edge value a(e) = ŷ(u) + ŷ(v), GT value g(e) = y(u) + y(v) (float32 sums);
@@ -20,16 +20,16 @@ authors' code — B5):
    positive pass: a_p = 0 if g < core else a; pairs with the same label; kept where g > near;
 4. edge weights normalised per window and pass, added to both endpoints.
 
-``faithful=True`` pins far edges of the negative pass to ``clip_px`` (the authors' value — bug B2:
+``faithful=True`` pins far edges of the negative pass to ``clip_px`` (the authors' value — docs/method.md D6:
 edges are sums, so band edges with ŷ-sum > clip sort before the pinned ones and long gaps get no
 weight). The default ``faithful=False`` pins them to +inf, so long gaps get gradient.
 
-Tie rule (B13): edges are sorted by decreasing value with a STABLE sort, so among equal values the
+Tie rule (D8): edges are sorted by decreasing value with a STABLE sort, so among equal values the
 edge with the smaller index (horizontal before vertical, row-major) is processed first. The same
 inputs always give the same weights.
 
 The loss: L = alpha * sum W_n ŷ² + beta * sum W_p (clip - ŷ)², summed over pixels and windows;
-``reduction='sum'`` also sums over the batch (the authors' B14), ``'mean'`` divides by the batch
+``reduction='sum'`` also sums over the batch (the authors', D10), ``'mean'`` divides by the batch
 size (our default, so the scale does not depend on the batch size).
 """
 
@@ -283,7 +283,7 @@ def _topo_weights(
 
 @dataclass(frozen=True)
 class TopoParams:
-    """Constants of the TOPO loss (METHOD.md §4.4 and §11)."""
+    """Constants of the TOPO loss (docs/method.md, "Losses")."""
 
     alpha: float = 100.0  # malis_neg: weight of the negative ("separate") pass
     beta: float = 10.0  # malis_pos: weight of the positive ("join") pass
@@ -292,7 +292,7 @@ class TopoParams:
     near: float = 10.0  # GT edge-sum threshold: far edges (g > near) pinned / positive-eligible
     core: float = 5.0  # GT edge-sum threshold: core crack edges (g < core) pinned to 0
     band_iterations: int = 5
-    faithful: bool = False  # True reproduces the authors' B2 (pin far edges to clip_px)
+    faithful: bool = False  # True reproduces the authors' pinning (D6: far edges to clip_px)
     reduction: Literal["sum", "mean"] = "mean"
 
 
@@ -313,14 +313,18 @@ def topo_weights(
     pred = np.ascontiguousarray(pred, np.float32)
     target = np.ascontiguousarray(target, np.float32)
     if pred.ndim != 3 or pred.shape != target.shape:
-        raise ValueError(f"expected pred and target of shape (B, H, W), got {pred.shape}, {target.shape}")
+        raise ValueError(
+            f"expected pred and target of shape (B, H, W), got {pred.shape}, {target.shape}"
+        )
     pin = params.clip_px if params.faithful else np.inf
     return _topo_weights(
         pred, target, params.window_px, pin, params.near, params.core, params.band_iterations
     )
 
 
-def topo_loss(pred: torch.Tensor, target: torch.Tensor, params: TopoParams = TopoParams()) -> torch.Tensor:
+def topo_loss(
+    pred: torch.Tensor, target: torch.Tensor, params: TopoParams = TopoParams()
+) -> torch.Tensor:
     """The TOPO loss of a batch; weights are constants, computed on the CPU, moved to pred's device.
 
     Parameters
@@ -336,9 +340,10 @@ def topo_loss(pred: torch.Tensor, target: torch.Tensor, params: TopoParams = Top
     )
     w_neg_t = torch.from_numpy(w_neg).to(pred.device, non_blocking=True)
     w_pos_t = torch.from_numpy(w_pos).to(pred.device, non_blocking=True)
-    loss = params.alpha * (w_neg_t * pred.square()).sum() + params.beta * (
-        w_pos_t * (params.clip_px - pred).square()
-    ).sum()
+    loss = (
+        params.alpha * (w_neg_t * pred.square()).sum()
+        + params.beta * (w_pos_t * (params.clip_px - pred).square()).sum()
+    )
     if params.reduction == "mean":
         loss = loss / pred.shape[0]
     return loss
@@ -346,4 +351,4 @@ def topo_loss(pred: torch.Tensor, target: torch.Tensor, params: TopoParams = Top
 
 def set_threads(n: int) -> None:
     """Number of threads numba uses for the window loop."""
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(max(1, min(n, int(numba.config.NUMBA_NUM_THREADS))))  # type: ignore[attr-defined]
