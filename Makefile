@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check cracksurvey tests workflows
+	$(BIN)/ruff check cracksurvey tests workflows qgis_plugin
 	$(BIN)/ruff format --check cracksurvey
 	$(BIN)/mypy
 

@@ -268,6 +268,11 @@ class ModelCard:
         Input height and width must be multiples of this.
     sha256 : str
         SHA-256 of the safetensors file.
+    lineage : dict
+        Where fine-tuned weights come from (empty for a model trained from scratch): the
+        parent model's id and SHA-256, the edited surveys the samples came from, and the
+        sample counts (:func:`cracksurvey.train.finetune.finetune_from_surveys`). Cards
+        written before this field existed load with an empty lineage.
     """
 
     model_id: str
@@ -288,6 +293,7 @@ class ModelCard:
     licence: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False)

@@ -5,7 +5,9 @@
 - :func:`drawn_line`: where a crack drawn with :func:`conftest.crack_array` must come out;
 - :func:`run_qgis`: QGIS itself (Debian's bindings for the system Python), headless, on a
   GeoPackage and rasters, via ``tests/qgis_probe.py``; skips the test, saying why, when
-  ``/usr/bin/python3 -c "import qgis.core"`` fails.
+  ``/usr/bin/python3 -c "import qgis.core"`` fails;
+- :func:`run_qgis_script`: any such script (``tests/qgis_edit.py`` edits a GeoPackage as an
+  engineer does, ``tests/qgis_processing.py`` runs the Processing algorithms).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from conftest import FAST, save_oracle
 from cracksurvey.errors import CrackSurveyWarning
 from cracksurvey.process import RunSummary, process_survey
 
-__all__ = ["FAST", "drawn_line", "process_oracle", "run_qgis", "save_oracle"]
+__all__ = ["FAST", "drawn_line", "process_oracle", "run_qgis", "run_qgis_script", "save_oracle"]
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 PROBE = Path(__file__).with_name("qgis_probe.py")
@@ -75,17 +77,26 @@ def _qgis_env() -> dict[str, str]:
     return env
 
 
+def run_qgis_script(script: Path, *args: str | Path,
+                    env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run a script with QGIS's Python (headless); its last stdout line, parsed as JSON.
+
+    Skips the test, saying why, when QGIS is not there.
+    """
+    reason = _qgis_missing()
+    if reason:
+        pytest.skip(reason)
+    result = subprocess.run([SYSTEM_PYTHON, str(script), *map(str, args)], capture_output=True,
+                            text=True, env={**_qgis_env(), **(env or {})}, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def run_qgis(
     gpkg: Path | None, layers: Sequence[str] = (), rasters: Sequence[Path] = ()
 ) -> dict[str, Any]:
     """What QGIS sees: ``{"qgis", "vectors": {layer: ...}, "rasters": {path: ...}}``."""
-    reason = _qgis_missing()
-    if reason:
-        pytest.skip(reason)
     args = [str(gpkg), *layers] if gpkg is not None else []
     if rasters:
         args += ["--raster", *map(str, rasters)]
-    result = subprocess.run([SYSTEM_PYTHON, str(PROBE), *args], capture_output=True, text=True,
-                            env=_qgis_env(), timeout=300)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_qgis_script(PROBE, *args)

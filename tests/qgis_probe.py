@@ -11,8 +11,7 @@ tests/test_qgis.py; a plain script so that the test process never imports QGIS.
 
 from __future__ import annotations
 
-import json
-import sys
+from qgis_app import run_script
 
 
 def _crs(crs) -> dict:  # type: ignore[no-untyped-def]
@@ -70,24 +69,18 @@ def _raster(path: str) -> dict:
     return info
 
 
-def main(argv: list[str]) -> int:
-    from qgis.core import Qgis, QgsApplication
+def main(argv: list[str]) -> dict:
+    from qgis.core import Qgis
 
-    rasters = argv[argv.index("--raster") + 1:] if "--raster" in argv else []
+    rasters = argv[argv.index("--raster") + 1 :] if "--raster" in argv else []
     vectors = argv[: argv.index("--raster")] if "--raster" in argv else argv
-    app = QgsApplication([], False)
-    app.initQgis()
-    try:
-        out = {"qgis": Qgis.version(), "vectors": {}, "rasters": {}}
-        if vectors:
-            path, names = vectors[0], vectors[1:]
-            out["vectors"] = {name: _vector(path, name) for name in names}
-        out["rasters"] = {path: _raster(path) for path in rasters}
-        print(json.dumps(out))
-    finally:
-        app.exitQgis()
-    return 0
+    out = {"qgis": Qgis.version(), "vectors": {}, "rasters": {}}
+    if vectors:
+        path, names = vectors[0], vectors[1:]
+        out["vectors"] = {name: _vector(path, name) for name in names}
+    out["rasters"] = {path: _raster(path) for path in rasters}
+    return out
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_script(main)

@@ -5,7 +5,7 @@ Errors are one clear line (traceback with ``-v``); progress bars go to stderr; `
 machine-readable results on stdout.
 """
 
-from cracksurvey.cli import commands, process  # noqa: F401  (they register their commands)
+from cracksurvey.cli import commands, finetune, process  # noqa: F401  (they register commands)
 from cracksurvey.cli.group import main
 
 __all__ = ["main"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from cracksurvey.cli.group import main, tqdm_factory
+from cracksurvey.cli.group import main, out_dirs_argument, tqdm_factory
 from cracksurvey.config import Precision
 
 
@@ -195,12 +195,7 @@ def evaluate(
 
 
 @main.command("report")
-@click.argument(
-    "out_dirs",
-    nargs=-1,
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-)
+@out_dirs_argument
 @click.option(
     "--out",
     "dest",

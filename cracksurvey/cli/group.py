@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -11,7 +13,7 @@ import click
 from cracksurvey import __version__
 from cracksurvey.errors import CrackSurveyError
 
-__all__ = ["main", "tqdm_factory"]
+__all__ = ["bars_disabled", "main", "out_dirs_argument", "tqdm_factory"]
 
 log = logging.getLogger("cracksurvey")
 
@@ -42,6 +44,7 @@ def main(ctx: click.Context, verbose: int) -> None:
     cracksurvey process SURVEY_DIR      images -> cracks.gpkg, COGs, summary, report
     cracksurvey report OUT_DIR... --out CITY   city-wide report + merged GeoPackage
     cracksurvey train --config RECIPE   train or fine-tune a model on image/mask folders
+    cracksurvey finetune OUT_DIR... --run RUN   fine-tune on surveys corrected in QGIS
     cracksurvey evaluate --data DIR     score a model on labelled data
     """
     ctx.ensure_object(dict)
@@ -53,6 +56,14 @@ def main(ctx: click.Context, verbose: int) -> None:
     logging.captureWarnings(True)
 
 
+def bars_disabled(quiet: bool) -> bool | None:
+    """tqdm's ``disable``: off with --quiet; else shown on a terminal, and on a pipe too when
+    CRACKSURVEY_PROGRESS=bars (the QGIS plugin reads them there)."""
+    if quiet:
+        return True
+    return False if os.environ.get("CRACKSURVEY_PROGRESS") == "bars" else None
+
+
 def tqdm_factory(quiet: bool = False) -> Any:
     from tqdm import tqdm
 
@@ -61,9 +72,18 @@ def tqdm_factory(quiet: bool = False) -> Any:
             total=total,
             desc=desc,
             file=sys.stderr,
-            disable=quiet or None,
+            disable=bars_disabled(quiet),
             mininterval=1,
             leave=False,
         )
 
     return make
+
+
+#: OUT_DIR...: output folders of `cracksurvey process` (report, finetune).
+out_dirs_argument = click.argument(
+    "out_dirs",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cracksurvey.cli.group import main
+from cracksurvey.cli.group import bars_disabled, main
 from cracksurvey.cli.signals import StopSignals, exit_code, stop_on_signals
 from cracksurvey.config import ModelConfig, Precision, TilingConfig, parse_set_options
 from cracksurvey.io.lock import check_run_lock
@@ -110,7 +110,7 @@ class _ProcessProgress:
             unit="",
             file=sys.stderr,
             position=position,
-            disable=self.quiet or None,
+            disable=bars_disabled(self.quiet),
             mininterval=0.5,
             leave=False,
             dynamic_ncols=True,
