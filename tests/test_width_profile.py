@@ -36,6 +36,7 @@ from cracksurvey.measure.profile_model import (
 from cracksurvey.measure.width_profile import (
     CrackWidth,
     aggregate_crack_width,
+    fill_nodata,
     measurable_limit_px,
     measure_width_from_image,
     profile_normals,
@@ -495,3 +496,29 @@ def test_facade_wall_benchmark(facade_benchmark):
 def test_facade_wall_benchmark_issue_bars(facade_benchmark):
     mae, bias, _ = _scores(facade_benchmark)
     assert mae <= 0.3 and abs(bias) <= 0.2
+
+
+def test_nodata_fill_of_a_border_tile_equals_the_distance_transform() -> None:
+    """The rectangle fast path (tiles at the image border) gives exactly the general result."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    fast = 0
+    for trial in range(300):
+        h, w = (int(v) for v in rng.integers(5, 60, 2))
+        bad = np.ones((h, w), bool)
+        r0, c0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+        r1, c1 = int(rng.integers(r0 + 1, h + 1)), int(rng.integers(c0 + 1, w + 1))
+        bad[r0:r1, c0:c1] = False
+        if trial % 3 == 0:  # a hole: the general path
+            bad[int(rng.integers(0, h)), int(rng.integers(0, w))] = True
+        if bad.all() or not bad.any():
+            continue
+        img = rng.random((h, w))
+        img[bad] = np.nan
+        filled, unusable = fill_nodata(img, bad)
+        _, (near_r, near_c) = ndimage.distance_transform_edt(bad, return_indices=True)
+        assert np.array_equal(filled, img[near_r, near_c]), trial
+        assert np.array_equal(unusable, ndimage.binary_dilation(bad, iterations=2)), trial
+        fast += trial % 3 != 0
+    assert fast > 150

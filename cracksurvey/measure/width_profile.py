@@ -347,13 +347,7 @@ def measure_width_from_image(
     bad_px = ~np.isfinite(img)
     if n == 0 or bad_px.all():
         return WidthMeasurement(**out)
-    bad = np.zeros(img.shape, bool)
-    if bad_px.any():
-        # Nodata: filled with the nearest valid value, and never part of a profile.
-        _, (near_r, near_c) = ndimage.distance_transform_edt(bad_px, return_indices=True)
-        img = img[near_r, near_c]
-        bad = ndimage.binary_dilation(bad_px, iterations=2)
-    img = np.ascontiguousarray(img)
+    img, bad = fill_nodata(img, bad_px)
 
     # Samples: width samples near the targets, depth samples a little farther.
     want = np.ones(n, bool) if targets is None else np.asarray(targets, bool).ravel()
@@ -515,6 +509,38 @@ def _nearest(r, c, lab, sr, sc, slab, radius) -> NDArray[np.int64]:
     if sr.size == 0:
         return np.full(r.size, -1, np.int64)
     return nearest(r, c, lab, sr, sc, slab, float(radius))
+
+
+def fill_nodata(img: np.ndarray, bad_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nodata filled with the nearest valid value; the pixels no profile may use.
+
+    The unusable pixels are the nodata dilated twice by the 4-neighbourhood. When the valid
+    pixels form one rectangle (a tile at the image border: beyond it is no image) the nearest
+    valid pixel is the clamped position and the dilation shrinks the rectangle by 2 on the
+    sides that border nodata: the same
+    result as the distance transform at a fraction of its cost (about 50 ms on a 1280-px tile).
+    """
+    if not bad_px.any():
+        return np.ascontiguousarray(img), np.zeros(img.shape, bool)
+    valid = ~bad_px
+    rows = np.flatnonzero(valid.any(axis=1))
+    cols = np.flatnonzero(valid.any(axis=0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    if valid[r0:r1, c0:c1].all() and (r1 - r0) * (c1 - c0) == np.count_nonzero(valid):
+        near_r = np.clip(np.arange(img.shape[0]), r0, r1 - 1)
+        near_c = np.clip(np.arange(img.shape[1]), c0, c1 - 1)
+        filled = img[np.ix_(near_r, near_c)]
+        bad = np.ones(img.shape, bool)
+        # Shrunk by 2 only on the sides that border nodata (none lies beyond the array).
+        h, w = img.shape
+        top, bottom = (r0 + 2 if r0 else 0), (r1 - 2 if r1 < h else h)
+        left, right = (c0 + 2 if c0 else 0), (c1 - 2 if c1 < w else w)
+        if bottom > top and right > left:
+            bad[top:bottom, left:right] = False
+        return np.ascontiguousarray(filled), bad
+    _, (near_r, near_c) = ndimage.distance_transform_edt(bad_px, return_indices=True)
+    bad = ndimage.binary_dilation(bad_px, iterations=2)
+    return np.ascontiguousarray(img[near_r, near_c]), bad
 
 
 def sample_points(
