@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from torch import nn
 
 from cracksurvey.config import EngineConfig
 from cracksurvey.engine import Engine, run_image
+from cracksurvey.engine.worker import QuickExitPlugin
 from cracksurvey.errors import InputRasterError
 from cracksurvey.io.cog import TiledRasterWriter
 from cracksurvey.io.raster import describe_raster
@@ -259,6 +262,11 @@ def test_worker_processes_load_the_model_once_and_match_synchronous(tmp_path, we
         threads = engine._client.run(eval, "__import__('torch').get_num_threads()")
         environ = engine._client.run(eval, "dict(__import__('os').environ)")
         kept = engine._client.run(eval, "__import__('cracksurvey.predict').predict._HEAP_KEPT")
+        plugins = engine._client.run(lambda dask_worker: sorted(dask_worker.plugins))
+        processes = [nanny.process.process for nanny in engine._cluster.workers.values()]
+    # local worker processes leave at once after the clean close, with status 0
+    assert [QuickExitPlugin.name in names for names in plugins.values()] == [True]
+    assert [p.exitcode for p in processes] == [0]
     assert list(cache_sizes.values()) == [1]  # one model per worker, loaded once for 2 images
     assert list(threads.values()) == [1]  # set explicitly in the worker
     # glibc keeps freed memory for the next tile: set at the worker's start and at its first tile
@@ -401,3 +409,28 @@ def test_untiled_images_decoded_once_give_the_windowed_reads(tmp_path, suffix):
             expected = read_window_reflect(source.read, tile.read, info.height, info.width)
             np.testing.assert_array_equal(read_tile(info, tile), expected)
     assert len(_DECODED) == 1  # decoded once, kept for the next tiles
+
+
+QUICK_EXIT = """
+import atexit, logging, sys
+from cracksurvey.engine import worker
+atexit.register(lambda: print("finalized"))  # an exit handler registered before the plugin's
+logging.basicConfig(filename=sys.argv[1], level=logging.INFO)
+worker._CLOSED_CLEANLY = sys.argv[2] == "closed"
+atexit.register(worker._exit_now_if_closed)
+logging.getLogger("w").info("last words")
+sys.exit(int(sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize("closed, status", [("closed", 0), ("open", 0), ("open", 3)])
+def test_quick_exit_only_after_a_clean_close_and_flushes_the_log(tmp_path, closed, status):
+    log_file = tmp_path / "worker.log"
+    done = subprocess.run(
+        [sys.executable, "-c", QUICK_EXIT, str(log_file), closed, str(status)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert "last words" in log_file.read_text()
+    assert done.returncode == status
+    # after a clean close the later exit handlers (the interpreter's teardown) are skipped
+    assert ("finalized" in done.stdout) == (closed != "closed")

@@ -30,7 +30,13 @@ from torch import nn
 
 from cracksurvey.config import EngineConfig, Precision
 from cracksurvey.engine.cluster import start_local_cluster, task_resources
-from cracksurvey.engine.worker import BandSpec, ModelPlugin, PluginModelRef, tile_task
+from cracksurvey.engine.worker import (
+    BandSpec,
+    ModelPlugin,
+    PluginModelRef,
+    QuickExitPlugin,
+    tile_task,
+)
 from cracksurvey.io.cog import TiledRasterWriter, finish_concurrently
 from cracksurvey.io.raster import RasterHeader, RasterSource, describe_raster
 from cracksurvey.model import ModelCard, Weights, model_from_bytes, read_weights
@@ -217,6 +223,7 @@ class Engine:
         else:
             self._cluster, self._n_slots, self._torch_threads = start_local_cluster(self.config)
             self._client = Client(self._cluster)
+            self._client.register_plugin(QuickExitPlugin(), name=QuickExitPlugin.name)
         log.info(
             "dask: %d task slot(s), torch threads per task %s, task resources %s",
             self._n_slots,

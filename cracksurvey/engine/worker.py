@@ -14,9 +14,12 @@ in-memory ``(module, card)`` pair (stand-in models, notebooks) travels pickled i
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
+import multiprocessing
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +43,7 @@ from cracksurvey.predict import (
 )
 from cracksurvey.tiling import Tile, TileResult, process_tile, read_window_reflect
 
-__all__ = ["BandSpec", "ModelPlugin", "PluginModelRef", "tile_task"]
+__all__ = ["BandSpec", "ModelPlugin", "PluginModelRef", "QuickExitPlugin", "tile_task"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,46 @@ class ModelPlugin(WorkerPlugin):
             with _MODELS_LOCK:
                 for key in [k for k in _MODELS if k[0] == self.ref.sha256]:
                     del _MODELS[key]
+
+
+_CLOSED_CLEANLY = False
+
+
+def _exit_now_if_closed() -> None:
+    """At interpreter exit of a worker process that closed cleanly: flush and leave at once."""
+    if not _CLOSED_CLEANLY:
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
+
+
+class QuickExitPlugin(WorkerPlugin):
+    """Local worker processes skip the interpreter's teardown once they have closed cleanly.
+
+    A worker that has closed (its tasks done, its results handed over, its scheduler
+    connection shut) still spends about 0.8 s in Python's finalization (torch's modules and the
+    kept heap) before its process ends, and the run waits for that at its end (measured on a
+    2-core AMD EPYC: closing the local cluster 0.98 s -> 0.12 s). After a clean close
+    (:meth:`teardown`) the process flushes its logs and output and exits with status 0 at the
+    first exit handler. A worker that exits any other way (a crash, an error) takes the normal
+    path with its own status. Only the engine's own local cluster installs it, and it does
+    nothing in a worker that is a thread of the client's process.
+    """
+
+    name = "cracksurvey-quick-exit"
+
+    def setup(self, worker: Any) -> None:
+        if multiprocessing.parent_process() is not None:  # a worker process, not a thread
+            atexit.register(_exit_now_if_closed)  # last registered: runs first
+
+    def teardown(self, worker: Any) -> None:
+        global _CLOSED_CLEANLY
+        _CLOSED_CLEANLY = True
 
 
 def worker_model(ref: ModelRef, device: str) -> tuple[nn.Module, ModelCard]:
