@@ -60,6 +60,18 @@ def cpu_amx_supported() -> bool:
         return False
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...); empty where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` if this process sees a GPU, else ``mps``, else ``cpu``.
 
@@ -85,9 +97,11 @@ def auto_precision(device: str | torch.device = "cpu") -> Precision:
     """What ``precision: auto`` runs on ``device``.
 
     ``CRACKSURVEY_PRECISION=bf16|fp32`` in the environment decides it wherever it is set.
-    Otherwise: bf16 on CUDA devices that support it; on a CPU only with AMX, where bf16
-    convolutions run about twice as fast as fp32. On CPUs with AVX-512 BF16 but no AMX, bf16
-    was measured slower than fp32 for this network (docs/performance.md), so auto is fp32 there.
+    Otherwise bf16 where it was measured clearly faster for this network (docs/performance.md),
+    fp32 elsewhere: bf16 on CUDA devices that support it; on CPUs with AMX (about 2x fp32); on
+    AMD CPUs with AVX-512 BF16 (Zen 5: forward 1.5x, engine 1.4x fp32). An Intel CPU with
+    AVX-512 BF16 but no AMX runs this network slower in bf16 (0.6x), so auto is fp32 there, as
+    on every CPU without native bf16.
     """
     forced = os.environ.get(PRECISION_ENV, "").strip().lower()
     if forced:
@@ -98,7 +112,8 @@ def auto_precision(device: str | torch.device = "cpu") -> Precision:
     if dev.type == "cuda":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     if dev.type == "cpu":
-        return "bf16" if cpu_bf16_supported() and cpu_amx_supported() else "fp32"
+        fast = cpu_amx_supported() or cpu_vendor() == "AuthenticAMD"
+        return "bf16" if cpu_bf16_supported() and fast else "fp32"
     return "fp32"
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from cracksurvey import predict
 from cracksurvey.model import ModelCard, TernausNet
 from cracksurvey.predict import PRECISION_ENV, auto_precision, effective_precision, predict_tile
 
@@ -22,6 +25,35 @@ def test_environment_switch_decides_auto(monkeypatch):
         auto_precision("cpu")
     monkeypatch.delenv(PRECISION_ENV)
     assert auto_precision("cpu") in ("bf16", "fp32")
+
+
+@pytest.mark.parametrize(
+    "vendor, native_bf16, amx, expected",
+    [
+        ("GenuineIntel", True, True, "bf16"),  # AMX: about 2x fp32
+        ("GenuineIntel", True, False, "fp32"),  # AVX-512 BF16 without AMX: 0.6x
+        ("AuthenticAMD", True, False, "bf16"),  # Zen 5: 1.5x
+        ("AuthenticAMD", False, False, "fp32"),  # Zen 3: emulated
+        ("", False, False, "fp32"),
+    ],
+)
+def test_auto_is_bf16_where_it_was_measured_faster(
+    monkeypatch, vendor, native_bf16, amx, expected
+):
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    monkeypatch.setattr(predict, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(predict, "cpu_bf16_supported", lambda: native_bf16)
+    monkeypatch.setattr(predict, "cpu_amx_supported", lambda: amx)
+    assert auto_precision("cpu") == expected
+    assert predict.cpu_vendor() == vendor
+
+
+def test_cpu_vendor_reads_this_machine():
+    info = Path("/proc/cpuinfo")
+    text = info.read_text(errors="replace") if info.exists() else ""
+    if "vendor_id" not in text:
+        pytest.skip("no vendor_id in /proc/cpuinfo on this machine")
+    assert predict.cpu_vendor() and f": {predict.cpu_vendor()}" in text
 
 
 def test_explicit_bf16_runs_bf16_even_without_native_support():
