@@ -97,11 +97,10 @@ def auto_precision(device: str | torch.device = "cpu") -> Precision:
     """What ``precision: auto`` runs on ``device``.
 
     ``CRACKSURVEY_PRECISION=bf16|fp32`` in the environment decides it wherever it is set.
-    Otherwise bf16 where it was measured clearly faster for this network (docs/performance.md),
-    fp32 elsewhere: bf16 on CUDA devices that support it; on CPUs with AMX (about 2x fp32); on
-    AMD CPUs with AVX-512 BF16 (Zen 5: forward 1.5x, engine 1.4x fp32). An Intel CPU with
-    AVX-512 BF16 but no AMX runs this network slower in bf16 (0.6x), so auto is fp32 there, as
-    on every CPU without native bf16.
+    Otherwise bf16 where it was measured clearly faster for this network, fp32 elsewhere
+    (docs/performance.md, "Precision"): bf16 on CUDA devices that support it, on CPUs with AMX
+    and on AMD CPUs with AVX-512 BF16. An Intel CPU with AVX-512 BF16 but no AMX runs this
+    network slower in bf16, so auto is fp32 there, as on every CPU without native bf16.
     """
     forced = os.environ.get(PRECISION_ENV, "").strip().lower()
     if forced:

@@ -122,9 +122,9 @@ class QuickExitPlugin(WorkerPlugin):
     """Local worker processes skip the interpreter's teardown once they have closed cleanly.
 
     A worker that has closed (its tasks done, its results handed over, its scheduler
-    connection shut) still spends about 0.8 s in Python's finalization (torch's modules and the
-    kept heap) before its process ends, and the run waits for that at its end (measured on a
-    2-core AMD EPYC: closing the local cluster 0.98 s -> 0.12 s). After a clean close
+    connection shut) still spends a long time in Python's finalization (torch's modules and
+    the kept heap) before its process ends, and the run waits for that at its end (the
+    measured cost is in the README's benchmarks). After a clean close
     (:meth:`teardown`) the process flushes its logs and output and exits with status 0 at the
     first exit handler. A worker that exits any other way (a crash, an error) takes the normal
     path with its own status. Only the engine's own local cluster installs it, and it does
