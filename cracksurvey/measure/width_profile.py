@@ -517,8 +517,8 @@ def fill_nodata(img: np.ndarray, bad_px: np.ndarray) -> tuple[np.ndarray, np.nda
     The unusable pixels are the nodata dilated twice by the 4-neighbourhood. When the valid
     pixels form one rectangle (a tile at the image border: beyond it is no image) the nearest
     valid pixel is the clamped position and the dilation shrinks the rectangle by 2 on the
-    sides that border nodata: the same
-    result as the distance transform at a fraction of its cost.
+    sides that border nodata: the same result as the distance transform at a fraction of its
+    cost.
     """
     if not bad_px.any():
         return np.ascontiguousarray(img), np.zeros(img.shape, bool)
