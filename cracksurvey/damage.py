@@ -2,8 +2,8 @@
 
 A :class:`DamageScale` is a list of levels, each with a label, the EMS-98 damage-grade wording
 for masonry it points to, and lower bounds (``when``) on columns of the building summary. A
-building reaches a level when **any** of the level's bounds is reached; its level is the highest
-level reached. Level 0 has no bound, so every imaged building reaches it. Unknown (NaN) values
+building reaches a level when **any** of the level's bounds is reached and **all** of its
+``requires`` bounds (if any) are; its level is the highest level reached. Level 0 has no bound, so every imaged building reaches it. Unknown (NaN) values
 reach nothing; a building without a processed image gets no level (unknown, not undamaged).
 
 The shipped scale is ``configs/damage/default.yaml`` (its comments document the thresholds);
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +77,16 @@ class DamageLevel:
         The EMS-98 damage-grade wording (masonry) the level points to, paraphrased.
     when : mapping of str to float
         Lower bounds on summary columns; reaching any one reaches the level. Empty: always.
+    requires : mapping of str to float
+        Lower bounds that must all be reached as well (e.g. a crack density under which no
+        width counts); empty: none.
     """
 
     level: int
     label: str
     ems98: str
     when: Mapping[str, float]
+    requires: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,13 @@ class DamageScale:
             "straight_line_min_straightness": self.straight_line_min_straightness,
             "assessable_limit_mm": self.assessable_limit_mm,
             "levels": [
-                {"level": v.level, "label": v.label, "ems98": v.ems98, "when": dict(v.when)}
+                {
+                    "level": v.level,
+                    "label": v.label,
+                    "ems98": v.ems98,
+                    "when": dict(v.when),
+                    **({"requires": dict(v.requires)} if v.requires else {}),
+                }
                 for v in self.levels
             ],
         }
@@ -131,11 +141,12 @@ def _parse_level(item: Any, index: int, source: str) -> DamageLevel:
     where = f"levels[{index}]"
     if not isinstance(item, Mapping):
         raise _scale_error(source, f"{where} must be a mapping with level, label, ems98, when")
-    unknown = sorted(set(item) - {"level", "label", "ems98", "when"})
+    unknown = sorted(set(item) - {"level", "label", "ems98", "when", "requires"})
     if unknown:
         raise _scale_error(
             source,
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: level, label, ems98, when",
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: level, label, ems98, when, "
+            "requires",
         )
     if item.get("level") != index:
         raise _scale_error(
@@ -150,11 +161,19 @@ def _parse_level(item: Any, index: int, source: str) -> DamageLevel:
         raise _scale_error(source, f"{where}.when must map summary columns to numbers")
     if index > 0 and not when:
         raise _scale_error(source, f"{where}.when is empty; only level 0 may have no bound")
+    requires = item.get("requires") or {}
+    if not isinstance(requires, Mapping) or not all(
+        isinstance(v, (int, float)) and math.isfinite(v) for v in requires.values()
+    ):
+        raise _scale_error(source, f"{where}.requires must map summary columns to numbers")
+    if index == 0 and requires:
+        raise _scale_error(source, "levels[0].requires must be empty (level 0 has no bound)")
     return DamageLevel(
         index,
         str(item.get("label", "")),
         str(item.get("ems98", "")),
         {str(k): float(v) for k, v in when.items()},
+        {str(k): float(v) for k, v in requires.items()},
     )
 
 
@@ -255,15 +274,18 @@ def load_damage_scale(
     return parse_damage_scale(read_yaml(path), source=str(path))
 
 
-def _reached(values: pd.DataFrame, bounds: Mapping[str, float]) -> tuple[np.ndarray, list[str]]:
-    """Per building: whether any bound is reached, and the ``column value >= bound`` texts.
+def _reached(
+    values: pd.DataFrame, bounds: Mapping[str, float], *, every: bool = False
+) -> tuple[np.ndarray, list[str]]:
+    """Per building: whether any bound (``every``: all bounds) is reached, and the
+    ``column value >= bound`` texts of those reached.
 
     A bound on a width in millimetres is not used for a building whose detection limit (or
     width limit: the narrowest width its images measure) is above it: every crack such images
     can see or measure is wider than the bound, so reaching it says nothing. Widths below the
     width limit are not numbers (docs/method.md, "Crack width") and reach no bound.
     """
-    hit = np.zeros(len(values), dtype=bool)
+    hit = np.full(len(values), every, dtype=bool)
     basis = [""] * len(values)
     limit = np.full(len(values), np.nan)
     for name in ("detection_limit_mm", "width_limit_mm"):
@@ -277,7 +299,7 @@ def _reached(values: pd.DataFrame, bounds: Mapping[str, float]) -> tuple[np.ndar
         for i in np.flatnonzero(column_hit):
             text = f"{column} {column_values[i]:.3g} >= {bound:g}"
             basis[i] = f"{basis[i]}; {text}" if basis[i] else text
-        hit |= column_hit
+        hit = hit & column_hit if every else hit | column_hit
     return hit, basis
 
 
@@ -303,7 +325,7 @@ def assess_damage(summary: pd.DataFrame, scale: DamageScale) -> pd.DataFrame:
     ConfigError
         A bound names a column the summary does not have.
     """
-    needed = {c for level in scale.levels for c in level.when} | {"n_images"}
+    needed = {c for level in scale.levels for c in (*level.when, *level.requires)} | {"n_images"}
     missing = sorted(needed - set(summary.columns))
     if missing:
         raise _scale_error(
@@ -314,6 +336,10 @@ def assess_damage(summary: pd.DataFrame, scale: DamageScale) -> pd.DataFrame:
     basis: list[str] = ["no crack detected"] * len(summary)
     for item in scale.levels[1:]:
         hit, texts = _reached(summary, item.when)
+        if item.requires:
+            also, also_texts = _reached(summary, item.requires, every=True)
+            hit &= also
+            texts = [f"{t} with {a}" for t, a in zip(texts, also_texts)]
         level[hit] = item.level
         for i in np.flatnonzero(hit):
             basis[i] = texts[i]

@@ -41,7 +41,7 @@ def test_default_scale_is_labelled_indicative_and_worded_after_ems98() -> None:
         assert f"EMS-98 grade {grade}" in scale.levels[grade].ems98
         assert words in scale.levels[grade].ems98
     # every bound names a summary column
-    assert {c for v in scale.levels for c in v.when} <= set(SUMMARY_COLUMNS)
+    assert {c for v in scale.levels for c in (*v.when, *v.requires)} <= set(SUMMARY_COLUMNS)
 
 
 @pytest.mark.parametrize(
@@ -49,11 +49,16 @@ def test_default_scale_is_labelled_indicative_and_worded_after_ems98() -> None:
     [
         (NAN, NAN, 0, 0),     # imaged, no crack
         (0.3, 0.05, 2, 1),    # hairline, few
-        (1.0, 0.05, 2, 2),    # the width bound is inclusive
+        (1.0, 1.6, 20, 2),    # the bounds are inclusive
         (0.3, 2.6, 9, 3),     # dense hairline cracks reach level 3 on density alone
-        (20.0, 0.01, 1, 4),   # one wide crack
+        (6.0, 1.7, 20, 3),    # wide cracks over more length than an intact wall shows
+        (20.0, 1.7, 20, 4),
         (NAN, 1.7, 3, 2),     # width unknown: the other bound still counts
         (NAN, 1.0, 30, 1),    # under the false-crack density of intact façades: no level 2
+        # wide but not extensive: false cracks on intact walls are as wide as real ones
+        # (30-32 mm p95 on the held-out intact street façades), so width alone is no level
+        (20.0, 0.5, 40, 1),
+        (6.0, 1.59, 40, 1),
     ],
 )
 def test_default_levels_any_bound_highest_level(p95, density, n_cracks, expected) -> None:
@@ -63,13 +68,15 @@ def test_default_levels_any_bound_highest_level(p95, density, n_cracks, expected
 
 
 def test_unimaged_building_has_no_level_and_basis_names_the_values() -> None:
-    frame = summary(evidence_width_p95_mm=[6.0, NAN], evidence_density_m_per_m2=[0.1, NAN],
+    frame = summary(evidence_width_p95_mm=[6.0, NAN], evidence_density_m_per_m2=[1.7, NAN],
                     evidence_cracks=[4, 0], n_images=[2, 0])
     damage = assess_damage(frame, load_damage_scale())
     assert list(damage.columns) == list(DAMAGE_COLUMNS)
     assert damage["damage_level"].iloc[0] == 3 and pd.isna(damage["damage_level"].iloc[1])
     assert damage["damage_label"].tolist() == ["substantial to heavy", None]
-    assert damage["damage_basis"].iloc[0] == "evidence_width_p95_mm 6 >= 5"
+    assert damage["damage_basis"].iloc[0] == (
+        "evidence_width_p95_mm 6 >= 5 with evidence_density_m_per_m2 1.7 >= 1.6"
+    )
     assert damage["damage_basis"].iloc[1] is None
 
 
@@ -140,6 +147,7 @@ def test_coarse_images_are_not_assessable_and_confidence_is_evidence() -> None:
     assert scale.min_confidence > 0 and scale.assessable_limit_mm is not None
     frame = summary(
         evidence_width_p95_mm=[20.0, 20.0, NAN],
+        evidence_density_m_per_m2=[2.0, 2.0, NAN],
         evidence_cracks=[5, 5, 0],
         detection_limit_mm=[scale.assessable_limit_mm * 3, scale.assessable_limit_mm / 2, NAN],
     )
@@ -152,7 +160,29 @@ def test_coarse_images_are_not_assessable_and_confidence_is_evidence() -> None:
 
 
 def test_a_width_bound_below_the_detection_limit_is_not_used() -> None:
-    """At 3 mm per pixel every visible crack is wider than 1 mm: that bound says nothing there."""
-    frame = summary(evidence_width_p95_mm=[4.0, 4.0], evidence_cracks=[3, 3],
-                    detection_limit_mm=[3.6, 0.8])
-    assert assess_damage(frame, load_damage_scale())["damage_level"].tolist() == [1, 2]
+    """Where every visible (measurable) crack is wider than a bound, that bound says nothing."""
+    frame = summary(evidence_width_p95_mm=[6.0, 6.0, 6.0], evidence_cracks=[30, 30, 30],
+                    evidence_density_m_per_m2=[1.7, 1.7, 1.7],
+                    detection_limit_mm=[5.5, 3.6, 0.8], width_limit_mm=[3.0, 5.2, 0.8])
+    scale = parse_damage_scale({**load_damage_scale().to_dict(), "assessable_limit_mm": None})
+    assert assess_damage(frame, scale)["damage_level"].tolist() == [2, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("requires", "expected"),
+    [({"n_cracks": 5}, [0, 1]), ({"n_cracks": 5, "evidence_cracks": 5}, [0, 0]), ({}, [1, 1])],
+)
+def test_requires_bounds_must_all_be_reached(requires, expected) -> None:
+    scale = parse_damage_scale({"levels": [
+        {"level": 0}, {"level": 1, "when": {"evidence_cracks": 1}, "requires": requires}]})
+    assert parse_damage_scale(scale.to_dict()) == scale
+    frame = summary(n_cracks=[4, 5], evidence_cracks=[1, 1])
+    assert assess_damage(frame, scale)["damage_level"].tolist() == expected
+
+
+def test_malformed_requires_is_one_clear_error() -> None:
+    with pytest.raises(ConfigError, match="levels\\[1\\].requires must map"):
+        parse_damage_scale({"levels": [
+            {"level": 0}, {"level": 1, "when": {"n_cracks": 1}, "requires": {"n_cracks": "x"}}]})
+    with pytest.raises(ConfigError, match="levels\\[0\\].requires must be empty"):
+        parse_damage_scale({"levels": [{"level": 0, "requires": {"n_cracks": 1}}]})
