@@ -161,6 +161,24 @@ def test_measurement_settings_reuse_the_predictions(tmp_path: Path, weights: Pat
         assert sorted(run_json(out)["cache"]["predictions"]["computed"]) == names
 
 
+def test_what_auto_precision_resolves_to_is_part_of_the_key(
+    tmp_path: Path, weights: Path, monkeypatch
+):
+    """The same `precision: auto` on another CPU kind (or CRACKSURVEY_PRECISION) repredicts."""
+    from cracksurvey.predict import PRECISION_ENV
+
+    root = make_survey(tmp_path / "survey")
+    auto = {**FAST, "model": {"precision": "auto"}}
+    monkeypatch.setenv(PRECISION_ENV, "fp32")
+    out = process_survey(root, weights=weights, overrides=auto, synchronous=True).out_dir
+    names = sorted(run_json(out)["cache"]["predictions"]["computed"])
+    process_survey(root, weights=weights, overrides=auto, synchronous=True, overwrite=True)
+    assert sorted(run_json(out)["cache"]["predictions"]["reused"]) == names
+    monkeypatch.setenv(PRECISION_ENV, "bf16")
+    process_survey(root, weights=weights, overrides=auto, synchronous=True, overwrite=True)
+    assert sorted(run_json(out)["cache"]["predictions"]["computed"]) == names
+
+
 def test_half_written_or_damaged_entries_are_recomputed(tmp_path: Path, weights: Path):
     root = make_survey(tmp_path / "survey")
     first = process_survey(root, weights=weights, overrides=FAST, synchronous=True)

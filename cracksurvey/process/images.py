@@ -57,6 +57,7 @@ from cracksurvey.io.cache import (
 )
 from cracksurvey.io.outputs import read_band_window, read_mask_strips
 from cracksurvey.measure.continuity import cracks_per_patch, patch_origins
+from cracksurvey.predict import effective_precision, resolve_device
 from cracksurvey.process.facade import (
     SemanticsModel,
     keep_pixels,
@@ -517,6 +518,11 @@ class ImageRun:
                     "threshold_px": self.engine.threshold_px,
                     "precision": sections["model"]["precision"],
                     "device": sections["model"]["device"],
+                    # what auto resolves to (the CPU kind, CRACKSURVEY_PRECISION), as the
+                    # engine records it: a prediction made in another precision is not reused
+                    "precision_run": effective_precision(
+                        sections["model"]["precision"], resolve_device(sections["model"]["device"])
+                    ),
                 },
                 "tiling": sections["tiling"],
                 "semantics": {
