@@ -3,8 +3,9 @@
 A :class:`DamageScale` is a list of levels, each with a label, the EMS-98 damage-grade wording
 for masonry it points to, and lower bounds (``when``) on columns of the building summary. A
 building reaches a level when **any** of the level's bounds is reached and **all** of its
-``requires`` bounds (if any) are; its level is the highest level reached. Level 0 has no bound, so every imaged building reaches it. Unknown (NaN) values
-reach nothing; a building without a processed image gets no level (unknown, not undamaged).
+``requires`` bounds (if any) are; its level is the highest level reached. Level 0 has no
+bound, so every imaged building reaches it. Unknown (NaN) values reach nothing; a building
+without a processed image gets no level (unknown, not undamaged).
 
 The shipped scale is ``configs/damage/default.yaml`` (its comments document the thresholds);
 the ``damage.scale`` config key names another one (``configs/damage/<name>.yaml``) or a YAML

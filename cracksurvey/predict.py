@@ -18,6 +18,7 @@ Band layouts (:func:`prepare_bands`):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -60,8 +61,12 @@ def cpu_amx_supported() -> bool:
         return False
 
 
+@functools.cache
 def cpu_vendor() -> str:
-    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...); empty where unknown."""
+    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...); empty where unknown.
+
+    Read once per process: ``auto`` is resolved for every tile.
+    """
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
