@@ -7,6 +7,7 @@ Usage::
     python workflows/width_benchmark.py --mode rezaie --n-cracks 24 --seed 0  # real geometry
     python workflows/width_benchmark.py --mode masonry                        # GT mask widths
     python workflows/width_benchmark.py --mode a --textures brick --json      # brick() only
+    python workflows/width_benchmark.py --mode a --oracle wall                # error budget
 
 Modes
 -----
@@ -46,6 +47,7 @@ samples. A benchmark, not a test: it asserts nothing. Data come from ``--data`` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -190,13 +192,22 @@ def _crop(textures: dict[str, Texture], shape, rng, rgb) -> tuple[str, np.ndarra
             return name, crop
 
 
+#: ``--oracle`` (mode a): what the measurement is given of the truth, to split its error.
+ORACLES = ("none", "sigma", "wall", "wall+sigma", "flat")
+
+
 def run_mode_a(args: argparse.Namespace, textures: dict[str, Texture]) -> list[dict[str, Any]]:
     rng = np.random.default_rng(args.seed)
     records: list[dict[str, Any]] = []
+    oracle = getattr(args, "oracle", "none")
     for i in range(args.n_cracks):
         tex_name, tex = _crop(textures, (128, 128), rng, rgb=False)
+        if oracle == "flat":  # the same draws, on a wall of one grey level
+            tex = np.full_like(tex, 150.0)
         params = draw_params(rng)
         crack = synthetic_crack(tex, params, rng)
+        if "wall" in oracle:
+            crack = _on_true_wall(tex, crack)
         rows, cols, true_w = skeleton_samples(
             crack.centreline_rc,
             crack.width_px,
@@ -205,10 +216,28 @@ def run_mode_a(args: argparse.Namespace, textures: dict[str, Texture]) -> list[d
             rng=rng,
             jitter_px=0.5,
         )
-        m = measure_width_from_image(crack.image, rows, cols)
+        sigma = params["psf_sigma_px"] if "sigma" in oracle else None
+        m = measure_width_from_image(crack.image, rows, cols, psf_sigma_px=sigma)
         records += _records(m, true_w, crack=i, texture=tex_name, **params)
         _progress(i, args.n_cracks)
     return records
+
+
+def _on_true_wall(texture: np.ndarray, crack: SyntheticCrack) -> SyntheticCrack:
+    """The crack image divided by its true wall (the same texture and blur, no crack, noise or
+    JPEG), times 150: the measurement then only has to find a flat wall."""
+    wall = render_crack(
+        texture,
+        crack.centreline_rc,
+        crack.width_px,
+        psf_sigma_px=crack.psf_sigma_px,
+        contrast=0.0,
+        noise_sd=0.0,
+        jpeg_quality=None,
+        rng=np.random.default_rng(0),
+    ).image
+    image = (crack.image / np.maximum(wall, 1.0) * 150.0).astype(np.float32)
+    return dataclasses.replace(crack, image=image)
 
 
 def _records(m, true_w, **meta) -> list[dict[str, Any]]:
@@ -580,11 +609,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--split", default="test")
     ap.add_argument("--weights", type=Path, default=None, help="crack model (default: shipped)")
+    ap.add_argument(
+        "--oracle",
+        choices=ORACLES,
+        default="none",
+        help="mode a: give the measurement the true PSF sigma, the true wall (the image divided "
+        "by the crack-free render), both, or draw on a flat wall: splits the error by source",
+    )
     ap.add_argument("--json", action="store_true", help="records and summary as JSON on stdout")
     args = ap.parse_args(argv)
+    if args.oracle != "none" and args.mode != "a":
+        ap.error(f"--oracle {args.oracle} applies to --mode a only")
     cpu = cpu_model()
     t0 = time.perf_counter()
-    print(f"# width benchmark: mode {args.mode}, seed {args.seed}, CPU {cpu}", file=sys.stderr)
+    print(
+        f"# width benchmark: mode {args.mode}, seed {args.seed}, oracle {args.oracle}, CPU {cpu}",
+        file=sys.stderr,
+    )
     if args.mode == "masonry":
         summary = run_masonry(args)
         print(json.dumps(summary, indent=2))
@@ -602,7 +643,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(dict(records=records, detection=detection, seconds=elapsed, cpu=cpu)))
         return
     print(
-        f"\nImage-based width, mode {args.mode} ({len(records)} samples, "
+        f"\nImage-based width, mode {args.mode}"
+        + (f", oracle {args.oracle}" if args.oracle != "none" else "")
+        + f" ({len(records)} samples, "
         f"{len({r['crack'] for r in records})} cracks, {elapsed:.0f} s, {cpu}):\n"
     )
     print(tables(records))
