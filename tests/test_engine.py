@@ -391,6 +391,56 @@ def test_writer_overviews_are_the_block_means_of_the_valid_pixels(tmp_path, step
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tif"]  # no temporary left
 
 
+def _centre_pick(a: np.ndarray, f: int) -> np.ndarray:
+    """Every f x f block's centre pixel (offset f // 2, clamped at the far edges)."""
+    rows = np.minimum(np.arange(0, a.shape[0], f) + f // 2, a.shape[0] - 1)
+    cols = np.minimum(np.arange(0, a.shape[1], f) + f // 2, a.shape[1] - 1)
+    return a[np.ix_(rows, cols)]
+
+
+@pytest.mark.parametrize("step", [448, 298, 301])  # aligned to 64, to 2 only, to nothing
+def test_writer_mask_overviews_take_block_centres(tmp_path, step):
+    """Nearest overviews of a class raster (the mask) built as windows arrive are the block
+    centres' pixels; levels the windows are not aligned to take every other pixel of the level
+    below. Classes are never blended, nodata (255) stays nodata, and the COG is valid. Windows
+    not aligned even to 2 px leave the overviews to GDAL."""
+    rng = np.random.default_rng(6)
+    h, w = 1301, 2090
+    data = (ndimage.gaussian_filter(rng.random((h, w)), 2) > 0.5).astype(np.uint8)
+    data[100:340, 50:177] = 255
+    out = tmp_path / "m.tif"
+    with TiledRasterWriter(
+        out,
+        height=h,
+        width=w,
+        transform=TRANSFORM,
+        crs=CRS,
+        dtype="uint8",
+        nodata=255,
+        overview_resampling="nearest",
+    ) as writer:
+        for row0 in range(0, h, step):
+            for col0 in range(0, w, step):
+                window = (row0, min(row0 + step, h), col0, min(col0 + step, w))
+                writer.write(window, data[window[0] : window[1], window[2] : window[3]])
+    valid, errors, warns = cog_validate(str(out), strict=True)
+    assert valid and not warns, (errors, warns)
+    with rasterio.open(out) as ds:
+        assert ds.overviews(1) == [2, 4, 8] and ds.nodata == 255 and ds.dtypes[0] == "uint8"
+        np.testing.assert_array_equal(ds.read(1), data)
+        finer = data
+        for f in ds.overviews(1):
+            level = ds.read(1, out_shape=(-(-h // f), -(-w // f)))
+            assert set(np.unique(level)) <= {0, 1, 255}, f
+            if step % 2:  # GDAL's own: only no blending and the nodata block
+                assert (level[110 // f : 330 // f, 60 // f : 170 // f] == 255).all()
+                continue
+            on_the_fly = step % f == 0
+            finer = _centre_pick(data, f) if on_the_fly else _centre_pick(finer, 2)
+            np.testing.assert_array_equal(level, finer, err_msg=f"factor {f}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif"]  # no temporary left
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_untiled_images_decoded_once_give_the_windowed_reads(tmp_path, suffix):
     from PIL import Image

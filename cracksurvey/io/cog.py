@@ -5,7 +5,8 @@ close, converts it to a Cloud-Optimized GeoTIFF with overviews (GDAL's COG drive
 it into place, so a reader never sees a half-written output. Memory stays flat: GDAL's block
 cache is capped (:data:`cracksurvey.io.raster.GDAL_CACHEMAX_BYTES`) and no image-sized array is
 ever held. Average overviews (the distance map's) are built as the windows arrive
-(:class:`_AverageOverviews`), so closing only copies and compresses what is already there.
+(:class:`_IncrementalOverviews`), and so are nearest ones (the mask's): closing only copies and
+compresses what is already there.
 """
 
 from __future__ import annotations
@@ -96,31 +97,44 @@ def _means(sums: np.ndarray, counts: np.ndarray | float) -> np.ndarray:
     return np.divide(sums, counts, out=out, where=counts > 0)
 
 
-class _AverageOverviews:
-    """Average overviews (NaN = nodata) of a float raster, built as windows are written.
+class _IncrementalOverviews:
+    """Overviews of a one-band raster, built as windows are written: ``average`` (NaN = nodata)
+    for a float raster, ``nearest`` for a class raster (the mask).
 
     A window aligned to an overview's factor (its origin a multiple of it, its end too or at
-    the image edge) adds its block means to that overview, from its own pixels: sums and
-    counts are carried from level to level, so every mean is over the valid full-resolution
-    pixels, like GDAL's first level. Levels some window was not aligned to are derived at the
-    end from the finest level below them, band by band (average of averages, as GDAL derives
-    coarser levels). Each level is a temporary uncompressed tiled GeoTIFF; memory stays flat.
+    the image edge) adds its part of that overview from its own pixels. Average: block means,
+    with sums and counts carried from level to level, so every mean is over the valid
+    full-resolution pixels, like GDAL's first level. Nearest: the pixel at the centre of each
+    block (offset ``f // 2``, clamped at the image's far edges), so a class is never blended.
+    Levels some window was not aligned to are derived at the end from the finest level below
+    them, band by band (average of averages, or every other pixel, as GDAL derives coarser
+    levels). Each level is a temporary uncompressed tiled GeoTIFF; memory stays flat.
 
     The engine's tiles start at multiples of 32 (the network's input multiple), so at least the
     five finest levels are built on the fly; finishing the COG then only copies them.
     """
 
     def __init__(
-        self, base: Path, *, height: int, width: int, factors: list[int], blocksize: int
+        self,
+        base: Path,
+        *,
+        height: int,
+        width: int,
+        factors: list[int],
+        blocksize: int,
+        dtype: np.dtype,
+        nodata: float,
+        resampling: Literal["average", "nearest"],
     ) -> None:
         self.height, self.width, self.factors = height, width, factors
+        self.resampling = resampling
         self.paths = [base.with_name(f"{base.name}.ov{f}.tif") for f in factors]
         self.n_incremental = len(factors)  # levels every window so far was aligned to
         profile = dict(
             driver="GTiff",
             count=1,
-            dtype="float32",
-            nodata=float("nan"),
+            dtype=dtype.name,
+            nodata=nodata,
             tiled=True,
             blockxsize=blocksize,
             blockysize=blocksize,
@@ -143,7 +157,20 @@ class _AverageOverviews:
         )
 
     def write(self, window: tuple[int, int, int, int], array: np.ndarray) -> None:
-        row0, _, col0, _ = window
+        row0, row1, col0, col1 = window
+        if self.resampling == "nearest":
+            for k, f in enumerate(self.factors[: self.n_incremental]):
+                if not self._aligned(window, f):
+                    self.n_incremental = k
+                    break
+                rows = _centres(row0, row1, f, self.height) - row0
+                cols = _centres(col0, col1, f, self.width) - col0
+                self._ds[k].write(
+                    array[np.ix_(rows, cols)],
+                    1,
+                    window=Window(col0 // f, row0 // f, cols.size, rows.size),
+                )
+            return
         sums, counts = _sums_counts(array)
         for k, f in enumerate(self.factors[: self.n_incremental]):
             if not self._aligned(window, f):
@@ -169,8 +196,16 @@ class _AverageOverviews:
                 for row in range(0, finer.height, _DERIVE_BAND_ROWS):
                     rows = min(_DERIVE_BAND_ROWS, finer.height - row)
                     band = finer.read(1, window=Window(0, row, finer.width, rows))
-                    means = _means(*_halve(*_sums_counts(band)))
-                    coarser.write(means, 1, window=Window(0, row // 2, *means.shape[::-1]))
+                    if self.resampling == "nearest":
+                        half = band[
+                            np.ix_(
+                                _centres(0, rows, 2, rows),
+                                _centres(0, finer.width, 2, finer.width),
+                            )
+                        ]
+                    else:
+                        half = _means(*_halve(*_sums_counts(band)))
+                    coarser.write(half, 1, window=Window(0, row // 2, *half.shape[::-1]))
         return self.paths
 
     def close(self) -> None:
@@ -184,17 +219,27 @@ class _AverageOverviews:
             p.unlink(missing_ok=True)
 
 
+def _centres(start: int, stop: int, f: int, size: int) -> np.ndarray:
+    """Full-resolution indices that the overview of factor ``f`` takes for its pixels
+    ``start // f`` to ``ceil(stop / f)``: each block's centre (``f // 2``), clamped to
+    ``size - 1``. ``start`` is a multiple of ``f``."""
+    return np.minimum(np.arange(start, stop, f) + f // 2, size - 1)
+
+
 def _vrt_with_overviews(path: Path, source: Path, overviews: list[Path]) -> Path:
-    """A VRT of the one-band float ``source`` that declares ``overviews`` as its overviews
-    (GDAL's COG driver copies a source's existing overviews instead of computing them)."""
+    """A VRT of the one-band ``source`` (Float32 or Byte) that declares ``overviews`` as its
+    overviews (GDAL's COG driver copies a source's existing overviews instead of computing
+    them)."""
     with open_quietly(source) as ds:
-        height, width, transform, crs, nodata = (
+        height, width, transform, crs, nodata, dtype = (
             ds.height,
             ds.width,
             ds.transform,
             ds.crs,
             ds.nodata,
+            ds.dtypes[0],
         )
+    data_type = {"float32": "Float32", "uint8": "Byte"}[dtype]
     geo = (
         ""
         if transform.is_identity
@@ -208,7 +253,7 @@ def _vrt_with_overviews(path: Path, source: Path, overviews: list[Path]) -> Path
     )
     path.write_text(
         f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">{srs}{geo}'
-        f'<VRTRasterBand dataType="Float32" band="1"><NoDataValue>{nodata!r}</NoDataValue>'
+        f'<VRTRasterBand dataType="{data_type}" band="1"><NoDataValue>{nodata!r}</NoDataValue>'
         f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(source))}'
         "</SourceFilename><SourceBand>1</SourceBand>"
         f'<SrcRect xOff="0" yOff="0" xSize="{width}" ySize="{height}"/>'
@@ -226,8 +271,9 @@ class TiledRasterWriter:
     :data:`UNCOMPRESSED_TMP_MAX_BYTES`); a clean exit converts it to a Cloud-Optimized
     GeoTIFF (ZSTD + predictor, 512 px blocks, overviews) and renames it to ``path``
     atomically. An exception discards everything and leaves ``path`` untouched. Average
-    overviews of a float raster are built as the windows arrive (:class:`_AverageOverviews`);
-    other resamplings are left to GDAL when the COG is written.
+    overviews of a float raster and nearest overviews of any raster are built as the windows
+    arrive (:class:`_IncrementalOverviews`); other resamplings are left to GDAL when the COG is
+    written.
 
     Parameters
     ----------
@@ -296,10 +342,13 @@ class TiledRasterWriter:
                 compress="zstd", zstd_level=1, predictor=3 if self.dtype.kind == "f" else 2
             )
         self._factors = overview_factors(height, width, blocksize)
-        self._incremental = overview_resampling == "average" and self.dtype.kind == "f"
+        self._incremental = (overview_resampling == "average" and self.dtype.kind == "f") or (
+            overview_resampling == "nearest"
+        )
+        self._nodata = nodata
         self._env: rasterio.Env | None = None
         self._ds: rasterio.io.DatasetWriter | None = None
-        self._overviews: _AverageOverviews | None = None
+        self._overviews: _IncrementalOverviews | None = None
         self._finished = False
 
     def __enter__(self) -> TiledRasterWriter:
@@ -309,12 +358,15 @@ class TiledRasterWriter:
         try:
             self._ds = rasterio.open(self._tmp, "w", **self._profile)
             if self._incremental and self._factors:
-                self._overviews = _AverageOverviews(
+                self._overviews = _IncrementalOverviews(
                     self._tmp,
                     height=self.height,
                     width=self.width,
                     factors=self._factors,
                     blocksize=self.blocksize,
+                    dtype=self.dtype,
+                    nodata=self._nodata,
+                    resampling="nearest" if self.overview_resampling == "nearest" else "average",
                 )
         except BaseException:
             self._cleanup()
