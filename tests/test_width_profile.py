@@ -389,9 +389,10 @@ def test_brick_benchmark_regression_bars(brick_benchmark):
     mae, bias, n = _scores(res)
     assert n > 1000
     assert mae <= 0.6 and abs(bias) <= 0.35
-    # Almost every sample of 1.5 px or more is reported as a number.
+    # Most samples of 1.5 px or more are reported as numbers (9 % flagged here: cracks of
+    # 1.5-3 px whose depth rests on the prior, not shown to be wider than the limit).
     big = res[:, 0] >= 1.5
-    assert np.isfinite(res[big, 1]).mean() >= 0.9
+    assert np.isfinite(res[big, 1]).mean() >= 0.85
     # Reported uncertainties cover: at least 80 % of errors within two of them.
     sel = big & np.isfinite(res[:, 1])
     assert np.mean(np.abs(res[sel, 1] - res[sel, 0]) <= 2 * res[sel, 3]) >= 0.8
@@ -427,15 +428,15 @@ def test_brick_benchmark_issue_bars(brick_benchmark):
 
 
 def test_brick_benchmark_flags_sub_pixel_widths(brick_benchmark):
-    """Regression bars: a third of the sub-pixel samples flagged here (their 24 cracks' four
-    narrowest, two darker than the depth prior), two thirds on the larger benchmark
-    (docs/bench-width.txt); few samples of 1.5 px or more flagged."""
+    """Regression bars: three quarters of the sub-pixel samples flagged here (a third before
+    a width had to stay above the limit with half its depth uncertainty off; about 0.9 on the
+    larger benchmark, docs/bench-width.txt); few samples of 1.5 px or more flagged (9 %)."""
     res = brick_benchmark
     sub = res[:, 0] < 1.0
     assert sub.sum() > 50
-    assert (res[sub, 2] == 1).mean() >= 0.25
+    assert (res[sub, 2] == 1).mean() >= 0.6
     big = res[:, 0] >= 1.5
-    assert (res[big, 2] == 1).mean() <= 0.1
+    assert (res[big, 2] == 1).mean() <= 0.15
 
 
 @pytest.mark.xfail(
@@ -443,8 +444,9 @@ def test_brick_benchmark_flags_sub_pixel_widths(brick_benchmark):
     reason=(
         "known miss of the issue's bar 'widths under 1 px flagged as below the limit': a crack "
         "narrower than its blur shows only its darkness area (depth times width), so its width "
-        "rests on the depth prior (0.5); a sub-pixel crack darker than that reads above 1 px "
-        "and is reported as a number (about two thirds flagged on the benchmark, a third here)"
+        "rests on the depth prior (0.5); a sub-pixel crack much darker than that reads above "
+        "1 px by more than its depth uncertainty allows and is reported as a number (about 0.9 "
+        "flagged on the benchmark, three quarters here)"
     ),
 )
 def test_brick_benchmark_issue_bar_sub_pixel(brick_benchmark):

@@ -650,7 +650,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(tables(records))
     if args.mode == "b":
-        print("\nToday's width (measure_width_px on the model's body map), same pixels:\n")
+        print("\nThe body-map width of earlier versions (measure_width_px on the model's body map), same pixels:\n")
         print(tables(records, key="old_px"))
         print(f"\nDetection: {detection}")
 

@@ -35,7 +35,9 @@ then fitted with ``k`` and ``sigma`` fixed and smoothed along the crack (weighte
 
 Measurable limit. A width under ``min_width_px`` (one pixel: a crack narrower than a pixel is a
 mixed pixel, seen only through its darkness area) or under ``limit_z`` times the noise-only
-width uncertainty of its profile is reported as below the limit, not as a number.
+width uncertainty of its profile is reported as below the limit, not as a number; so is a width
+that falls under the limit when ``depth_z`` times its depth's relative uncertainty is taken off
+(a crack whose depth rests on the prior may be narrower and darker than it reads).
 :func:`measurable_limit_px` gives that limit and :func:`px_to_mm` converts with the ground
 sample distance. docs/method.md ("Crack width") has the benchmark and the cost.
 
@@ -261,6 +263,7 @@ def measure_width_from_image(
     max_width_px: float = 40.0,
     min_width_px: float = 1.0,
     limit_z: float = 2.0,
+    depth_z: float = 0.5,
     search_px: float = 2.5,
     sample_radius_px: float = 2.0,
     depth_sample_radius_px: float = 2.9,
@@ -304,6 +307,9 @@ def measure_width_from_image(
         Floor of the measurable limit (pixels), see :func:`measurable_limit_px`.
     limit_z : float
         Multiple of the noise-only width uncertainty that sets the limit.
+    depth_z : float
+        A width is reported as a number only if ``width * (1 - depth_z * depth_rel_sd)`` is
+        still above the limit.
     search_px : float
         How far from the point (pixels, along the normal) the band's centre may lie.
     sample_radius_px, depth_sample_radius_px : float
@@ -442,7 +448,8 @@ def measure_width_from_image(
         indptr, idx = neighbours(rs[fin], cs[fin], ls[fin], rs[fin], cs[fin], ls[fin], pool_r)
         w_rep[fin], var_rep[fin] = smooth_widths(w_fit[fin], var_fit[fin], indptr, idx)
     limit = measurable_limit_px(noise, depth, sigma, min_width_px=min_width_px, limit_z=limit_z)
-    below = use & (w_rep < limit)
+    # above the limit only if it stays there with depth_z of its depth uncertainty taken off
+    below = use & (w_rep * (1.0 - depth_z * depth_rel) < limit)
     per_sample = dict(
         width_px=np.where(use & ~below, w_rep, np.nan),
         width_sd_px=np.where(use, np.sqrt(var_rep + (w_rep * depth_rel) ** 2), np.nan),
