@@ -1,0 +1,45 @@
+"""workflows/patch_check.py: the per-patch crack-or-no-crack scores."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflows"))
+
+import patch_check  # noqa: E402
+
+
+def test_scores_count_patches_with_cracks_per_source() -> None:
+    source = {
+        "c1.png": "cracked-test",
+        "c2.png": "cracked-test",
+        "c3.png": "cracked-test",
+        "c4.png": "cracked-test",
+        "w1.png": "facade-walls",
+        "w2.png": "facade-walls",
+        "s1.png": "spb-val",
+        "x1.png": "sceaux",
+    }
+    # three of four cracked patches found (one only 10 px), one wall and the Sceaux crop too
+    found = {"c1.png": 300.0, "c2.png": 60.0, "c3.png": 10.0, "w1.png": 30.0, "x1.png": 80.0}
+    out = patch_check.score(found, source, min_length_px=20.0)
+    assert out["sources"]["cracked-test"] == {
+        "patches": 4,
+        "with_crack": 3,
+        "over_min": 2,
+        "mean_length_px": pytest.approx(92.5),
+    }
+    walls = out["held-out walls, any crack"]
+    assert walls["recall"] == pytest.approx(0.75)
+    assert walls["precision"] == pytest.approx(3 / 4)  # 3 true against 1 wall
+    assert walls["false_positive_rate"] == pytest.approx(1 / 3) and walls["negatives"] == 3
+    everything = out["all intact, >= 20 px"]
+    assert everything["precision"] == pytest.approx(2 / 4)  # 2 true against wall and Sceaux
+    assert everything["recall"] == pytest.approx(0.5)
+    sweep = {row["min_length_px"]: row for row in out["sweep"]}
+    assert sweep[0]["recall"] == pytest.approx(0.75)
+    assert sweep[50]["recall"] == pytest.approx(0.5)
+    assert sweep[50]["held_out_walls_called_cracked"] == 0.0
