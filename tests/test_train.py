@@ -175,6 +175,21 @@ def test_shipped_recipes_load(recipe):
     assert cfg.name.endswith(recipe.replace("paper-faithful", "mse+topo"))
 
 
+def test_fine_tune_recipe_starts_from_the_shipped_model():
+    """configs/train/facade-ft-negatives.yaml continues the shipped model: its architecture
+    takes the shipped weights as they are, and it weighs intact façades more than the default
+    recipe does, within a wall-time budget."""
+    from cracksurvey.model import TernausNet
+    from cracksurvey.train.loop import init_from_weights
+
+    cfg = load_config(REPO / "configs" / "train" / "facade-ft-negatives.yaml")
+    base = load_config(REPO / "configs" / "train" / "facade.yaml")
+    assert cfg.init_weights == "shipped" and cfg.time_budget_s > 0 and cfg.lr < base.lr
+    assert sum(n.weight for n in cfg.negatives) > sum(n.weight for n in base.negatives)
+    model = TernausNet(cfg.architecture, width=cfg.width, body_head=cfg.body_head, norm=cfg.norm)
+    init_from_weights(model, cfg.init_weights)
+
+
 # ------------------------------------------------------------------------------ loop
 
 
