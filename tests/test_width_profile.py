@@ -524,3 +524,27 @@ def test_nodata_fill_of_a_border_tile_equals_the_distance_transform() -> None:
         assert np.array_equal(unusable, ndimage.binary_dilation(bad, iterations=2)), trial
         fast += trial % 3 != 0
     assert fast > 150
+
+
+def test_black_regions_beside_a_crack_do_not_break_the_measurement():
+    """A crack running into a black area (nodata painted black, a deep shadow): the wall's
+    level on a side, or the line through both sides, can be 0 there. The profiles that meet it
+    are not measured, and the rest of the crack is; nothing divides by zero (a deepcrack test
+    image did, with a model that found a crack next to its black border)."""
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        img = 120 + rng.normal(0, 5, (96, 96))
+        b = int(rng.integers(20, 70))
+        if trial % 3 == 0:
+            img[:, b:] = 0
+        elif trial % 3 == 1:
+            img[b:, :] = 0
+        else:
+            img[b:, b:] = 0
+        col = int(rng.integers(10, 86))
+        img[:, col : col + 2] *= 0.4
+        rows = np.arange(5, 91)
+        m = measure_width_from_image(img, rows, np.full(rows.size, col))
+        lit = img[rows, col] > 0
+        if lit.sum() > 30 and trial % 3 == 1:  # the crack's upper part is on the lit wall
+            assert m.measured[lit].mean() > 0.5, trial

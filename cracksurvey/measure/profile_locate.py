@@ -291,7 +291,8 @@ def _locate_on(
                     vi[ni] = p[j]
                     ni += 1
             m_l, m_r, inner = median_of(vl, nl), median_of(vr, nr_), median_of(vi, ni)
-            lift = (min(m_l, m_r) - inner) / max(m_l, m_r)
+            top = max(m_l, m_r)  # 0 on a black wall: no lift to measure
+            lift = (min(m_l, m_r) - inner) / top if top > 0.0 else math.nan
             if math.isfinite(lift) and lift < 0.4 * pk:
                 found = False
         if found and first_found < 0:
@@ -310,7 +311,8 @@ def _locate_on(
         # sides: it lies inside a band too wide to measure.
         far_l = _far_median(p, s, valid, m, reach - wall_px, -1.0, buf)
         far_r = _far_median(p, s, valid, m, reach - wall_px, 1.0, buf)
-        dark_far = 1.0 - ps[mid] / min(far_l, far_r)
+        far = min(far_l, far_r)
+        dark_far = 1.0 - ps[mid] / far if far > 0.0 else math.nan
         if (
             math.isfinite(dark_far)
             and dark_far > max(significant * nz, 0.05)

@@ -196,8 +196,9 @@ def strip_profile(
     good = math.isfinite(level) and level > 0.0 and n_inner >= density * (2.0 * half + 2.0)
     n_used = 0.0
     for j in range(n):
-        w_out[j] = 1.0 if (in_win[j] and good) else 0.0
-        d_out[j] = 1.0 - q[j] / (level + slope * s_out[j]) if w_out[j] > 0 else 0.0
+        wall = level + slope * s_out[j]  # the line may reach 0 far out on a dark wall
+        w_out[j] = 1.0 if (in_win[j] and good and wall > 0.0) else 0.0
+        d_out[j] = 1.0 - q[j] / wall if w_out[j] > 0 else 0.0
         n_used += w_out[j]
     # noise: robust spread of the darkness on the wall stretches
     nw = 0
