@@ -346,6 +346,15 @@ def test_writer_makes_a_cog_with_overviews_from_windows(tmp_path):
         assert ds.read(1)[650, 1050] == 600 + 900
 
 
+def write_in_windows(writer: TiledRasterWriter, data: np.ndarray, step: int) -> None:
+    """Write ``data`` through ``writer`` in square windows of ``step`` px, row by row."""
+    h, w = data.shape
+    for row0 in range(0, h, step):
+        for col0 in range(0, w, step):
+            window = (row0, min(row0 + step, h), col0, min(col0 + step, w))
+            writer.write(window, data[window[0] : window[1], window[2] : window[3]])
+
+
 def block_nanmean(a: np.ndarray, f: int) -> np.ndarray:
     """Mean of the valid pixels of every f x f block (partial blocks at the far edges)."""
     rows, cols = -(-a.shape[0] // f), -(-a.shape[1] // f)
@@ -370,10 +379,7 @@ def test_writer_overviews_are_the_block_means_of_the_valid_pixels(tmp_path, step
     data[rng.random((h, w)) < 0.01] = np.nan
     out = tmp_path / "d.tif"
     with TiledRasterWriter(out, height=h, width=w, transform=TRANSFORM, crs=CRS) as writer:
-        for row0 in range(0, h, step):
-            for col0 in range(0, w, step):
-                window = (row0, min(row0 + step, h), col0, min(col0 + step, w))
-                writer.write(window, data[window[0]:window[1], window[2]:window[3]])
+        write_in_windows(writer, data, step)
     valid, errors, warns = cog_validate(str(out), strict=True)
     assert valid and not warns, (errors, warns)
     with rasterio.open(out) as ds:
@@ -419,10 +425,7 @@ def test_writer_mask_overviews_take_block_centres(tmp_path, step):
         nodata=255,
         overview_resampling="nearest",
     ) as writer:
-        for row0 in range(0, h, step):
-            for col0 in range(0, w, step):
-                window = (row0, min(row0 + step, h), col0, min(col0 + step, w))
-                writer.write(window, data[window[0] : window[1], window[2] : window[3]])
+        write_in_windows(writer, data, step)
     valid, errors, warns = cog_validate(str(out), strict=True)
     assert valid and not warns, (errors, warns)
     with rasterio.open(out) as ds:
