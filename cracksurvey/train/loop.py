@@ -251,6 +251,17 @@ def train(
         load_imagenet_encoder(model)
     model = model.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ConfigError(f"ema_decay {cfg.ema_decay}: must be in [0, 1) (0 = no averaging)")
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
+            use_buffers=True,
+        )
+        if cfg.ema_decay > 0
+        else None
+    )
     steps_per_epoch = max(1, cfg.crops_per_epoch // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     t_start = time.monotonic()
@@ -275,6 +286,12 @@ def train(
             raise ConfigError(f"{ckpt_path}: nothing to resume; run without --resume")
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
+        if ema is not None:
+            if "ema" not in state:
+                raise ConfigError(
+                    f"{ckpt_path}: saved without ema_decay; resume with the same recipe"
+                )
+            ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = json.loads(state["history"])
@@ -314,6 +331,8 @@ def train(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             terms["total"] = float(loss.detach())
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -326,8 +345,9 @@ def train(
         if bar is not None:
             bar.close()
         train_time = time.perf_counter() - t0
+        scored = model if ema is None else ema.module  # the model that is validated and saved
         val = validate(
-            model, val_samples, cfg=cfg, device=device, bf16=bf16, negatives=val_negatives
+            scored, val_samples, cfg=cfg, device=device, bf16=bf16, negatives=val_negatives
         )
         entry: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -349,7 +369,7 @@ def train(
                 "val": entry["val"],
             }
             save_model(
-                model,
+                scored,
                 _card(
                     cfg, f"{cfg.name}-best", val["threshold_px"], entry["val"], {"epoch": epoch + 1}
                 ),
@@ -358,6 +378,7 @@ def train(
         torch.save(
             {
                 "model": model.state_dict(),
+                **({"ema": ema.state_dict()} if ema is not None else {}),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "epoch": epoch,

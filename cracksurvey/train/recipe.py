@@ -98,6 +98,10 @@ class TrainConfig:
     # > 0: the learning-rate schedule follows wall time and training stops after this many
     # seconds (a fixed-budget run on a borrowed machine; not reproducible step for step)
     time_budget_s: float = 0.0
+    # > 0: validate, select and save an exponential moving average of the weights (and the
+    # BatchNorm statistics) with this decay per step, not the raw weights: the average of the
+    # last ~1/(1-decay) steps is steadier from one validation to the next
+    ema_decay: float = 0.0
 
 
 def _strict(cls: type, d: dict[str, Any], where: str) -> Any:
