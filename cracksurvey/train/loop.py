@@ -345,7 +345,8 @@ def train(
         if bar is not None:
             bar.close()
         train_time = time.perf_counter() - t0
-        scored = model if ema is None else ema.module  # the model that is validated and saved
+        # the model that is validated and saved: the average when there is one
+        scored: TernausNet = model if ema is None else ema.module  # type: ignore[assignment]
         val = validate(
             scored, val_samples, cfg=cfg, device=device, bf16=bf16, negatives=val_negatives
         )
