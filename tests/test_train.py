@@ -319,3 +319,25 @@ def test_bridged_gt_joins_the_pieces_of_one_crack_and_only_them():
     assert cpp(bridged) == 2
     assert bridged[30, 50:58].all() and not bridged[31:90].any()
     assert cpp(bridged_gt_centreline(gt, max_gap_px=6)) == 3  # the gap is longer than the rule
+
+
+def test_false_crack_budget_picks_the_best_threshold_within_it():
+    from cracksurvey.train.loop import threshold_score
+
+    sweep = {  # threshold px -> validation metrics (a lower threshold: less false crack)
+        1.0: {"quality": 0.30, "fp_px_per_mp": 120.0},
+        2.0: {"quality": 0.36, "fp_px_per_mp": 240.0},
+        3.0: {"quality": 0.40, "fp_px_per_mp": 400.0},
+        4.0: {"quality": 0.45, "fp_px_per_mp": 600.0},
+    }
+
+    def pick(**kw):
+        cfg = config_from_dict({"selection_metric": "quality_fp", **kw})
+        return max(sweep, key=lambda t: threshold_score(sweep[t], cfg))
+
+    assert pick(fp_penalty=0.1) == 4.0  # 0.45 - 0.06 beats 0.40 - 0.04
+    assert pick(fp_penalty=0.1, fp_budget_px_per_mp=250) == 2.0
+    assert pick(fp_penalty=0.1, fp_budget_px_per_mp=400) == 3.0  # the budget is inclusive
+    assert pick(fp_penalty=0.1, fp_budget_px_per_mp=50) == 1.0  # none within: the least false crack
+    cfg = config_from_dict({"selection_metric": "f1", "fp_budget_px_per_mp": 250})
+    assert threshold_score({"f1": 0.7, "fp_px_per_mp": 300.0}, cfg) < -1 < threshold_score({"f1": 0.1, "fp_px_per_mp": 10.0}, cfg)

@@ -351,7 +351,8 @@ def install(run: Path, data: Path, *, detection_limit: Path | None) -> None:
     metrics = dict(card.metrics)
     metrics["test"] = {
         name: {k: r[k] for k in ("n_images", "cpp_n_patches", "cpp_pred_mean", "cpp_gt_mean", "abs_delta_cpp_mean",
-                                 "cldice_mean", "cliou", "dilated_f1", "betti0_error_mean", "width_mae_px",
+                                 "cpp_gt_bridged_mean", "abs_delta_cpp_gt_bridged_mean", "cldice_mean", "cliou", "dilated_f1",
+                                 "betti0_error_mean", "width_mae_px",
                                  "width_bias_px", "ci95")}
         | {k: r["micro"][k] for k in ("correctness", "completeness", "quality", "f1")}
         for name, r in results["datasets"].items()

@@ -115,12 +115,7 @@ def validate(
     metric = cfg.selection_metric
 
     def score(t: float) -> float:
-        if metric == "quality_fp":
-            q = per_t[t]["quality"]
-            fp = per_t[t].get("fp_px_per_mp", 0.0)
-            return -1.0 if q is None else float(q) - cfg.fp_penalty * fp / 1000.0
-        v = per_t[t][metric]
-        return -1.0 if v is None else float(v)
+        return threshold_score(per_t[t], cfg)
 
     best_t = max(thresholds, key=score)
     out = {
@@ -136,6 +131,23 @@ def validate(
     if negatives:
         out["fp_px_per_mp"] = per_t[best_t]["fp_px_per_mp"]
     return out
+
+
+def threshold_score(metrics: dict[str, Any], cfg: TrainConfig) -> float:
+    """The selection score of one threshold's validation metrics (higher is better).
+
+    ``quality_fp`` = quality - ``fp_penalty`` x false px per MP / 1000; other metrics as they are.
+    With a false-crack budget (``fp_budget_px_per_mp`` > 0), a threshold over it scores below
+    -1, under every threshold within it, and the lower its false crack the higher.
+    """
+    fp = float(metrics.get("fp_px_per_mp", 0.0))
+    if cfg.fp_budget_px_per_mp > 0 and fp > cfg.fp_budget_px_per_mp:
+        return -1.0 - fp / 1e6
+    if cfg.selection_metric == "quality_fp":
+        q = metrics["quality"]
+        return -1.0 if q is None else float(q) - cfg.fp_penalty * fp / 1000.0
+    v = metrics[cfg.selection_metric]
+    return -1.0 if v is None else float(v)
 
 
 def cfg_mean(cfg: TrainConfig) -> tuple[float, float, float]:

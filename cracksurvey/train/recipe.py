@@ -93,6 +93,10 @@ class TrainConfig:
     val_negatives: tuple[NegativeSpec, ...] = ()
     # selection score "quality_fp" = quality - fp_penalty * (false px per MP / 1000)
     fp_penalty: float = 0.1
+    # > 0: a false-crack budget (px of centreline per MP of validation negative). Thresholds over
+    # it score below every threshold within it (the lowest false crack wins when none is within):
+    # the operating point is the best one that meets the budget
+    fp_budget_px_per_mp: float = 0.0
     # start from these weights ("shipped" = the packaged default model) instead of He init
     init_weights: str = ""
     # > 0: the learning-rate schedule follows wall time and training stops after this many
