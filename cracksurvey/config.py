@@ -166,15 +166,21 @@ class VectorizeConfig:
         Crack tips are linked to the next crack through a valley of the distance map when the
         gap is at most this long (pixels); the crack is flagged ``bridged`` (0 = no bridging;
         docs/method.md, "Gap bridging").
-    bridge_valley_px : float
-        Highest predicted distance (pixels) a bridge may cross: the valley it follows.
+    bridge_valley_px : float or None
+        Highest predicted distance (pixels) a bridge may cross: the valley it follows. None: the
+        crack threshold plus ``bridge_valley_margin_px``, so the rule follows the model's
+        threshold (measured and not made the default: docs/method.md, "Gap bridging").
+    bridge_valley_margin_px : float
+        With ``bridge_valley_px`` None: how far above the crack threshold (pixels) a bridge's
+        valley may rise.
     """
 
     min_spur_px: int = 8
     min_crack_length_px: int = 15
     smoothing_px: float = 1.0
     bridge_gap_px: int = 16
-    bridge_valley_px: float = 2.0
+    bridge_valley_px: float | None = 2.0
+    bridge_valley_margin_px: float = 1.5
 
     def __post_init__(self) -> None:
         for name in (
@@ -182,9 +188,17 @@ class VectorizeConfig:
             "min_crack_length_px",
             "smoothing_px",
             "bridge_gap_px",
-            "bridge_valley_px",
+            "bridge_valley_margin_px",
         ):
             _require_non_negative("vectorize", self, name)
+        if self.bridge_valley_px is not None:
+            _require_non_negative("vectorize", self, "bridge_valley_px")
+
+    def valley_px(self, threshold_px: float) -> float:
+        """The highest predicted distance a bridge may cross, for a crack threshold (pixels)."""
+        if self.bridge_valley_px is not None:
+            return float(self.bridge_valley_px)
+        return float(threshold_px) + self.bridge_valley_margin_px
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,7 @@ def crack_layer_skeleton(
         distance,
         skeleton,
         max_gap_px=vectorize.bridge_gap_px,
-        max_valley_px=vectorize.bridge_valley_px,
+        max_valley_px=vectorize.valley_px(threshold_px),
     )
     skeleton |= bridges
     rows, cols = np.nonzero(skeleton)

@@ -166,7 +166,7 @@ def measure_image(
             height=height,
             width=width,
             max_gap_px=vcfg.bridge_gap_px,
-            max_valley_px=vcfg.bridge_valley_px,
+            max_valley_px=vcfg.valley_px(prediction.threshold_px),
         )
     bridged_px = np.concatenate([np.zeros(len(skeleton), bool), np.ones(bridge_rows.size, bool)])
     # bridge pixels: no width (nothing was measured there)
