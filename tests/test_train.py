@@ -341,3 +341,30 @@ def test_false_crack_budget_picks_the_best_threshold_within_it():
     assert pick(fp_penalty=0.1, fp_budget_px_per_mp=50) == 1.0  # none within: the least false crack
     cfg = config_from_dict({"selection_metric": "f1", "fp_budget_px_per_mp": 250})
     assert threshold_score({"f1": 0.7, "fp_px_per_mp": 300.0}, cfg) < -1 < threshold_score({"f1": 0.1, "fp_px_per_mp": 10.0}, cfg)
+
+
+def test_recalibrate_workflow_keeps_the_weights_and_notes_the_rule(tmp_path):
+    import sys
+
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(REPO / "workflows"))
+    import recalibrate
+
+    root = write_dataset(tmp_path / "ds")
+    train(config_from_dict(tiny_config(root, epochs=1, selection_metric="quality_fp")), tmp_path / "run")
+    before = json.loads((tmp_path / "run" / "model.json").read_text())
+    args = ["--weights", str(tmp_path / "run" / "model.safetensors"), "--config", str(tmp_path / "run" / "config.yaml"),
+            "--data", str(tmp_path), "--fp-budget", "100", "--out", str(tmp_path / "re")]
+    assert recalibrate.main(args) == 0
+    after = json.loads((tmp_path / "re" / "model.json").read_text())
+    assert after["model_id"] == before["model_id"] and after["recipe"] == before["recipe"]
+    assert "budget of 100 px per MP" in after["notes"]["recalibrated"]
+    assert after["threshold_px"] in CALIBRATION_SWEEP
+    a, b = load_file(tmp_path / "run" / "model.safetensors"), load_file(tmp_path / "re" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "re" / "best.safetensors").exists()
+    # a recipe that does not select on quality_fp is refused
+    train(config_from_dict(tiny_config(root, epochs=1)), tmp_path / "plain")
+    with pytest.raises(SystemExit, match="quality_fp"):
+        recalibrate.main([*args[:2], "--config", str(tmp_path / "plain" / "config.yaml"), *args[4:]])
