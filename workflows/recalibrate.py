@@ -44,10 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cracksurvey.model import load_model, save_model
-    from cracksurvey.predict import auto_precision
     from cracksurvey.train import loop
-    from cracksurvey.train.data import load_samples
-    from cracksurvey.train.recipe import load_config, negative_images, resolve_data_path
+    from cracksurvey.train.recipe import load_config
 
     overrides: dict = {"data_root": str(args.data)}
     if args.fp_penalty is not None:
@@ -66,16 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         f"budget of {cfg.fp_budget_px_per_mp:g} px per MP (0: none); it was {card.threshold_px} px"
     )
     save_model(model, dataclasses.replace(card, notes=notes), args.out / "best")
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and auto_precision("cpu") == "bf16")
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
-    val = [
-        x
-        for s in cfg.val
-        for x in load_samples(resolve_data_path(cfg.data_root, s.name), s.split, clip_px=cfg.clip_px)
-    ]
-    negatives = [x for n in cfg.val_negatives for x in negative_images(cfg, n, "val")]
+    device = loop.choose_device()
+    val, negatives = loop.validation_data(cfg)
     result = loop.calibrate(
-        cfg, args.out, val, device=torch.device("cpu"), bf16=bf16, negatives=negatives
+        cfg, args.out, val, device=device, bf16=loop.uses_bf16(cfg, device), negatives=negatives
     )
     # the card keeps the model's own id and recipe: only the threshold and its metrics change
     final = json.loads((args.out / "model.json").read_text())

@@ -53,6 +53,27 @@ def choose_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def uses_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether a recipe runs under bf16 autocast on ``device`` (auto: CUDA, or a CPU whose
+    ``precision: auto`` is bf16; bf16 autocast needs no loss scaling)."""
+    if device.type == "cuda":
+        return cfg.precision in ("auto", "bf16")
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and auto_precision("cpu") == "bf16")
+
+
+def validation_data(cfg: TrainConfig) -> tuple[list[Sample], list[NegativeImage]]:
+    """The recipe's validation images (with targets) and validation negatives."""
+    samples = [
+        x
+        for s in cfg.val
+        for x in load_samples(
+            resolve_data_path(cfg.data_root, s.name), s.split, clip_px=cfg.clip_px
+        )
+    ]
+    negatives = [x for n in cfg.val_negatives for x in negative_images(cfg, n, "val")]
+    return samples, negatives
+
+
 def predict_distance(
     model: TernausNet,
     image: np.ndarray,
@@ -112,15 +133,10 @@ def validate(
                 fp_px[t] += float(skeletonize_mask(dist <= t).sum())
         for t in thresholds:
             per_t[t] = {**per_t[t], "fp_px_per_mp": fp_px[t] / pixels * 1e6}
-    metric = cfg.selection_metric
-
-    def score(t: float) -> float:
-        return threshold_score(per_t[t], cfg)
-
-    best_t = max(thresholds, key=score)
+    best_t = max(thresholds, key=lambda t: threshold_score(per_t[t], cfg))
     out = {
         "threshold_px": best_t,
-        metric: score(best_t),
+        cfg.selection_metric: threshold_score(per_t[best_t], cfg),
         "f1": per_t[best_t]["f1"] or 0.0,
         "quality": per_t[best_t]["quality"] or 0.0,
         "correctness": per_t[best_t]["correctness"] or 0.0,
@@ -230,23 +246,11 @@ def train(
     set_threads(threads)
     keep_freed_memory()  # activations reused, not page-faulted in every step
     device = choose_device()
-    if device.type == "cuda":
-        bf16 = cfg.precision in ("auto", "bf16")  # bf16 autocast: no loss scaling needed
-    else:
-        bf16 = cfg.precision == "bf16" or (
-            cfg.precision == "auto" and auto_precision("cpu") == "bf16"
-        )
+    bf16 = uses_bf16(cfg, device)
     torch.manual_seed(cfg.seed)
 
     sources, weights = build_sources(cfg)
-    val_samples = [
-        x
-        for s in cfg.val
-        for x in load_samples(
-            resolve_data_path(cfg.data_root, s.name), s.split, clip_px=cfg.clip_px
-        )
-    ]
-    val_negatives = [x for n in cfg.val_negatives for x in negative_images(cfg, n, "val")]
+    val_samples, val_negatives = validation_data(cfg)
     crops = MixedCrops(sources, weights, crop_px=cfg.crop_px, aug=cfg.augment)
 
     model = TernausNet(cfg.architecture, width=cfg.width, body_head=cfg.body_head, norm=cfg.norm)
