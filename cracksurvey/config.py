@@ -38,8 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 import yaml
-from pyproj import CRS
-from pyproj.exceptions import CRSError
 
 from cracksurvey.errors import ConfigError
 
@@ -226,6 +224,10 @@ class SurveyConfig:
 
     def __post_init__(self) -> None:
         if self.crs is not None:
+            # imported here: training imports this module (precision) and needs no pyproj
+            from pyproj import CRS
+            from pyproj.exceptions import CRSError
+
             try:
                 CRS.from_user_input(self.crs)
             except CRSError as exc:

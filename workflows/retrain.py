@@ -90,6 +90,48 @@ def campaign_runs() -> dict[str, dict[str, Any]]:
     return runs
 
 
+# Continuations of trained models (second GPU campaign): overrides on their own recipe file.
+# Selection and calibration on the shipped rule (false-crack budget 250 px per MP on the
+# validation negatives); hard negatives mined from the shipped model (hot_spots_ft2.npz).
+_CONTINUE_NEG = [
+    {"name": "negatives/labelmefacade", "weight": 0.2, "hot_spots": "hot_spots_ft2.npz", "hot_share": 0.5},
+    {"name": "negatives/spb_facades", "weight": 0.17, "scales": [1, 2, 4], "hot_spots": "hot_spots_ft2.npz", "hot_share": 0.5},
+    {"name": "brick", "weight": 0.03},
+]
+_CONTINUE_BASE: dict[str, Any] = {
+    "config": "facade-ft-negatives.yaml",
+    "ema_decay": 0.998,
+    "fp_budget_px_per_mp": 250.0,
+    "crops_per_epoch": 6400,
+    "negatives": _CONTINUE_NEG,
+}
+
+
+def continuation_runs() -> dict[str, dict[str, Any]]:
+    """Run name -> recipe (``config`` file in configs/train) and overrides, for ``--set continue``.
+
+    ``c8-*`` continue the shipped 1/8-width model; ``c8-topo3-*`` weigh TOPO three times;
+    ``c25-*`` continue the campaign's 1/4-width model (``init/w025-s1.safetensors`` under the
+    data folder: ``retrain.py slim`` puts it there).
+    """
+    runs: dict[str, dict[str, Any]] = {}
+    for seed in (21, 22):
+        runs[f"c8-s{seed}"] = {**_CONTINUE_BASE, "seed": seed}
+    runs["c8-topo3-s21"] = {**_CONTINUE_BASE, "seed": 21, "loss": {"topo": 3.0}}
+    for seed in (21, 22):
+        runs[f"c25-s{seed}"] = {
+            **_CONTINUE_BASE,
+            "seed": seed,
+            "width": 0.25,
+            "lr": 5e-4,
+            "init_weights": "@data/init/w025-s1.safetensors",
+        }
+    return runs
+
+
+RUN_SETS = {"campaign": campaign_runs, "continue": continuation_runs}
+
+
 # ------------------------------------------------------------------------------------------ pack
 
 
@@ -152,6 +194,46 @@ def _pack_val_spb(data: Path, out: Path) -> None:
             _reencode(img, out / "negatives/spb_facades/images" / img.stem, quality=60)
 
 
+def slim(data: Path, out: Path, *, quality: int = 60, init: list[str] | None = None) -> None:
+    """Copy packed data for the crack model's training only: the non-masonry training photos
+    re-encoded at ``quality`` (masonry and the validation negatives as they are), no façade labels
+    (the semantics model's), the latest hot spots; plus ``init`` weights (``NAME=PATH``) in fp16 as
+    ``init/NAME.safetensors`` (card checksum updated). A campaign then fits a borrowed machine's
+    64 MiB with the repository."""
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    from cracksurvey.model import sha256_file
+    from cracksurvey.train.negatives import negative_split
+
+    for src in sorted(p for p in data.rglob("*") if p.is_file()):
+        rel = src.relative_to(data)
+        if rel.name.startswith("hot_spots") and rel.name != "hot_spots_ft2.npz":
+            continue  # older mining rounds
+        if rel.parts[:3] == ("negatives", "labelmefacade", "labels"):
+            continue
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        photo = src.suffix == ".jpg" and rel.parts[0] != "masonry_dais2021" and "images" in rel.parts
+        held_out = rel.parts[0] == "negatives" and negative_split(src.stem, rel.parts[1]) == "val"
+        if photo and not held_out:
+            with Image.open(src) as im:
+                im.convert("RGB").save(dst, quality=quality)
+        else:
+            shutil.copy(src, dst)
+    for spec in init or []:
+        name, _, path = spec.partition("=")
+        w = Path(path)
+        dst = out / "init" / f"{name}.safetensors"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(w).items()}, str(dst))
+        card = json.loads(w.with_suffix(".json").read_text())
+        card["sha256"] = sha256_file(dst)
+        dst.with_suffix(".json").write_text(json.dumps(card, indent=1))
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"slim copy {out}: {size / 2**20:.1f} MiB")
+
+
 def make_stamps(maps_dir: Path, out: Path, *, per_map: int = 16, stamp_px: int = 768, seed: int = 0) -> None:
     from PIL import Image
 
@@ -196,11 +278,31 @@ def mine_hot_spots(data: Path, out: Path, *, per_image: int = 400, seed: int = 0
 # ------------------------------------------------------------------------------------------- run
 
 
-def run_one(name: str, data: Path, out: Path, budget_s: float) -> None:
+def run_config(name: str, data: Path, budget_s: float, *, run_set: str = "campaign", threads: int = 1) -> Any:
+    """The training recipe of one run of a set: its recipe file with the run's overrides."""
+    from cracksurvey.train.recipe import load_config
+
+    overrides = dict(RUN_SETS[run_set]()[name])
+    recipe = ROOT / "configs/train" / overrides.pop("config", "facade.yaml")
+    if str(overrides.get("init_weights", "")).startswith("@data/"):
+        overrides["init_weights"] = str(data / overrides["init_weights"][len("@data/") :])
+    overrides.update({"data_root": str(data), "time_budget_s": budget_s, "epochs": 1000, "threads": threads, "name": name})
+    if "loss" in overrides:
+        base = load_config(recipe)
+
+        loss = json.loads(json.dumps(dataclasses.asdict(base.loss)))
+        extra = dict(overrides["loss"])
+        loss["topo_params"].update(extra.pop("topo_params", {}))
+        loss.update(extra)
+        overrides["loss"] = loss
+    return load_config(recipe, overrides)
+
+
+def run_one(name: str, data: Path, out: Path, budget_s: float, *, run_set: str = "campaign", threads: int = 1) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s {name} %(message)s")
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     run_dir = out / name
     if name == "semantics":
         from cracksurvey.train.semantics import SemanticsConfig, train_semantics
@@ -209,34 +311,36 @@ def run_one(name: str, data: Path, out: Path, budget_s: float) -> None:
         print(json.dumps(train_semantics(cfg_s, run_dir), default=str))
         return
     from cracksurvey.train.loop import train
-    from cracksurvey.train.recipe import load_config
 
-    overrides = dict(campaign_runs()[name])
-    overrides.update({"data_root": str(data), "time_budget_s": budget_s, "epochs": 1000, "threads": 1, "name": name})
-    if "loss" in overrides:
-        base = load_config(ROOT / "configs/train/facade.yaml")
-
-        loss = json.loads(json.dumps(dataclasses.asdict(base.loss)))
-        extra = dict(overrides["loss"])
-        loss["topo_params"].update(extra.pop("topo_params", {}))
-        loss.update(extra)
-        overrides["loss"] = loss
-    cfg = load_config(ROOT / "configs/train/facade.yaml", overrides)
+    cfg = run_config(name, data, budget_s, run_set=run_set, threads=threads)
     summary = train(cfg, run_dir)
     print(json.dumps(summary, default=str))
 
 
-def campaign(data: Path, out: Path, budget_s: float, only: list[str] | None, margin_s: float) -> None:
+def campaign(
+    data: Path,
+    out: Path,
+    budget_s: float,
+    only: list[str] | None,
+    margin_s: float,
+    *,
+    run_set: str = "campaign",
+    threads: int = 1,
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    names = only or list(campaign_runs())
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    names = only or list(RUN_SETS[run_set]())
+    t = str(threads)
+    env = dict(os.environ, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, NUMBA_NUM_THREADS=t, PYTHONUNBUFFERED="1")
     procs = {}
     t0 = time.monotonic()
     for name in names:
         log_file = open(out / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
         procs[name] = (
             subprocess.Popen(
-                [sys.executable, __file__, "run", "--name", name, "--data", str(data), "--out", str(out), "--budget-s", str(budget_s)],
+                [
+                    *(sys.executable, __file__, "run", "--name", name, "--data", str(data), "--out", str(out)),
+                    *("--budget-s", str(budget_s), "--set", run_set, "--threads", t),
+                ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -437,6 +541,8 @@ def main() -> int:
     r.add_argument("--data", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--budget-s", type=float, required=True)
+    r.add_argument("--set", default="campaign", choices=sorted(RUN_SETS), help="which runs NAME is among")
+    r.add_argument("--threads", type=int, default=1, help="CPU threads of the run (TOPO, data)")
     c = sub.add_parser("campaign")
     c.add_argument("--data", type=Path, required=True)
     c.add_argument("--out", type=Path, required=True)
@@ -444,6 +550,13 @@ def main() -> int:
     c.add_argument("--margin-s", type=float, default=60)
     c.add_argument("--only", default="", help="comma-separated run names")
     c.add_argument("--archive", type=Path, default=None, help="also write tar chunks here")
+    c.add_argument("--set", default="campaign", choices=sorted(RUN_SETS), help="campaign: the first retraining; continue: continuations of trained models")
+    c.add_argument("--threads", type=int, default=1, help="CPU threads per run (TOPO, data)")
+    sl = sub.add_parser("slim", help="a smaller copy of packed data (harder JPEG) plus init weights in fp16, to carry")
+    sl.add_argument("--data", type=Path, required=True)
+    sl.add_argument("--out", type=Path, required=True)
+    sl.add_argument("--quality", type=int, default=60)
+    sl.add_argument("--init", nargs="*", default=[], metavar="NAME=PATH", help="weights (.safetensors with card) to carry as init/NAME.safetensors")
     b = sub.add_parser("refit-body")
     b.add_argument("--run", type=Path, required=True)
     b.add_argument("--data", type=Path, required=True)
@@ -463,9 +576,12 @@ def main() -> int:
     if args.cmd == "pack":
         pack(args.data, args.out, mine=not args.no_mine)
     elif args.cmd == "run":
-        run_one(args.name, args.data, args.out, args.budget_s)
+        run_one(args.name, args.data, args.out, args.budget_s, run_set=args.set, threads=args.threads)
+    elif args.cmd == "slim":
+        slim(args.data, args.out, quality=args.quality, init=args.init)
     elif args.cmd == "campaign":
-        campaign(args.data, args.out, args.budget_s, [n for n in args.only.split(",") if n] or None, args.margin_s)
+        only = [n for n in args.only.split(",") if n] or None
+        campaign(args.data, args.out, args.budget_s, only, args.margin_s, run_set=args.set, threads=args.threads)
         if args.archive:
             fp16 = tuple(f"{loss}-" for loss in LOSSES) + ("noneg-", "w050-")
             archive(args.out, args.archive, fp16_prefixes=fp16)

@@ -43,7 +43,7 @@ from .topo import set_threads
 
 log = logging.getLogger(__name__)
 
-SWEEP_COARSE = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+SWEEP_COARSE = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)  # low ones for a false-crack budget
 # Fine sweep for the final threshold: the TOPO-trained models calibrate below 0.5 px (the
 # distance map is near 0 only on the centreline), so the sweep starts at 0.05 px.
 CALIBRATION_SWEEP = (0.05, 0.1, 0.15, 0.2) + tuple(float(t) for t in np.arange(0.25, 12.01, 0.25))
@@ -378,7 +378,7 @@ def train(
         history.append(entry)
         log.info("epoch %d: %s", epoch + 1, json.dumps(entry))
         score = float(val[cfg.selection_metric])
-        if score > best["score"]:
+        if best["epoch"] < 0 or score > best["score"]:  # the first epoch always, even over budget
             best = {
                 "score": score,
                 "epoch": epoch + 1,
