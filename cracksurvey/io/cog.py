@@ -43,6 +43,9 @@ Uncompressed, finishing the COG does not decompress what it compresses again (do
 above this size the disk use wins."""
 
 _DERIVE_BAND_ROWS = 1024  # rows of the finer overview read at once when deriving a coarser one
+#: Writes go through rasterio as (1, rows, cols) arrays with a band list: a 2-D array with a
+#: band number is stacked into a new 3-D copy first (measured 1.5-3 ms per 1088² tile).
+_BAND = [1]
 
 
 def overview_factors(height: int, width: int, blocksize: int) -> list[int]:
@@ -166,8 +169,8 @@ class _IncrementalOverviews:
                 rows = _centres(row0, row1, f, self.height) - row0
                 cols = _centres(col0, col1, f, self.width) - col0
                 self._ds[k].write(
-                    array[np.ix_(rows, cols)],
-                    1,
+                    array[np.ix_(rows, cols)][None],
+                    _BAND,
                     window=Window(col0 // f, row0 // f, cols.size, rows.size),
                 )
             return
@@ -179,7 +182,9 @@ class _IncrementalOverviews:
             sums, counts = _halve(sums, counts)
             means = _means(sums, counts)
             self._ds[k].write(
-                means, 1, window=Window(col0 // f, row0 // f, means.shape[1], means.shape[0])
+                means[None],
+                _BAND,
+                window=Window(col0 // f, row0 // f, means.shape[1], means.shape[0]),
             )
 
     def finish(self) -> list[Path] | None:
@@ -383,7 +388,7 @@ class TiledRasterWriter:
         if row0 < 0 or col0 < 0 or row1 > self.height or col1 > self.width:
             raise ValueError(f"window {window} is outside the {self.height}x{self.width} raster")
         window_ = Window(col0, row0, col1 - col0, row1 - row0)
-        self._ds.write(array.astype(self.dtype, copy=False), 1, window=window_)
+        self._ds.write(array.astype(self.dtype, copy=False)[None], _BAND, window=window_)
         if self._overviews is not None:
             self._overviews.write(window, array)
 
