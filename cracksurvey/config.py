@@ -27,9 +27,7 @@ cracksurvey.errors.ConfigError: survey.yaml: unknown key 'tiling.tile_size' (did
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import os
 import re
 import types
 import typing
@@ -39,7 +37,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from cracksurvey.errors import ConfigError
+from cracksurvey.errors import ConfigError, suggest
 
 __all__ = [
     "CppConfig",
@@ -299,6 +297,27 @@ class SemanticsConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    """Crack verifier (:mod:`cracksurvey.verify`): a second look at every crack.
+
+    ``mode``: ``on`` scores each crack on image patches along it (``verifier_score``) and drops
+    those under ``min_score`` (None: the value calibrated in its card); ``auto`` is ``on`` behind
+    the crack model it was trained on (its card names it), else ``off``. ``weights``: a
+    .safetensors with its card; None: the shipped verifier.
+    """
+
+    mode: Literal["auto", "on", "off"] = "auto"
+    weights: str | None = None
+    min_score: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
+            raise _invalid(
+                ["verify.min_score"], f"verify.min_score={self.min_score}: not in [0, 1]"
+            )
+
+
+@dataclass(frozen=True)
 class DamageConfig:
     """Indicative damage level of each building (:mod:`cracksurvey.damage`).
 
@@ -373,6 +392,7 @@ class ProcessConfig:
     survey: SurveyConfig = field(default_factory=SurveyConfig)
     cpp: CppConfig = field(default_factory=CppConfig)
     semantics: SemanticsConfig = field(default_factory=SemanticsConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     damage: DamageConfig = field(default_factory=DamageConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -407,17 +427,6 @@ def _require_non_negative(section: str, obj: object, name: str) -> None:
 def _section_types() -> dict[str, type]:
     hints = typing.get_type_hints(ProcessConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(ProcessConfig)}
-
-
-def suggest(word: str, allowed: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest allowed word, or an empty string."""
-    close = difflib.get_close_matches(word, list(allowed), n=3, cutoff=0.6)
-    if not close:
-        return ""
-    # Among close matches prefer the longest shared prefix: 'weight' -> 'weights', not
-    # 'height'.
-    best = max(close, key=lambda c: len(os.path.commonprefix([word.lower(), c.lower()])))
-    return f" (did you mean {best!r}?)"
 
 
 def _unknown_key(source: str, key: str, allowed: Iterable[str], where: str) -> ConfigError:

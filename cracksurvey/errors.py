@@ -3,6 +3,23 @@
 A message says what was found, what was expected, and how to fix it, in one line.
 """
 
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable
+
+
+def suggest(word: str, allowed: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest allowed word, or an empty string."""
+    close = difflib.get_close_matches(word, list(allowed), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    # Among close matches prefer the longest shared prefix: 'weight' -> 'weights', not
+    # 'height'.
+    best = max(close, key=lambda c: len(os.path.commonprefix([word.lower(), c.lower()])))
+    return f" (did you mean {best!r}?)"
+
 
 class CrackSurveyError(Exception):
     """Base class of all cracksurvey errors."""

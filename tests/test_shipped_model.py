@@ -65,7 +65,7 @@ def north_facade_crop(tmp_path_factory):
     return root
 
 
-def _run(survey, out, tile_px, halo_px, precision="auto"):
+def _run(survey, out, tile_px, halo_px, precision="auto", verify=None):
     from cracksurvey.process import process_survey
 
     process_survey(
@@ -74,6 +74,7 @@ def _run(survey, out, tile_px, halo_px, precision="auto"):
         overrides={
             "tiling": {"tile_px": tile_px, "halo_px": halo_px},
             "model": {"precision": precision},
+            **({"verify": verify} if verify else {}),
         },
         synchronous=True,
         overwrite=True,
@@ -152,3 +153,18 @@ def test_evaluate_real_model_on_masonry_test():
     assert r["micro"]["f1"] > 0.3
     json.dumps(res)
     assert np.isfinite(r["abs_delta_cpp_mean"])
+
+
+def test_the_verifier_runs_behind_the_shipped_model_and_only_drops_cracks(north_facade_crop, tmp_path_factory):
+    from cracksurvey.verify import load_verifier
+
+    _, vcard = load_verifier()
+    on = _run(north_facade_crop, tmp_path_factory.mktemp("on"), 1024, 128, precision="fp32")
+    off = _run(north_facade_crop, tmp_path_factory.mktemp("off"), 1024, 128, precision="fp32",
+               verify={"mode": "off"})
+    assert len(on) > 0 and off["verifier_score"].isna().all()
+    assert (on["verifier_score"] >= vcard.min_score).all()
+    assert on["crack_id"].tolist() == list(range(1, len(on) + 1))
+    assert len(on) <= len(off) and on["length_m"].sum() <= off["length_m"].sum() + 1e-9
+    # every kept crack is one of the cracks found without the verifier
+    assert set(np.round(on["length_m"], 6)) <= set(np.round(off["length_m"], 6))

@@ -141,6 +141,12 @@ def train(
 )
 @click.option("--tta", is_flag=True, help="Average the 8 flips and quarter turns of each image.")
 @click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="With --postprocess: drop the cracks the crack verifier rejects, as process does.",
+)
+@click.option(
     "--bootstrap",
     default=1000,
     show_default=True,
@@ -163,6 +169,7 @@ def evaluate(
     halo_px: int,
     postprocess: bool,
     tta: bool,
+    verify: bool,
     bootstrap: int,
     precision: Precision,
     as_json: bool,
@@ -184,6 +191,7 @@ def evaluate(
         halo_px=halo_px,
         postprocess=postprocess,
         tta=tta,
+        verify=verify,
         bootstrap=bootstrap,
         precision=precision,
         progress=tqdm_factory(),

@@ -104,12 +104,16 @@ def crack_layer_skeleton(
     *,
     threshold_px: float,
     vectorize: VectorizeConfig,
+    image: np.ndarray | None = None,
+    verifier: tuple[Any, Any, float] | None = None,
 ) -> tuple[np.ndarray, int]:
     """The centreline of an image's crack layer, as ``process`` would write it.
 
     Threshold, skeleton, gap bridging (:mod:`cracksurvey.gaps`), then the vectorize stage's spur
-    pruning and minimum crack length (:func:`cracksurvey.vectorize.trace_cracks`). Returns the
-    kept skeleton (bool, image-sized) and the number of bridges.
+    pruning and minimum crack length (:func:`cracksurvey.vectorize.trace_cracks`), and with
+    ``verifier = (net, card, min_score)`` and the uint8 (3, H, W) ``image`` the crack verifier
+    (:mod:`cracksurvey.verify`: points spread over each crack's pixels). Returns the kept
+    skeleton (bool, image-sized) and the number of bridges.
     """
     from cracksurvey.gaps import bridge_gaps
     from cracksurvey.vectorize import trace_cracks
@@ -135,8 +139,35 @@ def crack_layer_skeleton(
             smoothing_px=0.0,
         )
         on = network.pixel_crack >= 0
+        if verifier is not None and image is not None and on.any():
+            on &= _verified(network, image, verifier)
         kept[network.rows[on], network.cols[on]] = True
     return kept, n_bridges
+
+
+def _verified(network: Any, image: np.ndarray, verifier: tuple[Any, Any, float]) -> np.ndarray:
+    """Per network pixel: its crack passes the verifier (pixels of no crack: False)."""
+    from cracksurvey.verify import read_patches, score_patches
+
+    net, card, min_score = verifier
+    crack = network.pixel_crack
+    ids = np.unique(crack[crack >= 0])
+    rows, cols, which = [], [], []
+    for k, c in enumerate(ids):
+        members = np.nonzero(crack == c)[0]
+        n = max(1, min(card.points_per_crack, members.size // 8 + 1))
+        pick = members[((np.arange(n) + 0.5) / n * members.size).astype(np.int64)]
+        rows.append(network.rows[pick])
+        cols.append(network.cols[pick])
+        which.append(np.full(n, k))
+    scores = score_patches(
+        net, card, read_patches(image, np.concatenate(rows), np.concatenate(cols), card.patch_px)
+    )
+    index = np.concatenate(which)
+    mean = np.bincount(index, weights=scores) / np.bincount(index)
+    passed = np.zeros(int(crack.max()) + 1, bool)
+    passed[ids] = mean >= min_score
+    return np.where(crack >= 0, passed[np.maximum(crack, 0)], False)
 
 
 def bridged_gt_centreline(gt_centreline: np.ndarray, *, max_gap_px: float) -> np.ndarray:
@@ -172,6 +203,7 @@ def evaluate_model(
     postprocess: bool = True,
     vectorize: VectorizeConfig | None = None,
     tta: bool = False,
+    verify: bool = True,
     bootstrap: int = 1000,
     progress: Callable[[int, str], Any] | None = None,
 ) -> dict[str, Any]:
@@ -180,8 +212,9 @@ def evaluate_model(
     Each image is predicted whole (``halo_px`` of reflect padding around it: 0 by default, see
     docs/method.md, "Evaluation"), thresholded at the card's τ and, with ``postprocess``, turned
     into the centreline of the crack layer ``process`` would write (gap bridging, spur pruning,
-    minimum crack length: :func:`crack_layer_skeleton`, settings ``vectorize``, default the
-    process defaults).
+    minimum crack length and, with ``verify``, the shipped crack verifier at its calibrated
+    threshold when the model is the one it was trained behind: :func:`crack_layer_skeleton`, settings ``vectorize``, default the process
+    defaults).
 
     Returns a dict with, per dataset and for all together: micro/macro relaxed metrics; CPP of
     prediction and GT per patch on centrelines (fragments of at least ``cpp_min_length_px``),
@@ -200,6 +233,13 @@ def evaluate_model(
     tau = card.threshold_px if threshold_px is None else float(threshold_px)
     prec = effective_precision(precision, device)
     vcfg = vectorize or VectorizeConfig()
+    verifier = None
+    if verify and postprocess:
+        from cracksurvey.verify import load_verifier
+
+        v_net, v_card = load_verifier()
+        if v_card.crack_model_sha256 == card.sha256:  # as process's verify.mode auto
+            verifier = (v_net, v_card, v_card.min_score)
     results: dict[str, Any] = {
         "model_id": card.model_id,
         "sha256": card.sha256,
@@ -211,6 +251,15 @@ def evaluate_model(
         "halo_px": halo_px,
         "tta": tta,
         "postprocess": dataclasses.asdict(vcfg) if postprocess else None,
+        "verifier": (
+            {
+                "model_id": verifier[1].model_id,
+                "sha256": verifier[1].sha256,
+                "min_score": verifier[2],
+            }
+            if verifier is not None
+            else None
+        ),
         "cpp": {
             "patch_px": cpp_patch_px,
             "min_length_px": cpp_min_length_px,
@@ -256,7 +305,7 @@ def evaluate_model(
             mask = distance <= tau
             if postprocess:
                 centreline, n_bridges = crack_layer_skeleton(
-                    distance, threshold_px=tau, vectorize=vcfg
+                    distance, threshold_px=tau, vectorize=vcfg, image=image, verifier=verifier
                 )
             else:
                 centreline, n_bridges = skeletonize_mask(mask), 0

@@ -64,6 +64,7 @@ CRACK_COLUMNS: dict[str, str] = {
     "n_branches": "int64",
     "n_junctions": "int64",
     "confidence": "float64",
+    "verifier_score": "float64",
     "bridged": "bool",
     "surface": "str",
 }
@@ -264,6 +265,8 @@ def measure_cracks(
             "n_branches": n_branches.astype(np.int64),
             "n_junctions": network.n_junctions,
             "confidence": c_conf,
+            # the crack verifier's score (cracksurvey.verify), set by process
+            "verifier_score": np.full(n_crack, np.nan),
             "bridged": network.bridged.copy(),
             # wall unless façade semantics say otherwise (cracksurvey.process.facade)
             "surface": pd.Series(["wall"] * n_crack, dtype="str"),

@@ -26,6 +26,7 @@ Building join:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -66,6 +67,7 @@ from cracksurvey.process.facade import (
     surface_of,
 )
 from cracksurvey.process.outcome import ImageOutcome, Timings, raster_names, record_fields
+from cracksurvey.process.verify_stage import Verifier, apply_verifier, verifier_for
 from cracksurvey.progress import ProgressCallback
 from cracksurvey.semantics import WALL
 from cracksurvey.skeleton import TileSkeleton
@@ -141,8 +143,11 @@ def measure_image(
     root: Path,
     timings: Timings,
     detection_limit_px: float | None = None,
+    verifier: Verifier | None = None,
 ) -> tuple[ImageOutcome, ImageLayers]:
     """Vectorize and measure one image's prediction; join it to buildings.
+
+    ``verifier``: the crack verifier and its threshold (:func:`verifier_for`), or None.
 
     ``detection_limit_px``: the narrowest crack the model finds (its card), for the image's
     detection limit in millimetres.
@@ -195,6 +200,9 @@ def measure_image(
             bridged_px=bridged_px,
         )
     cracks["surface"] = _surfaces(cracks, semantics, georef.transform)
+    if verifier is not None and len(cracks):
+        with timings("verify"):
+            cracks, branches = apply_verifier(record, cracks, branches, georef.transform, verifier)
     # length_m is in CRS units: metres for façade frames, scaled for e.g. US-foot map CRSs,
     # unknown (NaN) in pixel units.
     for frame in (cracks, branches):
@@ -375,6 +383,10 @@ class ImageRun:
     keys: set[str] = field(default_factory=set)
     prediction_keys: set[str] = field(default_factory=set)
 
+    @functools.cached_property
+    def verifier(self) -> Verifier | None:
+        return verifier_for(self.config, self.model_sha256)
+
     def needs_prediction(self, record: ImageRecord) -> bool:
         """Whether the record's prediction will likely be computed (no committed entry)."""
         if record.status == "error" or record.georef is None:
@@ -487,6 +499,7 @@ class ImageRun:
                 root=self.root,
                 timings=self.timings,
                 detection_limit_px=self.detection_limit_px,
+                verifier=self.verifier,
             )
             with self.timings("cache"):
                 return self.results.commit(
@@ -578,6 +591,9 @@ class ImageRun:
                 },
                 "config": {name: sections[name] for name in ("vectorize", "cpp")},
                 "keep_on": sections["semantics"]["keep_on"],
+                "verifier": None
+                if self.verifier is None
+                else {"sha256": self.verifier[1].sha256, "min_score": self.verifier[2]},
                 "detection_limit_px": self.detection_limit_px,
                 "buildings": self.buildings_sha256 if joined_by_footprint else None,
             }

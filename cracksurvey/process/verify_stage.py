@@ -1,0 +1,151 @@
+"""The crack verifier in ``process``: scores from the image, the threshold, the drop.
+
+:mod:`cracksurvey.verify` holds the network; this module reads the image patches along each
+crack of an image's layer and removes the cracks the verifier rejects.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from numpy.typing import NDArray
+
+from cracksurvey.config import ProcessConfig
+from cracksurvey.io.raster import RasterSource, describe_raster
+from cracksurvey.predict import percentile_scale, prepare_bands, valid_pixels
+from cracksurvey.survey import ImageRecord
+from cracksurvey.verify import (
+    CrackVerifier,
+    VerifierCard,
+    crack_points,
+    load_verifier,
+    read_patches,
+    score_patches,
+)
+
+__all__ = [
+    "Verifier",
+    "apply_verifier",
+    "drop_unverified",
+    "image_patches",
+    "verifier_for",
+    "verifier_scores",
+]
+
+log = logging.getLogger(__name__)
+
+#: The verifier a run applies: network, card and threshold.
+Verifier = tuple[CrackVerifier, VerifierCard, float]
+
+
+@functools.lru_cache(maxsize=2)
+def _verifier(weights: str | None) -> tuple[CrackVerifier, VerifierCard]:
+    return load_verifier(weights)
+
+
+def verifier_for(config: ProcessConfig, model_sha256: str) -> Verifier | None:
+    """The crack verifier a run uses with the crack model ``model_sha256`` and its threshold,
+    or None (``verify.mode`` off, or auto behind a crack model it was not trained on)."""
+    vcfg = config.verify
+    if vcfg.mode == "off":
+        return None
+    net, card = _verifier(vcfg.weights)
+    if vcfg.mode == "auto" and card.crack_model_sha256 != model_sha256:
+        return None
+    min_score = card.min_score if vcfg.min_score is None else float(vcfg.min_score)
+    return net, card, min_score
+
+
+def image_patches(
+    path: str | Path, rows: NDArray[np.int64], cols: NDArray[np.int64], patch_px: int
+) -> NDArray[np.uint8]:
+    """RGB uint8 patches of an image centred at pixel points (the engine's band rules: nodata
+    filled, non-uint8 scaled by the image's percentiles). Images up to 64 MP are read whole,
+    larger ones one window per point."""
+    header = describe_raster(path)
+    half = patch_px // 2
+    with RasterSource(header.path) as source:
+        scale = None
+        if header.dtype != "uint8":
+            small = source.read_overview()
+            valid = valid_pixels(small, nodata=header.nodata, alpha_band=header.alpha_band)
+            scale = percentile_scale(small, valid=valid)
+
+        def rgb_of(raw: np.ndarray) -> np.ndarray:
+            return prepare_bands(
+                raw, nodata=header.nodata, alpha_band=header.alpha_band, scale=scale
+            )[0]
+
+        if header.height * header.width <= 64_000_000:
+            image = rgb_of(source.read(0, header.height, 0, header.width))
+            return read_patches(image, rows, cols, patch_px)
+        out = np.empty((rows.size, 3, patch_px, patch_px), np.uint8)
+        for j, (r, c) in enumerate(zip(rows, cols)):
+            r0, c0 = max(0, int(r) - half), max(0, int(c) - half)
+            r1 = min(header.height, int(r) - half + patch_px)
+            c1 = min(header.width, int(c) - half + patch_px)
+            window = rgb_of(source.read(r0, r1, c0, c1))
+            out[j] = read_patches(
+                window, np.array([int(r) - r0]), np.array([int(c) - c0]), patch_px
+            )[0]
+        return out
+
+
+def verifier_scores(
+    record: ImageRecord,
+    cracks: gpd.GeoDataFrame,
+    transform: Any,
+    net: CrackVerifier,
+    card: VerifierCard,
+) -> NDArray[np.float64]:
+    """``verifier_score`` of each crack (:mod:`cracksurvey.verify`) from the image itself."""
+    xy, index = shapely.get_coordinates(cracks.geometry.values, return_index=True)
+    col, row = ~transform @ (xy[:, 0], xy[:, 1])
+    # vertices come grouped by crack, in order (shapely)
+    lines = np.split(np.column_stack([row, col]), np.searchsorted(index, np.arange(1, len(cracks))))
+    rows, cols, which = crack_points(lines, per_crack=card.points_per_crack)
+    patches = image_patches(record.path, rows, cols, card.patch_px)
+    scores = score_patches(net, card, patches)
+    total = np.bincount(which, weights=scores, minlength=len(cracks))
+    count = np.bincount(which, minlength=len(cracks))
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def drop_unverified(
+    cracks: gpd.GeoDataFrame, branches: gpd.GeoDataFrame, *, min_score: float
+) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, int]:
+    """Cracks (and their branches) scoring under ``min_score`` removed, the others renumbered
+    1..N in their order; returns the number removed. A crack without a score is kept."""
+    score = cracks["verifier_score"].to_numpy(dtype=np.float64)
+    keep = ~(score < min_score)
+    if keep.all():
+        return cracks, branches, 0
+    kept = cracks.loc[keep].copy()
+    renumber = dict(zip(kept["crack_id"].to_numpy(), range(1, len(kept) + 1)))
+    kept["crack_id"] = np.arange(1, len(kept) + 1, dtype=np.int64)
+    kept = kept.reset_index(drop=True)
+    on = branches["crack_id"].isin(list(renumber)).to_numpy()
+    kept_branches = branches.loc[on].copy()
+    kept_branches["crack_id"] = kept_branches["crack_id"].map(renumber).astype(np.int64)
+    return kept, kept_branches.reset_index(drop=True), int((~keep).sum())
+
+
+def apply_verifier(
+    record: ImageRecord,
+    cracks: gpd.GeoDataFrame,
+    branches: gpd.GeoDataFrame,
+    transform: Any,
+    verifier: Verifier,
+) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    """Score an image's cracks (``verifier_score``) and drop those under the threshold."""
+    net, card, min_score = verifier
+    cracks["verifier_score"] = verifier_scores(record, cracks, transform, net, card)
+    cracks, branches, dropped = drop_unverified(cracks, branches, min_score=min_score)
+    log.info("%s: %d cracks under the verifier's threshold dropped", record.name, dropped)
+    return cracks, branches

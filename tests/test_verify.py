@@ -1,0 +1,142 @@
+"""The crack verifier: points along cracks, patches, scores, the shipped weights and the drop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+import torch
+
+from cracksurvey.config import ProcessConfig
+from cracksurvey.errors import ConfigError, ModelError
+from cracksurvey.process.verify_stage import drop_unverified
+from cracksurvey.verify import (
+    CrackVerifier,
+    VerifierCard,
+    crack_points,
+    load_verifier,
+    read_patches,
+    save_verifier,
+    score_patches,
+    verify_cracks,
+)
+
+
+def test_points_are_spread_along_each_crack_and_capped():
+    straight = np.array([[10.0, 0.0], [10.0, 80.0]])  # 80 px: 6 points at the stretch centres
+    short = np.array([[5.0, 5.0], [5.0, 9.0]])  # 4 px: one point, its middle
+    rows, cols, index = crack_points([straight, short], per_crack=6)
+    assert index.tolist() == [0] * 6 + [1]
+    assert np.all(rows[:6] == 10) and np.allclose(cols[:6], np.round((np.arange(6) + 0.5) / 6 * 80))
+    assert (rows[6], cols[6]) == (5, 7)
+    empty = crack_points([], per_crack=6)
+    assert all(a.size == 0 for a in empty)
+
+
+def test_patches_are_centred_and_reflected_at_the_border():
+    image = np.arange(3 * 20 * 30, dtype=np.int64).reshape(3, 20, 30).astype(np.uint8)
+    inside = read_patches(image, np.array([10]), np.array([15]), 8)
+    assert inside.shape == (1, 3, 8, 8)
+    assert np.array_equal(inside[0], image[:, 6:14, 11:19])
+    corner = read_patches(image, np.array([0]), np.array([0]), 8)[0]
+    assert np.array_equal(corner[:, 4, 4], image[:, 0, 0])  # the centre is the point itself
+    assert np.array_equal(corner[:, 3, 4], image[:, 1, 0])  # reflected without repeating the edge
+    assert np.array_equal(corner[:, 4, 3], image[:, 0, 1])
+
+
+def test_saved_verifier_loads_with_its_card_and_a_changed_file_is_refused(tmp_path):
+    torch.manual_seed(0)
+    net = CrackVerifier(width=4)
+    card = save_verifier(net, VerifierCard(model_id="tiny", width=4, min_score=0.3), tmp_path / "v")
+    loaded, loaded_card = load_verifier(tmp_path / "v.safetensors")
+    assert loaded_card == card and len(card.sha256) == 64
+    x = np.random.default_rng(0).integers(0, 255, (5, 3, 64, 64), dtype=np.uint8)
+    assert np.allclose(score_patches(net.eval(), card, x), score_patches(loaded, loaded_card, x))
+    raw = json.loads((tmp_path / "v.json").read_text())
+    (tmp_path / "v.json").write_text(json.dumps({**raw, "sha256": "0" * 64}))
+    with pytest.raises(ModelError, match="checksum"):
+        load_verifier(tmp_path / "v.safetensors")
+    with pytest.raises(ModelError, match="not found"):
+        load_verifier(tmp_path / "missing.safetensors")
+
+
+def test_crack_scores_are_the_mean_of_their_patches():
+    net, card = load_verifier()
+    card = dataclasses.replace(card, points_per_crack=3)
+    image = np.full((3, 100, 100), 160, np.uint8)
+    lines = [np.array([[50.0, 10.0], [50.0, 90.0]]), np.zeros((0, 2))]
+    scores = verify_cracks(image, lines, net, card)
+    rows, cols, _ = crack_points(lines[:1], per_crack=3)
+    expected = score_patches(net, card, read_patches(image, rows, cols, card.patch_px)).mean()
+    assert scores[0] == pytest.approx(expected) and np.isnan(scores[1])
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "masonry_dais2021").is_dir(), reason="needs ../shared/data")
+def test_the_shipped_verifier_ranks_real_cracks_above_false_ones():
+    """Crack-layer components of the shipped crack model on held-out data: on the masonry
+    validation ground truth (cracks) and on held-out intact façades (all false)."""
+    from scipy import ndimage
+
+    from cracksurvey.config import VectorizeConfig
+    from cracksurvey.evaluation.datasets import list_pairs, read_mask, read_rgb
+    from cracksurvey.evaluation.evaluate import crack_layer_skeleton
+    from cracksurvey.model import load_model
+    from cracksurvey.tiling import predict_tiled
+    from cracksurvey.train.negatives import list_negative_images
+
+    model, card = load_model(None)
+    net, vcard = load_verifier()
+    assert vcard.crack_model_sha256 == card.sha256
+
+    def component_scores(image, keep):
+        distance, _ = predict_tiled(image, model, card, core_px=1280, halo_px=96)
+        skeleton, _ = crack_layer_skeleton(distance, threshold_px=card.threshold_px, vectorize=VectorizeConfig())
+        lab, n = ndimage.label(skeleton, structure=np.ones((3, 3)))
+        lines = [np.argwhere(lab == i).astype(float) for i in range(1, n + 1) if keep(lab == i)]
+        return list(verify_cracks(image, lines, net, vcard))
+
+    real, false = [], []
+    for pair in list_pairs(SHARED / "masonry_dais2021", "val")[:8]:
+        near = ndimage.binary_dilation(read_mask(pair.mask), iterations=3)
+        real += component_scores(read_rgb(pair.image), lambda m, near=near: near[m].mean() >= 0.5)
+    for path in list_negative_images(SHARED / "negatives" / "labelmefacade", "val")[:8]:
+        false += component_scores(read_rgb(path), lambda m: True)
+    real_a, false_a = np.array(real), np.array(false)
+    assert real_a.size >= 5 and false_a.size >= 5
+    auc = (real_a[:, None] > false_a[None, :]).mean()
+    assert auc > 0.75, (auc, real_a, false_a)
+    assert (real_a >= vcard.min_score).mean() > 0.9  # the calibration keeps real cracks
+
+
+def test_drop_removes_low_scores_with_their_branches_and_renumbers():
+    lines = [shapely.LineString([(0, i), (5, i)]) for i in range(3)]
+    cracks = gpd.GeoDataFrame(
+        {"crack_id": [1, 2, 3], "verifier_score": [0.9, 0.1, np.nan]}, geometry=lines
+    )
+    branches = gpd.GeoDataFrame(
+        {"crack_id": [1, 2, 2, 3], "branch_id": [1, 1, 2, 1]}, geometry=[lines[0], lines[1], lines[1], lines[2]]
+    )
+    kept, kept_branches, dropped = drop_unverified(cracks, branches, min_score=0.5)
+    assert dropped == 1
+    assert kept["crack_id"].tolist() == [1, 2] and kept["verifier_score"].iloc[0] == 0.9
+    assert np.isnan(kept["verifier_score"].iloc[1])  # no score: kept
+    assert kept_branches["crack_id"].tolist() == [1, 2]
+    same = drop_unverified(cracks, branches, min_score=0.0)
+    assert same[2] == 0 and same[0] is cracks
+
+
+def test_verify_config_is_checked():
+    assert ProcessConfig().verify.mode == "auto" and ProcessConfig().verify.min_score is None
+    assert ProcessConfig.from_dict({"verify": {"min_score": 0.2}}).verify.min_score == 0.2
+    with pytest.raises(ConfigError, match="verify.min_score"):
+        ProcessConfig.from_dict({"verify": {"min_score": 2}})
+    with pytest.raises(ConfigError, match="verify.mode"):
+        ProcessConfig.from_dict({"verify": {"mode": "maybe"}})

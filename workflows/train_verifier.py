@@ -1,0 +1,265 @@
+"""Train the crack verifier (cracksurvey.verify) on the crack layer of the shipped crack model.
+
+    # 1. patches around every crack of the crack layer, labelled (minutes; packed data of retrain.py)
+    python workflows/train_verifier.py mine --data runs/data --split val
+    python workflows/train_verifier.py mine --data runs/data --split train
+    # 2. train, calibrate on validation, write the weights and card
+    python workflows/train_verifier.py train --out cracksurvey/weights/cracksurvey-crack-verifier
+
+Mining runs the shipped crack model and the crack layer's own rule (threshold, skeleton, gap
+bridging, spur pruning, minimum length: ``crack_layer_skeleton``) on
+
+- the crack datasets (masonry_dais2021, deepcrack; training split, or masonry validation):
+  a component with half its pixels within 3 px of the ground truth is a crack, one with at most
+  5 % within 10 px is not (the ones in between are left out);
+- the intact façades (labelmefacade at full size, spb_facades at 1/2 and 1/4; training or
+  validation photos): every component is not a crack;
+- synthetic cracks (crack-map stamps darkened into 384-px crops of the same intact façades):
+  a component with half its pixels within 3 px of the synthetic centreline is a crack.
+
+Each component gives up to six 64-px patches centred on its pixels, tagged with its component
+(a group) and its kind of photo. Training balances cracks and non-cracks per batch, each half
+from either kind of photo, with flips and quarter turns. ``min_score`` is calibrated on validation: the highest threshold that keeps
+``--keep`` (default 0.97) of the validation cracks (masonry validation and synthetic) scored
+per component as the pipeline scores a crack (the mean of its patches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PATCH = 64
+PER = 6
+
+
+def mine(data: Path, split: str, out: Path, *, n_synthetic: int, seed: int = 0) -> None:
+    from scipy import ndimage
+
+    from cracksurvey.config import VectorizeConfig
+    from cracksurvey.evaluation.datasets import list_pairs, read_mask, read_rgb
+    from cracksurvey.evaluation.evaluate import crack_layer_skeleton
+    from cracksurvey.model import load_model
+    from cracksurvey.tiling import predict_tiled
+    from cracksurvey.train.negatives import (
+        load_negatives,
+        load_stamps,
+        negative_crop,
+        render_synthetic_crack,
+    )
+    from cracksurvey.verify import read_patches
+
+    rng = np.random.default_rng(seed)
+    model, card = load_model(None)
+    vcfg = VectorizeConfig()
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    groups: list[int] = []
+    kinds: list[int] = []
+    next_group = [0]
+
+    def components(image: np.ndarray) -> tuple[np.ndarray, int]:
+        distance, _ = predict_tiled(image, model, card, core_px=1280, halo_px=96)
+        skeleton, _ = crack_layer_skeleton(distance, threshold_px=card.threshold_px, vectorize=vcfg)
+        return ndimage.label(skeleton, structure=np.ones((3, 3)))
+
+    def share_near(lab: np.ndarray, n: int, target: np.ndarray, radius: int) -> np.ndarray:
+        near = ndimage.binary_dilation(target, iterations=radius)
+        return np.asarray(ndimage.mean(near, lab, index=np.arange(1, n + 1))) if n else np.zeros(0)
+
+    def add(image: np.ndarray, lab: np.ndarray, n: int, labels: dict[int, int], kind: int) -> None:
+        objs = ndimage.find_objects(lab)
+        for i, label in labels.items():
+            sl = objs[i - 1]
+            rr, cc = np.nonzero(lab[sl] == i)
+            pick = rng.choice(rr.size, min(PER, rr.size), replace=False)
+            rows, cols = rr[pick] + sl[0].start, cc[pick] + sl[1].start
+            patches = read_patches(image, rows, cols, PATCH)
+            xs.append(patches)
+            ys.extend([label] * len(patches))
+            groups.extend([next_group[0] + i] * len(patches))
+            kinds.extend([kind] * len(patches))
+        next_group[0] += n + 1
+
+    t0 = time.time()
+    crack_sets = ["masonry_dais2021", "deepcrack"] if split == "train" else ["masonry_dais2021"]
+    for name in crack_sets:
+        for pair in list_pairs(data / name, split):
+            image, gt = read_rgb(pair.image), read_mask(pair.mask)
+            lab, n = components(image)
+            on, far = share_near(lab, n, gt, 3), share_near(lab, n, gt, 10)
+            labels = {i + 1: 1 for i in range(n) if on[i] >= 0.5}
+            labels.update({i + 1: 0 for i in range(n) if far[i] <= 0.05})
+            add(image, lab, n, labels, 0)
+    print(f"crack datasets: {len(ys)} patches, {sum(ys)} on cracks ({time.time() - t0:.0f} s)", flush=True)
+    backgrounds = []
+    for name, scales in (("labelmefacade", (1,)), ("spb_facades", (2, 4) if split == "train" else (4,))):
+        for neg in load_negatives(data / "negatives" / name, split, scales=scales):
+            lab, n = components(neg.image)
+            add(neg.image, lab, n, {i: 0 for i in range(1, n + 1)}, 1)
+            backgrounds.append(neg)
+    stamps = load_stamps(data / "crack_stamps.npz")
+    for _ in range(n_synthetic):
+        neg = backgrounds[int(rng.integers(len(backgrounds)))]
+        crop = negative_crop(neg, 384, rng, hot_share=0.0)
+        image, distance, _ = render_synthetic_crack(crop, stamps[int(rng.integers(len(stamps)))], rng)
+        lab, n = components(image)
+        on = share_near(lab, n, distance <= 1.0, 3)
+        add(image, lab, n, {i + 1: 1 for i in range(n) if on[i] >= 0.5}, 1)
+    y, g, k = np.array(ys), np.array(groups), np.array(kinds)
+    for kind, what in ((0, "crack datasets"), (1, "façades")):
+        m = k == kind
+        print(
+            f"{what}: {m.sum()} patches; components: {len(np.unique(g[m & (y == 1)]))} cracks, "
+            f"{len(np.unique(g[m & (y == 0)]))} not",
+            flush=True,
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, X=np.concatenate(xs), y=y, g=g, kind=k)
+    print(f"{out} ({time.time() - t0:.0f} s)")
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    r = rankdata(scores)
+    n1 = int(labels.sum())
+    n0 = labels.size - n1
+    return float((r[labels == 1].sum() - n1 * (n1 + 1) / 2) / max(1, n1 * n0))
+
+
+def group_scores(scores: np.ndarray, y: np.ndarray, g: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per component: mean patch score, label, kind."""
+    ids, inverse = np.unique(g, return_inverse=True)
+    mean = np.bincount(inverse, weights=scores) / np.bincount(inverse)
+    first = np.zeros(ids.size, np.int64)
+    first[inverse[::-1]] = np.arange(g.size)[::-1]
+    return mean, y[first], k[first]
+
+
+def calibrate(net, card, va, *, keep: float) -> tuple[float, dict[str, object]]:  # noqa: ANN001
+    """``min_score`` = the highest threshold that keeps ``keep`` of the validation cracks of
+    each kind of photo (crack datasets, façades with synthetic cracks), with the metrics."""
+    from cracksurvey.verify import score_patches
+
+    scores = score_patches(net, card, va["X"])
+    comp, label, kind = group_scores(scores, va["y"], va["g"], va["kind"])
+    limits = []
+    for kd in (0, 1):
+        cracks = np.sort(comp[(label == 1) & (kind == kd)])
+        if cracks.size:
+            limits.append(float(cracks[int(np.floor((1.0 - keep) * cracks.size))]))
+    min_score = min(limits) if limits else 0.5
+    metrics: dict[str, object] = {
+        "validation_auc_patches": _auc(scores, va["y"]),
+        "validation_auc_cracks": _auc(comp, label),
+        "min_score_rule": f"highest threshold keeping {keep:.0%} of the validation cracks of each kind of photo",
+    }
+    for kd, what in ((0, "crack_datasets"), (1, "facades")):
+        m = kind == kd
+        pos, neg = m & (label == 1), m & (label == 0)
+        metrics[f"validation_{what}"] = {
+            "cracks": int(pos.sum()),
+            "not_cracks": int(neg.sum()),
+            "cracks_kept": float((comp[pos] >= min_score).mean()) if pos.any() else None,
+            "not_cracks_kept": float((comp[neg] >= min_score).mean()) if neg.any() else None,
+        }
+    return min_score, metrics
+
+
+def train(train_npz: Path, val_npz: Path, out: Path, *, steps: int, keep: float, seed: int) -> None:
+    import torch
+
+    from cracksurvey.model import load_model
+    from cracksurvey.verify import CrackVerifier, VerifierCard, save_verifier
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(seed)
+    tr, va = np.load(train_npz), np.load(val_npz)
+    x_train, y_train = torch.from_numpy(tr["X"]), torch.from_numpy(tr["y"]).float()
+    # each batch: cracks and non-cracks, each half from either kind of photo (the crack
+    # datasets' components are fewer than the façades')
+    pools = [np.nonzero((tr["y"] == label) & (tr["kind"] == kind))[0] for label in (1, 0) for kind in (0, 1)]
+    net = CrackVerifier()
+    card = VerifierCard(model_id="cracksurvey-crack-verifier", patch_px=PATCH, points_per_crack=PER)
+    mean = torch.tensor(card.mean)[:, None, None] * 255.0
+    std = torch.tensor(card.std)[:, None, None] * 255.0
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    t0 = time.time()
+    for step in range(steps):
+        idx = np.concatenate([rng.choice(pool, 16) for pool in pools])
+        x = x_train[idx]
+        if rng.random() < 0.5:
+            x = x.flip(3)
+        if rng.random() < 0.5:
+            x = x.flip(2)
+        x = torch.rot90(x, int(rng.integers(4)), (2, 3))
+        logits = net((x.float() - mean) / std)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_train[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (step + 1) % 500 == 0:
+            print(f"step {step + 1}: loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
+    net.eval()
+    min_score, metrics = calibrate(net, card, va, keep=keep)
+    _, crack_card = load_model(None)
+    card = VerifierCard(
+        model_id="cracksurvey-crack-verifier",
+        patch_px=PATCH,
+        points_per_crack=PER,
+        min_score=round(min_score, 4),
+        crack_model=f"{crack_card.model_id} at threshold {crack_card.threshold_px} px",
+        crack_model_sha256=crack_card.sha256,
+        training_data=[
+            {"name": "masonry_dais2021, deepcrack", "use": "crack layer components on / far from the ground truth (training split)"},
+            {"name": "labelmefacade, spb_facades", "use": "crack layer components on intact façades (training photos); background of synthetic cracks"},
+            {"name": "crackmaps_rezaie2020", "use": "synthetic crack stamps"},
+        ],
+        metrics=metrics,
+        notes={"reproduce": "python workflows/train_verifier.py mine --split val|train; python workflows/train_verifier.py train", "steps": steps, "seed": seed},
+        licence="research and non-commercial use (labelmefacade; the crack datasets' own terms)",
+    )
+    card = save_verifier(net, card, out)
+    print(json.dumps(metrics, indent=1))
+    print(f"min_score {card.min_score}; wrote {out}.safetensors ({card.sha256[:12]})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("mine")
+    m.add_argument("--data", type=Path, default=ROOT / "runs/data", help="packed data (workflows/retrain.py pack)")
+    m.add_argument("--split", choices=("train", "val"), required=True)
+    m.add_argument("--out", type=Path, default=None)
+    m.add_argument("--synthetic", type=int, default=None, help="synthetic crack crops (700 train, 150 val)")
+    t = sub.add_parser("train")
+    t.add_argument("--train", type=Path, default=ROOT / "runs/verifier/train.npz")
+    t.add_argument("--val", type=Path, default=ROOT / "runs/verifier/val.npz")
+    t.add_argument("--out", type=Path, default=ROOT / "cracksurvey/weights/cracksurvey-crack-verifier")
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--keep", type=float, default=0.97)
+    t.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.cmd == "mine":
+        out = args.out or ROOT / f"runs/verifier/{args.split}.npz"
+        n_synth = args.synthetic if args.synthetic is not None else (700 if args.split == "train" else 150)
+        mine(args.data, args.split, out, n_synthetic=n_synth)
+    else:
+        train(args.train, args.val, args.out, steps=args.steps, keep=args.keep, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
