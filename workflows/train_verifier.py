@@ -12,8 +12,8 @@ bridging, spur pruning, minimum length: ``crack_layer_skeleton``) on
 - the crack datasets (masonry_dais2021, deepcrack; training split, or masonry validation):
   a component with half its pixels within 3 px of the ground truth is a crack, one with at most
   5 % within 10 px is not (the ones in between are left out);
-- the intact façades (labelmefacade at full size, spb_facades at 1/2 and 1/4; training or
-  validation photos): every component is not a crack;
+- the intact façades (labelmefacade at full size, spb_facades at 1/2 and 1/4 for training, at
+  1/4 for validation): every component is not a crack;
 - synthetic cracks (crack-map stamps darkened into 384-px crops of the same intact façades):
   a component with half its pixels within 3 px of the synthetic centreline is a crack.
 
@@ -41,7 +41,9 @@ PATCH = 64
 PER = 6
 
 
-def mine(data: Path, split: str, out: Path, *, n_synthetic: int, seed: int = 0) -> None:
+def mine(
+    data: Path, split: str, out: Path, *, n_synthetic: int, seed: int = 0, spb_scales: tuple[int, ...] = (2, 4)
+) -> None:
     from scipy import ndimage
 
     from cracksurvey.config import VectorizeConfig
@@ -101,7 +103,7 @@ def mine(data: Path, split: str, out: Path, *, n_synthetic: int, seed: int = 0) 
             add(image, lab, n, labels, 0)
     print(f"crack datasets: {len(ys)} patches, {sum(ys)} on cracks ({time.time() - t0:.0f} s)", flush=True)
     backgrounds = []
-    for name, scales in (("labelmefacade", (1,)), ("spb_facades", (2, 4) if split == "train" else (4,))):
+    for name, scales in (("labelmefacade", (1,)), ("spb_facades", spb_scales if split == "train" else (4,))):
         for neg in load_negatives(data / "negatives" / name, split, scales=scales):
             lab, n = components(neg.image)
             add(neg.image, lab, n, {i: 0 for i in range(1, n + 1)}, 1)
@@ -244,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--split", choices=("train", "val"), required=True)
     m.add_argument("--out", type=Path, default=None)
     m.add_argument("--synthetic", type=int, default=None, help="synthetic crack crops (700 train, 150 val)")
+    m.add_argument("--spb-scales", type=int, nargs="+", default=[2, 4], help="downscale factors of the training spb photos")
     t = sub.add_parser("train")
     t.add_argument("--train", type=Path, default=ROOT / "runs/verifier/train.npz")
     t.add_argument("--val", type=Path, default=ROOT / "runs/verifier/val.npz")
@@ -255,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "mine":
         out = args.out or ROOT / f"runs/verifier/{args.split}.npz"
         n_synth = args.synthetic if args.synthetic is not None else (700 if args.split == "train" else 150)
-        mine(args.data, args.split, out, n_synthetic=n_synth)
+        mine(args.data, args.split, out, n_synthetic=n_synth, spb_scales=tuple(args.spb_scales))
     else:
         train(args.train, args.val, args.out, steps=args.steps, keep=args.keep, seed=args.seed)
     return 0
