@@ -42,6 +42,7 @@ __all__ = [
     "load_verifier",
     "read_patches",
     "save_verifier",
+    "score_cracks",
     "score_patches",
     "verify_cracks",
 ]
@@ -247,8 +248,20 @@ def verify_cracks(
     """``verifier_score`` of each crack: the mean patch score at points along it (NaN for a
     crack without vertices)."""
     rows, cols, index = crack_points(lines, per_crack=card.points_per_crack)
-    scores = score_patches(net, card, read_patches(image, rows, cols, card.patch_px))
-    total = np.bincount(index, weights=scores, minlength=len(lines))
-    count = np.bincount(index, minlength=len(lines))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    patches = read_patches(image, rows, cols, card.patch_px)
+    return score_cracks(net, card, patches, index, len(lines))
+
+
+def score_cracks(
+    net: CrackVerifier,
+    card: VerifierCard,
+    patches: NDArray[np.uint8],
+    index: NDArray[np.int64],
+    n_cracks: int,
+) -> NDArray[np.float64]:
+    """Mean patch score per crack (``index``: the crack of each patch; NaN for a crack without
+    patches)."""
+    scores = score_patches(net, card, patches)
+    total = np.bincount(index, weights=scores, minlength=n_cracks)
+    count = np.bincount(index, minlength=n_cracks)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)

@@ -147,7 +147,7 @@ def crack_layer_skeleton(
 
 def _verified(network: Any, image: np.ndarray, verifier: tuple[Any, Any, float]) -> np.ndarray:
     """Per network pixel: its crack passes the verifier (pixels of no crack: False)."""
-    from cracksurvey.verify import read_patches, score_patches
+    from cracksurvey.verify import read_patches, score_cracks
 
     net, card, min_score = verifier
     crack = network.pixel_crack
@@ -160,11 +160,8 @@ def _verified(network: Any, image: np.ndarray, verifier: tuple[Any, Any, float])
         rows.append(network.rows[pick])
         cols.append(network.cols[pick])
         which.append(np.full(n, k))
-    scores = score_patches(
-        net, card, read_patches(image, np.concatenate(rows), np.concatenate(cols), card.patch_px)
-    )
-    index = np.concatenate(which)
-    mean = np.bincount(index, weights=scores) / np.bincount(index)
+    patches = read_patches(image, np.concatenate(rows), np.concatenate(cols), card.patch_px)
+    mean = score_cracks(net, card, patches, np.concatenate(which), ids.size)
     passed = np.zeros(int(crack.max()) + 1, bool)
     passed[ids] = mean >= min_score
     return np.where(crack >= 0, passed[np.maximum(crack, 0)], False)

@@ -26,7 +26,7 @@ from cracksurvey.verify import (
     crack_points,
     load_verifier,
     read_patches,
-    score_patches,
+    score_cracks,
 )
 
 __all__ = [
@@ -111,10 +111,7 @@ def verifier_scores(
     lines = np.split(np.column_stack([row, col]), np.searchsorted(index, np.arange(1, len(cracks))))
     rows, cols, which = crack_points(lines, per_crack=card.points_per_crack)
     patches = image_patches(record.path, rows, cols, card.patch_px)
-    scores = score_patches(net, card, patches)
-    total = np.bincount(which, weights=scores, minlength=len(cracks))
-    count = np.bincount(which, minlength=len(cracks))
-    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return score_cracks(net, card, patches, which, len(cracks))
 
 
 def drop_unverified(
