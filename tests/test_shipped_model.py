@@ -168,3 +168,10 @@ def test_the_verifier_runs_behind_the_shipped_model_and_only_drops_cracks(north_
     assert len(on) <= len(off) and on["length_m"].sum() <= off["length_m"].sum() + 1e-9
     # every kept crack is one of the cracks found without the verifier
     assert set(np.round(on["length_m"], 6)) <= set(np.round(off["length_m"], 6))
+    images = {}
+    for name in ("on", "off"):
+        out = next(tmp_path_factory.getbasetemp().glob(f"{name}*"))
+        layer = next(n for n in gpd.list_layers(out / "cracks.gpkg")["name"] if n.startswith("images"))
+        images[name] = gpd.read_file(out / "cracks.gpkg", layer=layer)
+    assert images["on"]["n_unverified"].tolist() == [len(off) - len(on)]
+    assert images["off"]["n_unverified"].isna().all()

@@ -67,7 +67,7 @@ from cracksurvey.process.facade import (
     surface_of,
 )
 from cracksurvey.process.outcome import ImageOutcome, Timings, raster_names, record_fields
-from cracksurvey.process.verify_stage import Verifier, apply_verifier, verifier_for
+from cracksurvey.process.verify_stage import Verifier, apply_verifier, verifier_for, verifier_key
 from cracksurvey.progress import ProgressCallback
 from cracksurvey.semantics import WALL
 from cracksurvey.skeleton import TileSkeleton
@@ -147,10 +147,9 @@ def measure_image(
 ) -> tuple[ImageOutcome, ImageLayers]:
     """Vectorize and measure one image's prediction; join it to buildings.
 
-    ``verifier``: the crack verifier and its threshold (:func:`verifier_for`), or None.
-
     ``detection_limit_px``: the narrowest crack the model finds (its card), for the image's
-    detection limit in millimetres.
+    detection limit in millimetres. ``verifier``: the crack verifier and its threshold
+    (:func:`verifier_for`), or None.
     """
     georef = record.georef
     assert georef is not None
@@ -200,9 +199,10 @@ def measure_image(
             bridged_px=bridged_px,
         )
     cracks["surface"] = _surfaces(cracks, semantics, georef.transform)
-    if verifier is not None and len(cracks):
-        with timings("verify"):
-            cracks, branches = apply_verifier(record, cracks, branches, georef.transform, verifier)
+    with timings("verify"):
+        cracks, branches, n_unverified = apply_verifier(
+            record, cracks, branches, georef.transform, verifier
+        )
     # length_m is in CRS units: metres for façade frames, scaled for e.g. US-foot map CRSs,
     # unknown (NaN) in pixel units.
     for frame in (cracks, branches):
@@ -252,6 +252,7 @@ def measure_image(
         seconds=prediction.seconds,
         n_cracks=len(cracks),
         n_bridges=n_bridges,
+        n_unverified=n_unverified,
         total_length_m=total,
         valid_px=n_valid,
         wall_px=wall_px if semantics.applied == "model" else None,
@@ -591,9 +592,7 @@ class ImageRun:
                 },
                 "config": {name: sections[name] for name in ("vectorize", "cpp")},
                 "keep_on": sections["semantics"]["keep_on"],
-                "verifier": None
-                if self.verifier is None
-                else {"sha256": self.verifier[1].sha256, "min_score": self.verifier[2]},
+                "verifier": verifier_key(self.verifier),
                 "detection_limit_px": self.detection_limit_px,
                 "buildings": self.buildings_sha256 if joined_by_footprint else None,
             }

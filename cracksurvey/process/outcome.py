@@ -51,6 +51,7 @@ class ImageOutcome:
     seconds: float = 0.0
     n_cracks: int = 0
     n_bridges: int = 0
+    n_unverified: int | None = None  # cracks the crack verifier dropped; None: it did not run
     total_length_m: float = math.nan
     valid_px: int = 0
     wall_px: int | None = None

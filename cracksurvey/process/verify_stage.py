@@ -35,6 +35,7 @@ __all__ = [
     "drop_unverified",
     "image_patches",
     "verifier_for",
+    "verifier_key",
     "verifier_scores",
 ]
 
@@ -138,11 +139,19 @@ def apply_verifier(
     cracks: gpd.GeoDataFrame,
     branches: gpd.GeoDataFrame,
     transform: Any,
-    verifier: Verifier,
-) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
-    """Score an image's cracks (``verifier_score``) and drop those under the threshold."""
+    verifier: Verifier | None,
+) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, int | None]:
+    """Score an image's cracks (``verifier_score``) and drop those under the threshold; returns
+    the cracks and branches kept and the number of cracks dropped (None without a verifier)."""
+    if verifier is None or len(cracks) == 0:
+        return cracks, branches, None if verifier is None else 0
     net, card, min_score = verifier
     cracks["verifier_score"] = verifier_scores(record, cracks, transform, net, card)
     cracks, branches, dropped = drop_unverified(cracks, branches, min_score=min_score)
     log.info("%s: %d cracks under the verifier's threshold dropped", record.name, dropped)
-    return cracks, branches
+    return cracks, branches, dropped
+
+
+def verifier_key(verifier: Verifier | None) -> dict[str, Any] | None:
+    """What of the verifier decides a measured image (for the stage cache's key)."""
+    return None if verifier is None else {"sha256": verifier[1].sha256, "min_score": verifier[2]}
