@@ -9,7 +9,8 @@
 Mining runs the shipped crack model and the crack layer's own rule (threshold, skeleton, gap
 bridging, spur pruning, minimum length: ``crack_layer_skeleton``) on
 
-- the crack datasets (masonry_dais2021, deepcrack; training split, or masonry validation):
+- the crack datasets (masonry_dais2021, deepcrack, cfd, mcs_marble, uav75: training splits;
+  masonry validation for validation):
   a component with half its pixels within 3 px of the ground truth is a crack, one with at most
   5 % within 10 px is not (the ones in between are left out);
 - the intact façades (labelmefacade at full size, spb_facades at 1/2 and 1/4 for training, at
@@ -40,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 PATCH = 64
 PER = 6
+#: Crack datasets whose training splits give cracks (and non-cracks far from their ground truth).
+CRACK_SETS = ("masonry_dais2021", "deepcrack", "cfd", "mcs_marble", "uav75")
 
 
 def mine(
@@ -93,7 +96,7 @@ def mine(
         next_group[0] += n + 1
 
     t0 = time.time()
-    crack_sets = ["masonry_dais2021", "deepcrack"] if split == "train" else ["masonry_dais2021"]
+    crack_sets = list(CRACK_SETS) if split == "train" else ["masonry_dais2021"]
     for name in crack_sets:
         for pair in list_pairs(data / name, split):
             image, gt = read_rgb(pair.image), read_mask(pair.mask)
@@ -226,7 +229,7 @@ def train(train_npz: Path, val_npz: Path, out: Path, *, steps: int, keep: float,
         crack_model=f"{crack_card.model_id} at threshold {crack_card.threshold_px} px",
         crack_model_sha256=crack_card.sha256,
         training_data=[
-            {"name": "masonry_dais2021, deepcrack", "use": "crack layer components on / far from the ground truth (training split)"},
+            {"name": ", ".join(CRACK_SETS), "use": "crack layer components on / far from the ground truth (training splits)"},
             {"name": "labelmefacade, spb_facades", "use": "crack layer components on intact façades (training photos); background of synthetic cracks"},
             {"name": "crackmaps_rezaie2020", "use": "synthetic crack stamps"},
         ],
