@@ -17,6 +17,7 @@ import shapely
 from numpy.typing import NDArray
 
 from cracksurvey.config import ProcessConfig
+from cracksurvey.engine.worker import WHOLE_DECODE_MAX_PX
 from cracksurvey.io.raster import RasterSource, describe_raster
 from cracksurvey.predict import percentile_scale, prepare_bands, valid_pixels
 from cracksurvey.survey import ImageRecord
@@ -67,7 +68,8 @@ def image_patches(
     path: str | Path, rows: NDArray[np.int64], cols: NDArray[np.int64], patch_px: int
 ) -> NDArray[np.uint8]:
     """RGB uint8 patches of an image centred at pixel points (the engine's band rules: nodata
-    filled, non-uint8 scaled by the image's percentiles). Images up to 64 MP are read whole,
+    filled, non-uint8 scaled by the image's percentiles). Images up to the engine's whole-decode
+    size (64 MP) are read whole,
     larger ones one window per point."""
     header = describe_raster(path)
     half = patch_px // 2
@@ -83,7 +85,7 @@ def image_patches(
                 raw, nodata=header.nodata, alpha_band=header.alpha_band, scale=scale
             )[0]
 
-        if header.height * header.width <= 64_000_000:
+        if header.height * header.width <= WHOLE_DECODE_MAX_PX:
             image = rgb_of(source.read(0, header.height, 0, header.width))
             return read_patches(image, rows, cols, patch_px)
         out = np.empty((rows.size, 3, patch_px, patch_px), np.uint8)
