@@ -21,9 +21,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
-__all__ = ["SkeletonWidths", "as_2d", "measure_width_px", "skeleton_widths"]
+__all__ = ["WIDTH_METHOD", "SkeletonWidths", "as_2d", "measure_width_px", "skeleton_widths"]
 
 logger = logging.getLogger(__name__)
+
+#: Version of the width measurement, part of the prediction's cache key: a survey processed
+#: before the method changed is measured again (2: the depth searched at 1.5 % steps).
+WIDTH_METHOD = 2
 
 
 def as_2d(array: ArrayLike, name: str) -> NDArray:

@@ -58,6 +58,7 @@ from cracksurvey.io.cache import (
 )
 from cracksurvey.io.outputs import read_band_window, read_mask_strips
 from cracksurvey.measure.continuity import cracks_per_patch, patch_origins
+from cracksurvey.measure.width import WIDTH_METHOD
 from cracksurvey.predict import effective_precision, resolve_device
 from cracksurvey.process.facade import (
     SemanticsModel,
@@ -525,7 +526,7 @@ class ImageRun:
             {
                 "stage": "predict",
                 "cracksurvey": __version__,
-                "entry_format": ENTRY_FORMAT,
+                "entry_format": [ENTRY_FORMAT, WIDTH_METHOD],
                 "image": {"sha256": record.sha256, "size": [record.width, record.height]},
                 "model": {
                     "sha256": self.model_sha256,
