@@ -110,9 +110,10 @@ def local_depth_blur(
     profiles share the model's systematic error), plus the depth prior. The cost is evaluated at
     every ``refine``-th grid depth, then at every grid depth within ``refine`` of the best; its
     minimum (refined by a parabola) is the depth, and the half-range of ``log k`` (over the
-    coarse depths) within one typical profile's cost of it the relative uncertainty. Neighbours narrower than ``resolved_px`` (median free width
-    ``w_i``) whose depth stays that uncertain are narrower than their blur: the depth is the
-    prior's, raised to the darkest peak seen (``peak_i``). ``psf_sigma`` > 0 fixes sigma.
+    coarse depths) within one typical profile's cost of it the relative uncertainty. Neighbours
+    narrower than ``resolved_px`` (median free width ``w_i``) whose depth stays that uncertain
+    are narrower than their blur: the depth is the prior's, raised to the darkest peak seen
+    (``peak_i``). ``psf_sigma`` > 0 fixes sigma.
     """
     n = indptr.size - 1
     k_out = np.full(n, np.nan)
