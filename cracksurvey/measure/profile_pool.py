@@ -212,7 +212,10 @@ def local_depth_blur(
             k_rel = max(k_rel, prior_k_rel)
             lk = math.log(max(k, 1e-6))
             gq = min(max(int(np.searchsorted(log_k_grid, lk)), 0), ng - 1)
-            sig, _ = _shared_sigma(fa, fb, fc, fs, gq, len_i, members, psf_sigma)
+            if math.isfinite(cost[gq]):  # evaluated in this neighbourhood's search
+                sig = sig_g[gq]
+            else:
+                sig, _ = _shared_sigma(fa, fb, fc, fs, gq, len_i, members, psf_sigma)
         k_out[i] = k
         rel_out[i] = k_rel
         s_out[i] = sig
