@@ -224,8 +224,9 @@ class TileResult:
 
     Attributes
     ----------
-    distance_core : ndarray of shape (rows, cols), float32, pixels
-        Predicted distance to the crack centreline on the core window; NaN on nodata.
+    distance_core : ndarray of shape (rows, cols), float32, pixels, or None
+        Predicted distance to the crack centreline on the core window; NaN on nodata. None
+        (and ``mask_core`` None) when a worker wrote both into the output files itself.
     body_core : ndarray of shape (rows, cols), float32, or None
         Crack-body probability on the core window (None without a body head); NaN on nodata.
     mask_core : ndarray of shape (rows, cols), uint8
@@ -235,9 +236,9 @@ class TileResult:
         (``.shifted(tile.read_row0, tile.read_col0)`` gives image coordinates).
     """
 
-    distance_core: np.ndarray
+    distance_core: np.ndarray | None
     body_core: np.ndarray | None
-    mask_core: np.ndarray
+    mask_core: np.ndarray | None
     skeleton: TileSkeleton
 
 

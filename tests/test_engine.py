@@ -193,9 +193,9 @@ def test_next_image_starts_early_and_gives_the_same_results(tmp_path, weights):
         submitted: list[str] = []
         submit = engine._submit_tile
 
-        def counting(info, tile, bands):
+        def counting(info, tile, bands, targets=None):
             submitted.append(Path(info.path).name)
-            return submit(info, tile, bands)
+            return submit(info, tile, bands, targets)
 
         engine._submit_tile = counting
         engine.run_image(a, distance_path=tmp_path / "da.tif", mask_path=tmp_path / "ma.tif",
@@ -442,6 +442,83 @@ def test_writer_mask_overviews_take_block_centres(tmp_path, step):
             finer = _centre_pick(data, f) if on_the_fly else _centre_pick(finer, 2)
             np.testing.assert_array_equal(level, finer, err_msg=f"factor {f}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif"]  # no temporary left
+
+
+def _write_shared(shared, window, array) -> None:  # runs in another process
+    shared.write(window, array)
+
+
+def test_writer_takes_windows_written_by_another_process(tmp_path):
+    """A window another process writes into the raw temporary file (as a local Dask worker
+    does) and announces with ``written`` gives the same COG, overviews included, as the same
+    window passed to ``write``; pixels no window covered are nodata, not zero."""
+    import multiprocessing
+
+    rng = np.random.default_rng(7)
+    h, w = 1100, 1300
+    data = ndimage.gaussian_filter(rng.random((h, w)), 2).astype(np.float32) * 20
+    data[:, 1200:] = np.nan  # never written: must come out as nodata
+    windows = [(r, min(r + 448, h), c, min(c + 448, 1200)) for r in range(0, h, 448)
+               for c in range(0, 1200, 448)]
+    outs = {}
+    ctx = multiprocessing.get_context("spawn")
+    for how in ("write", "shared"):
+        out = outs[how] = tmp_path / f"{how}.tif"
+        with TiledRasterWriter(out, height=h, width=w, transform=TRANSFORM, crs=CRS) as writer:
+            assert writer.shared is not None
+            for k, (r0, r1, c0, c1) in enumerate(windows):
+                part = data[r0:r1, c0:c1]
+                if how == "write" or k % 2:
+                    writer.write((r0, r1, c0, c1), part)
+                    continue
+                proc = ctx.Process(target=_write_shared, args=(writer.shared, (r0, r1, c0, c1), part))
+                proc.start()
+                proc.join()
+                assert proc.exitcode == 0
+                writer.written((r0, r1, c0, c1))
+    valid, errors, warns = cog_validate(str(outs["shared"]), strict=True)
+    assert valid and not warns, (errors, warns)
+    with rasterio.open(outs["write"]) as a, rasterio.open(outs["shared"]) as b:
+        np.testing.assert_array_equal(b.read(1), data)
+        assert a.overviews(1) == b.overviews(1) == [2, 4]
+        for f in a.overviews(1):
+            shape = (-(-h // f), -(-w // f))
+            np.testing.assert_array_equal(a.read(1, out_shape=shape), b.read(1, out_shape=shape))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.tif", "write.tif"]
+
+
+def test_writer_above_the_raw_size_writes_a_compressed_geotiff(tmp_path, monkeypatch):
+    """Above the raw-file size the temporary file is a compressed GeoTIFF: windows are written
+    by this process only (no shared file), with the same COG at the end."""
+    import cracksurvey.io.cog as cog
+
+    monkeypatch.setattr(cog, "UNCOMPRESSED_TMP_MAX_BYTES", 1000)
+    data = np.arange(700 * 600, dtype=np.float32).reshape(700, 600) / 7
+    out = tmp_path / "d.tif"
+    with TiledRasterWriter(out, height=700, width=600, transform=TRANSFORM, crs=CRS) as writer:
+        assert writer.shared is None
+        with pytest.raises(RuntimeError, match="raw temporary file"):
+            writer.written((0, 10, 0, 10))
+        write_in_windows(writer, data, 320)
+    assert cog_validate(str(out), strict=True)[0]
+    with rasterio.open(out) as ds:
+        np.testing.assert_array_equal(ds.read(1), data)
+        assert ds.overviews(1) == [2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tif"]
+
+
+def test_workers_write_into_shared_files_only_on_this_machine(tmp_path):
+    from cracksurvey.engine.client import _shared_targets
+
+    with TiledRasterWriter(tmp_path / "d.tif", height=10, width=10, transform=TRANSFORM,
+                           crs=CRS) as d, TiledRasterWriter(
+        tmp_path / "m.tif", height=10, width=10, transform=TRANSFORM, crs=CRS, dtype="uint8",
+        nodata=255,
+    ) as m:
+        assert _shared_targets(EngineConfig(), d, m) == (d.shared, m.shared)
+        assert _shared_targets(EngineConfig(scheduler="tcp://elsewhere:8786"), d, m) is None
+        d.write((0, 10, 0, 10), np.zeros((10, 10), np.float32))
+        m.write((0, 10, 0, 10), np.zeros((10, 10), np.uint8))
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])

@@ -37,7 +37,7 @@ from cracksurvey.engine.worker import (
     QuickExitPlugin,
     tile_task,
 )
-from cracksurvey.io.cog import TiledRasterWriter, finish_concurrently
+from cracksurvey.io.cog import SharedRaster, TiledRasterWriter, finish_concurrently
 from cracksurvey.io.raster import RasterHeader, RasterSource, describe_raster
 from cracksurvey.model import ModelCard, Weights, model_from_bytes, read_weights
 from cracksurvey.predict import (
@@ -308,7 +308,13 @@ class Engine:
                 device=self.device,
             )
 
-    def _submit_tile(self, header: RasterHeader, tile: Tile, bands: BandSpec) -> Any:
+    def _submit_tile(
+        self,
+        header: RasterHeader,
+        tile: Tile,
+        bands: BandSpec,
+        targets: tuple[SharedRaster, SharedRaster] | None = None,
+    ) -> Any:
         return self._client.submit(
             tile_task,
             header,
@@ -319,6 +325,7 @@ class Engine:
             precision=self.precision,  # "auto" / bf16 support: the worker's device
             torch_threads=self._torch_threads,
             device=self.device,
+            targets=targets,
             pure=False,
             retries=self.config.retries,
             resources=self._resources,
@@ -330,6 +337,7 @@ class Engine:
         tiles: list[Tile],
         bands: BandSpec,
         next_image: str | Path | None = None,
+        targets: tuple[SharedRaster, SharedRaster] | None = None,
     ) -> Iterator[tuple[Tile, TileResult | None]]:
         self._ensure_client()
         max_in_flight = self.config.max_in_flight or 2 * self._n_slots
@@ -338,7 +346,7 @@ class Engine:
         in_flight: set[Any] = set(carried)
 
         def submit(tile: Tile) -> Any:
-            future = self._submit_tile(header, tile, bands)
+            future = self._submit_tile(header, tile, bands, targets)
             in_flight.add(future)
             return future
 
@@ -472,11 +480,7 @@ class Engine:
         tiles = self._tiles(header)
         # as this process sees it; each worker decides for its own device (see tile_task)
         precision = effective_precision(self.precision, resolve_device(self.device))
-        results = (
-            self._results_synchronous(header, tiles, bands)
-            if self.synchronous
-            else self._results_dask(header, tiles, bands, next_image)
-        )
+        results: Iterator[tuple[Tile, TileResult | None]] | None = None
         transform, crs = (
             georeference if georeference is not None else (header.transform, header.crs)
         )
@@ -495,14 +499,23 @@ class Engine:
         name = Path(image).name
         try:
             with distance_out, mask_out:
+                if self.synchronous:
+                    results = self._results_synchronous(header, tiles, bands)
+                else:
+                    targets = _shared_targets(self.config, distance_out, mask_out)
+                    results = self._results_dask(header, tiles, bands, next_image, targets)
                 for n_done, (tile, result) in enumerate(results, start=1):
                     if result is None:  # all nodata
                         shape = tile.core_shape
                         distance_out.write(tile.core, np.full(shape, np.nan, np.float32))
                         mask_out.write(tile.core, np.full(shape, MASK_NODATA, np.uint8))
                     else:
-                        distance_out.write(tile.core, result.distance_core)
-                        mask_out.write(tile.core, result.mask_core)
+                        if result.distance_core is None or result.mask_core is None:
+                            distance_out.written(tile.core)  # the worker wrote both itself
+                            mask_out.written(tile.core)
+                        else:
+                            distance_out.write(tile.core, result.distance_core)
+                            mask_out.write(tile.core, result.mask_core)
                         if len(result.skeleton):
                             parts.append(result.skeleton.shifted(tile.read_row0, tile.read_col0))
                     if progress is not None:
@@ -535,6 +548,17 @@ class Engine:
             n_tiles=len(tiles),
             seconds=time.perf_counter() - start,
         )
+
+
+def _shared_targets(
+    config: EngineConfig, *writers: TiledRasterWriter
+) -> tuple[SharedRaster, SharedRaster] | None:
+    """The writers' raw files, when the workers run on this machine (a local cluster) and
+    both writers have one: the workers write their cores there themselves."""
+    shared = [w.shared for w in writers]
+    if config.scheduler is not None or shared[0] is None or shared[1] is None:
+        return None
+    return shared[0], shared[1]
 
 
 def run_image(

@@ -2,8 +2,10 @@
 
 :func:`tile_task` reads its tile's window itself (no pixel array travels from the client),
 prepares the bands, runs :func:`cracksurvey.tiling.process_tile` and returns the core's
-distance, mask and sparse skeleton. It runs in a Dask worker, or in the client's process when
-the engine is synchronous.
+distance, mask and sparse skeleton. On a cluster of this machine it writes the distance and mask
+into the writers' raw temporary files itself (:class:`cracksurvey.io.cog.SharedRaster`) and
+returns only the skeleton. It runs in a Dask worker, or in the client's process when the engine
+is synchronous.
 
 The model reaches a worker once, as the bytes of its safetensors file and its card
 (:class:`cracksurvey.model.Weights`), inside a Dask worker plugin (:class:`ModelPlugin`): the
@@ -32,6 +34,7 @@ from torch import nn
 
 from cracksurvey.config import Precision
 from cracksurvey.engine.cluster import available_cores
+from cracksurvey.io.cog import SharedRaster
 from cracksurvey.io.raster import TILE_READ_CACHE_BYTES, RasterHeader, RasterSource
 from cracksurvey.model import ModelCard, Weights, model_from_bytes
 from cracksurvey.predict import (
@@ -204,10 +207,13 @@ def tile_task(
     precision: Precision,
     torch_threads: int | None,
     device: str,
+    targets: tuple[SharedRaster, SharedRaster] | None = None,
 ) -> tuple[Tile, TileResult | None]:
     """Read, predict and post-process one tile (runs in a worker, or in-process).
 
-    Returns ``(tile, None)`` when the whole core is nodata (no forward pass).
+    Returns ``(tile, None)`` when the whole core is nodata (no forward pass). With ``targets``
+    (the distance and mask writers' raw files), the core's distance and mask go there and the
+    result carries None for them: no 5 MB hand-over per tile.
     """
     _set_torch_threads(torch_threads)
     keep_freed_memory()  # no page faults on every tile's activations (see its docstring)
@@ -235,4 +241,9 @@ def tile_task(
         image_size=(header.height, header.width),
     )
     # The body map stays in the worker: the writer needs distance, mask and skeleton only.
-    return tile, TileResult(result.distance_core, None, result.mask_core, result.skeleton)
+    if targets is None:
+        return tile, TileResult(result.distance_core, None, result.mask_core, result.skeleton)
+    assert result.distance_core is not None and result.mask_core is not None
+    targets[0].write(tile.core, result.distance_core)
+    targets[1].write(tile.core, result.mask_core)
+    return tile, TileResult(None, None, None, result.skeleton)

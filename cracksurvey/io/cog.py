@@ -1,10 +1,13 @@
-"""Cloud-Optimized GeoTIFF output, written window by window by a single writer.
+"""Cloud-Optimized GeoTIFF output, written window by window.
 
-:class:`TiledRasterWriter` writes one window at a time into a tiled temporary GeoTIFF and, on
-close, converts it to a Cloud-Optimized GeoTIFF with overviews (GDAL's COG driver), then renames
-it into place, so a reader never sees a half-written output. Memory stays flat: GDAL's block
-cache is capped (:data:`cracksurvey.io.raster.GDAL_CACHEMAX_BYTES`) and no image-sized array is
-ever held. Average overviews (the distance map's) are built as the windows arrive
+:class:`TiledRasterWriter` writes one window at a time into a temporary file and, on close,
+converts it to a Cloud-Optimized GeoTIFF with overviews (GDAL's COG driver), then renames it
+into place, so a reader never sees a half-written output. The temporary file is a raw
+row-major array up to :data:`UNCOMPRESSED_TMP_MAX_BYTES` (a process on the same machine, such
+as a local Dask worker, can write its windows into it itself: :class:`SharedRaster`), a
+compressed tiled GeoTIFF above. Memory stays flat: GDAL's block cache is capped
+(:data:`cracksurvey.io.raster.GDAL_CACHEMAX_BYTES`), windows are mapped only while they are
+written or read, and no image-sized array is ever held. Average overviews (the distance map's) are built as the windows arrive
 (:class:`_IncrementalOverviews`), and so are nearest ones (the mask's): closing only copies and
 compresses what is already there.
 """
@@ -13,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -30,22 +35,70 @@ from rasterio.windows import Window
 
 from cracksurvey.io.raster import GDAL_CACHEMAX_BYTES, open_quietly
 
-__all__ = ["OverviewResampling", "TiledRasterWriter", "finish_concurrently", "overview_factors"]
+__all__ = [
+    "OverviewResampling",
+    "SharedRaster",
+    "TiledRasterWriter",
+    "finish_concurrently",
+    "overview_factors",
+]
 
 log = logging.getLogger(__name__)
 
 OverviewResampling = Literal["average", "nearest", "mode", "bilinear"]
 
 UNCOMPRESSED_TMP_MAX_BYTES = 2 * 2**30
-"""Largest temporary full-resolution file kept uncompressed (larger ones: ZSTD level 1).
+"""Largest temporary full-resolution file kept raw (larger ones: a GeoTIFF, ZSTD level 1).
 
-Uncompressed, finishing the COG does not decompress what it compresses again (docs/performance.md);
-above this size the disk use wins."""
+Raw, finishing the COG does not decompress what it compresses again, and a worker on this
+machine can write its windows in place (docs/performance.md); above this size the disk use
+wins."""
 
 _DERIVE_BAND_ROWS = 1024  # rows of the finer overview read at once when deriving a coarser one
 #: Writes go through rasterio as (1, rows, cols) arrays with a band list: a 2-D array with a
 #: band number is stacked into a new 3-D copy first (measured 1.5-3 ms per 1088² tile).
 _BAND = [1]
+
+
+@dataclass(frozen=True)
+class SharedRaster:
+    """The raw temporary file of a :class:`TiledRasterWriter`, for a process on the same
+    machine to write its windows into (picklable: a local Dask worker writes a tile's core
+    there and sends back only that it did; the writer then calls :meth:`TiledRasterWriter.written`).
+
+    ``height x width`` values of ``dtype``, row-major, native byte order, at ``path``.
+    """
+
+    path: str
+    height: int
+    width: int
+    dtype: str
+
+    def _rows(self, row0: int, row1: int, mode: Literal["r", "r+"]) -> np.memmap:
+        """Rows ``row0:row1`` mapped (only them: a window does not map the whole raster)."""
+        itemsize = np.dtype(self.dtype).itemsize
+        return np.memmap(
+            self.path,
+            dtype=self.dtype,
+            mode=mode,
+            offset=row0 * self.width * itemsize,
+            shape=(row1 - row0, self.width),
+        )
+
+    def write(self, window: tuple[int, int, int, int], array: np.ndarray) -> None:
+        """Put ``array`` (rows, cols) at ``window = (row0, row1, col0, col1)``."""
+        row0, row1, col0, col1 = window
+        rows = self._rows(row0, row1, "r+")
+        rows[:, col0:col1] = array
+        del rows  # unmapped: the data is in the page cache the writer reads
+
+    def read(self, window: tuple[int, int, int, int]) -> np.ndarray:
+        """A copy of the values at ``window``."""
+        row0, row1, col0, col1 = window
+        rows = self._rows(row0, row1, "r")
+        out = np.array(rows[:, col0:col1])
+        del rows
+        return out
 
 
 def overview_factors(height: int, width: int, blocksize: int) -> list[int]:
@@ -231,51 +284,15 @@ def _centres(start: int, stop: int, f: int, size: int) -> np.ndarray:
     return np.minimum(np.arange(start, stop, f) + f // 2, size - 1)
 
 
-def _vrt_with_overviews(path: Path, source: Path, overviews: list[Path]) -> Path:
-    """A VRT of the one-band ``source`` (Float32 or Byte) that declares ``overviews`` as its
-    overviews (GDAL's COG driver copies a source's existing overviews instead of computing
-    them)."""
-    with open_quietly(source) as ds:
-        height, width, transform, crs, nodata, dtype = (
-            ds.height,
-            ds.width,
-            ds.transform,
-            ds.crs,
-            ds.nodata,
-            ds.dtypes[0],
-        )
-    data_type = {"float32": "Float32", "uint8": "Byte"}[dtype]
-    geo = (
-        ""
-        if transform.is_identity
-        else (f"<GeoTransform>{', '.join(repr(v) for v in transform.to_gdal())}</GeoTransform>")
-    )
-    srs = "" if crs is None else f"<SRS>{escape(crs.to_wkt())}</SRS>"
-    ovr = "".join(
-        f'<Overview><SourceFilename relativeToVRT="0">{escape(str(p))}</SourceFilename>'
-        "<SourceBand>1</SourceBand></Overview>"
-        for p in overviews
-    )
-    path.write_text(
-        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">{srs}{geo}'
-        f'<VRTRasterBand dataType="{data_type}" band="1"><NoDataValue>{nodata!r}</NoDataValue>'
-        f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(source))}'
-        "</SourceFilename><SourceBand>1</SourceBand>"
-        f'<SrcRect xOff="0" yOff="0" xSize="{width}" ySize="{height}"/>'
-        f'<DstRect xOff="0" yOff="0" xSize="{width}" ySize="{height}"/></SimpleSource>'
-        f"{ovr}</VRTRasterBand></VRTDataset>"
-    )
-    return path
-
-
 class TiledRasterWriter:
     """Single writer of a one-band raster, window by window, finished as a COG with overviews.
 
     Use as a context manager. Inside, :meth:`write` puts one window at a time (any order) into a
-    tiled temporary GeoTIFF beside ``path`` (uncompressed up to
-    :data:`UNCOMPRESSED_TMP_MAX_BYTES`); a clean exit converts it to a Cloud-Optimized
-    GeoTIFF (ZSTD + predictor, 512 px blocks, overviews) and renames it to ``path``
-    atomically. An exception discards everything and leaves ``path`` untouched. Average
+    temporary file beside ``path`` (a raw array up to :data:`UNCOMPRESSED_TMP_MAX_BYTES`, which
+    another process can also write windows into: :attr:`shared`, :meth:`written`; a compressed
+    tiled GeoTIFF above); pixels no window covered get ``nodata``. A clean exit converts it to
+    a Cloud-Optimized GeoTIFF (ZSTD + predictor, 512 px blocks, overviews) and renames it to
+    ``path`` atomically. An exception discards everything and leaves ``path`` untouched. Average
     overviews of a float raster and nearest overviews of any raster are built as the windows
     arrive (:class:`_IncrementalOverviews`); other resamplings are left to GDAL when the COG is
     written.
@@ -326,7 +343,11 @@ class TiledRasterWriter:
         self._tmp = self.path.with_name(f".{self.path.name}.{token}.partial.tif")
         self._cog_tmp = self.path.with_name(f".{self.path.name}.{token}.cog.tif")
         self._vrt = self.path.with_name(f".{self.path.name}.{token}.vrt")
-        compressed = height * width * self.dtype.itemsize > UNCOMPRESSED_TMP_MAX_BYTES
+        self._raw: SharedRaster | None = None
+        if height * width * self.dtype.itemsize <= UNCOMPRESSED_TMP_MAX_BYTES:
+            raw_path = self.path.with_name(f".{self.path.name}.{token}.partial.raw")
+            self._raw = SharedRaster(str(raw_path.absolute()), height, width, self.dtype.name)
+        self._windows: list[tuple[int, int, int, int]] = []  # written to the raw file
         self._profile = dict(
             driver="GTiff",
             height=height,
@@ -342,7 +363,7 @@ class TiledRasterWriter:
             bigtiff="if_safer",
             sparse_ok=True,
         )
-        if compressed:  # fast compression; the COG is compressed again at close
+        if self._raw is None:  # fast compression; the COG is compressed again at close
             self._profile.update(
                 compress="zstd", zstd_level=1, predictor=3 if self.dtype.kind == "f" else 2
             )
@@ -361,7 +382,11 @@ class TiledRasterWriter:
         self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_BYTES)
         self._env.__enter__()
         try:
-            self._ds = rasterio.open(self._tmp, "w", **self._profile)
+            if self._raw is None:
+                self._ds = rasterio.open(self._tmp, "w", **self._profile)
+            else:  # sparse until written; pixels never written get the nodata at the end
+                with open(self._raw.path, "wb") as f:
+                    f.truncate(self.height * self.width * self.dtype.itemsize)
             if self._incremental and self._factors:
                 self._overviews = _IncrementalOverviews(
                     self._tmp,
@@ -378,19 +403,65 @@ class TiledRasterWriter:
             raise
         return self
 
+    @property
+    def shared(self) -> SharedRaster | None:
+        """The raw temporary file, for another process on this machine to write windows into
+        (then call :meth:`written`); None when the temporary file is a compressed GeoTIFF."""
+        return self._raw
+
+    def _check(self, window: tuple[int, int, int, int]) -> None:
+        if self._env is None:
+            raise RuntimeError("TiledRasterWriter used outside its `with` block")
+        row0, row1, col0, col1 = window
+        if row0 < 0 or col0 < 0 or row1 > self.height or col1 > self.width or row0 >= row1:
+            raise ValueError(f"window {window} is outside the {self.height}x{self.width} raster")
+
     def write(self, window: tuple[int, int, int, int], array: np.ndarray) -> None:
         """Write ``array`` (rows, cols) at ``window = (row0, row1, col0, col1)``."""
-        if self._ds is None:
-            raise RuntimeError("TiledRasterWriter.write outside its `with` block")
+        self._check(window)
         row0, row1, col0, col1 = window
         if array.shape != (row1 - row0, col1 - col0):
             raise ValueError(f"array of shape {array.shape} does not fit window {window}")
-        if row0 < 0 or col0 < 0 or row1 > self.height or col1 > self.width:
-            raise ValueError(f"window {window} is outside the {self.height}x{self.width} raster")
-        window_ = Window(col0, row0, col1 - col0, row1 - row0)
-        self._ds.write(array.astype(self.dtype, copy=False)[None], _BAND, window=window_)
+        array = array.astype(self.dtype, copy=False)
+        if self._raw is not None:
+            self._raw.write(window, array)
+            self._windows.append(window)
+        else:
+            assert self._ds is not None
+            window_ = Window(col0, row0, col1 - col0, row1 - row0)
+            self._ds.write(array[None], _BAND, window=window_)
         if self._overviews is not None:
             self._overviews.write(window, array)
+
+    def written(self, window: tuple[int, int, int, int]) -> None:
+        """``window`` was written into :attr:`shared` by another process: account for it
+        (its overviews are built from the file)."""
+        self._check(window)
+        if self._raw is None:
+            raise RuntimeError("written() needs the raw temporary file (see .shared)")
+        self._windows.append(window)
+        if self._overviews is not None:
+            self._overviews.write(window, self._raw.read(window))
+
+    def _fill_unwritten(self) -> None:
+        """Give the nodata value to the pixels of the raw file no window covered."""
+        assert self._raw is not None
+        rows = np.unique(
+            [0, self.height, *(w[0] for w in self._windows), *(w[1] for w in self._windows)]
+        )
+        cols = np.unique(
+            [0, self.width, *(w[2] for w in self._windows), *(w[3] for w in self._windows)]
+        )
+        covered = np.zeros((rows.size - 1, cols.size - 1), bool)
+        for row0, row1, col0, col1 in self._windows:
+            covered[
+                np.searchsorted(rows, row0) : np.searchsorted(rows, row1),
+                np.searchsorted(cols, col0) : np.searchsorted(cols, col1),
+            ] = True
+        for i, j in zip(*np.nonzero(~covered)):
+            window = (int(rows[i]), int(rows[i + 1]), int(cols[j]), int(cols[j + 1]))
+            shape = (window[1] - window[0], window[3] - window[2])
+            self.write(window, np.full(shape, self._nodata, self.dtype))
 
     def finish(self) -> None:
         """Close the temporary file and write the COG (safe to call from another thread).
@@ -400,13 +471,14 @@ class TiledRasterWriter:
         """
         if self._finished:
             return
-        assert self._ds is not None
-        if not self._ds.closed:
+        if self._raw is not None:
+            self._fill_unwritten()
+        elif self._ds is not None and not self._ds.closed:
             self._ds.close()
         source = self._tmp
         levels = self._overviews.finish() if self._overviews is not None else None
-        if levels:  # built on the fly: the COG driver copies them
-            source = _vrt_with_overviews(self._vrt, self._tmp, levels)
+        if levels or self._raw is not None:  # the COG driver copies overviews built on the fly
+            source = self._source_vrt(levels or [])
         rasterio.shutil.copy(
             str(source),
             str(self._cog_tmp),
@@ -425,13 +497,55 @@ class TiledRasterWriter:
         os.replace(self._cog_tmp, self.path)
         self._finished = True
 
+    def _source_vrt(self, overviews: list[Path]) -> Path:
+        """A VRT of the temporary file that declares ``overviews`` as its overviews (GDAL's
+        COG driver copies a source's existing overviews instead of computing them)."""
+        crs, transform = self._profile["crs"], self._profile["transform"]
+        assert isinstance(transform, Affine)
+        geo = (
+            ""
+            if transform.is_identity
+            else f"<GeoTransform>{', '.join(repr(v) for v in transform.to_gdal())}</GeoTransform>"
+        )
+        srs = "" if crs is None else f"<SRS>{escape(CRS.from_user_input(crs).to_wkt())}</SRS>"
+        ovr = "".join(
+            f'<Overview><SourceFilename relativeToVRT="0">{escape(str(p))}</SourceFilename>'
+            "<SourceBand>1</SourceBand></Overview>"
+            for p in overviews
+        )
+        data_type = {"float32": "Float32", "uint8": "Byte"}[self.dtype.name]
+        head = f'<VRTRasterBand dataType="{data_type}" band="1"'
+        if self._raw is not None:
+            # the raw file beside the VRT (where GDAL allows raw sources by default)
+            band = (
+                f'{head} subClass="VRTRawRasterBand">'
+                f'<SourceFilename relativeToVRT="1">{escape(Path(self._raw.path).name)}'
+                "</SourceFilename><ImageOffset>0</ImageOffset>"
+                f"<PixelOffset>{self.dtype.itemsize}</PixelOffset>"
+                f"<LineOffset>{self.dtype.itemsize * self.width}</LineOffset>"
+                f"<ByteOrder>{'LSB' if sys.byteorder == 'little' else 'MSB'}</ByteOrder>"
+            )
+        else:
+            size = f'xOff="0" yOff="0" xSize="{self.width}" ySize="{self.height}"'
+            band = (
+                f'{head}><SimpleSource><SourceFilename relativeToVRT="0">'
+                f"{escape(str(self._tmp))}</SourceFilename><SourceBand>1</SourceBand>"
+                f"<SrcRect {size}/><DstRect {size}/></SimpleSource>"
+            )
+        self._vrt.write_text(
+            f'<VRTDataset rasterXSize="{self.width}" rasterYSize="{self.height}">{srs}{geo}'
+            f"{band}<NoDataValue>{self._nodata!r}</NoDataValue>{ovr}</VRTRasterBand>"
+            "</VRTDataset>"
+        )
+        return self._vrt
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._ds is not None and self._env is not None
+        assert self._env is not None
         try:
             if exc_type is None:
                 self.finish()
@@ -448,6 +562,8 @@ class TiledRasterWriter:
             self._overviews = None
         for p in (self._tmp, self._cog_tmp, self._vrt):
             p.unlink(missing_ok=True)
+        if self._raw is not None:
+            Path(self._raw.path).unlink(missing_ok=True)
         if self._env is not None:
             self._env.__exit__(None, None, None)
             self._env = None
