@@ -263,7 +263,10 @@ def test_worker_processes_load_the_model_once_and_match_synchronous(tmp_path, we
         environ = engine._client.run(eval, "dict(__import__('os').environ)")
         kept = engine._client.run(eval, "__import__('cracksurvey.predict').predict._HEAP_KEPT")
         plugins = engine._client.run(lambda dask_worker: sorted(dask_worker.plugins))
+        callbacks = engine._client.run(lambda dask_worker: sorted(dask_worker.periodic_callbacks))
         processes = [nanny.process.process for nanny in engine._cluster.workers.values()]
+    # no statistical profiler sampling the tile tasks (nobody reads it; it costs CPU)
+    assert [any("profile" in name for name in names) for names in callbacks.values()] == [False]
     # local worker processes leave at once after the clean close, with status 0
     assert [QuickExitPlugin.name in names for names in plugins.values()] == [True]
     assert [p.exitcode for p in processes] == [0]

@@ -95,6 +95,9 @@ def worker_environ() -> Iterator[None]:
                 os.environ[k] = v
 
 
+#: Dask settings of the local cluster's workers (each nanny keeps them for its restarts).
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+
 #: Signals the local worker processes never receive: the client stops them in order.
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
@@ -131,7 +134,9 @@ def start_local_cluster(config: EngineConfig) -> tuple[Any, int, int]:
     torch threads per task. Its workers never receive SIGINT or SIGTERM
     (:func:`stop_signals_blocked`): the client stops them."""
     workers, threads, torch_threads = local_layout(config)
-    with worker_environ(), stop_signals_blocked():
+    # Dask's statistical profiler samples every worker thread 100 times a second for a
+    # dashboard this cluster does not serve: 0.5-0.6 % of a worker's CPU (docs/performance.md)
+    with worker_environ(), stop_signals_blocked(), dask.config.set(WORKER_CONFIG):
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=threads,
