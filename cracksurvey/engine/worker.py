@@ -34,6 +34,7 @@ from torch import nn
 
 from cracksurvey.config import Precision
 from cracksurvey.engine.cluster import available_cores
+from cracksurvey.engine.decoded import release_shared, shared_decode
 from cracksurvey.io.cog import SharedRaster
 from cracksurvey.io.raster import TILE_READ_CACHE_BYTES, RasterHeader, RasterSource
 from cracksurvey.model import ModelCard, Weights, model_from_bytes
@@ -60,8 +61,9 @@ _PAYLOADS: dict[str, Weights | tuple[nn.Module, ModelCard]] = {}  # plugin name 
 
 # Drivers whose files are not tiled: GDAL decodes a JPEG window from the top of the image, so
 # every tile of a façade photo re-decodes most of it (a quarter of the model's time per tile of
-# a 12 MP JPEG). Such images, up to WHOLE_DECODE_MAX_PX, are decoded once per worker and the
-# tiles sliced from memory; tiled GeoTIFFs of any size are read by window.
+# a 12 MP JPEG). Such images, up to WHOLE_DECODE_MAX_PX, are decoded once per machine (8-bit:
+# engine.decoded, shared by the local workers) and the tiles sliced from memory; tiled
+# GeoTIFFs of any size are read by window.
 STREAM_DRIVERS = frozenset({"JPEG", "PNG"})
 WHOLE_DECODE_MAX_PX = 64_000_000
 _DECODED: dict[tuple[str, int, int], np.ndarray] = {}
@@ -142,6 +144,7 @@ class QuickExitPlugin(WorkerPlugin):
 
     def teardown(self, worker: Any) -> None:
         global _CLOSED_CLEANLY
+        release_shared()  # its exit skips the exit handler that would
         _CLOSED_CLEANLY = True
 
 
@@ -187,9 +190,18 @@ def read_tile(header: RasterHeader, tile: Tile) -> np.ndarray:
             with RasterSource(header.path, cache_bytes=TILE_READ_CACHE_BYTES) as source:
                 if source.driver not in STREAM_DRIVERS or header.n_pixels > WHOLE_DECODE_MAX_PX:
                     return read_window_reflect(source.read, tile.read, header.height, header.width)
-                whole = source.read(0, header.height, 0, header.width)
+
+                def decode() -> np.ndarray:
+                    return source.read(0, header.height, 0, header.width)
+
+                if np.dtype(header.dtype) == np.uint8:  # one decode per machine
+                    shape = (header.band_count, header.height, header.width)
+                    whole = shared_decode(repr(key), shape, decode)
+                else:  # a 16-bit PNG: each worker its own
+                    whole = decode()
             _DECODED.clear()  # one decoded image per worker
             _DECODED[key] = whole
+            release_shared(keep=whole)
 
     def sliced(row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
         return whole[:, row0:row1, col0:col1]
