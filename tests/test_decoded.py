@@ -56,19 +56,24 @@ def test_the_second_process_maps_the_first_ones_decode(shared_dir):
     (folder,) = shared_dir.iterdir()
     assert len(list(folder.glob("*.rgb"))) == 1
     # the writer removes its file (a map made before stays readable) and the next need decodes
-    release_shared(keep=None)
+    release_shared(keep_newest=1)
+    assert len(list(folder.glob("*.rgb"))) == 1  # the newest kept when asked
+    release_shared()
     assert list(folder.glob("*.rgb")) == [] and list(folder.glob("*.lock")) == []
     np.testing.assert_array_equal(first, IMAGE)
     shared_decode(key, IMAGE.shape, decode)
     assert calls == [1, 1]
 
 
-def test_release_keeps_the_image_in_use(shared_dir):
-    a = shared_decode("a", IMAGE.shape, IMAGE.copy)
-    shared_decode("b", IMAGE.shape, IMAGE.copy)
-    release_shared(keep=a)
+def test_release_keeps_the_newest_files(shared_dir):
+    for key in "abc":
+        shared_decode(key, IMAGE.shape, IMAGE.copy)
+    b, c = (shared_decode(key, IMAGE.shape, _must_not_decode) for key in "bc")
+    release_shared(keep_newest=2)  # a worker keeps the previous image's file too
     (folder,) = shared_dir.iterdir()
-    assert [p.name for p in folder.glob("*.rgb")] == [os.path.basename(a.filename)]
+    assert sorted(p.name for p in folder.glob("*.rgb")) == sorted(
+        os.path.basename(m.filename) for m in (b, c)
+    )
 
 
 def test_no_room_or_no_folder_decodes_privately(tmp_path, monkeypatch):

@@ -34,16 +34,16 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["STALE_S", "release_shared", "shared_decode"]
+__all__ = ["STALE_S", "image_key", "release_shared", "shared_decode"]
 
 log = logging.getLogger(__name__)
 
-STALE_S = 6 * 3600
+STALE_S = 3600
 """A decoded file older than this (seconds) is left over by a process that was killed."""
 
 _HEADROOM_BYTES = 256 * 2**20  # free space kept beyond the file itself
 _BASES = (Path("/dev/shm"), Path(tempfile.gettempdir()))
-_CREATED: set[Path] = set()  # files this process wrote and still has to remove
+_CREATED: list[Path] = []  # files this process wrote and still has to remove, oldest first
 
 
 def _directory(nbytes: int) -> Path | None:
@@ -105,7 +105,7 @@ def shared_decode(
                 log.debug("decoded image not shared (%s): kept in this process", exc)
                 tmp.unlink(missing_ok=True)
                 return whole
-            _CREATED.add(final)
+            _CREATED.append(final)
             _sweep(directory)
     try:
         return np.memmap(final, dtype=np.uint8, mode="r", shape=shape)
@@ -113,14 +113,22 @@ def shared_decode(
         return decode()
 
 
-def release_shared(keep: np.ndarray | None = None) -> None:
-    """Remove the decoded files this process wrote (except the one ``keep`` maps)."""
-    keep_path = Path(keep.filename) if isinstance(keep, np.memmap) and keep.filename else None
-    for path in list(_CREATED):
-        if path != keep_path:
-            path.unlink(missing_ok=True)
-            path.with_suffix(".lock").unlink(missing_ok=True)
-            _CREATED.discard(path)
+def image_key(path: str | Path) -> tuple[str, int, int]:
+    """What names an image's content here: its path, modification time and size."""
+    stat = os.stat(path)
+    return (str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def release_shared(keep_newest: int = 0) -> None:
+    """Remove the decoded files this process wrote, but its ``keep_newest`` latest ones.
+
+    A worker keeps the previous image's file too: ``process`` reads that image again (the crack
+    verifier) while the workers start the next one. Maps made before stay readable.
+    """
+    for path in _CREATED[: max(0, len(_CREATED) - keep_newest)]:
+        path.unlink(missing_ok=True)
+        path.with_suffix(".lock").unlink(missing_ok=True)
+        _CREATED.remove(path)
 
 
 atexit.register(release_shared)

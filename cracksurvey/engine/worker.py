@@ -34,7 +34,7 @@ from torch import nn
 
 from cracksurvey.config import Precision
 from cracksurvey.engine.cluster import available_cores
-from cracksurvey.engine.decoded import release_shared, shared_decode
+from cracksurvey.engine.decoded import image_key, release_shared, shared_decode
 from cracksurvey.io.cog import SharedRaster
 from cracksurvey.io.raster import TILE_READ_CACHE_BYTES, RasterHeader, RasterSource
 from cracksurvey.model import ModelCard, Weights, model_from_bytes
@@ -182,8 +182,7 @@ def _set_torch_threads(n: int | None) -> None:
 
 def read_tile(header: RasterHeader, tile: Tile) -> np.ndarray:
     """The tile's read window (core + halo, reflect-padded at the image borders)."""
-    stat = os.stat(header.path)
-    key = (header.path, stat.st_mtime_ns, stat.st_size)
+    key = image_key(header.path)
     with _DECODED_LOCK:
         whole = _DECODED.get(key)
         if whole is None:
@@ -201,7 +200,7 @@ def read_tile(header: RasterHeader, tile: Tile) -> np.ndarray:
                     whole = decode()
             _DECODED.clear()  # one decoded image per worker
             _DECODED[key] = whole
-            release_shared(keep=whole)
+            release_shared(keep_newest=2)  # the previous image's file: see release_shared
 
     def sliced(row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
         return whole[:, row0:row1, col0:col1]

@@ -17,7 +17,8 @@ import shapely
 from numpy.typing import NDArray
 
 from cracksurvey.config import ProcessConfig
-from cracksurvey.engine.worker import WHOLE_DECODE_MAX_PX
+from cracksurvey.engine.decoded import image_key, release_shared, shared_decode
+from cracksurvey.engine.worker import STREAM_DRIVERS, WHOLE_DECODE_MAX_PX
 from cracksurvey.io.raster import RasterSource, describe_raster
 from cracksurvey.predict import percentile_scale, prepare_bands, valid_pixels
 from cracksurvey.survey import ImageRecord
@@ -86,8 +87,18 @@ def image_patches(
             )[0]
 
         if header.height * header.width <= WHOLE_DECODE_MAX_PX:
-            image = rgb_of(source.read(0, header.height, 0, header.width))
-            return read_patches(image, rows, cols, patch_px)
+
+            def decode() -> np.ndarray:
+                return source.read(0, header.height, 0, header.width)
+
+            if source.driver in STREAM_DRIVERS and header.dtype == "uint8":
+                # a photo the engine's workers decoded a moment ago: map their copy
+                shape = (header.band_count, header.height, header.width)
+                whole = shared_decode(repr(image_key(header.path)), shape, decode)
+                release_shared()  # a copy this process had to write itself is not kept
+            else:
+                whole = decode()
+            return read_patches(rgb_of(whole), rows, cols, patch_px)
         out = np.empty((rows.size, 3, patch_px, patch_px), np.uint8)
         for j, (r, c) in enumerate(zip(rows, cols)):
             r0, c0 = max(0, int(r) - half), max(0, int(c) - half)
