@@ -9,8 +9,10 @@ Usage::
 Prints (a) the oneDNN 3x3-conv ceiling in GFLOP/s (fp32, bf16), (b) the model's FLOPs per MP and
 its forward throughput on a 1024 x 1024 tile (raw MP/s and core MP/s once the halo is paid),
 as a fraction of the ceiling, (c) end-to-end MP/s of the engine on a synthetic georeferenced
-4096 x 4096 GeoTIFF and its ratio to model-only, (d) peak RSS (this process plus Dask workers) on
-a 16k x 16k GeoTIFF, (e) throughput of the local-cluster layouts (1 vs 2 workers).
+4096 x 4096 GeoTIFF and its ratio to model-only, then of ``cracksurvey process`` on it, on a
+survey of four such map images and on the same four as JPEG façade photos, (d) peak RSS (this
+process plus Dask workers) on a 16k x 16k GeoTIFF, (e) throughput of the local-cluster layouts
+(1 vs 2 workers).
 
 ``--scaling`` prints only (f): peak RSS and MP/s of ``cracksurvey process`` on 4k, 16k and 40k
 square images (the 40k one a sparse, mostly-nodata GeoTIFF made on the fly) and engine MP/s with
@@ -191,7 +193,7 @@ def model_only_on_grid(
 
 def process_mps(
     weights: Path, images: Path | list[Path], tmp: Path, config: RunSettings, side: int,
-    *, prefetch: bool = True,
+    *, prefetch: bool = True, name: str = "survey",
 ) -> dict:
     """``cracksurvey process`` on a survey of ``images``: engine, vectorization, GeoPackage, report.
 
@@ -203,7 +205,7 @@ def process_mps(
     from cracksurvey.process import process_survey
 
     images = [images] if isinstance(images, Path) else images
-    survey = tmp / f"survey-{len(images)}"
+    survey = tmp / f"{name}-{len(images)}"
     survey.mkdir(exist_ok=True)
     for image in images:
         target = survey / image.name
@@ -289,6 +291,15 @@ def write_synthetic_geotiff(path: Path, side: int, *, seed: int = 0, block: int 
                 rgb = np.clip(grey, 0, 255).astype(np.uint8)
                 ds.write(np.stack([rgb, rgb * 0.95, rgb * 0.9]).astype(np.uint8),
                          window=rasterio.windows.Window(col0, row0, cols, rows))
+    return path
+
+
+def jpeg_copy(source: Path, path: Path, *, quality: int = 90) -> Path:
+    """``source`` (an RGB GeoTIFF) as a JPEG photo without georeferencing."""
+    from PIL import Image
+
+    with rasterio.open(source) as ds:
+        Image.fromarray(np.moveaxis(ds.read(), 0, -1)).save(path, quality=quality)
     return path
 
 
@@ -650,8 +661,17 @@ def main(argv: list[str] | None = None) -> int:
                 run["without_cluster_start_mp_per_s"] = steady
                 run["without_cluster_start_ratio"] = steady / grid["mp_per_s"]
                 survey["prefetch" if prefetch else "no_prefetch"] = run
+            # the same images as JPEG photos without georeferencing, as façade surveys come:
+            # the façade semantics network and the crack verifier run on each (not on a map)
+            photos = [jpeg_copy(p, tmp / f"photo-{i}.jpg") for i, p in enumerate(imgs)]
+            run = process_mps(weights, photos, tmp, config, args.size, name="photos")
+            run["ratio_to_model_only_on_grid"] = run["mp_per_s"] / grid["mp_per_s"]
+            steady = run["n_images"] * args.size**2 / 1e6 / (run["seconds"] - e2e["startup_seconds"])
+            run["without_cluster_start_mp_per_s"] = steady
+            run["without_cluster_start_ratio"] = steady / grid["mp_per_s"]
+            survey["photos"] = run
             e2e["process_survey"] = survey
-            for extra in imgs[1:]:
+            for extra in imgs[1:] + photos:
                 extra.unlink()
         report["end_to_end"] = e2e
         img.unlink()
@@ -765,7 +785,10 @@ def print_table(r: dict, args: argparse.Namespace) -> None:
           f"/ model only on the grid = {f['ratio_to_model_only_on_grid']:.0%}")
     if "process_survey" in e:
         for name, label in (("prefetch", "next image started early (default)"),
-                            ("no_prefetch", "without the early start")):
+                            ("no_prefetch", "without the early start"),
+                            ("photos", "the same as JPEG photos (façade semantics and verifier run)")):
+            if name not in e["process_survey"]:
+                continue
             v = e["process_survey"][name]
             print(f"    cracksurvey process, survey of {v['n_images']} images, {label}: "
                   f"{v['mp_per_s']:.2f} MP/s ({v['seconds']:.1f} s incl. cluster start); "
