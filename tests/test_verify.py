@@ -140,3 +140,27 @@ def test_verify_config_is_checked():
         ProcessConfig.from_dict({"verify": {"min_score": 2}})
     with pytest.raises(ConfigError, match="verify.mode"):
         ProcessConfig.from_dict({"verify": {"mode": "maybe"}})
+
+
+@pytest.mark.parametrize("n_points", [3, 400])  # few: window by window; many: whole image
+def test_image_patches_are_the_same_read_whole_or_by_window(tmp_path, n_points):
+    """A tiled GeoTIFF's patches read window by window (few points) are the patches of the
+    whole image, reflected at its border, as are those of a JPEG read whole."""
+    from conftest import make_geotiff
+    from PIL import Image
+
+    from cracksurvey.process import verify_stage
+
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 255, (3, 300, 420), dtype=np.uint8)
+    tif = make_geotiff(tmp_path / "wall.tif", image, tiled=True, blockxsize=128, blockysize=128)
+    Image.fromarray(np.moveaxis(image, 0, -1)).save(tmp_path / "wall.png")
+    edges = [(0, 0), (299, 419), (5, 410), (150, 2)]
+    rows, cols = (np.array([p[k] for p in edges] + list(rng.integers(0, 300 if k == 0 else 420,
+                                                                      n_points))) for k in (0, 1))
+    expected = read_patches(image, rows, cols, 32)
+    few = rows.size * 32**2 * verify_stage.WINDOWED_READ_FACTOR < image[0].size
+    assert few == (n_points == 3)
+    np.testing.assert_array_equal(verify_stage.image_patches(tif, rows, cols, 32), expected)
+    png = verify_stage.image_patches(tmp_path / "wall.png", rows, cols, 32)
+    np.testing.assert_array_equal(png, expected)
