@@ -104,3 +104,11 @@ def test_files_left_by_a_killed_process_are_swept(shared_dir):
     os.utime(stale, (old, old))
     shared_decode("g", IMAGE.shape, IMAGE.copy)
     assert not stale.exists()
+
+
+def test_a_folder_others_can_write_to_is_not_used(shared_dir):
+    folder = shared_dir / f"cracksurvey-decoded-{os.getuid()}"
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)  # as another user could have made it
+    assert not isinstance(shared_decode("h", IMAGE.shape, IMAGE.copy), np.memmap)
+    assert list(folder.iterdir()) == []

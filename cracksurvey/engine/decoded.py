@@ -52,10 +52,13 @@ def _directory(nbytes: int) -> Path | None:
         directory = base / f"cracksurvey-decoded-{os.getuid()}"
         try:
             directory.mkdir(mode=0o700, exist_ok=True)
-            stat = os.statvfs(directory)
+            owner = directory.stat()
+            room = os.statvfs(directory)
         except OSError:
             continue
-        if stat.f_bavail * stat.f_frsize >= nbytes + _HEADROOM_BYTES:
+        if owner.st_uid != os.getuid() or owner.st_mode & 0o022:
+            continue  # not ours alone: another user could put pixels there
+        if room.f_bavail * room.f_frsize >= nbytes + _HEADROOM_BYTES:
             return directory
     return None
 
