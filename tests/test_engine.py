@@ -524,6 +524,39 @@ def test_workers_write_into_shared_files_only_on_this_machine(tmp_path):
         m.write((0, 10, 0, 10), np.zeros((10, 10), np.uint8))
 
 
+def test_local_workers_share_one_decoded_photo_and_remove_it(tmp_path, weights):
+    """Two local workers on a PNG photo map one decoded copy (one decode for the machine),
+    give what the synchronous engine gives, and the copy is gone once the engine closes."""
+    from PIL import Image
+
+    from cracksurvey.engine.decoded import _BASES, file_stem, image_key, release_shared
+
+    src = tmp_path / "photo.png"
+    Image.fromarray(np.moveaxis(facade(160, 200, seed=5), 0, -1)).save(src)
+    stem = file_stem(repr(image_key(str(src))), (3, 160, 200))
+    tiling = dict(core_px=64, halo_px=64, precision="fp32")
+    config = EngineConfig(workers=2, threads_per_worker=1, torch_threads=1)
+    with Engine(weights, **tiling, config=config) as engine:
+        out = run(engine, src, tmp_path, "1")
+        maps = engine._client.run(
+            eval,
+            "[getattr(v, 'filename', None) for v in "
+            "__import__('cracksurvey.engine.worker').engine.worker._DECODED.values()]",
+        )
+    files = {name for names in maps.values() for name in names}
+    assert len(maps) == 2 and len(files) == 1, maps  # the same file, mapped by both
+    (shared,) = files
+    assert shared is not None and Path(shared).stem == stem
+    assert not Path(shared).exists()  # removed when the engine let its workers go
+    assert not any(list(base.glob(f"*/{stem}.*")) for base in _BASES if base.exists())
+    with Engine(weights, **tiling, synchronous=True) as engine:
+        sync = run(engine, src, tmp_path, "0")
+    release_shared()  # this process's own copy (the synchronous engine's)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a photo's
+        np.testing.assert_array_equal(read_band(out.distance_path), read_band(sync.distance_path))
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_untiled_images_decoded_once_give_the_windowed_reads(tmp_path, suffix):
     from PIL import Image

@@ -34,7 +34,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["STALE_S", "image_key", "release_shared", "shared_decode"]
+__all__ = ["STALE_S", "file_stem", "image_key", "release_shared", "shared_decode"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,11 @@ def _sweep(directory: Path) -> None:
             pass
 
 
+def file_stem(key: str, shape: tuple[int, int, int]) -> str:
+    """Name (without folder and suffix) of the shared file of an image."""
+    return hashlib.sha256(f"{key}|{shape}".encode()).hexdigest()[:32]
+
+
 def shared_decode(
     key: str, shape: tuple[int, int, int], decode: Callable[[], np.ndarray]
 ) -> np.ndarray:
@@ -87,7 +92,7 @@ def shared_decode(
     directory = _directory(nbytes) if fcntl is not None else None
     if directory is None:
         return decode()
-    name = hashlib.sha256(f"{key}|{shape}".encode()).hexdigest()[:32]
+    name = file_stem(key, shape)
     final = directory / f"{name}.rgb"
     try:
         lock = open(directory / f"{name}.lock", "a+b")  # noqa: SIM115 - held across the decode

@@ -100,6 +100,11 @@ class ModelPlugin(WorkerPlugin):
 
     def teardown(self, worker: Any) -> None:
         _PAYLOADS.pop(self.name, None)
+        # the engine is done with this worker: the decoded images it shares go (on any
+        # cluster; a worker of a cluster started elsewhere may never run its exit handlers)
+        with _DECODED_LOCK:
+            _DECODED.clear()
+            release_shared()
         # an in-memory model goes with its plugin; built weights stay cached for the next run
         if isinstance(self.payload, tuple):
             with _MODELS_LOCK:
