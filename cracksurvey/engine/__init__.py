@@ -4,7 +4,10 @@ The only package that imports Dask. For one image, :class:`Engine` builds the ti
 runs them on a ``distributed`` cluster — a :class:`~distributed.LocalCluster` sized to the
 machine by default (:mod:`~cracksurvey.engine.cluster`), or an existing scheduler — and streams
 the results back to a single writer of the distance map and the mask (COGs, window by window),
-gathering the sparse skeleton in image coordinates (:mod:`~cracksurvey.engine.client`).
+gathering the sparse skeleton in image coordinates (:mod:`~cracksurvey.engine.client`). Workers
+on this machine put their tiles' pixels into that writer's temporary files themselves and send
+back only the skeleton; a photo (JPEG, PNG) is decoded once for all of them
+(:mod:`~cracksurvey.engine.decoded`).
 
 Design points:
 

@@ -4,8 +4,9 @@ For one image it builds the tile tasks (:func:`cracksurvey.tiling.tile_grid`, la
 first), submits at most ``max_in_flight`` of them at a time (memory stays flat whatever the
 image size) and streams the results back (``as_completed``) to a single writer that writes the
 distance map and the mask (COGs, window by window) and gathers the sparse skeleton in image
-coordinates. While an image is finished, the next image's first tiles already run
-(``next_image``).
+coordinates. On a local cluster the workers write their cores into the writers' raw temporary
+files themselves (:class:`cracksurvey.io.cog.SharedRaster`) and return only the skeleton.
+While an image is finished, the next image's first tiles already run (``next_image``).
 """
 
 from __future__ import annotations

@@ -229,7 +229,7 @@ def tile_task(
 
     Returns ``(tile, None)`` when the whole core is nodata (no forward pass). With ``targets``
     (the distance and mask writers' raw files), the core's distance and mask go there and the
-    result carries None for them: no 5 MB hand-over per tile.
+    result carries None for them: no 6 MB hand-over per tile.
     """
     _set_torch_threads(torch_threads)
     keep_freed_memory()  # no page faults on every tile's activations (see its docstring)
