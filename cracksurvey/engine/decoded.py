@@ -8,8 +8,9 @@ keep its own copy. Now the first process that needs it decodes it into a file in
 one decode and one copy per machine. On a 4096 x 4096 JPEG that is one decode of 0.17-0.29 s
 fewer per extra worker (docs/performance.md).
 
-The process that wrote a file removes it when it moves to another image and when it closes;
-files a killed process left behind are removed by the next one after :data:`STALE_S`. A file
+The process that wrote a file removes it once it has moved two images on (a worker keeps the
+previous image's file for the client's crack verifier) and when the engine lets it go; files a
+killed process left behind are removed by the next one after :data:`STALE_S`. A file
 removed while mapped stays readable by the processes that map it; a process that comes later
 decodes the image again. Any file error (no room, no ``/dev/shm``, a read-only temporary
 directory) falls back to a private decode: it can cost time, never a result.
