@@ -474,7 +474,8 @@ def test_writer_takes_windows_written_by_another_process(tmp_path):
                 if how == "write" or k % 2:
                     writer.write((r0, r1, c0, c1), part)
                     continue
-                proc = ctx.Process(target=_write_shared, args=(writer.shared, (r0, r1, c0, c1), part))
+                args = (writer.shared, (r0, r1, c0, c1), part)
+                proc = ctx.Process(target=_write_shared, args=args)
                 proc.start()
                 proc.join()
                 assert proc.exitcode == 0

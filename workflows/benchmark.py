@@ -652,24 +652,23 @@ def main(argv: list[str] | None = None) -> int:
             imgs = [img] + [write_synthetic_geotiff(tmp / f"e2e-{i}.tif", args.size, seed=10 + i)
                             for i in range(1, args.survey_images)]
             survey = {}
-            for prefetch in (True, False):
-                run = process_mps(weights, imgs, tmp, config, args.size, prefetch=prefetch)
+            def ratios(run: dict) -> dict:
                 run["ratio_to_model_only_on_grid"] = run["mp_per_s"] / grid["mp_per_s"]
                 # the cluster start is paid once per run, whatever the survey's size
                 steady = run["n_images"] * args.size**2 / 1e6 / (
                     run["seconds"] - e2e["startup_seconds"])
                 run["without_cluster_start_mp_per_s"] = steady
                 run["without_cluster_start_ratio"] = steady / grid["mp_per_s"]
-                survey["prefetch" if prefetch else "no_prefetch"] = run
+                return run
+
+            for prefetch in (True, False):
+                survey["prefetch" if prefetch else "no_prefetch"] = ratios(
+                    process_mps(weights, imgs, tmp, config, args.size, prefetch=prefetch))
             # the same images as JPEG photos without georeferencing, as façade surveys come:
             # the façade semantics network and the crack verifier run on each (not on a map)
             photos = [jpeg_copy(p, tmp / f"photo-{i}.jpg") for i, p in enumerate(imgs)]
-            run = process_mps(weights, photos, tmp, config, args.size, name="photos")
-            run["ratio_to_model_only_on_grid"] = run["mp_per_s"] / grid["mp_per_s"]
-            steady = run["n_images"] * args.size**2 / 1e6 / (run["seconds"] - e2e["startup_seconds"])
-            run["without_cluster_start_mp_per_s"] = steady
-            run["without_cluster_start_ratio"] = steady / grid["mp_per_s"]
-            survey["photos"] = run
+            survey["photos"] = ratios(
+                process_mps(weights, photos, tmp, config, args.size, name="photos"))
             e2e["process_survey"] = survey
             for extra in imgs[1:] + photos:
                 extra.unlink()
@@ -784,9 +783,11 @@ def print_table(r: dict, args: argparse.Namespace) -> None:
           f"{f['mp_per_s']:.2f} MP/s ({f['seconds']:.1f} s); "
           f"/ model only on the grid = {f['ratio_to_model_only_on_grid']:.0%}")
     if "process_survey" in e:
-        for name, label in (("prefetch", "next image started early (default)"),
-                            ("no_prefetch", "without the early start"),
-                            ("photos", "the same as JPEG photos (façade semantics and verifier run)")):
+        for name, label in (
+            ("prefetch", "next image started early (default)"),
+            ("no_prefetch", "without the early start"),
+            ("photos", "the same as JPEG photos (façade semantics and verifier run)"),
+        ):
             if name not in e["process_survey"]:
                 continue
             v = e["process_survey"][name]

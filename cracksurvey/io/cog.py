@@ -7,9 +7,9 @@ row-major array up to :data:`UNCOMPRESSED_TMP_MAX_BYTES` (a process on the same 
 as a local Dask worker, can write its windows into it itself: :class:`SharedRaster`), a
 compressed tiled GeoTIFF above. Memory stays flat: GDAL's block cache is capped
 (:data:`cracksurvey.io.raster.GDAL_CACHEMAX_BYTES`), windows are mapped only while they are
-written or read, and no image-sized array is ever held. Average overviews (the distance map's) are built as the windows arrive
-(:class:`_IncrementalOverviews`), and so are nearest ones (the mask's): closing only copies and
-compresses what is already there.
+written or read, and no image-sized array is ever held. Average overviews (the distance map's)
+are built as the windows arrive (:class:`_IncrementalOverviews`), and so are nearest ones (the
+mask's): closing only copies and compresses what is already there.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ _BAND = [1]
 class SharedRaster:
     """The raw temporary file of a :class:`TiledRasterWriter`, for a process on the same
     machine to write its windows into (picklable: a local Dask worker writes a tile's core
-    there and sends back only that it did; the writer then calls :meth:`TiledRasterWriter.written`).
+    there and sends back only that it did; the writer then calls
+    :meth:`TiledRasterWriter.written`).
 
     ``height x width`` values of ``dtype``, row-major, native byte order, at ``path``.
     """
