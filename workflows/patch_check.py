@@ -159,11 +159,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-length-px", type=float, default=20.0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a process setting, as `cracksurvey process --set` (repeatable), e.g. "
+                    "verify.min_score=0.2")
     args = ap.parse_args(argv)
     if not (args.data / "masonry_dais2021").is_dir():
         raise SystemExit(f"{args.data}/masonry_dais2021 not found; pass --data")
     import geopandas as gpd
 
+    from cracksurvey.config import parse_set_options
     from cracksurvey.process import process_survey
 
     t0 = time.perf_counter()
@@ -171,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         survey = Path(tmp) / "survey"
         source = build_patches(args.data, survey / "images", args.seed)
         summary = process_survey(survey, out_dir=Path(tmp) / "out", weights=args.weights,
+                                 overrides=parse_set_options(args.sets) or None,
                                  use_cache=False)
         if summary.exit_code != 0:
             raise SystemExit(f"process failed: {summary.failed}")
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     found = cracks.groupby("image")["length_px"].sum().to_dict()
     result = score(found, source, args.min_length_px)
     result.update(seconds=time.perf_counter() - t0, cpu=cpu_model(),
-                  weights=str(args.weights or "shipped"))
+                  weights=str(args.weights or "shipped"), settings=args.sets)
     if args.json:
         print(json.dumps(result, indent=2))
         return

@@ -1,16 +1,18 @@
 """Train the crack verifier (cracksurvey.verify) on the crack layer of the shipped crack model.
 
     # 1. patches around every crack of the crack layer, labelled (minutes; packed data of retrain.py)
-    python workflows/train_verifier.py mine --data runs/data --split val
+    python workflows/train_verifier.py mine --data runs/data --crack-data ../shared/data --split val
     python workflows/train_verifier.py mine --data runs/data --split train
     # 2. train, calibrate on validation, write the weights and card
     python workflows/train_verifier.py train --out cracksurvey/weights/cracksurvey-crack-verifier
+    # or only calibrate existing weights again (weights unchanged; the card's min_score and metrics)
+    python workflows/train_verifier.py calibrate --weights cracksurvey/weights/cracksurvey-crack-verifier.safetensors
 
 Mining runs the shipped crack model and the crack layer's own rule (threshold, skeleton, gap
 bridging, spur pruning, minimum length: ``crack_layer_skeleton``) on
 
-- the crack datasets (masonry_dais2021, deepcrack, cfd, mcs_marble, uav75: training splits;
-  masonry validation for validation):
+- the crack datasets (masonry_dais2021, deepcrack, cfd, mcs_marble, uav75: training splits
+  for training, validation splits for validation):
   a component with half its pixels within 3 px of the ground truth is a crack, one with at most
   5 % within 10 px is not (the ones in between are left out);
 - the intact façades (labelmefacade at full size, spb_facades at 1/2 and 1/4 for training, at
@@ -22,8 +24,10 @@ Each component gives up to six 64-px patches centred on its pixels, tagged with 
 (a group) and its kind of photo. Each training batch takes a quarter from each (label, kind of
 photo) pair, with flips and quarter turns. ``min_score`` is calibrated on validation: the
 highest threshold that keeps ``--keep`` (default 0.95) of the validation cracks of each kind of
-photo (masonry validation; synthetic cracks on the held-out façades), a crack scored as the
-pipeline scores it (the mean of its patches).
+photo (the five crack datasets' validation splits together; synthetic cracks on the held-out
+façades), a crack scored as the pipeline scores it (the mean of its patches). Until 2026-11-30
+the crack datasets' part was masonry validation alone: 17 cracks, so the faintest of them set
+the threshold by itself.
 """
 
 from __future__ import annotations
@@ -46,7 +50,14 @@ CRACK_SETS = ("masonry_dais2021", "deepcrack", "cfd", "mcs_marble", "uav75")
 
 
 def mine(
-    data: Path, split: str, out: Path, *, n_synthetic: int, seed: int = 0, spb_scales: tuple[int, ...] = (2, 4)
+    data: Path,
+    split: str,
+    out: Path,
+    *,
+    n_synthetic: int,
+    seed: int = 0,
+    spb_scales: tuple[int, ...] = (2, 4),
+    crack_data: Path | None = None,
 ) -> None:
     from scipy import ndimage
 
@@ -96,9 +107,8 @@ def mine(
         next_group[0] += n + 1
 
     t0 = time.time()
-    crack_sets = list(CRACK_SETS) if split == "train" else ["masonry_dais2021"]
-    for name in crack_sets:
-        for pair in list_pairs(data / name, split):
+    for name in CRACK_SETS:
+        for pair in list_pairs((crack_data or data) / name, split):
             image, gt = read_rgb(pair.image), read_mask(pair.mask)
             lab, n = components(image)
             on, far = share_near(lab, n, gt, 3), share_near(lab, n, gt, 10)
@@ -181,6 +191,22 @@ def calibrate(net, card, va, *, keep: float) -> tuple[float, dict[str, object]]:
     return min_score, metrics
 
 
+def recalibrate(weights: Path, val_npz: Path, *, keep: float) -> None:
+    """Calibrate ``min_score`` of existing verifier weights again on ``val_npz`` and rewrite
+    their card (the weights and their checksum are unchanged)."""
+    import dataclasses
+
+    from cracksurvey.verify import load_verifier
+
+    net, card = load_verifier(weights)
+    min_score, metrics = calibrate(net, card, np.load(val_npz), keep=keep)
+    notes = dict(card.notes, calibrated_on=val_npz.name, previous_min_score=card.min_score)
+    card = dataclasses.replace(card, min_score=round(min_score, 4), metrics=metrics, notes=notes)
+    weights.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(card), indent=2))
+    print(json.dumps(metrics, indent=1))
+    print(f"min_score {notes['previous_min_score']} -> {card.min_score}; wrote {weights.with_suffix('.json')}")
+
+
 def train(train_npz: Path, val_npz: Path, out: Path, *, steps: int, keep: float, seed: int) -> None:
     import torch
 
@@ -249,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--data", type=Path, default=ROOT / "runs/data", help="packed data (workflows/retrain.py pack)")
     m.add_argument("--split", choices=("train", "val"), required=True)
     m.add_argument("--out", type=Path, default=None)
+    m.add_argument("--crack-data", type=Path, default=None,
+                   help="where the crack datasets are (default: --data; the packed data holds "
+                   "only masonry's validation split, so pass the original data with --split val)")
     m.add_argument("--synthetic", type=int, default=None, help="synthetic crack crops (700 train, 150 val)")
     m.add_argument("--spb-scales", type=int, nargs="+", default=[2, 4], help="downscale factors of the training spb photos")
     t = sub.add_parser("train")
@@ -258,11 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--steps", type=int, default=2000)
     t.add_argument("--keep", type=float, default=0.95)
     t.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("calibrate")
+    c.add_argument("--weights", type=Path, default=ROOT / "cracksurvey/weights/cracksurvey-crack-verifier.safetensors")
+    c.add_argument("--val", type=Path, default=ROOT / "runs/verifier/val.npz")
+    c.add_argument("--keep", type=float, default=0.95)
     args = ap.parse_args(argv)
-    if args.cmd == "mine":
+    if args.cmd == "calibrate":
+        recalibrate(args.weights, args.val, keep=args.keep)
+    elif args.cmd == "mine":
         out = args.out or ROOT / f"runs/verifier/{args.split}.npz"
         n_synth = args.synthetic if args.synthetic is not None else (700 if args.split == "train" else 150)
-        mine(args.data, args.split, out, n_synthetic=n_synth, spb_scales=tuple(args.spb_scales))
+        mine(args.data, args.split, out, n_synthetic=n_synth, spb_scales=tuple(args.spb_scales),
+             crack_data=args.crack_data)
     else:
         train(args.train, args.val, args.out, steps=args.steps, keep=args.keep, seed=args.seed)
     return 0

@@ -251,6 +251,8 @@ def _records(m, true_w, **meta) -> list[dict[str, Any]]:
         "limit_px",
     )
     cols = {k: getattr(m, k) for k in keys}
+    cols["depth_est"] = m.depth
+    cols["sigma_est_px"] = m.psf_sigma_px
     return [
         dict(true_px=float(true_w[j]), **{k: _py(v[j]) for k, v in cols.items()}, **meta)
         for j in range(len(true_w))
