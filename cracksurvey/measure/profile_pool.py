@@ -23,6 +23,7 @@ __all__ = [
     "CrackWidth",
     "aggregate_crack_width",
     "depth_blur_at",
+    "drop_crossings",
     "local_depth_blur",
     "smooth_widths",
 ]
@@ -52,6 +53,37 @@ _K_REL_MAX = 0.25
 #: plausible blur, sigma 1.2 px and the aperture) may be unresolved.
 _RESOLVED_PX = 3.0
 _PRIOR_K_REL = 0.45
+#: A depth sample whose free fit is this many times wider than the median of its neighbourhood
+#: (and resolved) is something the crack crosses (a pipe, a frame's shadow, a joint): it is left
+#: out of that neighbourhood's depth and blur, which its resolved profile would otherwise decide.
+_CROSSING_RATIO = 2.5
+
+
+@njit(cache=True)
+def drop_crossings(
+    indptr: NDArray[np.int64],
+    indices: NDArray[np.int64],
+    w: NDArray[np.float64],
+    ratio: float,
+    resolved_px: float,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:  # pragma: no cover
+    """Neighbour lists (CSR) without the neighbours whose free width ``w`` exceeds both
+    ``ratio`` times the median of the neighbourhood's and ``resolved_px``."""
+    n = indptr.size - 1
+    out_ptr = np.zeros(n + 1, np.int64)
+    out_idx = np.empty(indices.size, np.int64)
+    t = 0
+    for i in range(n):
+        a, b = indptr[i], indptr[i + 1]
+        med = np.median(w[indices[a:b]]) if b > a else 0.0
+        for q in range(a, b):
+            j = indices[q]
+            if w[j] > ratio * med and w[j] > resolved_px:
+                continue
+            out_idx[t] = j
+            t += 1
+        out_ptr[i + 1] = t
+    return out_ptr, out_idx[:t]
 
 
 @njit(cache=True)
@@ -302,6 +334,7 @@ def depth_blur_at(
     # at each depth sample, from the depth samples around it; each sample ``at`` then takes
     # the values of the nearest depth sample on its crack
     indptr, idx = neighbours(rs[dep], cs[dep], ls[dep], rs[dep], cs[dep], ls[dep], float(radius))
+    indptr, idx = drop_crossings(indptr, idx, w, _CROSSING_RATIO, _RESOLVED_PX)
     kd, reld, sd = local_depth_blur(
         indptr,
         idx,

@@ -27,8 +27,8 @@ wider pale one look alike. So ``k`` and ``sigma`` are shared by the samples of a
 ``depth_radius_px``, found by a joint robust fit in which its wide parts decide. About one
 sample in five (a depth sample) is fitted freely and tabulates its misfit against ``k`` (25
 depths) and ``sigma`` (a Gauss-Newton quadratic); each depth sample's neighbourhood sums the
-tables.
-A crack narrow everywhere has only weak evidence, the profiles' fine shape, which JPEG ringing
+tables, leaving out a sample 2.5 times wider than the neighbourhood's median (a band the crack
+crosses: a pipe's shadow, a frame, a joint). A crack narrow everywhere has only weak evidence, the profiles' fine shape, which JPEG ringing
 and sharpening distort; its depth comes from a prior (0.5, the middle of the 20-80 % contrasts
 seen), raised to the darkest peak seen, and its uncertainty says so (about 45 %). Widths are
 then fitted with ``k`` and ``sigma`` fixed and smoothed along the crack (weighted median).
