@@ -180,6 +180,20 @@ def _crack(
     return crack, rows, cols, true_w
 
 
+def _draw(image, centreline, width, *, sigma, contrast, noise, rng):
+    """A band drawn into ``image`` without JPEG (a crack, or something it crosses)."""
+    return render_crack(
+        image,
+        centreline,
+        width,
+        psf_sigma_px=sigma,
+        contrast=contrast,
+        noise_sd=noise,
+        jpeg_quality=None,
+        rng=rng,
+    )
+
+
 @pytest.mark.parametrize("angle", [0.0, 22.5, 45.0, 71.0, 90.0, 133.0])
 def test_every_angle_on_a_plain_wall(angle):
     crack, rows, cols, true_w = _crack(3.0, angle=angle, seed=int(angle))
@@ -231,14 +245,13 @@ def test_samples_at_the_image_border():
     assert on_crack.mean() > 0.9
     # A crack cut by the border still measures where the whole profile fits.
     edge = np.full(10, 48)
-    crack2 = render_crack(
+    crack2 = _draw(
         np.full((96, 96), 160.0),
         np.column_stack([np.arange(-5, 100.0), np.full(105, 3.0)]),
         2.0,
-        psf_sigma_px=0.8,
+        sigma=0.8,
         contrast=0.5,
-        noise_sd=1.0,
-        jpeg_quality=None,
+        noise=1.0,
         rng=np.random.default_rng(0),
     )
     m2 = measure_width_from_image(crack2.image, np.arange(40, 50), np.full(10, 3))
@@ -294,24 +307,22 @@ def test_labels_give_each_crack_its_own_depth():
     tex = np.full(shape, 160.0)
     pts_a = np.column_stack([np.full(400, 30.0), np.linspace(-5, 165, 400)])
     pts_b = np.column_stack([np.full(400, 66.0), np.linspace(-5, 165, 400)])
-    a = render_crack(
+    a = _draw(
         tex,
         pts_a,
         np.linspace(1.5, 6.0, 400),
-        psf_sigma_px=1.0,
+        sigma=1.0,
         contrast=0.7,
-        noise_sd=1.0,
-        jpeg_quality=None,
+        noise=1.0,
         rng=rng,
     )
-    both = render_crack(
+    both = _draw(
         a.image,
         pts_b,
         np.linspace(6.0, 1.5, 400),
-        psf_sigma_px=1.0,
+        sigma=1.0,
         contrast=0.25,
-        noise_sd=0.0,
-        jpeg_quality=None,
+        noise=0.0,
         rng=rng,
     )
     cols = np.arange(5, 155)
@@ -334,24 +345,22 @@ def test_a_crossing_band_does_not_set_the_depth_of_the_crack_around_it():
     rng = np.random.default_rng(5)
     shape = (96, 160)
     line = np.linspace(-5, 101, 300)
-    pipe = render_crack(
+    pipe = _draw(
         np.full(shape, 160.0),
         np.column_stack([line, line + 32.0]),  # crosses the crack at column 80
         np.full(300, 9.0),
-        psf_sigma_px=1.0,
+        sigma=1.0,
         contrast=0.3,
-        noise_sd=0.0,
-        jpeg_quality=None,
+        noise=0.0,
         rng=rng,
     )
-    crack = render_crack(
+    crack = _draw(
         pipe.image,
         np.column_stack([np.full(400, 48.0), np.linspace(-5, 165, 400)]),
         np.full(400, 1.5),
-        psf_sigma_px=0.8,
+        sigma=0.8,
         contrast=0.6,
-        noise_sd=1.0,
-        jpeg_quality=None,
+        noise=1.0,
         rng=rng,
     )
     cols = np.arange(5, 155)
