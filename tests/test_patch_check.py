@@ -43,3 +43,20 @@ def test_scores_count_patches_with_cracks_per_source() -> None:
     assert sweep[0]["recall"] == pytest.approx(0.75)
     assert sweep[50]["recall"] == pytest.approx(0.5)
     assert sweep[50]["held_out_walls_called_cracked"] == 0.0
+
+
+def test_balanced_precision_is_the_precision_of_a_set_with_as_many_cracked_as_intact() -> None:
+    # 4 cracked patches (3 found) against 8 intact ones (2 called cracked): raw precision 3/5;
+    # with 8 cracked patches at the same rates, 6 found against the same 2: 6/8
+    source = {f"c{i}.png": "cracked-test" for i in range(4)}
+    source |= {f"v{i}.png": "cracked-val" for i in range(4)}
+    source |= {f"w{i}.png": "facade-walls" for i in range(8)}
+    found = {"c0.png": 100.0, "c1.png": 100.0, "c2.png": 100.0, "v0.png": 100.0}
+    found |= {"w0.png": 100.0, "w1.png": 100.0}
+    walls = patch_check.score(found, source, min_length_px=20.0)["held-out walls, any crack"]
+    assert walls["precision"] == pytest.approx(3 / 5)
+    assert walls["balanced_precision"] == pytest.approx(6 / 8)
+    # the validation patches as the cracked ones: recall 1/4, so 2 found against 2 intact
+    assert walls["recall_val"] == pytest.approx(0.25)
+    assert walls["balanced_precision_val"] == pytest.approx(0.5)
+    assert patch_check.balanced_precision(0.0, 0.0) == 0.0

@@ -20,8 +20,13 @@ survey of 224 x 224 patches and scores that yes/no per patch:
 
 Per source: patches, patches with at least one crack, and the crack length found. Then
 precision and recall of "at least one crack" for the test positives against all intact
-patches, and against the held-out wall-only sources (facade-walls, spb-val); and the same
-with a patch called cracked only from ``--min-length-px`` of crack on. A benchmark, not a test.
+patches, against the held-out wall-only sources (facade-walls, spb-val) and against Sceaux
+alone; and the same with a patch called cracked only from ``--min-length-px`` of crack on.
+Precision depends on how many of the patches are cracked (here 27 against 82-187 intact), so
+each row also gives it for a balanced set, ``recall / (recall + false positive rate)``, the
+figure to compare with a check that has as many cracked patches as intact ones; and the recall
+and balanced precision with the validation patches as the cracked ones (fainter cracks). A
+benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -136,20 +141,39 @@ def score(found: dict[str, float], source: dict[str, str], min_length_px: float)
         }
         for t in (0, 20, 50, 100, 150, 200)
     ] if "cracked-test" in lengths else []
-    positives = per.get("cracked-test", {"patches": 0, "with_crack": 0, "over_min": 0})
+    none = {"patches": 0, "with_crack": 0, "over_min": 0}
+    positives = per.get("cracked-test", none)
+    validation = per.get("cracked-val", none)
     for label, negs in (("all intact", [s for s in per if not s.startswith("cracked")]),
-                        ("held-out walls", [s for s in WALL_ONLY if s in per])):
+                        ("held-out walls", [s for s in WALL_ONLY if s in per]),
+                        ("sceaux", ["sceaux"] if "sceaux" in per else [])):
         for rule, key in (("any crack", "with_crack"), (f">= {min_length_px:g} px", "over_min")):
             tp = positives[key]
             fp = sum(per[s][key] for s in negs)
             n_neg = sum(per[s]["patches"] for s in negs)
+            recall = tp / max(positives["patches"], 1)
+            recall_val = validation[key] / max(validation["patches"], 1)
+            fpr = fp / max(n_neg, 1)
             out[f"{label}, {rule}"] = {
                 "precision": tp / max(tp + fp, 1),
-                "recall": tp / max(positives["patches"], 1),
-                "false_positive_rate": fp / max(n_neg, 1),
+                "recall": recall,
+                "false_positive_rate": fpr,
                 "negatives": n_neg,
+                # as if cracked and intact patches were equally many (a balanced check)
+                "balanced_precision": balanced_precision(recall, fpr),
+                "recall_val": recall_val,
+                "balanced_precision_val": balanced_precision(recall_val, fpr),
             }
     return out
+
+
+def balanced_precision(recall: float, false_positive_rate: float) -> float:
+    """Precision on a set with as many cracked patches as intact ones.
+
+    Precision depends on the share of cracked patches: this check has 27 cracked test patches
+    against 82-187 intact ones, so its raw precision is lower than the same recall and false
+    positive rate give on a balanced set (recall / (recall + false positive rate))."""
+    return recall / (recall + false_positive_rate) if recall + false_positive_rate > 0 else 0.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,12 +219,19 @@ def main(argv: list[str] | None = None) -> None:
     for src, row in result["sources"].items():
         print(f"| {src} | {row['patches']} | {row['with_crack']} | {row['over_min']} | "
               f"{row['mean_length_px']:.1f} |")
-    print("\n| cracked-test against | precision | recall | intact patches called cracked |")
-    print("|---|---|---|---|")
+    print("\n| cracked test patches against | precision | recall | intact patches called "
+          "cracked | precision, balanced | with validation patches: recall / precision, "
+          "balanced |")
+    print("|---|---|---|---|---|---|")
     for key, v in result.items():
         if isinstance(v, dict) and "precision" in v:
             print(f"| {key} | {v['precision']:.3f} | {v['recall']:.3f} | "
-                  f"{v['false_positive_rate']:.3f} of {v['negatives']} |")
+                  f"{v['false_positive_rate']:.3f} of {v['negatives']} | "
+                  f"{v['balanced_precision']:.3f} | {v['recall_val']:.3f} / "
+                  f"{v['balanced_precision_val']:.3f} |")
+    print("\n(precision, balanced: as many cracked patches as intact ones, as on a balanced "
+          "check set; the raw precision above counts 27 cracked patches against all the "
+          "intact ones)")
     print("\n| a patch is cracked from (px of crack) | recall (cracked-test) | held-out wall "
           "patches called cracked |")
     print("|---|---|---|")
