@@ -95,8 +95,20 @@ def worker_environ() -> Iterator[None]:
                 os.environ[k] = v
 
 
-#: Dask settings of the local cluster's workers (each nanny keeps them for its restarts).
-WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+#: Dask settings of the local cluster: its scheduler, nannies and workers (each nanny keeps
+#: them for its restarts). Dask's defaults poll for a dashboard and for monitoring this cluster
+#: does not serve: the statistical profiler samples every worker thread 100 times a second,
+#: every server measures its event loop's latency 50 times a second, and the system and memory
+#: monitors read /proc 2 and 10 times a second. On an idle 2-worker cluster that cost 66 ms of
+#: CPU per second (34 in the client's process, which runs the scheduler and the nannies, 16 in
+#: each worker), 3.3 % of two cores taken from the tiles; with these settings 14 ms
+#: (docs/performance.md). A worker past its memory limit is still stopped within half a second.
+WORKER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "500ms",
+}
 
 #: Signals the local worker processes never receive: the client stops them in order.
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
@@ -134,8 +146,7 @@ def start_local_cluster(config: EngineConfig) -> tuple[Any, int, int]:
     torch threads per task. Its workers never receive SIGINT or SIGTERM
     (:func:`stop_signals_blocked`): the client stops them."""
     workers, threads, torch_threads = local_layout(config)
-    # Dask's statistical profiler samples every worker thread 100 times a second for a
-    # dashboard this cluster does not serve: 0.5-0.6 % of a worker's CPU (docs/performance.md)
+    # without the polling of a dashboard and monitors this cluster does not serve (WORKER_CONFIG)
     with worker_environ(), stop_signals_blocked(), dask.config.set(WORKER_CONFIG):
         cluster = LocalCluster(
             n_workers=workers,
