@@ -21,12 +21,13 @@ from torch import nn
 
 from cracksurvey.config import EngineConfig
 from cracksurvey.engine import Engine, run_image
+from cracksurvey.engine.cluster import available_cores
 from cracksurvey.engine.worker import QuickExitPlugin
 from cracksurvey.errors import InputRasterError
 from cracksurvey.io.cog import TiledRasterWriter
 from cracksurvey.io.raster import describe_raster
 from cracksurvey.model import ModelCard, TernausNet, save_model
-from cracksurvey.predict import HEAP_ENVIRON
+from cracksurvey.predict import HEAP_ENVIRON, torch_threads
 from cracksurvey.tiling import predict_untiled
 
 CRS = "EPSG:32633"
@@ -158,6 +159,7 @@ def test_local_cluster_matches_synchronous_and_survives_a_bad_image(tmp_path, we
     config = EngineConfig(processes=False, torch_threads=1, max_in_flight=2)
     with Engine(weights, **tiling, config=config, synchronous=True) as engine:
         sync = run(engine, src, tmp_path, "0")
+        assert engine.client_torch_threads is None  # the client has every core
     truncated = tmp_path / "truncated.tif"
     write_geotiff(truncated, facade(130, 170, seed=2))
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
@@ -167,6 +169,10 @@ def test_local_cluster_matches_synchronous_and_survives_a_bad_image(tmp_path, we
             run(engine, truncated, tmp_path, "x")
         # the engine is still usable; nothing was left behind for the bad image
         dask = run(engine, src, tmp_path, "1")
+        # the client's own networks get the cores the workers' tasks leave (at least one)
+        workers = engine._client.scheduler_info()["workers"].values()
+        slots = sum(w["nthreads"] for w in workers)  # torch_threads=1 per task
+        assert engine.client_torch_threads == max(1, available_cores() - slots)
     assert not list(tmp_path.glob("*x.tif*")) and not list(tmp_path.glob(".*"))
     assert dask.n_tiles == sync.n_tiles == 9
     np.testing.assert_allclose(
@@ -235,6 +241,7 @@ def test_external_scheduler_with_an_in_memory_model(tmp_path):
     config = EngineConfig(scheduler=cluster.scheduler_address)
     with cluster, Engine(pair, core_px=64, halo_px=32, precision="fp32", config=config) as engine:
         res = run(engine, src, tmp_path, "")
+        assert engine.client_torch_threads is None  # the workers run elsewhere
     ref, _ = predict_untiled(img, pair[0], TINY_CARD, halo_px=32, precision="fp32")
     np.testing.assert_allclose(read_band(res.distance_path), ref, rtol=0, atol=1e-5)
 
@@ -603,3 +610,15 @@ def test_quick_exit_only_after_a_clean_close_and_flushes_the_log(tmp_path, close
     assert done.returncode == status
     # after a clean close the later exit handlers (the interpreter's teardown) are skipped
     assert ("finalized" in done.stdout) == (closed != "closed")
+
+
+def test_torch_threads_are_set_inside_and_restored():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("restored on errors too")
+    assert torch.get_num_threads() == before

@@ -30,7 +30,7 @@ from rasterio.crs import CRS
 from torch import nn
 
 from cracksurvey.config import EngineConfig, Precision
-from cracksurvey.engine.cluster import start_local_cluster, task_resources
+from cracksurvey.engine.cluster import available_cores, start_local_cluster, task_resources
 from cracksurvey.engine.worker import (
     BandSpec,
     ModelPlugin,
@@ -252,6 +252,18 @@ class Engine:
         except Exception as exc:  # a cluster going away must not hide the run's own outcome
             log.warning("could not unregister the model plugin: %s", exc)
         self._remote_ref = None
+
+    @property
+    def client_torch_threads(self) -> int | None:
+        """Torch threads for network work in this process while the engine runs (the façade
+        semantics, the crack verifier): on a started local cluster, the cores its tasks leave
+        free, at least one; None (torch's default, every core) when synchronous, before the
+        cluster starts, or with a scheduler elsewhere. On two cores whose workers run the next
+        image meanwhile, two threads here waited on each other behind the workers: a 4-image
+        photo survey took 16.2 s instead of 15.2 s (docs/performance.md)."""
+        if self._cluster is None:
+            return None
+        return max(1, available_cores() - self._n_slots * (self._torch_threads or 1))
 
     def start(self) -> Engine:
         """Start (or connect to) the Dask cluster now rather than at the first image."""
