@@ -30,7 +30,12 @@ from rasterio.crs import CRS
 from torch import nn
 
 from cracksurvey.config import EngineConfig, Precision
-from cracksurvey.engine.cluster import available_cores, start_local_cluster, task_resources
+from cracksurvey.engine.cluster import (
+    available_cores,
+    local_layout,
+    start_local_cluster,
+    task_resources,
+)
 from cracksurvey.engine.worker import (
     BandSpec,
     ModelPlugin,
@@ -256,14 +261,15 @@ class Engine:
     @property
     def client_torch_threads(self) -> int | None:
         """Torch threads for network work in this process while the engine runs (the façade
-        semantics, the crack verifier): on a started local cluster, the cores its tasks leave
-        free, at least one; None (torch's default, every core) when synchronous, before the
-        cluster starts, or with a scheduler elsewhere. On two cores whose workers run the next
-        image meanwhile, two threads here waited on each other behind the workers: a 4-image
-        photo survey took 16.2 s instead of 15.2 s (docs/performance.md)."""
-        if self._cluster is None:
+        semantics, the crack verifier): with a local cluster, the cores its tasks leave free,
+        at least one; None (torch's default, every core) when synchronous or with a scheduler
+        elsewhere. On two cores whose workers run the next image meanwhile, two threads here
+        waited on each other behind the workers: a 4-image photo survey took 16.2 s instead of
+        15.2 s (docs/performance.md)."""
+        if self.synchronous or self.config.scheduler is not None:
             return None
-        return max(1, available_cores() - self._n_slots * (self._torch_threads or 1))
+        workers, threads, torch_threads = local_layout(self.config)
+        return max(1, available_cores() - workers * threads * torch_threads)
 
     def start(self) -> Engine:
         """Start (or connect to) the Dask cluster now rather than at the first image."""

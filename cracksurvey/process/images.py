@@ -59,7 +59,7 @@ from cracksurvey.io.cache import (
 from cracksurvey.io.outputs import read_band_window, read_mask_strips
 from cracksurvey.measure.continuity import cracks_per_patch, patch_origins
 from cracksurvey.measure.width import WIDTH_METHOD
-from cracksurvey.predict import effective_precision, resolve_device, torch_threads
+from cracksurvey.predict import effective_precision, resolve_device
 from cracksurvey.process.facade import (
     SemanticsModel,
     keep_pixels,
@@ -466,11 +466,7 @@ class ImageRun:
                     # the COGs overlay the crack layers: same transform and CRS, as resolved
                     georeference=(georef.transform, georef.crs.to_wkt() if georef.crs else None),
                 )
-            with (
-                self.timings("semantics"),
-                warnings.catch_warnings(),
-                torch_threads(self.engine.client_torch_threads),
-            ):
+            with self.timings("semantics"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 semantics = predict_semantics(
                     record, self.config, self.semantics_model, semantics_path
@@ -496,18 +492,17 @@ class ImageRun:
         assert record.georef is not None
         staging = self.results.stage()
         try:
-            with torch_threads(self.engine.client_torch_threads):  # the crack verifier
-                outcome, layers = measure_image(
-                    record,
-                    prediction,
-                    config=self.config,
-                    footprints=self.footprints_for(record.georef),
-                    raster_dir=self.raster_dir,
-                    root=self.root,
-                    timings=self.timings,
-                    detection_limit_px=self.detection_limit_px,
-                    verifier=self.verifier,
-                )
+            outcome, layers = measure_image(
+                record,
+                prediction,
+                config=self.config,
+                footprints=self.footprints_for(record.georef),
+                raster_dir=self.raster_dir,
+                root=self.root,
+                timings=self.timings,
+                detection_limit_px=self.detection_limit_px,
+                verifier=self.verifier,
+            )
             with self.timings("cache"):
                 return self.results.commit(
                     staging,

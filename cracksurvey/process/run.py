@@ -28,7 +28,7 @@ from cracksurvey.io.lock import RunLock
 from cracksurvey.io.outputs import RASTER_DIR, check_output_dir, clear_previous_outputs
 from cracksurvey.io.survey_files import discover_survey, hash_file
 from cracksurvey.model import ModelCard, Weights, read_weights
-from cracksurvey.predict import resolve_device
+from cracksurvey.predict import resolve_device, torch_threads
 from cracksurvey.process.facade import SemanticsModel
 from cracksurvey.process.images import ImageLayers, ImageRun
 from cracksurvey.process.outcome import (
@@ -233,7 +233,9 @@ def _process_locked(
             )
             for cache in (run.predictions, run.results):
                 cache.prune(keep=None)  # staging folders of a killed run
-            outcomes, results = _run_images(run, survey.images, out=out, emit=emit)
+            # the semantics and verifier networks here: on the cores the workers leave
+            with torch_threads(engine.client_torch_threads):
+                outcomes, results = _run_images(run, survey.images, out=out, emit=emit)
         except BaseException:
             close_engine()
             raise
