@@ -58,6 +58,7 @@ def mine(
     seed: int = 0,
     spb_scales: tuple[int, ...] = (2, 4),
     crack_data: Path | None = None,
+    patch: int = PATCH,
 ) -> None:
     from scipy import ndimage
 
@@ -99,7 +100,7 @@ def mine(
             rr, cc = np.nonzero(lab[sl] == i)
             pick = rng.choice(rr.size, min(PER, rr.size), replace=False)
             rows, cols = rr[pick] + sl[0].start, cc[pick] + sl[1].start
-            patches = read_patches(image, rows, cols, PATCH)
+            patches = read_patches(image, rows, cols, patch)
             xs.append(patches)
             ys.extend([label] * len(patches))
             groups.extend([next_group[0] + i] * len(patches))
@@ -280,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                    "only masonry's validation split, so pass the original data with --split val)")
     m.add_argument("--synthetic", type=int, default=None, help="synthetic crack crops (700 train, 150 val)")
     m.add_argument("--spb-scales", type=int, nargs="+", default=[2, 4], help="downscale factors of the training spb photos")
+    m.add_argument("--patch", type=int, default=PATCH,
+                   help="patch side (px); larger patches keep the same centres (context experiments)")
     t = sub.add_parser("train")
     t.add_argument("--train", type=Path, default=ROOT / "runs/verifier/train.npz")
     t.add_argument("--val", type=Path, default=ROOT / "runs/verifier/val.npz")
@@ -298,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or ROOT / f"runs/verifier/{args.split}.npz"
         n_synth = args.synthetic if args.synthetic is not None else (700 if args.split == "train" else 150)
         mine(args.data, args.split, out, n_synthetic=n_synth, spb_scales=tuple(args.spb_scales),
-             crack_data=args.crack_data)
+             crack_data=args.crack_data, patch=args.patch)
     else:
         train(args.train, args.val, args.out, steps=args.steps, keep=args.keep, seed=args.seed)
     return 0
