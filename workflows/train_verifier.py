@@ -59,6 +59,7 @@ def mine(
     spb_scales: tuple[int, ...] = (2, 4),
     crack_data: Path | None = None,
     patch: int = PATCH,
+    inner: bool = False,
 ) -> None:
     from scipy import ndimage
 
@@ -98,6 +99,13 @@ def mine(
         for i, label in labels.items():
             sl = objs[i - 1]
             rr, cc = np.nonzero(lab[sl] == i)
+            if inner:  # centres whose patch lies inside the image, where the component has any
+                r_abs, c_abs = rr + sl[0].start, cc + sl[1].start
+                h, w = image.shape[1:]
+                ok = (r_abs >= patch // 2) & (r_abs < h - patch // 2)
+                ok &= (c_abs >= patch // 2) & (c_abs < w - patch // 2)
+                if ok.any():
+                    rr, cc = rr[ok], cc[ok]
             pick = rng.choice(rr.size, min(PER, rr.size), replace=False)
             rows, cols = rr[pick] + sl[0].start, cc[pick] + sl[1].start
             patches = read_patches(image, rows, cols, patch)
@@ -281,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
                    "only masonry's validation split, so pass the original data with --split val)")
     m.add_argument("--synthetic", type=int, default=None, help="synthetic crack crops (700 train, 150 val)")
     m.add_argument("--spb-scales", type=int, nargs="+", default=[2, 4], help="downscale factors of the training spb photos")
+    m.add_argument("--inner", action="store_true",
+                   help="patch centres only where the patch lies inside the image (no reflected "
+                   "border in a patch) when the component has such pixels")
     m.add_argument("--patch", type=int, default=PATCH,
                    help="patch side (px); larger patches keep the same centres (context experiments)")
     t = sub.add_parser("train")
@@ -301,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or ROOT / f"runs/verifier/{args.split}.npz"
         n_synth = args.synthetic if args.synthetic is not None else (700 if args.split == "train" else 150)
         mine(args.data, args.split, out, n_synthetic=n_synth, spb_scales=tuple(args.spb_scales),
-             crack_data=args.crack_data, patch=args.patch)
+             crack_data=args.crack_data, patch=args.patch, inner=args.inner)
     else:
         train(args.train, args.val, args.out, steps=args.steps, keep=args.keep, seed=args.seed)
     return 0
