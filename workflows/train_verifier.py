@@ -170,6 +170,57 @@ def group_scores(scores: np.ndarray, y: np.ndarray, g: np.ndarray, k: np.ndarray
     return mean, y[first], k[first]
 
 
+def rule_threshold(comp: np.ndarray, label: np.ndarray, kind: np.ndarray, *, keep: float) -> float:
+    """The highest threshold that keeps ``keep`` of the cracks (``label`` 1) of each kind of
+    photo, from per-component scores (0.5 without any crack)."""
+    limits = []
+    for kd in (0, 1):
+        cracks = np.sort(comp[(label == 1) & (kind == kd)])
+        if cracks.size:
+            limits.append(float(cracks[int(np.floor((1.0 - keep) * cracks.size))]))
+    return min(limits) if limits else 0.5
+
+
+def fit(make_net, tr, *, steps: int, seed: int, log: bool = True):  # noqa: ANN001, ANN201
+    """Train ``make_net()`` (built after seeding) on the patches ``tr`` (X, y, kind): batches
+    of 64 drawn a quarter from each (label, kind of photo) pair, flips and quarter turns,
+    AdamW with a one-cycle learning rate. Returns the network in eval mode."""
+    import torch
+
+    from cracksurvey.verify import IMAGENET_MEAN, IMAGENET_STD
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(seed)
+    x_train, y_train = torch.from_numpy(tr["X"]), torch.from_numpy(tr["y"]).float()
+    # each batch: cracks and non-cracks, each half from either kind of photo (the crack
+    # datasets' components are fewer than the façades')
+    pools = [np.nonzero((tr["y"] == label) & (tr["kind"] == kind))[0] for label in (1, 0) for kind in (0, 1)]
+    net = make_net()
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None] * 255.0
+    std = torch.tensor(IMAGENET_STD)[:, None, None] * 255.0
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    t0 = time.time()
+    for step in range(steps):
+        idx = np.concatenate([rng.choice(pool, 16) for pool in pools])
+        x = x_train[idx]
+        if rng.random() < 0.5:
+            x = x.flip(3)
+        if rng.random() < 0.5:
+            x = x.flip(2)
+        x = torch.rot90(x, int(rng.integers(4)), (2, 3))
+        logits = net((x.float() - mean) / std)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_train[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log and (step + 1) % 500 == 0:
+            print(f"step {step + 1}: loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
+    return net.eval()
+
+
 def calibrate(net, card, va, *, keep: float) -> tuple[float, dict[str, object]]:  # noqa: ANN001
     """``min_score`` = the highest threshold that keeps ``keep`` of the validation cracks of
     each kind of photo (crack datasets, façades with synthetic cracks), with the metrics."""
@@ -177,12 +228,7 @@ def calibrate(net, card, va, *, keep: float) -> tuple[float, dict[str, object]]:
 
     scores = score_patches(net, card, va["X"])
     comp, label, kind = group_scores(scores, va["y"], va["g"], va["kind"])
-    limits = []
-    for kd in (0, 1):
-        cracks = np.sort(comp[(label == 1) & (kind == kd)])
-        if cracks.size:
-            limits.append(float(cracks[int(np.floor((1.0 - keep) * cracks.size))]))
-    min_score = min(limits) if limits else 0.5
+    min_score = rule_threshold(comp, label, kind, keep=keep)
     metrics: dict[str, object] = {
         "validation_auc_patches": _auc(scores, va["y"]),
         "validation_auc_cracks": _auc(comp, label),
@@ -217,43 +263,13 @@ def recalibrate(weights: Path, val_npz: Path, *, keep: float) -> None:
 
 
 def train(train_npz: Path, val_npz: Path, out: Path, *, steps: int, keep: float, seed: int) -> None:
-    import torch
 
     from cracksurvey.model import load_model
     from cracksurvey.verify import CrackVerifier, VerifierCard, save_verifier
 
-    torch.manual_seed(seed)
-    torch.set_num_threads(2)
-    rng = np.random.default_rng(seed)
     tr, va = np.load(train_npz), np.load(val_npz)
-    x_train, y_train = torch.from_numpy(tr["X"]), torch.from_numpy(tr["y"]).float()
-    # each batch: cracks and non-cracks, each half from either kind of photo (the crack
-    # datasets' components are fewer than the façades')
-    pools = [np.nonzero((tr["y"] == label) & (tr["kind"] == kind))[0] for label in (1, 0) for kind in (0, 1)]
-    net = CrackVerifier()
+    net = fit(CrackVerifier, tr, steps=steps, seed=seed)
     card = VerifierCard(model_id="cracksurvey-crack-verifier", patch_px=PATCH, points_per_crack=PER)
-    mean = torch.tensor(card.mean)[:, None, None] * 255.0
-    std = torch.tensor(card.std)[:, None, None] * 255.0
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    t0 = time.time()
-    for step in range(steps):
-        idx = np.concatenate([rng.choice(pool, 16) for pool in pools])
-        x = x_train[idx]
-        if rng.random() < 0.5:
-            x = x.flip(3)
-        if rng.random() < 0.5:
-            x = x.flip(2)
-        x = torch.rot90(x, int(rng.integers(4)), (2, 3))
-        logits = net((x.float() - mean) / std)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_train[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if (step + 1) % 500 == 0:
-            print(f"step {step + 1}: loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
-    net.eval()
     min_score, metrics = calibrate(net, card, va, keep=keep)
     _, crack_card = load_model(None)
     card = VerifierCard(

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_verifier import _auc, group_scores  # noqa: E402
+from train_verifier import _auc, fit, group_scores, rule_threshold  # noqa: E402
 
-from cracksurvey.verify import IMAGENET_MEAN, IMAGENET_STD, CrackVerifier  # noqa: E402
+from cracksurvey.verify import CrackVerifier, VerifierCard, score_patches  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,54 +50,12 @@ class Net(nn.Module):
         return out
 
 
-MEAN = torch.tensor(IMAGENET_MEAN)[:, None, None] * 255.0
-STD = torch.tensor(IMAGENET_STD)[:, None, None] * 255.0
-
-
-def scores_of(net: nn.Module, x_all: np.ndarray) -> np.ndarray:
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(x_all), 256):
-            x = (torch.from_numpy(x_all[i : i + 256]).float() - MEAN) / STD
-            out.append(torch.sigmoid(net(x)).double().numpy())
-    return np.concatenate(out)
-
-
-def rule(comp: np.ndarray, label: np.ndarray, kind: np.ndarray, keep: float = 0.95) -> float:
-    """The highest threshold keeping ``keep`` of the validation cracks of each kind of photo."""
-    limits = []
-    for kd in (0, 1):
-        cracks = np.sort(comp[(label == 1) & (kind == kd)])
-        limits.append(float(cracks[int(np.floor((1 - keep) * cracks.size))]))
-    return min(limits)
-
-
 def run(tr: dict, va: dict, context: bool, seed: int, steps: int = 2000) -> dict:
-    torch.manual_seed(seed)
-    torch.set_num_threads(2)
-    rng = np.random.default_rng(seed)
-    x_train, y_train = torch.from_numpy(tr["X"]), torch.from_numpy(tr["y"]).float()
-    pools = [np.nonzero((tr["y"] == lb) & (tr["kind"] == kd))[0] for lb in (1, 0) for kd in (0, 1)]
-    net = Net(context)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
     t0 = time.time()
-    for _ in range(steps):  # the sampling and augmentation of train_verifier.py
-        idx = np.concatenate([rng.choice(p, 16) for p in pools])
-        x = x_train[idx]
-        if rng.random() < 0.5:
-            x = x.flip(3)
-        if rng.random() < 0.5:
-            x = x.flip(2)
-        x = torch.rot90(x, int(rng.integers(4)), (2, 3))
-        loss = F.binary_cross_entropy_with_logits(net((x.float() - MEAN) / STD), y_train[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    net.eval()
-    comp, label, kind = group_scores(scores_of(net, va["X"]), va["y"], va["g"], va["kind"])
-    threshold = rule(comp, label, kind)
+    net = fit(lambda: Net(context), tr, steps=steps, seed=seed, log=False)
+    scores = score_patches(net, VerifierCard(model_id="context experiment"), va["X"])  # type: ignore[arg-type]
+    comp, label, kind = group_scores(scores, va["y"], va["g"], va["kind"])
+    threshold = rule_threshold(comp, label, kind, keep=0.95)
     facade = kind == 1
     return {
         "context": context,
@@ -105,7 +63,9 @@ def run(tr: dict, va: dict, context: bool, seed: int, steps: int = 2000) -> dict
         "s": round(time.time() - t0),
         "min_score": round(threshold, 3),
         "facade_false_kept": round(float((comp[facade & (label == 0)] >= threshold).mean()), 3),
-        "crackset_far_kept": round(float((comp[(kind == 0) & (label == 0)] >= threshold).mean()), 3),
+        "crackset_far_kept": round(
+            float((comp[(kind == 0) & (label == 0)] >= threshold).mean()), 3
+        ),
         "facade_auc": round(_auc(comp[facade], label[facade]), 3),
     }
 
