@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_ops import bilinear_up2, max_pool2
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,7 @@ class _DecoderV2(nn.Module):
         self.block = nn.Sequential(_ConvRelu(cin, cmid, norm), _ConvRelu(cmid, cout, norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        return self.block(x)
+        return self.block(bilinear_up2(x))
 
 
 class _DecoderV1(nn.Module):
@@ -190,13 +190,13 @@ class TernausNet(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pool = F.max_pool2d
+        pool = max_pool2
         conv1 = self._stage(x, 0)
-        conv2 = self._stage(pool(conv1, 2), 1)
-        conv3 = self._stage(pool(conv2, 2), 2)
-        conv4 = self._stage(pool(conv3, 2), 3)
-        conv5 = self._stage(pool(conv4, 2), 4)
-        center = self.center(pool(conv5, 2))
+        conv2 = self._stage(pool(conv1), 1)
+        conv3 = self._stage(pool(conv2), 2)
+        conv4 = self._stage(pool(conv3), 3)
+        conv5 = self._stage(pool(conv4), 4)
+        center = self.center(pool(conv5))
         dec5 = self.dec5(torch.cat([center, conv5], 1))
         dec4 = self.dec4(torch.cat([dec5, conv4], 1))
         dec3 = self.dec3(torch.cat([dec4, conv3], 1))

@@ -1,0 +1,184 @@
+"""Two of the network's memory-bound operations on bf16 channels-last maps on the CPU, compiled.
+
+**Bilinear 2x upsampling.** The UNet16 decoder upsamples every stage by two (bilinear, ``align_corners=False``). On the
+CPU in bf16, PyTorch's kernel for that is slow: it took 37 ms of a 263 ms forward pass of a
+1280 x 1280 tile (the shipped 1/8-width model, one thread), most of it on the last stage's
+24 x 1280 x 1280 output; its fp32 kernel is more than twice as fast on the same data. This
+kernel computes each output in fp32 exactly as PyTorch's does (the same two-tap weights 0.25
+and 0.75 in the same order, rows first, no fused multiply-add) and rounds to bf16 to nearest
+even, so its output is PyTorch's bit for bit, in about half the time (19 ms per tile;
+docs/performance.md, "Model"). It runs only where it applies — CPU, bf16, channels-last,
+no autograd — and :func:`bilinear_up2` falls back to :func:`torch.nn.functional.interpolate`
+everywhere else (training, fp32, a GPU).
+
+**2 x 2 max pooling.** The encoder halves every stage with a 2 x 2 max pool; PyTorch's CPU
+kernel also computes the indices of the maxima, which inference does not need: 9.9 ms of the
+forward on the first stage's 8 x 1280 x 1280 map. :func:`max_pool2` picks the same element
+(the first maximum in row-major order, NaN if any is NaN, as PyTorch's does), so its output is
+PyTorch's bit for bit; where it does not apply it is :func:`torch.nn.functional.max_pool2d`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import njit
+from numpy.typing import NDArray
+
+__all__ = ["bilinear_up2", "max_pool2"]
+
+
+@njit(cache=True, fastmath=False, boundscheck=False)
+def _up2_bf16(x: NDArray[np.uint16], out: NDArray[np.uint16]) -> None:  # pragma: no cover
+    """``out`` (2H, 2W, C) = bilinear 2x of ``x`` (H, W, C), both bf16 bit patterns.
+
+    Rows are widened to fp32 one at a time (three kept), blended vertically into the two
+    output rows of input row ``i`` (``0.25 x[i-1] + 0.75 x[i]`` and ``0.75 x[i] + 0.25
+    x[i+1]``, the edge rows copied), then horizontally the same way, then rounded.
+    """
+    h_in, w_in, ch = x.shape
+    q, h = np.float32(0.25), np.float32(0.75)
+    rows = np.empty((3, w_in, ch), np.float32)
+    rows_bits = rows.view(np.uint32)
+    t = np.empty((2, w_in, ch), np.float32)
+    o = np.empty((2, 2 * w_in, ch), np.float32)
+    o_bits = o.view(np.uint32)
+    one, sh, half = np.uint32(1), np.uint32(16), np.uint32(0x7FFF)
+    exp_mask, abs_mask, qnan = np.uint32(0x7F800000), np.uint32(0x7FFFFFFF), np.uint16(0x7FC0)
+    for j in range(w_in):
+        for c in range(ch):
+            rows_bits[0, j, c] = np.uint32(x[0, j, c]) << sh
+    for i in range(h_in):
+        cur, prv, nxt = i % 3, (i + 2) % 3, (i + 1) % 3
+        if i + 1 < h_in:
+            for j in range(w_in):
+                for c in range(ch):
+                    rows_bits[nxt, j, c] = np.uint32(x[i + 1, j, c]) << sh
+        if i == 0:
+            t[0] = rows[cur]
+        else:
+            for j in range(w_in):
+                for c in range(ch):
+                    t[0, j, c] = q * rows[prv, j, c] + h * rows[cur, j, c]
+        if i == h_in - 1:
+            t[1] = rows[cur]
+        else:
+            for j in range(w_in):
+                for c in range(ch):
+                    t[1, j, c] = h * rows[cur, j, c] + q * rows[nxt, j, c]
+        for a in range(2):
+            for c in range(ch):
+                o[a, 0, c] = t[a, 0, c]
+                o[a, 2 * w_in - 1, c] = t[a, w_in - 1, c]
+            for j in range(1, w_in):
+                for c in range(ch):
+                    o[a, 2 * j, c] = q * t[a, j - 1, c] + h * t[a, j, c]
+                    o[a, 2 * j - 1, c] = h * t[a, j - 1, c] + q * t[a, j, c]
+            for j in range(2 * w_in):
+                for c in range(ch):
+                    b = o_bits[a, j, c]
+                    r = np.uint16((b + half + ((b >> sh) & one)) >> sh)  # to nearest even
+                    out[2 * i + a, j, c] = qnan if (b & abs_mask) > exp_mask else r
+
+
+@njit(cache=True, fastmath=False, boundscheck=False)
+def _pool2_bf16(x: NDArray[np.uint16], out: NDArray[np.uint16]) -> None:  # pragma: no cover
+    """``out`` (H // 2, W // 2, C) = 2 x 2 max pool (stride 2, floor) of ``x`` (H, W, C), bf16
+    bit patterns; the first maximum in row-major order, or the last NaN (PyTorch's rule).
+
+    The two input rows are widened to fp32, compared there, and the winner's bits narrowed
+    back (exact: a widened bf16 has no low bits).
+    """
+    h_out, w_out, ch = out.shape
+    sh = np.uint32(16)
+    rows = np.empty((2, 2 * w_out, ch), np.float32)
+    rows_bits = rows.view(np.uint32)
+    best = np.empty((w_out, ch), np.float32)
+    best_bits = best.view(np.uint32)
+    for i in range(h_out):
+        for a in range(2):
+            for j in range(2 * w_out):
+                for c in range(ch):
+                    rows_bits[a, j, c] = np.uint32(x[2 * i + a, j, c]) << sh
+        for j in range(w_out):
+            for c in range(ch):
+                m = rows[0, 2 * j, c]
+                f = rows[0, 2 * j + 1, c]
+                m = f if (f > m or f != f) else m
+                f = rows[1, 2 * j, c]
+                m = f if (f > m or f != f) else m
+                f = rows[1, 2 * j + 1, c]
+                m = f if (f > m or f != f) else m
+                best[j, c] = m
+        for j in range(w_out):
+            for c in range(ch):
+                out[i, j, c] = np.uint16(best_bits[j, c] >> sh)
+
+
+def _fast_path(x: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.bfloat16
+        and x.dim() == 4
+        and x.shape[2] > 0
+        and x.shape[3] > 0
+        and not (torch.is_grad_enabled() and x.requires_grad)
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and x.permute(0, 2, 3, 1).is_contiguous()
+    )
+
+
+def max_pool2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2)``.
+
+    With a CPU bf16 channels-last input outside autograd, the compiled kernel (the same
+    values, bit for bit, without the indices); otherwise PyTorch's.
+
+    Parameters
+    ----------
+    x : Tensor of shape (N, C, H, W)
+
+    Returns
+    -------
+    Tensor of shape (N, C, H // 2, W // 2), channels-last where the input was.
+    """
+    if not _fast_path(x) or x.shape[2] < 2 or x.shape[3] < 2:
+        return F.max_pool2d(x, 2)
+    n, c, h, w = x.shape
+    out = torch.empty(
+        (n, c, h // 2, w // 2), dtype=torch.bfloat16, memory_format=torch.channels_last
+    )
+    src, dst = x.detach().permute(0, 2, 3, 1), out.permute(0, 2, 3, 1)
+    for k in range(n):
+        _pool2_bf16(_bits(src[k]), _bits(dst[k]))
+    return out
+
+
+def _bits(t: torch.Tensor) -> NDArray[np.uint16]:
+    """A (H, W, C) bf16 tensor's memory as uint16 (no copy)."""
+    return t.view(torch.int16).numpy().view(np.uint16)
+
+
+def bilinear_up2(x: torch.Tensor) -> torch.Tensor:
+    """``F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)``.
+
+    With a CPU bf16 channels-last input outside autograd, the compiled kernel (the same
+    values, bit for bit, in about half the time); otherwise PyTorch's.
+
+    Parameters
+    ----------
+    x : Tensor of shape (N, C, H, W)
+
+    Returns
+    -------
+    Tensor of shape (N, C, 2H, 2W), channels-last where the input was.
+    """
+    if not _fast_path(x):
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    n, c, h, w = x.shape
+    out = torch.empty((n, c, 2 * h, 2 * w), dtype=torch.bfloat16, memory_format=torch.channels_last)
+    src, dst = x.detach().permute(0, 2, 3, 1), out.permute(0, 2, 3, 1)
+    for k in range(n):
+        _up2_bf16(_bits(src[k]), _bits(dst[k]))
+    return out

@@ -1,0 +1,165 @@
+"""The compiled bf16 kernels of the network (cracksurvey.cpu_ops): bilinear 2x upsampling, 2 x 2 max pooling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cracksurvey import cpu_ops as upsample
+from cracksurvey.cpu_ops import bilinear_up2, max_pool2
+
+
+def _bf16_cl(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g) * 4.0
+    return x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+
+
+def _reference(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear 2x (align_corners=False) in numpy float32, rows then columns, rounded to bf16:
+    the arithmetic the kernel promises, independent of PyTorch's own kernel."""
+    a = x.float().numpy()
+    q, h = np.float32(0.25), np.float32(0.75)
+
+    def along(v: np.ndarray, axis: int) -> np.ndarray:
+        v = np.moveaxis(v, axis, -1)
+        prev = np.concatenate([v[..., :1], v[..., :-1]], axis=-1)
+        nxt = np.concatenate([v[..., 1:], v[..., -1:]], axis=-1)
+        even = q * prev + h * v
+        odd = h * v + q * nxt
+        even[..., 0] = v[..., 0]
+        odd[..., -1] = v[..., -1]
+        out = np.stack([even, odd], axis=-1).reshape(*v.shape[:-1], 2 * v.shape[-1])
+        return np.moveaxis(out, -1, axis)
+
+    y = along(along(a, 2), 3)
+    return torch.from_numpy(np.ascontiguousarray(y)).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 24, 37, 41), (2, 16, 8, 8), (1, 3, 1, 5), (1, 5, 6, 1), (1, 1, 1, 1), (1, 64, 20, 20)],
+)
+def test_the_kernel_computes_the_promised_arithmetic_bit_for_bit(shape):
+    x = _bf16_cl(shape)
+    with torch.inference_mode():
+        y = bilinear_up2(x)
+    assert y.shape == (shape[0], shape[1], 2 * shape[2], 2 * shape[3])
+    assert y.dtype == torch.bfloat16
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y.contiguous().view(torch.int16), _reference(x).view(torch.int16))
+
+
+@pytest.mark.parametrize("shape", [(1, 24, 40, 40), (2, 8, 13, 7)])
+def test_the_kernel_agrees_with_torch_interpolate(shape):
+    """PyTorch's kernel on this CPU: equal, or at most one bf16 step apart (the order of its
+    arithmetic may differ between CPU kinds; on an AMD Zen 5 every value is identical)."""
+    x = _bf16_cl(shape, seed=1)
+    with torch.inference_mode():
+        ours = bilinear_up2(x).float()
+        theirs = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False).float()
+    step = theirs.abs() * 2.0**-7 + 1e-30
+    assert bool(((ours - theirs).abs() <= step).all())
+    assert float((ours != theirs).float().mean()) < 0.01
+
+
+def test_the_kernel_keeps_nan_and_infinity():
+    x = _bf16_cl((1, 4, 5, 6))
+    x[0, 1, 2, 3] = float("nan")
+    x[0, 2, 0, 0] = float("inf")
+    with torch.inference_mode():
+        y = bilinear_up2(x)
+        ref = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(torch.isinf(y), torch.isinf(ref))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.randn(1, 8, 9, 10),  # fp32
+        lambda: torch.randn(1, 8, 9, 10).to(torch.bfloat16),  # bf16, NCHW
+        lambda: (
+            torch.randn(1, 8, 9, 10)
+            .contiguous(memory_format=torch.channels_last)
+            .to(torch.bfloat16)
+            .requires_grad_()
+        ),  # training
+    ],
+    ids=["fp32", "bf16-nchw", "bf16-autograd"],
+)
+def test_everything_else_is_torch_interpolate(make, monkeypatch):
+    calls = []
+    monkeypatch.setattr(upsample, "_up2_bf16", lambda *a: calls.append(a))
+    x = make()
+    y = bilinear_up2(x)
+    assert not calls
+    ref = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    assert torch.equal(y, ref)
+    if x.requires_grad:
+        y.float().sum().backward()
+        assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_the_decoder_uses_it_in_inference(monkeypatch):
+    from cracksurvey.model import TernausNet
+
+    model = TernausNet("unet16", width=0.125, body_head=True, norm="batch").eval()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    calls = []
+    kernel = upsample._up2_bf16
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        kernel(*args)
+
+    monkeypatch.setattr(upsample, "_up2_bf16", counted)
+    pools = []
+    pool_kernel = upsample._pool2_bf16
+
+    def counted_pool(*args):
+        pools.append(args[0].shape)
+        pool_kernel(*args)
+
+    monkeypatch.setattr(upsample, "_pool2_bf16", counted_pool)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = model(x)
+        assert len(calls) == 5  # the five decoder stages of UNet16
+        assert len(pools) == 5  # and the five pools of its encoder
+        monkeypatch.setattr(upsample, "_fast_path", lambda t: False)
+        slow = model(x)
+    assert fast.shape == slow.shape == (1, 2, 64, 64)
+    # the kernel's values are torch's within one bf16 step, which the rest of the network
+    # carries: compare loosely (identical on an AMD Zen 5)
+    assert torch.allclose(fast.float(), slow.float(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 64, 64), (2, 16, 9, 11), (1, 3, 2, 2), (1, 24, 5, 3)])
+def test_the_pool_picks_torch_max_pool2d_values(shape):
+    x = _bf16_cl(shape, seed=2)
+    x = torch.relu(x)  # as in the network: many exact zeros, ties within a window
+    x[0, 0, 0, 1] = float("nan")
+    with torch.inference_mode():
+        ours = max_pool2(x)
+        theirs = F.max_pool2d(x, 2)
+    assert ours.shape == theirs.shape
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(torch.isnan(ours), torch.isnan(theirs))
+    finite = ~torch.isnan(theirs)
+    assert torch.equal(ours[finite], theirs[finite])
+    # and the maxima of the windows, computed directly
+    a = x.float()[..., : 2 * (shape[2] // 2), : 2 * (shape[3] // 2)]
+    blocks = a.reshape(shape[0], shape[1], shape[2] // 2, 2, shape[3] // 2, 2)
+    direct = blocks.amax(dim=(3, 5))
+    assert torch.equal(ours.float()[finite], direct[finite])
+
+
+def test_the_pool_falls_back_outside_its_case(monkeypatch):
+    calls = []
+    monkeypatch.setattr(upsample, "_pool2_bf16", lambda *a: calls.append(a))
+    for x in (torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6).to(torch.bfloat16)):
+        assert torch.equal(max_pool2(x), F.max_pool2d(x, 2))
+    assert not calls
