@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from cracksurvey.config import Precision
+from cracksurvey.cpu_ops import normalised_input
 from cracksurvey.model import ModelCard
 
 log = logging.getLogger(__name__)
@@ -259,13 +260,16 @@ def predict_tile(
         log.info("bf16 is not supported natively on this CPU; it is emulated (slower than fp32)")
         _fallback_logged = True
     device = torch.device(device)
-    std = torch.tensor(card.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    mean = torch.tensor(card.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     with torch.inference_mode():
-        # uint8 -> float channels-last in one copy, then normalised in place
-        x = torch.empty((1, 3, h, w), dtype=torch.float32, memory_format=torch.channels_last)
-        x.copy_(torch.from_numpy(rgb).unsqueeze(0))
-        x = x.mul_(1.0 / std).add_(-mean / std).to(device)
+        if device.type == "cpu":  # one pass through a table, already in bf16 where it runs
+            dtype = torch.bfloat16 if run == "bf16" else torch.float32
+            x = normalised_input(rgb, card.mean, card.std, dtype)
+        else:  # uint8 -> float channels-last in one copy, normalised in place, moved
+            std = torch.tensor(card.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+            mean = torch.tensor(card.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+            x = torch.empty((1, 3, h, w), dtype=torch.float32, memory_format=torch.channels_last)
+            x.copy_(torch.from_numpy(rgb).unsqueeze(0))
+            x = x.mul_(1.0 / std).add_(-mean / std).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run == "bf16"):
             out = model(x)
         planes = out[0].float().cpu().contiguous()  # (heads, H, W), one copy out of NHWC

@@ -163,3 +163,18 @@ def test_the_pool_falls_back_outside_its_case(monkeypatch):
     for x in (torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6).to(torch.bfloat16)):
         assert torch.equal(max_pool2(x), F.max_pool2d(x, 2))
     assert not calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_input_table_gives_the_normalised_values(dtype):
+    from cracksurvey.cpu_ops import normalised_input
+
+    rgb = np.random.default_rng(3).integers(0, 256, (3, 37, 53), dtype=np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    s = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+    m = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
+    expected = torch.from_numpy(rgb)[None].float().mul_(1.0 / s).add_(-m / s).to(dtype)
+    x = normalised_input(rgb, mean, std, dtype)
+    assert x.dtype == dtype and x.shape == (1, 3, 37, 53)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x, expected)
