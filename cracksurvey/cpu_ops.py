@@ -1,26 +1,24 @@
-"""Two of the network's memory-bound operations on bf16 channels-last maps on the CPU, compiled.
+"""The network's memory-bound operations on bf16 channels-last maps on the CPU, compiled (numba).
 
-**Bilinear 2x upsampling.** The UNet16 decoder upsamples every stage by two (bilinear, ``align_corners=False``). On the
-CPU in bf16, PyTorch's kernel for that is slow: it took 37 ms of a 263 ms forward pass of a
-1280 x 1280 tile (the shipped 1/8-width model, one thread), most of it on the last stage's
-24 x 1280 x 1280 output; its fp32 kernel is more than twice as fast on the same data. This
-kernel computes each output in fp32 exactly as PyTorch's does (the same two-tap weights 0.25
-and 0.75 in the same order, rows first, no fused multiply-add) and rounds to bf16 to nearest
-even, so its output is PyTorch's bit for bit, in about half the time (19 ms per tile;
-docs/performance.md, "Model"). It runs only where it applies — CPU, bf16, channels-last,
-no autograd — and :func:`bilinear_up2` falls back to :func:`torch.nn.functional.interpolate`
-everywhere else (training, fp32, a GPU).
+Each gives PyTorch's values bit for bit, runs only where it applies (CPU, bf16, channels-last,
+no autograd) and falls back to PyTorch everywhere else (fp32, training, a GPU). Measured on a
+1280 x 1280 tile of the shipped 1/8-width model, one thread, AMD Zen 5 (docs/performance.md,
+"Model"):
 
-**2 x 2 max pooling.** The encoder halves every stage with a 2 x 2 max pool; PyTorch's CPU
-kernel also computes the indices of the maxima, which inference does not need: 9.9 ms of the
-forward on the first stage's 8 x 1280 x 1280 map. :func:`max_pool2` picks the same element
-(the first maximum in row-major order, NaN if any is NaN, as PyTorch's does), so its output is
-PyTorch's bit for bit; where it does not apply it is :func:`torch.nn.functional.max_pool2d`.
-
-**The input.** A uint8 RGB tile becomes the network's normalised channels-last input in one
-pass through a 3 x 256 table (:func:`normalised_input`) instead of a conversion, a multiply
-and an add over the whole tile (8 ms of a 1280 x 1280 tile) and, in bf16, autocast's copy of
-it to bf16: the table holds exactly those values.
+- **Bilinear 2x upsampling** (:func:`bilinear_up2`). The UNet16 decoder upsamples every stage
+  by two (``align_corners=False``). PyTorch's bf16 kernel took 37 ms of a 263 ms forward, most
+  of it on the last stage's 24 x 1280 x 1280 output (its fp32 kernel is more than twice as fast
+  on the same data). This one computes each output in fp32 as PyTorch's does (the two-tap
+  weights 0.25 and 0.75 in the same order, rows first, no fused multiply-add) and rounds to
+  bf16 to nearest even: 19 ms.
+- **2 x 2 max pooling** (:func:`max_pool2`). PyTorch's kernel also computes the indices of the
+  maxima, which inference does not need: the five pools took 13.3 ms (9.9 on the first stage's
+  8 x 1280 x 1280 map); this one 5.6 ms. It picks the same element (the first maximum in
+  row-major order, NaN if any is NaN). (An fp32 version saved nothing in the fp32 forward.)
+- **The input** (:func:`normalised_input`, bf16 and fp32). A uint8 RGB tile becomes the
+  normalised channels-last input in one pass through a 3 x 256 table instead of a conversion,
+  a multiply and an add over the whole tile and, in bf16, autocast's copy of it to bf16
+  (8.7 -> 2.8 ms): the table holds exactly those values.
 """
 
 from __future__ import annotations
