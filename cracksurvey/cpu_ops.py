@@ -19,10 +19,15 @@ no autograd) and falls back to PyTorch everywhere else (fp32, training, a GPU). 
   normalised channels-last input in one pass through a 3 x 256 table instead of a conversion,
   a multiply and an add over the whole tile and, in bf16, autocast's copy of it to bf16
   (8.7 -> 2.8 ms): the table holds exactly those values.
+
+``CRACKSURVEY_COMPILED_OPS=0`` in the environment (read at import, so also by Dask workers
+started after it is set) switches all three off: PyTorch's operations, the same values, for a
+comparison of speed (``workflows/bench_compiled_ops.py``) or should a kernel ever misbehave.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +37,10 @@ import torch.nn.functional as F
 from numba import njit
 from numpy.typing import NDArray
 
-__all__ = ["bilinear_up2", "max_pool2", "normalised_input"]
+__all__ = ["ENABLED", "bilinear_up2", "max_pool2", "normalised_input"]
+
+#: The kernels run (``CRACKSURVEY_COMPILED_OPS`` is not ``0``).
+ENABLED = os.environ.get("CRACKSURVEY_COMPILED_OPS", "1").strip() != "0"
 
 
 @njit(cache=True, fastmath=False, boundscheck=False)
@@ -169,7 +177,8 @@ def normalised_input(
 
 def _fast_path(x: torch.Tensor) -> bool:
     return (
-        x.device.type == "cpu"
+        ENABLED
+        and x.device.type == "cpu"
         and x.dtype == torch.bfloat16
         and x.dim() == 4
         and x.shape[2] > 0

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cracksurvey import cpu_ops
 from cracksurvey.config import Precision
-from cracksurvey.cpu_ops import normalised_input
 from cracksurvey.model import ModelCard
 
 log = logging.getLogger(__name__)
@@ -261,9 +261,9 @@ def predict_tile(
         _fallback_logged = True
     device = torch.device(device)
     with torch.inference_mode():
-        if device.type == "cpu":  # one pass through a table, already in bf16 where it runs
+        if device.type == "cpu" and cpu_ops.ENABLED:  # one pass, already in bf16 if it runs
             dtype = torch.bfloat16 if run == "bf16" else torch.float32
-            x = normalised_input(rgb, card.mean, card.std, dtype)
+            x = cpu_ops.normalised_input(rgb, card.mean, card.std, dtype)
         else:  # uint8 -> float channels-last in one copy, normalised in place, moved
             std = torch.tensor(card.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
             mean = torch.tensor(card.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0

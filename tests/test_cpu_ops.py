@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -178,3 +182,27 @@ def test_the_input_table_gives_the_normalised_values(dtype):
     assert x.dtype == dtype and x.shape == (1, 3, 37, 53)
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(x, expected)
+
+
+def test_the_switch_turns_them_off(monkeypatch):
+    monkeypatch.setattr(upsample, "ENABLED", False)
+    calls = []
+    monkeypatch.setattr(upsample, "_up2_bf16", lambda *a: calls.append(a))
+    monkeypatch.setattr(upsample, "_pool2_bf16", lambda *a: calls.append(a))
+    x = _bf16_cl((1, 8, 6, 6))
+    with torch.inference_mode():
+        assert torch.equal(
+            bilinear_up2(x), F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        )
+        assert torch.equal(max_pool2(x), F.max_pool2d(x, 2))
+    assert not calls
+
+
+def test_the_switch_is_read_from_the_environment():
+    code = "import cracksurvey.cpu_ops as o; print(o.ENABLED)"
+    for value, expected in (("0", "False"), ("1", "True"), ("", "True")):
+        env = {**os.environ, "CRACKSURVEY_COMPILED_OPS": value}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == expected
