@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_ops import bilinear_up2, max_pool2
+from .cpu_ops import bilinear_up2, conv_relu, max_pool2
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,12 @@ class _ConvRelu(nn.Sequential):
         super().__init__(
             nn.Conv2d(cin, cout, 3, padding=1), _norm(cout, norm), nn.ReLU(inplace=True)
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, norm = self[0], self[1]
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.Identity):  # ReLU fused if it can
+            return conv_relu(conv, x)
+        return super().forward(x)
 
 
 class _DecoderV2(nn.Module):
@@ -186,7 +192,11 @@ class TernausNet(nn.Module):
 
     def _stage(self, x: torch.Tensor, k: int) -> torch.Tensor:
         for idx in self._stage_convs[k]:
-            x = F.relu(self.encoder_norms[str(idx)](self.encoder[idx](x)), inplace=True)
+            conv, norm = self.encoder[idx], self.encoder_norms[str(idx)]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.Identity):
+                x = conv_relu(conv, x)
+            else:
+                x = F.relu(norm(conv(x)), inplace=True)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
