@@ -20,7 +20,7 @@ no autograd) and falls back to PyTorch everywhere else (fp32, training, a GPU). 
   a multiply and an add over the whole tile and, in bf16, autocast's copy of it to bf16
   (8.7 -> 2.8 ms): the table holds exactly those values.
 
-- **Convolution + ReLU** (:func:`conv_relu`, bf16): oneDNN's convolution with the ReLU as its
+- **Convolution + ReLU** (:func:`conv_relu`, bf16 and fp32): oneDNN's convolution with the ReLU as its
   post-op (PyTorch's own fused operation, which eager mode does not use) instead of a second
   pass over every convolution's output.
 
@@ -180,11 +180,11 @@ def normalised_input(
     return out
 
 
-def _fast_path(x: torch.Tensor) -> bool:
+def _fast_path(x: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)) -> bool:
     return (
         ENABLED
         and x.device.type == "cpu"
-        and x.dtype == torch.bfloat16
+        and x.dtype in dtypes
         and x.dim() == 4
         and x.shape[2] > 0
         and x.shape[3] > 0
@@ -259,32 +259,42 @@ def _autocast_bf16() -> bool:
 def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``relu(conv(x))``, the ReLU fused into oneDNN's convolution where it applies.
 
-    Under bf16 autocast on the CPU with a bf16 channels-last input outside autograd the
-    convolution runs as autocast would run it (weights and bias cast to bf16) with the ReLU as
-    a post-op of the same primitive: no second pass over the output (the ReLUs took 16 ms of a
-    1280 x 1280 tile's forward), the same values. Elsewhere, or if the fused operation is
-    missing from this build of PyTorch, ``F.relu(conv(x), inplace=True)``.
+    On the CPU with a channels-last input outside autograd — bf16 under bf16 autocast (the
+    weights and bias cast to bf16, as autocast casts them), or float32 without autocast — the
+    convolution runs with the ReLU as a post-op of the same primitive: no second pass over the
+    output (the ReLUs took 16 ms of a 1280 x 1280 tile's bf16 forward), the same values.
+    Elsewhere, or if the fused operation is missing from this build of PyTorch,
+    ``F.relu(conv(x), inplace=True)``.
     """
     global _FUSED_FAILED
     if (
         _FUSED_FAILED
-        or not _fast_path(x)
-        or not _autocast_bf16()
+        or not _fast_path(x, (torch.bfloat16, torch.float32))
         or conv.padding_mode != "zeros"
         or isinstance(conv.padding, str)
         or (torch.is_grad_enabled() and conv.weight.requires_grad)
     ):
         return F.relu(conv(x), inplace=True)
+    if x.dtype == torch.bfloat16 and _autocast_bf16():
+        dtype = torch.bfloat16
+    elif (
+        x.dtype == torch.float32
+        and conv.weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        dtype = torch.float32
+    else:
+        return F.relu(conv(x), inplace=True)
     try:
-        return _fused_conv_relu(conv, x)
+        return _fused_conv_relu(conv, x, dtype)
     except (AttributeError, RuntimeError, NotImplementedError):  # not in this build of PyTorch
         _FUSED_FAILED = True  # PyTorch's own operations from now on
         return F.relu(conv(x), inplace=True)
 
 
-def _fused_conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    weight = conv.weight.to(torch.bfloat16)
-    bias = None if conv.bias is None else conv.bias.to(torch.bfloat16)
+def _fused_conv_relu(conv: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    weight = conv.weight.to(dtype)
+    bias = None if conv.bias is None else conv.bias.to(dtype)
     padding, stride, dilation = (list(v) for v in (conv.padding, conv.stride, conv.dilation))
     out: torch.Tensor = torch.ops.mkldnn._convolution_pointwise(
         x, weight, bias, padding, stride, dilation, conv.groups, "relu", [], ""

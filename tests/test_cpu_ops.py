@@ -236,8 +236,8 @@ def test_the_fused_convolution_falls_back_outside_its_case(monkeypatch):
     monkeypatch.setattr(upsample, "_fused_conv_relu", lambda *a: used.append(a))
     conv = _conv(4, 4)
     x = _bf16_cl((1, 4, 8, 8))
-    with torch.inference_mode():  # no autocast: the convolution's own dtype rules
-        y = conv_relu(conv, x.float())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv_relu(conv, x.float())  # float32 input under autocast: PyTorch's rules
         assert torch.equal(y, torch.relu(conv(x.float())))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autograd: the training path
         x_grad = x.clone().requires_grad_()
@@ -261,3 +261,24 @@ def test_a_missing_fused_operation_falls_back_for_good(monkeypatch):
         y = conv_relu(conv, x)
         assert torch.equal(y, torch.relu(conv(x)))
     assert upsample._FUSED_FAILED
+
+
+def test_the_fused_convolution_in_float32():
+    from cracksurvey.cpu_ops import conv_relu
+
+    conv = _conv(8, 16)
+    x = _bf16_cl((1, 8, 40, 24), seed=5).float()
+    calls = []
+    original = upsample._fused_conv_relu
+
+    def counted(*args):
+        calls.append(args[2])
+        return original(*args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(upsample, "_fused_conv_relu", counted)
+        with torch.inference_mode():
+            ours = conv_relu(conv, x)
+            theirs = torch.relu(conv(x))
+    assert calls == [torch.float32]
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
