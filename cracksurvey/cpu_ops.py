@@ -32,7 +32,8 @@ comparison of speed (``workflows/bench_compiled_ops.py``) or should a kernel eve
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,14 @@ from numba import njit
 from numpy.typing import NDArray
 from torch import nn
 
-__all__ = ["ENABLED", "bilinear_up2", "conv_relu", "max_pool2", "normalised_input"]
+__all__ = [
+    "ENABLED",
+    "bilinear_up2",
+    "conv_relu",
+    "max_pool2",
+    "normalised_input",
+    "pytorch_ops",
+]
 
 #: The kernels run (``CRACKSURVEY_COMPILED_OPS`` is not ``0``).
 ENABLED = os.environ.get("CRACKSURVEY_COMPILED_OPS", "1").strip() != "0"
@@ -178,6 +186,19 @@ def normalised_input(
     else:
         _lookup_hwc(np.ascontiguousarray(rgb), table.numpy(), hwc.numpy())
     return out
+
+
+@contextmanager
+def pytorch_ops() -> Iterator[None]:
+    """Within: PyTorch's own operations (e.g. for forward hooks on the convolutions, which the
+    fused convolution bypasses). Not thread-safe: it flips the module's switch."""
+    global ENABLED
+    before = ENABLED
+    ENABLED = False
+    try:
+        yield
+    finally:
+        ENABLED = before
 
 
 def _fast_path(x: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)) -> bool:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_ops import bilinear_up2, conv_relu, max_pool2
+from .cpu_ops import bilinear_up2, conv_relu, max_pool2, pytorch_ops
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def flops_per_megapixel(model: TernausNet) -> float:
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
             hooks.append(m.register_forward_hook(hook))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), pytorch_ops():  # every convolution through its module's hooks
             model(torch.zeros(1, 3, side, side))
     finally:
         for h in hooks:

@@ -282,3 +282,13 @@ def test_the_fused_convolution_in_float32():
             theirs = torch.relu(conv(x))
     assert calls == [torch.float32]
     assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_the_flop_count_sees_every_convolution_of_a_channels_last_model():
+    from cracksurvey.model import TernausNet, flops_per_megapixel
+
+    model = TernausNet("unet16", width=0.125, body_head=True).eval()
+    plain = flops_per_megapixel(model)
+    model = model.to(memory_format=torch.channels_last)
+    assert flops_per_megapixel(model) == pytest.approx(plain)
+    assert plain == pytest.approx(41.2e9, rel=0.01)  # the shipped architecture's, as documented
