@@ -56,6 +56,8 @@ __all__ = [
 ]
 
 Precision = Literal["auto", "bf16", "fp32"]
+#: What a tile at the image's edge sees beyond it (:class:`TilingConfig`).
+Border = Literal["image", "reflect"]
 #: ``auto`` picks CUDA, then MPS, then CPU; ``cuda:N`` selects one GPU.
 Device = str
 
@@ -82,6 +84,11 @@ class TilingConfig:
     halo_px : int
         Overlap on each side of the core window that is predicted but discarded (>= 64, about the
         network's useful receptive field).
+    border : {'image', 'reflect'}
+        At the image's edges: ``image`` (default) gives a tile only the image's own pixels as
+        context (its window is cut at the edge and grown inward); ``reflect`` adds the halo
+        beyond the edge as a mirror image, which reads as a repeated pattern and hides cracks
+        near the edge and in small images (docs/method.md, "Image borders").
 
     The core window, the part of each tile that is kept, has the side :attr:`core_px`.
 
@@ -91,6 +98,7 @@ class TilingConfig:
 
     tile_px: int = 1280
     halo_px: int = 96
+    border: Border = "image"
 
     def __post_init__(self) -> None:
         if self.halo_px < MIN_HALO_PX:
@@ -480,25 +488,16 @@ def _coerce(value: Any, hint: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise TypeError
         return tuple(_coerce(v, typing.get_args(hint)[0]) for v in value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise TypeError
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise TypeError
-            return float(value)
-        raise TypeError
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise TypeError
-    raise TypeError  # pragma: no cover - unsupported annotation is a programming error
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and number and isinstance(value, int):
+        return value
+    if hint is float and number and math.isfinite(value):
+        return float(value)
+    if hint is str and isinstance(value, str):
+        return value
+    raise TypeError  # a value of another type (or an unsupported annotation: a bug)
 
 
 def _check_layer(source: str, layer: Any) -> dict[str, dict[str, Any]]:

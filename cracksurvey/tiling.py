@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cracksurvey.config import Precision
+from cracksurvey.config import Border, Precision
 from cracksurvey.predict import predict_tile
 from cracksurvey.skeleton import TileSkeleton, extract_tile_skeleton, threshold_distance
 
@@ -57,8 +57,8 @@ class Tile:
     row0, row1, col0, col1 : int
         Core window, half-open, inside the image.
     read_row0, read_row1, read_col0, read_col1 : int
-        Read window (core + halo, size a multiple of 32); may extend beyond the image, where
-        pixels are reflected (:func:`read_window_reflect`).
+        Read window (core + halo, size a multiple of 32; :func:`tile_grid` says how it meets
+        the image's edges); pixels beyond the image are reflected (:func:`read_window_reflect`).
     """
 
     index: int
@@ -98,7 +98,13 @@ class Tile:
 
 
 def tile_grid(
-    height: int, width: int, *, core_px: int, halo_px: int, multiple: int = 32
+    height: int,
+    width: int,
+    *,
+    core_px: int,
+    halo_px: int,
+    multiple: int = 32,
+    border: Border = "image",
 ) -> list[Tile]:
     """Split an image into tiles whose core windows partition it exactly.
 
@@ -114,17 +120,25 @@ def tile_grid(
         Context on each side of the core, rounded up to a multiple of ``multiple``.
     multiple : int
         Network input multiple (32 for TernausNet).
+    border : {'image', 'reflect'}
+        ``image`` (default): read windows are ``core ± halo`` cut at the image's edges: no
+        mirrored context, the network sees an edge as it saw the edges of its training and
+        validation crops. As there, the image is first extended at the bottom/right to a
+        multiple of ``multiple`` (reflected), which the windows may include.
+        ``reflect``: read windows are ``core ± halo`` with the pixels beyond the image
+        reflected, extended at the bottom/right to a multiple of ``multiple``.
 
     Returns
     -------
-    list of Tile, row-major. Read windows are ``core ± halo``, extended at the bottom/right so
-    their size is a multiple of ``multiple``.
+    list of Tile, row-major.
 
     Examples
     --------
     >>> [t.core for t in tile_grid(100, 70, core_px=64, halo_px=32)]
     [(0, 64, 0, 64), (0, 64, 64, 70), (64, 100, 0, 64), (64, 100, 64, 70)]
     >>> tile_grid(100, 70, core_px=64, halo_px=32)[1].read
+    (0, 96, 32, 96)
+    >>> tile_grid(100, 70, core_px=64, halo_px=32, border="reflect")[1].read
     (-32, 96, 32, 128)
     """
     if height < 1 or width < 1:
@@ -134,27 +148,28 @@ def tile_grid(
             f"core_px={core_px}, halo_px={halo_px}, multiple={multiple}: expected core_px >= 1, "
             "halo_px >= 0, multiple >= 1"
         )
+    if border not in ("reflect", "image"):
+        raise ValueError(f"border={border!r}: expected 'reflect' or 'image'")
     step = round_up(core_px, multiple)
     halo = round_up(halo_px, multiple)
+
+    def read(start: int, stop: int, size: int) -> tuple[int, int]:
+        if border == "reflect":
+            return start - halo, start - halo + round_up(stop - start + 2 * halo, multiple)
+        # the image as the network takes it whole: reflected at the end to a multiple
+        end = round_up(size, multiple)
+        lo, hi = max(start - halo, 0), min(stop + halo, end)
+        return lo, hi + round_up(hi - lo, multiple) - (hi - lo)
+
     tiles: list[Tile] = []
     for row0 in range(0, height, step):
         row1 = min(row0 + step, height)
+        read_row0, read_row1 = read(row0, row1, height)
         for col0 in range(0, width, step):
             col1 = min(col0 + step, width)
-            read_rows = round_up(row1 - row0 + 2 * halo, multiple)
-            read_cols = round_up(col1 - col0 + 2 * halo, multiple)
+            read_col0, read_col1 = read(col0, col1, width)
             tiles.append(
-                Tile(
-                    index=len(tiles),
-                    row0=row0,
-                    row1=row1,
-                    col0=col0,
-                    col1=col1,
-                    read_row0=row0 - halo,
-                    read_row1=row0 - halo + read_rows,
-                    read_col0=col0 - halo,
-                    read_col1=col0 - halo + read_cols,
-                )
+                Tile(len(tiles), row0, row1, col0, col1, read_row0, read_row1, read_col0, read_col1)
             )
     return tiles
 
@@ -337,12 +352,15 @@ def predict_untiled(
     halo_px: int,
     precision: Precision = "fp32",
     device: str | torch.device = "cpu",
+    border: Border = "image",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Reference prediction: the network on the whole image, no tiling.
 
-    The image is reflect-padded by the halo (rounded up to ``card.input_multiple``, as
-    :func:`tile_grid` does) on every side, then at the bottom/right up to a multiple of
-    ``card.input_multiple``. Only for small images (tests): memory grows with the image.
+    ``border="image"``: the image as it is, reflect-padded only at the bottom/right up to a
+    multiple of ``card.input_multiple`` (the halo plays no part: every pixel has the whole
+    image as context). ``"reflect"``: first reflect-padded by the halo (rounded up to the
+    multiple, as :func:`tile_grid` does) on every side. Only for small images (tests): memory
+    grows with the image.
 
     Returns
     -------
@@ -351,7 +369,7 @@ def predict_untiled(
     """
     multiple = card.input_multiple
     _, height, width = rgb_full.shape
-    halo = round_up(halo_px, multiple)
+    halo = round_up(halo_px, multiple) if border == "reflect" else 0
     window = (
         -halo,
         -halo + round_up(height + 2 * halo, multiple),
@@ -375,6 +393,7 @@ def predict_tiled(
     halo_px: int,
     precision: Precision = "fp32",
     device: str | torch.device = "cpu",
+    border: Border = "image",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Tile an in-memory image, predict every tile and stitch the cores (no Dask, no files).
 
@@ -384,7 +403,7 @@ def predict_tiled(
     Parameters
     ----------
     rgb_full : ndarray of shape (3, rows, cols), uint8
-    core_px, halo_px : see :func:`tile_grid`.
+    core_px, halo_px, border : see :func:`tile_grid`.
 
     Returns
     -------
@@ -395,7 +414,9 @@ def predict_tiled(
     distance = np.empty((height, width), np.float32)
     body: np.ndarray | None = None
     reader = array_reader(rgb_full)
-    tiles = tile_grid(height, width, core_px=core_px, halo_px=halo_px, multiple=card.input_multiple)
+    tiles = tile_grid(
+        height, width, core_px=core_px, halo_px=halo_px, multiple=card.input_multiple, border=border
+    )
     for tile in tiles:
         rgb = np.ascontiguousarray(read_window_reflect(reader, tile.read, height, width))
         d, b = predict_tile(model, card, rgb, precision=precision, device=device)

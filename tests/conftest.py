@@ -56,8 +56,9 @@ def crack_array(
     half = width_px // 2
     for (r0, c0), (r1, c1) in zip(polyline, polyline[1:]):
         n = max(abs(r1 - r0), abs(c1 - c0)) + 1
-        for r, c in zip(np.linspace(r0, r1, n).round().astype(int),
-                        np.linspace(c0, c1, n).round().astype(int)):
+        for r, c in zip(
+            np.linspace(r0, r1, n).round().astype(int), np.linspace(c0, c1, n).round().astype(int)
+        ):
             array[:, max(r - half, 0) : r + half + 1, max(c - half, 0) : c + half + 1] = 0
     return array
 
@@ -115,8 +116,13 @@ def make_image(path: str | Path, array: np.ndarray) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(
-            path, "w", driver=driver, width=array.shape[2], height=array.shape[1],
-            count=array.shape[0], dtype=array.dtype,
+            path,
+            "w",
+            driver=driver,
+            width=array.shape[2],
+            height=array.shape[1],
+            count=array.shape[0],
+            dtype=array.dtype,
         ) as dst:
             dst.write(array)
     for extra in path.parent.glob(path.name + ".aux.xml"):
@@ -244,8 +250,9 @@ def make_survey(root: str | Path, *, pixel_image: bool = False) -> Path:
     make_world_image(images / "drone.png", crack_array(), map_transform, UTM33)
     make_image(images / "facade_gsd.jpg", crack_array())
     make_image(images / "facade_plane.png", crack_array())
-    make_world_image(images / "facade_world.png", crack_array(),
-                     Affine(0.003, 0, 0, 0, -0.003, SHAPE[0] * 0.003))
+    make_world_image(
+        images / "facade_world.png", crack_array(), Affine(0.003, 0, 0, 0, -0.003, SHAPE[0] * 0.003)
+    )
     if pixel_image:
         make_image(images / "nothing.png", crack_array())
     write_survey_yaml(root / "survey.yaml", {"survey": {"crs": UTM33}})
@@ -254,13 +261,30 @@ def make_survey(root: str | Path, *, pixel_image: bool = False) -> Path:
         [
             {"image": "ortho.tif", "building_id": "B1"},
             {"image": "facade_gsd.jpg", "building_id": "B1", "facade_id": "B1-N", "gsd_mm": 2},
-            {"image": "facade_plane.png", "building_id": "B2", "facade_id": "B2-E", "gsd_mm": 4,
-             "base_x0": x0 + 10, "base_y0": y0 - 5, "base_x1": x0 + 10.128, "base_y1": y0 - 5,
-             "base_z": 412.5},
+            {
+                "image": "facade_plane.png",
+                "building_id": "B2",
+                "facade_id": "B2-E",
+                "gsd_mm": 4,
+                "base_x0": x0 + 10,
+                "base_y0": y0 - 5,
+                "base_x1": x0 + 10.128,
+                "base_y1": y0 - 5,
+                "base_z": 412.5,
+            },
             {"image": "facade_world.png", "building_id": "B2", "facade_id": "B2-S"},
         ],
-        columns=["image", "building_id", "facade_id", "gsd_mm",
-                 "base_x0", "base_y0", "base_x1", "base_y1", "base_z"],
+        columns=[
+            "image",
+            "building_id",
+            "facade_id",
+            "gsd_mm",
+            "base_x0",
+            "base_y0",
+            "base_x1",
+            "base_y1",
+            "base_z",
+        ],
     )
     make_buildings(
         root / "buildings.gpkg",
@@ -289,6 +313,8 @@ FAST = {
     "tiling": {"tile_px": 160, "halo_px": 64},
     "cpp": {"patch_px": 16, "min_area_px": 3},
 }
+
+
 def oracle_model() -> TernausNet:
     """TernausNet whose output is a fixed function of the pixel darkness (module docstring)."""
     model = TernausNet("unet16", width=1 / 16, body_head=True)
@@ -345,5 +371,3 @@ def run_cli(*args: str | Path) -> Any:
 
 def nonblank_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
-
-

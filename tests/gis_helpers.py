@@ -37,16 +37,19 @@ PROBE = Path(__file__).with_name("qgis_probe.py")
 
 
 def process_oracle(
-    survey: Path, weights: Path, *, overrides: Mapping[str, Any] | None = None,
-    expect_warnings: bool = False, **kwargs: Any,
+    survey: Path,
+    weights: Path,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    expect_warnings: bool = False,
+    **kwargs: Any,
 ) -> RunSummary:
     """Process ``survey`` with the oracle model; CrackSurveyWarnings are allowed if expected."""
     config = {**FAST, **(overrides or {})}
     with warnings.catch_warnings():
         if expect_warnings:
             warnings.simplefilter("ignore", CrackSurveyWarning)
-        return process_survey(survey, weights=weights, overrides=config, synchronous=True,
-                              **kwargs)
+        return process_survey(survey, weights=weights, overrides=config, synchronous=True, **kwargs)
 
 
 def drawn_line(polyline: Sequence[tuple[int, int]], transform: Affine) -> shapely.LineString:
@@ -60,11 +63,18 @@ def _qgis_missing() -> str:
     """Why QGIS cannot be used ('' when it can)."""
     if not Path(SYSTEM_PYTHON).exists():
         return f"{SYSTEM_PYTHON} not found"
-    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import qgis.core"], capture_output=True,
-                           text=True, env=_qgis_env(), timeout=120)
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import qgis.core"],
+        capture_output=True,
+        text=True,
+        env=_qgis_env(),
+        timeout=120,
+    )
     if probe.returncode:
-        return ("QGIS Python bindings not importable by /usr/bin/python3 "
-                f"(`make system-deps` installs python3-qgis): {probe.stderr.strip()[-200:]}")
+        return (
+            "QGIS Python bindings not importable by /usr/bin/python3 "
+            f"(`make system-deps` installs python3-qgis): {probe.stderr.strip()[-200:]}"
+        )
     return ""
 
 
@@ -72,13 +82,18 @@ def _qgis_env() -> dict[str, str]:
     runtime = Path(tempfile.gettempdir()) / f"cracksurvey-qgis-{os.getuid()}"
     runtime.mkdir(mode=0o700, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(runtime), HOME=str(runtime),
-               QGIS_CUSTOM_CONFIG_PATH=str(runtime))
+    env.update(
+        QT_QPA_PLATFORM="offscreen",
+        XDG_RUNTIME_DIR=str(runtime),
+        HOME=str(runtime),
+        QGIS_CUSTOM_CONFIG_PATH=str(runtime),
+    )
     return env
 
 
-def run_qgis_script(script: Path, *args: str | Path,
-                    env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def run_qgis_script(
+    script: Path, *args: str | Path, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Run a script with QGIS's Python (headless); its last stdout line, parsed as JSON.
 
     Skips the test, saying why, when QGIS is not there.
@@ -86,8 +101,13 @@ def run_qgis_script(script: Path, *args: str | Path,
     reason = _qgis_missing()
     if reason:
         pytest.skip(reason)
-    result = subprocess.run([SYSTEM_PYTHON, str(script), *map(str, args)], capture_output=True,
-                            text=True, env={**_qgis_env(), **(env or {})}, timeout=600)
+    result = subprocess.run(
+        [SYSTEM_PYTHON, str(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**_qgis_env(), **(env or {})},
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -49,8 +49,12 @@ def _edit_cracks(spec: dict) -> dict:
             feature[name] = value
         assert layer.addFeature(feature)
     _commit(layer)
-    out = {"deleted": len(deleted), "added": len(spec.get("add", [])),
-           "features": layer.featureCount(), "crs": layer.crs().description()}
+    out = {
+        "deleted": len(deleted),
+        "added": len(spec.get("add", [])),
+        "features": layer.featureCount(),
+        "crs": layer.crs().description(),
+    }
     del layer
     return out
 
@@ -80,8 +84,9 @@ def _add_reviewed(spec: dict, crack_layer: str) -> dict:
     options.driverName = "GPKG"
     options.layerName = name
     options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer
-    writer = QgsVectorFileWriter.create(gpkg, fields, QgsWkbTypes.Polygon, crs,
-                                        QgsCoordinateTransformContext(), options)
+    writer = QgsVectorFileWriter.create(
+        gpkg, fields, QgsWkbTypes.Polygon, crs, QgsCoordinateTransformContext(), options
+    )
     assert writer.hasError() == QgsVectorFileWriter.NoError, writer.errorMessage()
     del writer
     layer = QgsVectorLayer(f"{gpkg}|layername={name}", name, "ogr")

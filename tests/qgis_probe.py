@@ -41,8 +41,13 @@ def _vector(path: str, name: str) -> dict:
         renderer=renderer.type() if renderer else None,
         attribute=getattr(renderer, "classAttribute", lambda: None)(),
         legend=[item.label() for item in renderer.legendSymbolItems()] if renderer else [],
-        colours=[item.symbol().color().name() for item in renderer.legendSymbolItems()
-                 if item.symbol() is not None] if renderer else [],
+        colours=[
+            item.symbol().color().name()
+            for item in renderer.legendSymbolItems()
+            if item.symbol() is not None
+        ]
+        if renderer
+        else [],
         fields=[field.name() for field in layer.fields()],
     )
     return info

@@ -49,9 +49,12 @@ def _describe(algorithm) -> dict:  # type: ignore[no-untyped-def]
         "name": algorithm.displayName(),
         "help": algorithm.shortHelpString(),
         "parameters": {
-            p.name(): {"description": p.description(), "type": p.type(),
-                       "optional": bool(p.flags() & QgsProcessingParameterDefinition.FlagOptional),
-                       "advanced": bool(p.flags() & QgsProcessingParameterDefinition.FlagAdvanced)}
+            p.name(): {
+                "description": p.description(),
+                "type": p.type(),
+                "optional": bool(p.flags() & QgsProcessingParameterDefinition.FlagOptional),
+                "advanced": bool(p.flags() & QgsProcessingParameterDefinition.FlagAdvanced),
+            }
             for p in algorithm.parameterDefinitions()
         },
         "outputs": [o.name() for o in algorithm.outputDefinitions()],
@@ -75,9 +78,11 @@ def main(argv: list[str]) -> dict:
     assert qgis.utils.loadPlugin("cracksurvey_processing")
     assert qgis.utils.startProcessingPlugin("cracksurvey_processing")
     provider = QgsApplication.processingRegistry().providerById("cracksurvey")
-    out: dict = {"provider": provider.longName(),
-                 "algorithms": {a.id(): _describe(a) for a in provider.algorithms()},
-                 "runs": []}
+    out: dict = {
+        "provider": provider.longName(),
+        "algorithms": {a.id(): _describe(a) for a in provider.algorithms()},
+        "runs": [],
+    }
     for run in spec["runs"]:
         feedback = _feedback()
         context = QgsProcessingContext()
@@ -91,18 +96,21 @@ def main(argv: list[str]) -> dict:
             dirty.startEditing()
             dirty.deleteFeature(next(dirty.getFeatures()).id())
         try:
-            results = processing.run(run["algorithm"], run["parameters"], feedback=feedback,
-                                     context=context)
+            results = processing.run(
+                run["algorithm"], run["parameters"], feedback=feedback, context=context
+            )
             error = None
         except Exception as exc:  # noqa: BLE001 - reported to the test
             results, error = {}, str(exc)
-        out["runs"].append({
-            "results": {k: str(v) for k, v in results.items()},
-            "error": error,
-            "progress": feedback.progress,
-            "log": feedback.log,
-            "load": sorted(d.name for d in context.layersToLoadOnCompletion().values()),
-        })
+        out["runs"].append(
+            {
+                "results": {k: str(v) for k, v in results.items()},
+                "error": error,
+                "progress": feedback.progress,
+                "log": feedback.log,
+                "load": sorted(d.name for d in context.layersToLoadOnCompletion().values()),
+            }
+        )
         del context
         if dirty is not None:
             dirty.rollBack()

@@ -27,14 +27,6 @@ from cracksurvey.model import ModelCard, save_model
 GSD = Affine(0.002, 0, 0, 0, -0.002, 64 * 0.002)
 
 
-
-
-
-
-
-
-
-
 def make_corpus(root: Path) -> Path:
     """test_process's bad-input survey plus more per-image cases (module docstring)."""
     make_bad_input_survey(root)
@@ -77,8 +69,16 @@ def test_per_image_problems_fail_alone_with_one_line_each(tmp_path: Path, weight
     for name in expected:
         assert status[name]["status"] == "error" and "\n" not in status[name]["message"]
     finished = {n for n, i in status.items() if i["status"] == "ok"}
-    assert finished == {"good.tif", "rgba.png", "sixteen.tif", "nogeo.png", "gray.tif",
-                        "tiff_named.jpg", "mostly_nodata.tif", "world.png"}
+    assert finished == {
+        "good.tif",
+        "rgba.png",
+        "sixteen.tif",
+        "nogeo.png",
+        "gray.tif",
+        "tiff_named.jpg",
+        "mostly_nodata.tif",
+        "world.png",
+    }
     assert all(status[n]["n_cracks"] == 1 for n in finished)
     assert record["n_images_failed"] == len(expected)
 

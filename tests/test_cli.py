@@ -17,32 +17,50 @@ from test_process import make_bad_input_survey
 from cracksurvey.cli import main
 from cracksurvey.errors import ConfigError
 
-FAST_OPTIONS = ["--scheduler", "synchronous", "--precision", "fp32",
-                "--set", "tiling.halo_px=64", "--tile-px", "160", "--set", "cpp.patch_px=16"]
-
-
-
-
-
-
-
-
+FAST_OPTIONS = [
+    "--scheduler",
+    "synchronous",
+    "--precision",
+    "fp32",
+    "--set",
+    "tiling.halo_px=64",
+    "--tile-px",
+    "160",
+    "--set",
+    "cpp.patch_px=16",
+]
 
 
 def test_help_explains_inputs_and_outputs() -> None:
     result = run("process", "--help")
     assert result.exit_code == 0
-    for text in ("SURVEY_DIR", "images.csv", "buildings.gpkg", "cracks.gpkg", "run.json",
-                 "summary.csv", "_distance.tif", "--overwrite", "--scheduler", "--workers",
-                 "--tile-px", "--threshold-px", "[auto|bf16|fp32]", "--json", "Exit status"):
+    for text in (
+        "SURVEY_DIR",
+        "images.csv",
+        "buildings.gpkg",
+        "cracks.gpkg",
+        "run.json",
+        "summary.csv",
+        "_distance.tif",
+        "--overwrite",
+        "--scheduler",
+        "--workers",
+        "--tile-px",
+        "--threshold-px",
+        "[auto|bf16|fp32]",
+        "--json",
+        "Exit status",
+    ):
         assert text in result.output, text
     assert "[default: (1280)" in " ".join(result.output.split())
     assert "process" in run("--help").output
 
 
 def test_help_does_not_import_torch() -> None:
-    code = ("import sys, cracksurvey.cli; "
-            "print(sorted(m for m in ('torch', 'dask', 'geopandas') if m in sys.modules))")
+    code = (
+        "import sys, cracksurvey.cli; "
+        "print(sorted(m for m in ('torch', 'dask', 'geopandas') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -53,12 +71,19 @@ def test_process_a_survey(tmp_path: Path, weights: Path) -> None:
     assert result.exit_code == 0, result.stderr
     err = lines(result.stderr)
     assert sorted(line.split(":")[0] for line in err if line.startswith("ok ")) == [
-        f"ok    images/{name}" for name in ("drone.png", "facade_gsd.jpg", "facade_plane.png",
-                                     "facade_world.png", "ortho.tif")]
+        f"ok    images/{name}"
+        for name in (
+            "drone.png",
+            "facade_gsd.jpg",
+            "facade_plane.png",
+            "facade_world.png",
+            "ortho.tif",
+        )
+    ]
     assert err[-1].startswith("5 of 5 images processed; 5 cracks -> ")
     record = json.loads(result.stdout)
     assert record == json.loads((root / "cracksurvey" / "run.json").read_text())
-    assert record["config"]["tiling"] == {"tile_px": 160, "halo_px": 64}
+    assert record["config"]["tiling"] == {"tile_px": 160, "halo_px": 64, "border": "image"}
     assert record["config"]["model"]["precision"] == "fp32"
     assert record["config"]["cpp"]["patch_px"] == 16
 
@@ -103,8 +128,9 @@ def test_previous_run_exit_2_unless_overwrite(tmp_path: Path, weights: Path) -> 
         f"error: {out} already holds a previous run (run.json); pass --overwrite to replace it "
         "or choose another --out"
     ]
-    forced = run("process", root, "--out", out, "--weights", weights, *FAST_OPTIONS,
-                 "--overwrite", "-q")
+    forced = run(
+        "process", root, "--out", out, "--weights", weights, *FAST_OPTIONS, "--overwrite", "-q"
+    )
     assert forced.exit_code == 0
     assert forced.stderr == ""  # -q: no per-image lines, no summary line
 
@@ -164,7 +190,8 @@ def test_the_same_warning_for_many_images_is_one_line(tmp_path: Path, weights: P
     [line] = [x for x in lines(result.stderr) if "georeferencing" in x]
     assert line.startswith(
         "warning: 5 images (images/wall0.png, images/wall1.png, images/wall2.png and 2 more): "
-        "no georeferencing")
+        "no georeferencing"
+    )
     assert "pixel units" in line
     gpkg = root / "cracksurvey" / "cracks.gpkg"
     assert "images" in [name for name, _ in pyogrio.list_layers(gpkg)]
@@ -185,8 +212,10 @@ def test_warning_lines_group_by_what_and_keep_single_ones() -> None:
     grouped.add("c.png: only one like this")
     assert written == []  # held until flushed
     grouped.flush()
-    assert written == ["warning: 2 images (a.png, b.png): no georeferencing",
-                       "warning: gap bridging is not implemented",
-                       "warning: c.png: only one like this"]
+    assert written == [
+        "warning: 2 images (a.png, b.png): no georeferencing",
+        "warning: gap bridging is not implemented",
+        "warning: c.png: only one like this",
+    ]
     grouped.flush()
     assert len(written) == 3

@@ -33,15 +33,24 @@ WORKER = [sys.executable, "-m", "distributed.cli.dask_worker"]
 RTOL = 1e-6
 
 
-
-
-
-
 def start_worker(scheduler_file: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [*WORKER, "--scheduler-file", str(scheduler_file),
-         "--nworkers", "1", "--nthreads", "1", "--memory-limit", "0", "--no-dashboard", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=worker_env(),
+        [
+            *WORKER,
+            "--scheduler-file",
+            str(scheduler_file),
+            "--nworkers",
+            "1",
+            "--nthreads",
+            "1",
+            "--memory-limit",
+            "0",
+            "--no-dashboard",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=worker_env(),
     )
 
 
@@ -55,12 +64,24 @@ class Cluster:
 
     def __init__(self, folder: Path) -> None:
         self.scheduler_file = folder / "scheduler.json"
-        self.procs = [subprocess.Popen(
-            [*SCHEDULER, "--scheduler-file",
-             str(self.scheduler_file), "--port", "0", "--host", "127.0.0.1",
-             "--dashboard-address", ":0"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=worker_env(),
-        )]
+        self.procs = [
+            subprocess.Popen(
+                [
+                    *SCHEDULER,
+                    "--scheduler-file",
+                    str(self.scheduler_file),
+                    "--port",
+                    "0",
+                    "--host",
+                    "127.0.0.1",
+                    "--dashboard-address",
+                    ":0",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=worker_env(),
+            )
+        ]
         self.wait_for(lambda: self.scheduler_file.exists())
         self.wait_for(lambda: "address" in self.scheduler_file.read_text())
         self.address = json.loads(self.scheduler_file.read_text())["address"]
@@ -123,22 +144,31 @@ MODELS_LOADED = "sorted(sha for sha, _ in __import__('cracksurvey.engine.worker'
 # --------------------------------------------------------------------------------------------
 def test_scheduler_run_gives_the_local_layers(tmp_path: Path, weights: Path, cluster):
     root = make_survey(tmp_path / "survey")
-    local = process_survey(root, out_dir=tmp_path / "local", weights=weights, overrides=FAST,
-                           synchronous=True)
-    remote = process_survey(root, out_dir=tmp_path / "remote", weights=weights,
-                            overrides=FAST, scheduler=cluster.address)
+    local = process_survey(
+        root, out_dir=tmp_path / "local", weights=weights, overrides=FAST, synchronous=True
+    )
+    remote = process_survey(
+        root,
+        out_dir=tmp_path / "remote",
+        weights=weights,
+        overrides=FAST,
+        scheduler=cluster.address,
+    )
     assert remote.exit_code == 0 and remote.n_cracks == local.n_cracks == 5
     assert_same_layers(local.gpkg_path, remote.gpkg_path, drop=TIMING_COLUMNS, rtol=RTOL)
     # the weights travelled as bytes: each worker that ran tiles built the model once
-    assert set(sum(cluster.evaluate(MODELS_LOADED).values(), [])) == {remote.record["model"]["sha256"]}
+    assert set(sum(cluster.evaluate(MODELS_LOADED).values(), [])) == {
+        remote.record["model"]["sha256"]
+    }
 
 
 def test_a_worker_killed_mid_run_is_replaced_and_the_run_completes(
     tmp_path: Path, weights: Path, cluster
 ):
     root = make_slow_survey(tmp_path / "survey", n=3)
-    local = process_survey(root, out_dir=tmp_path / "local", weights=weights, overrides=FAST,
-                           synchronous=True)
+    local = process_survey(
+        root, out_dir=tmp_path / "local", weights=weights, overrides=FAST, synchronous=True
+    )
     pids = cluster.worker_pids()
     killed: list[int] = []
 
@@ -148,8 +178,14 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_run_completes(
             os.kill(victim, signal.SIGKILL)
             killed.append(victim)
 
-    remote = process_survey(root, out_dir=tmp_path / "remote", weights=weights,
-                            overrides=FAST, scheduler=cluster.address, progress=kill_one_worker)
+    remote = process_survey(
+        root,
+        out_dir=tmp_path / "remote",
+        weights=weights,
+        overrides=FAST,
+        scheduler=cluster.address,
+        progress=kill_one_worker,
+    )
     assert killed, "no worker was killed"
     assert remote.exit_code == 0 and [i.status for i in remote.images] == ["ok"] * 3
     assert all(i.n_tiles == 25 for i in remote.images)
@@ -166,8 +202,9 @@ def test_gpu_resource_workers_take_the_model_work(tmp_path: Path, cluster):
     [gpu_worker] = [a for a, w in cluster.workers().items() if w.get("resources", {}).get("GPU")]
     root = make_survey(tmp_path / "survey")
     summary = process_survey(
-        root, weights=weights, overrides={**FAST, "model": {"precision": "fp32",
-                                                             "device": "auto"}},
+        root,
+        weights=weights,
+        overrides={**FAST, "model": {"precision": "fp32", "device": "auto"}},
         scheduler=cluster.address,
     )
     sha = summary.record["model"]["sha256"]

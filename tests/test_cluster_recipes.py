@@ -19,8 +19,9 @@ import cluster_slurm  # noqa: E402
 
 def test_shipped_cluster_configs_load(tmp_path: Path) -> None:
     for module, name in ((cluster_local, "local"), (cluster_slurm, "slurm")):
-        recipe = cluster_common.load_recipe(cluster_common.CONFIGS / f"{name}.yaml",
-                                            module.DEFAULTS)
+        recipe = cluster_common.load_recipe(
+            cluster_common.CONFIGS / f"{name}.yaml", module.DEFAULTS
+        )
         assert recipe["kind"] == name
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: local\nworkerz: 2\n")
@@ -32,8 +33,7 @@ def test_slurm_job_script_advertises_gpus(tmp_path: Path, capsys) -> None:
     pytest.importorskip("dask_jobqueue")
     config = tmp_path / "slurm.yaml"
     config.write_text("kind: slurm\ngpus: 1\ncores: 4\nmemory: 8GB\nqueue: gpu\n")
-    assert cluster_slurm.main([str(tmp_path), "--cluster-config", str(config),
-                               "--job-script"]) == 0
+    assert cluster_slurm.main([str(tmp_path), "--cluster-config", str(config), "--job-script"]) == 0
     script = capsys.readouterr().out
     assert "#SBATCH --gres=gpu:1" in script and "#SBATCH -p gpu" in script
     assert "--resources GPU=1" in script and "--nthreads 1" in script
@@ -46,6 +46,7 @@ def test_local_recipe_processes_a_survey(tmp_path: Path) -> None:
     weights = save_oracle(tmp_path)
     config = tmp_path / "local.yaml"
     config.write_text("kind: local\nworkers: 1\n")
-    code = cluster_local.main([str(root), "--cluster-config", str(config), "--weights",
-                               str(weights)])
+    code = cluster_local.main(
+        [str(root), "--cluster-config", str(config), "--weights", str(weights)]
+    )
     assert code == 0 and (root / "cracksurvey" / "run.json").exists()

@@ -37,17 +37,30 @@ def processed(tmp_path_factory: pytest.TempPathFactory):
     # a crack from the nodata band (where it is not visible: nodata) across the valid part
     big = crack_array(BIG, polyline=[(50, 20), (650, 620)], width_px=3)
     big[:, :, :NODATA_COLS] = INPUT_NODATA
-    make_geotiff(images / "big.tif", big, BIG_TRANSFORM, UTM33, nodata=INPUT_NODATA,
-                 tiled=True, blockxsize=256, blockysize=256)
+    make_geotiff(
+        images / "big.tif",
+        big,
+        BIG_TRANSFORM,
+        UTM33,
+        nodata=INPUT_NODATA,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+    )
     make_world_image(images / "small.png", crack_array(), SMALL_TRANSFORM, UTM33)
-    summary = process_oracle(base / "survey", save_oracle(base), expect_warnings=True,
-                             overrides={"tiling": {"tile_px": 448, "halo_px": 64}})
+    summary = process_oracle(
+        base / "survey",
+        save_oracle(base),
+        expect_warnings=True,
+        overrides={"tiling": {"tile_px": 448, "halo_px": 64}},
+    )
     return summary
 
 
 def gdalinfo(path) -> dict:
-    result = subprocess.run(["gdalinfo", "-json", str(path)], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        ["gdalinfo", "-json", str(path)], capture_output=True, text=True, check=True
+    )
     assert "Warning" not in result.stderr and "ERROR" not in result.stderr, result.stderr
     return json.loads(result.stdout)
 

@@ -37,8 +37,9 @@ def test_defaults() -> None:
 
 
 def test_to_dict_round_trips_and_is_json() -> None:
-    cfg = build_config([("x", {"damage": {"scale": "strict.yaml"},
-                               "survey": {"gsd_mm": 1, "district": "Centro"}})])
+    cfg = build_config(
+        [("x", {"damage": {"scale": "strict.yaml"}, "survey": {"gsd_mm": 1, "district": "Centro"}})]
+    )
     data = cfg.to_dict()
     assert json.loads(json.dumps(data)) == data
     assert data["damage"]["scale"] == "strict.yaml" and data["survey"]["district"] == "Centro"
@@ -56,10 +57,18 @@ def test_config_is_frozen() -> None:
     ("layer", "key", "hint", "allowed"),
     [
         ({"tilng": {}}, "'tilng'", "did you mean 'tiling'", "cpp, damage, engine, model"),
-        ({"tiling": {"tile_size": 5}}, "'tiling.tile_size'", "did you mean 'tile_px'",
-         "halo_px, tile_px"),
-        ({"model": {"weight": "x"}}, "'model.weight'", "did you mean 'weights'",
-         "device, precision, threshold_px, weights"),
+        (
+            {"tiling": {"tile_size": 5}},
+            "'tiling.tile_size'",
+            "did you mean 'tile_px'",
+            "halo_px, tile_px",
+        ),
+        (
+            {"model": {"weight": "x"}},
+            "'model.weight'",
+            "did you mean 'weights'",
+            "device, precision, threshold_px, weights",
+        ),
         ({"survey": {"zzz": 1}}, "'survey.zzz'", "", "crs, district, gsd_mm"),
     ],
 )
@@ -151,8 +160,12 @@ def test_unknown_preset_lists_presets() -> None:
 
 def test_parse_set_options() -> None:
     layer = parse_set_options(
-        ["tiling.tile_px=512", "model.weights=null", "damage.scale=strict.yaml",
-         "engine.scheduler=tcp://h:8786"]
+        [
+            "tiling.tile_px=512",
+            "model.weights=null",
+            "damage.scale=strict.yaml",
+            "engine.scheduler=tcp://h:8786",
+        ]
     )
     assert layer == {
         "tiling": {"tile_px": 512},
@@ -174,6 +187,8 @@ def test_yaml_on_off_reach_mode_settings_as_words():
     """YAML 1.1 reads a bare off/on as a boolean: mode-like settings take them as the words."""
     from cracksurvey.config import ProcessConfig, parse_set_options
 
-    config = ProcessConfig.from_dict(parse_set_options(["semantics.mode=off", "semantics.fill=off"]))
+    config = ProcessConfig.from_dict(
+        parse_set_options(["semantics.mode=off", "semantics.fill=off"])
+    )
     assert config.semantics.mode == "off" and config.semantics.fill == "off"
     assert ProcessConfig.from_dict({"semantics": {"mode": True}}).semantics.mode == "on"

@@ -84,12 +84,17 @@ def test_cpp_row_labelling_equals_labelling_each_patch(
     rng = np.random.default_rng(seed)
     mask = rng.random(shape) < density
     valid = rng.random(shape) < 0.9
-    fast = cracks_per_patch(mask, patch_px=patch, min_area_px=min_area,
-                            connectivity=connectivity, valid=valid)
+    fast = cracks_per_patch(
+        mask, patch_px=patch, min_area_px=min_area, connectivity=connectivity, valid=valid
+    )
     m = mask & valid
     slow = [
-        count_fragments(m[r : r + patch, c : c + patch], connectivity=connectivity,
-                         min_area_px=min_area, min_skeleton_length_px=None)
+        count_fragments(
+            m[r : r + patch, c : c + patch],
+            connectivity=connectivity,
+            min_area_px=min_area,
+            min_skeleton_length_px=None,
+        )
         for r, c in patch_origins(shape, patch_px=patch, valid=valid)
     ]
     assert fast.tolist() == slow
@@ -111,17 +116,26 @@ def test_cpp_min_skeleton_length():
     assert cracks_per_patch(m, min_skeleton_length_px=7).tolist() == [0]
 
 
-
 # ------------------------------------------------------------------------------ continuity
 
 
 def test_continuity_stats():
     s = continuity_stats([1.0, 2.0, 1.0])
-    assert s == {"n_cracks": 3, "total_length_m": 4.0, "fragments_per_m": 0.75,
-                 "mean_length_m": 4 / 3, "largest_share": 0.5}
+    assert s == {
+        "n_cracks": 3,
+        "total_length_m": 4.0,
+        "fragments_per_m": 0.75,
+        "mean_length_m": 4 / 3,
+        "largest_share": 0.5,
+    }
     empty = continuity_stats([])
-    assert empty == {"n_cracks": 0, "total_length_m": 0.0, "fragments_per_m": 0.0,
-                     "mean_length_m": 0.0, "largest_share": 0.0}
+    assert empty == {
+        "n_cracks": 0,
+        "total_length_m": 0.0,
+        "fragments_per_m": 0.0,
+        "mean_length_m": 0.0,
+        "largest_share": 0.0,
+    }
     assert continuity_stats(np.zeros(2))["n_cracks"] == 2
     with pytest.raises(ValueError, match="lengths_m"):
         continuity_stats([1.0, -1.0])

@@ -34,8 +34,6 @@ CRS = "EPSG:32633"
 TRANSFORM = Affine(0.005, 0.0, 500_000.0, 0.0, -0.005, 4_100_000.0)  # 5 mm pixels
 
 
-
-
 class TinyNet(nn.Module):
     """Stand-in with a receptive field of 5 px: stitching with a 32 px halo is exact."""
 
@@ -204,22 +202,26 @@ def test_next_image_starts_early_and_gives_the_same_results(tmp_path, weights):
             return submit(info, tile, bands, targets)
 
         engine._submit_tile = counting
-        engine.run_image(a, distance_path=tmp_path / "da.tif", mask_path=tmp_path / "ma.tif",
-                         next_image=b)
+        engine.run_image(
+            a, distance_path=tmp_path / "da.tif", mask_path=tmp_path / "ma.tif", next_image=b
+        )
         started = submitted.count("b.tif")
         assert 1 <= started <= 3 and len(engine._prefetch.futures) == started
         got_b = run(engine, b, tmp_path, "b1")
         assert submitted.count("b.tif") == got_b.n_tiles  # none submitted twice
         # a next image that is not the one run next is cancelled; an unreadable one is ignored
-        engine.run_image(b, distance_path=tmp_path / "db2.tif", mask_path=tmp_path / "mb2.tif",
-                         next_image=a)
+        engine.run_image(
+            b, distance_path=tmp_path / "db2.tif", mask_path=tmp_path / "mb2.tif", next_image=a
+        )
         got_c = run(engine, c, tmp_path, "c1")
-        engine.run_image(c, distance_path=tmp_path / "dc2.tif", mask_path=tmp_path / "mc2.tif",
-                         next_image=bad)
+        engine.run_image(
+            c, distance_path=tmp_path / "dc2.tif", mask_path=tmp_path / "mc2.tif", next_image=bad
+        )
         assert engine._prefetch.header is None and engine._prefetch.futures == []
     for got, ref in ((got_b, ref_b), (got_c, ref_c)):
-        np.testing.assert_allclose(read_band(got.distance_path), read_band(ref.distance_path),
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            read_band(got.distance_path), read_band(ref.distance_path), atol=1e-6
+        )
         np.testing.assert_array_equal(read_band(got.mask_path), read_band(ref.mask_path))
         np.testing.assert_array_equal(got.skeleton.rows, ref.skeleton.rows)
         np.testing.assert_array_equal(got.skeleton.cols, ref.skeleton.cols)
@@ -468,8 +470,11 @@ def test_writer_takes_windows_written_by_another_process(tmp_path):
     h, w = 1100, 1300
     data = ndimage.gaussian_filter(rng.random((h, w)), 2).astype(np.float32) * 20
     data[:, 1200:] = np.nan  # never written: must come out as nodata
-    windows = [(r, min(r + 448, h), c, min(c + 448, 1200)) for r in range(0, h, 448)
-               for c in range(0, 1200, 448)]
+    windows = [
+        (r, min(r + 448, h), c, min(c + 448, 1200))
+        for r in range(0, h, 448)
+        for c in range(0, 1200, 448)
+    ]
     outs = {}
     ctx = multiprocessing.get_context("spawn")
     for how in ("write", "shared"):
@@ -521,11 +526,20 @@ def test_writer_above_the_raw_size_writes_a_compressed_geotiff(tmp_path, monkeyp
 def test_workers_write_into_shared_files_only_on_this_machine(tmp_path):
     from cracksurvey.engine.client import _shared_targets
 
-    with TiledRasterWriter(tmp_path / "d.tif", height=10, width=10, transform=TRANSFORM,
-                           crs=CRS) as d, TiledRasterWriter(
-        tmp_path / "m.tif", height=10, width=10, transform=TRANSFORM, crs=CRS, dtype="uint8",
-        nodata=255,
-    ) as m:
+    with (
+        TiledRasterWriter(
+            tmp_path / "d.tif", height=10, width=10, transform=TRANSFORM, crs=CRS
+        ) as d,
+        TiledRasterWriter(
+            tmp_path / "m.tif",
+            height=10,
+            width=10,
+            transform=TRANSFORM,
+            crs=CRS,
+            dtype="uint8",
+            nodata=255,
+        ) as m,
+    ):
         assert _shared_targets(EngineConfig(), d, m) == (d.shared, m.shared)
         assert _shared_targets(EngineConfig(scheduler="tcp://elsewhere:8786"), d, m) is None
         d.write((0, 10, 0, 10), np.zeros((10, 10), np.float32))
@@ -604,7 +618,9 @@ def test_quick_exit_only_after_a_clean_close_and_flushes_the_log(tmp_path, close
     log_file = tmp_path / "worker.log"
     done = subprocess.run(
         [sys.executable, "-c", QUICK_EXIT, str(log_file), closed, str(status)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert "last words" in log_file.read_text()
     assert done.returncode == status

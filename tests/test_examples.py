@@ -110,7 +110,9 @@ def test_make_example_reproduces_the_committed_files(tmp_path):
     out = tmp_path / "survey"
     subprocess.run(
         [sys.executable, str(SCRIPT), "--data", str(data), "--out", str(out)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     made, committed = _survey_files(out), _survey_files(SURVEY)
     assert sorted(made) == sorted(committed)

@@ -82,12 +82,14 @@ def processed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     """(survey folder, its processed output folder, oracle weights), processed once."""
     base = tmp_path_factory.mktemp("field")
     survey = base / "wall"
-    image = np.minimum(crack_array((ROWS, COLS), polyline=CRACK_A),
-                       crack_array((ROWS, COLS), polyline=CRACK_B))
+    image = np.minimum(
+        crack_array((ROWS, COLS), polyline=CRACK_A), crack_array((ROWS, COLS), polyline=CRACK_B)
+    )
     make_image(survey / "images" / "facade.png", image)
-    write_images_csv(survey / "images.csv",
-                     [{"image": "facade.png", "building_id": None, "facade_id": "F1",
-                       "gsd_mm": GSD_MM}])
+    write_images_csv(
+        survey / "images.csv",
+        [{"image": "facade.png", "building_id": None, "facade_id": "F1", "gsd_mm": GSD_MM}],
+    )
     weights = save_oracle(base)
     with pytest.warns(CrackSurveyWarning, match="not assigned to a building"):
         summary = process_oracle(survey, weights)
@@ -106,36 +108,65 @@ def crack_ids(gpkg: Path) -> dict[str, int]:
     cracks = pyogrio.read_dataframe(gpkg, layer="cracks")
     bounds = cracks.geometry.bounds
     horizontal = (bounds.maxx - bounds.minx) > (bounds.maxy - bounds.miny)
-    return {"a": int(cracks.crack_id[horizontal].iloc[0]),
-            "b": int(cracks.crack_id[~horizontal].iloc[0])}
+    return {
+        "a": int(cracks.crack_id[horizontal].iloc[0]),
+        "b": int(cracks.crack_id[~horizontal].iloc[0]),
+    }
 
 
-def edit(gpkg: Path, *, delete: tuple[int, ...] = (), add: list[dict] | None = None,
-         reviewed: list[shapely.Geometry] | None = None, reviewed_crs: object = "layer",
-         cracks_crs: object = "layer") -> None:
+def edit(
+    gpkg: Path,
+    *,
+    delete: tuple[int, ...] = (),
+    add: list[dict] | None = None,
+    reviewed: list[shapely.Geometry] | None = None,
+    reviewed_crs: object = "layer",
+    cracks_crs: object = "layer",
+) -> None:
     """Edit cracks.gpkg with pyogrio as QGIS would (the fast way, for the bad-input tests)."""
     cracks = pyogrio.read_dataframe(gpkg, layer="cracks")
     layer_crs = cracks.crs
     cracks = cracks[~cracks.crack_id.isin(delete)]
     if add:
-        drawn = gpd.GeoDataFrame([{k: v for k, v in a.items() if k != "geometry"} for a in add],
-                                 geometry=[shapely.MultiLineString([a["geometry"]]) for a in add],
-                                 crs=layer_crs)
+        drawn = gpd.GeoDataFrame(
+            [{k: v for k, v in a.items() if k != "geometry"} for a in add],
+            geometry=[shapely.MultiLineString([a["geometry"]]) for a in add],
+            crs=layer_crs,
+        )
         cracks = pd.concat([cracks, drawn], ignore_index=True)
     if cracks_crs != "layer":
         cracks = cracks.set_crs(cracks_crs, allow_override=True)
     pyogrio.write_dataframe(cracks, gpkg, layer="cracks", layer_options={"OVERWRITE": "YES"})
     if reviewed is not None:
         crs = layer_crs if reviewed_crs == "layer" else reviewed_crs
-        frame = gpd.GeoDataFrame({"note": ["checked"] * len(reviewed)}, geometry=reviewed,
-                                 crs=crs)
-        pyogrio.write_dataframe(frame, gpkg, layer="reviewed", geometry_type="Polygon",
-                                layer_options={"OVERWRITE": "YES"})
+        frame = gpd.GeoDataFrame({"note": ["checked"] * len(reviewed)}, geometry=reviewed, crs=crs)
+        pyogrio.write_dataframe(
+            frame,
+            gpkg,
+            layer="reviewed",
+            geometry_type="Polygon",
+            layer_options={"OVERWRITE": "YES"},
+        )
 
 
 def finetune(out: Path, run: Path, weights: Path, *extra: str):
-    return run_cli("finetune", out, "--run", run, "--weights", weights, "--steps", "2",
-                   "--batch-size", "2", "--crop-px", "32", "--threads", "1", *extra)
+    return run_cli(
+        "finetune",
+        out,
+        "--run",
+        run,
+        "--weights",
+        weights,
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--crop-px",
+        "32",
+        "--threads",
+        "1",
+        *extra,
+    )
 
 
 def read_target(run: Path) -> tuple[np.ndarray, Affine]:
@@ -159,15 +190,22 @@ def test_edits_made_in_qgis_give_the_samples_pixel_for_pixel(processed, out, tmp
     gpkg = out / "cracks.gpkg"
     ids = crack_ids(gpkg)
     spec = {
-        "gpkg": str(gpkg), "layer": "cracks", "delete": {"crack_id": [ids["b"]]},
-        "add": [{"wkt": centre_line(*CRACK_C).wkt,
-                 "attributes": {"width_mean_mm": WIDTH_C_PX * GSD_MM}}],
+        "gpkg": str(gpkg),
+        "layer": "cracks",
+        "delete": {"crack_id": [ids["b"]]},
+        "add": [
+            {"wkt": centre_line(*CRACK_C).wkt, "attributes": {"width_mean_mm": WIDTH_C_PX * GSD_MM}}
+        ],
         "reviewed": {"layer": "reviewed", "crs": "layer", "polygons": [reviewed_box().wkt]},
     }
     (tmp_path / "edits.json").write_text(json.dumps(spec))
     qgis = run_qgis_script(EDIT_SCRIPT, tmp_path / "edits.json")
-    assert qgis["cracks"] == {"deleted": 1, "added": 1, "features": 2,
-                              "crs": "cracksurvey facade F1"}
+    assert qgis["cracks"] == {
+        "deleted": 1,
+        "added": 1,
+        "features": 2,
+        "crs": "cracksurvey facade F1",
+    }
     assert qgis["reviewed"]["features"] == 1
 
     run = tmp_path / "run"
@@ -188,7 +226,10 @@ def test_edits_made_in_qgis_give_the_samples_pixel_for_pixel(processed, out, tmp
     assert survey["survey"] == "wall" and survey["images"] == ["facade.png"]
     assert survey["geopackage_sha256"] == sha256_file(gpkg)
     assert {k: survey["edits"][k] for k in ("kept", "drawn", "deleted")} == {
-        "kept": 1, "drawn": 1, "deleted": 1}
+        "kept": 1,
+        "drawn": 1,
+        "deleted": 1,
+    }
     samples = lineage["samples"]
     assert samples["reviewed_px"] == int((expected != 255).sum())
     assert samples["centreline_px"] == int((expected == 2).sum())
@@ -226,10 +267,10 @@ def test_an_empty_or_missing_reviewed_layer_is_refused(processed, out, tmp_path)
     assert "layer reviewed has no polygons" in line
 
 
-def test_a_drawn_line_without_width_gets_the_default_with_a_warning(processed, out,
-                                                                    tmp_path) -> None:
-    edit(out / "cracks.gpkg", add=[{"geometry": centre_line(*CRACK_C)}],
-         reviewed=[reviewed_box()])
+def test_a_drawn_line_without_width_gets_the_default_with_a_warning(
+    processed, out, tmp_path
+) -> None:
+    edit(out / "cracks.gpkg", add=[{"geometry": centre_line(*CRACK_C)}], reviewed=[reviewed_box()])
     result = finetune(out, tmp_path / "run", processed[2], "--default-width-mm", "5.2")
     assert result.exit_code == 0, result.output
     warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
@@ -269,7 +310,9 @@ def test_a_survey_moved_with_its_output_folder_is_found(processed, tmp_path) -> 
 
 def test_a_changed_image_is_refused(processed, out, tmp_path) -> None:
     survey, _, weights = processed
-    copy = Path(shutil.copytree(survey, tmp_path / "wall", ignore=shutil.ignore_patterns("cracksurvey")))
+    copy = Path(
+        shutil.copytree(survey, tmp_path / "wall", ignore=shutil.ignore_patterns("cracksurvey"))
+    )
     image = crack_array((ROWS, COLS), polyline=CRACK_A)
     make_image(copy / "images" / "facade.png", image)
     edit(out / "cracks.gpkg", reviewed=[reviewed_box()])
@@ -332,8 +375,9 @@ def test_centrelines_are_one_pixel_wide_and_8_connected() -> None:
     assert not blocks.any()
     assert burnt[0, 0] and burnt[11, 30] and burnt[40, 31]
     # parts outside the raster are clipped, never wrapped
-    assert rasterize_centrelines([shapely.LineString([(-5, 2.5), (3.5, 2.5)])], (4, 4))[2].tolist() \
-        == [True, True, True, True]
+    assert rasterize_centrelines([shapely.LineString([(-5, 2.5), (3.5, 2.5)])], (4, 4))[
+        2
+    ].tolist() == [True, True, True, True]
 
 
 def test_crack_body_is_the_line_buffered_by_half_its_width() -> None:
@@ -344,8 +388,9 @@ def test_crack_body_is_the_line_buffered_by_half_its_width() -> None:
 
 
 def test_widths_come_from_width_mm_then_width_mean_mm_then_the_default() -> None:
-    frame = pd.DataFrame({"width_mean_mm": [1.5, np.nan, 2.0, None, 0.0],
-                          "width_mm": [None, 3.0, 4.0, None, None]})
+    frame = pd.DataFrame(
+        {"width_mean_mm": [1.5, np.nan, 2.0, None, 0.0], "width_mm": [None, 3.0, 4.0, None, None]}
+    )
     widths, missing = crack_widths_mm(frame, default_width_mm=0.7)
     assert widths.tolist() == [1.5, 3.0, 4.0, 0.7, 0.7]
     assert missing.tolist() == [False, False, False, True, True]
@@ -386,8 +431,15 @@ def test_crops_lie_inside_reviewed_areas_and_find_the_cracks() -> None:
     reviewed[30:50, 30:46] = True  # an L shape
     centreline = np.zeros((rows, cols), bool)
     centreline[12, 40:60] = True
-    sample = SurveySample("s/a", (0, rows, 0, cols), image, np.zeros((rows, cols), np.float32),
-                          centreline, centreline, reviewed)
+    sample = SurveySample(
+        "s/a",
+        (0, rows, 0, cols),
+        image,
+        np.zeros((rows, cols), np.float32),
+        centreline,
+        centreline,
+        reviewed,
+    )
     rng = np.random.default_rng(0)
     for share in (0.0, 1.0):
         source = SurveySource([sample], crack_share=share)

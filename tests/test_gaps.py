@@ -28,7 +28,9 @@ def test_the_valley_limit_is_fixed_or_follows_the_threshold():
     assert VectorizeConfig().valley_px(4.25) == 2.0  # the default: 2 px whatever the threshold
     assert FOLLOWING.valley_px(1.5) == 3.0
     assert FOLLOWING.valley_px(0.5) == 2.0
-    assert VectorizeConfig(bridge_valley_px=None, bridge_valley_margin_px=0.5).valley_px(4.25) == 4.75
+    assert (
+        VectorizeConfig(bridge_valley_px=None, bridge_valley_margin_px=0.5).valley_px(4.25) == 4.75
+    )
     with pytest.raises(ConfigError):
         VectorizeConfig(bridge_valley_margin_px=-1.0)
     with pytest.raises(ConfigError):

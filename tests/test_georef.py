@@ -64,8 +64,12 @@ def test_facade_crs_escapes_quotes_and_control_characters() -> None:
 
 def test_facade_crs_round_trips_through_geotiff(tmp_path: Path) -> None:
     crs = facade_crs("façade-7")
-    path = make_geotiff(tmp_path / "f.tif", np.zeros((4, 5), "uint8"),
-                        Affine(0.002, 0, 0, 0, -0.002, 0.008), crs.to_wkt())
+    path = make_geotiff(
+        tmp_path / "f.tif",
+        np.zeros((4, 5), "uint8"),
+        Affine(0.002, 0, 0, 0, -0.002, 0.008),
+        crs.to_wkt(),
+    )
     with rasterio.open(path) as src:
         back = CRS.from_wkt(src.crs.to_wkt())
     assert back.is_engineering
@@ -135,8 +139,11 @@ def test_facade_to_world_known_points() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    x0=st.floats(300_000, 700_000), y0=st.floats(4_000_000, 5_000_000),
-    angle=st.floats(0, 2 * math.pi), length=st.floats(0.5, 200), z=st.floats(-100, 3000),
+    x0=st.floats(300_000, 700_000),
+    y0=st.floats(4_000_000, 5_000_000),
+    angle=st.floats(0, 2 * math.pi),
+    length=st.floats(0.5, 200),
+    z=st.floats(-100, 3000),
     xs=st.lists(st.floats(-50, 250), min_size=1, max_size=20),
     ys=st.lists(st.floats(-5, 80), min_size=1, max_size=20),
 )
@@ -229,8 +236,9 @@ def test_survey_gsd_is_the_fallback_but_images_csv_wins() -> None:
 
 def test_pixel_units_when_nothing_is_known() -> None:
     g = resolve_georef(sources(), name="x.png")
-    assert g == Georef(kind="pixel", transform=PIXEL_TRANSFORM, crs=None, pixel_size_m=None,
-                       source="none")
+    assert g == Georef(
+        kind="pixel", transform=PIXEL_TRANSFORM, crs=None, pixel_size_m=None, source="none"
+    )
     assert g.units == "px" and g.transform @ (3, 2) == (3.0, -2.0)
 
 
@@ -238,11 +246,13 @@ def test_world_file_without_crs_is_a_facade_frame_unless_survey_crs_says_map() -
     t = Affine(0.003, 0, 0, 0, -0.003, 0.072)
     g = resolve_georef(sources(world_transform=t, world_file="f.pgw"), name="f.png")
     assert g.kind == "facade" and g.pixel_size_m == pytest.approx(0.003)
-    g = resolve_georef(sources(world_transform=MAP, world_file="d.pgw"), name="d.png",
-                       survey_crs=UTM)
+    g = resolve_georef(
+        sources(world_transform=MAP, world_file="d.pgw"), name="d.png", survey_crs=UTM
+    )
     assert g.kind == "map" and same_crs(g.crs, UTM) and "survey.yaml" in g.source
-    g = resolve_georef(sources(world_transform=t, world_file="f.pgw"), name="f.png",
-                       survey_crs=UTM, facade_id="F")
+    g = resolve_georef(
+        sources(world_transform=t, world_file="f.pgw"), name="f.png", survey_crs=UTM, facade_id="F"
+    )
     assert g.kind == "facade"
 
 
@@ -270,8 +280,11 @@ def test_facade_world_needs_a_scale_and_not_a_map() -> None:
     assert g.kind == "facade_world" and g.plane == plane and g.crs.is_engineering
     with pytest.raises(ConfigError, match="add its gsd_mm"):
         resolve_georef(sources(), name="p.png", plane=plane)
-    with pytest.raises(ConfigError, match="p.tif: images.csv gives a façade plane but the image "
-                                          "is map-georeferenced in EPSG:32633"):
+    with pytest.raises(
+        ConfigError,
+        match="p.tif: images.csv gives a façade plane but the image "
+        "is map-georeferenced in EPSG:32633",
+    ):
         resolve_georef(sources(raster_transform=MAP, raster_crs=UTM), name="p.tif", plane=plane)
 
 
@@ -288,23 +301,41 @@ def test_gsd_must_agree_with_raster_within_one_percent(gsd_mm: float, ok: bool) 
 
 
 def test_survey_crs_contradicting_the_raster_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="raster CRS EPSG:32633 contradicts survey.yaml crs "
-                                          "EPSG:32632"):
-        resolve_georef(sources(raster_transform=MAP, raster_crs=UTM), name="a.tif",
-                       survey_crs=CRS.from_epsg(32632))
+    with pytest.raises(
+        ConfigError, match="raster CRS EPSG:32633 contradicts survey.yaml crs EPSG:32632"
+    ):
+        resolve_georef(
+            sources(raster_transform=MAP, raster_crs=UTM),
+            name="a.tif",
+            survey_crs=CRS.from_epsg(32632),
+        )
     same = CRS.from_wkt(UTM.to_wkt("WKT1_ESRI"))
-    assert resolve_georef(sources(raster_transform=MAP, raster_crs=UTM), name="a.tif",
-                          survey_crs=same).kind == "map"
+    assert (
+        resolve_georef(
+            sources(raster_transform=MAP, raster_crs=UTM), name="a.tif", survey_crs=same
+        ).kind
+        == "map"
+    )
 
 
 def test_sidecars_contradicting_the_raster_are_image_errors() -> None:
     other = MAP @ Affine.translation(10, 0)
     with pytest.raises(GeoreferenceError, match="world file a.tfw .* contradicts"):
-        resolve_georef(sources(raster_transform=MAP, world_transform=other, world_file="a.tfw",
-                               raster_crs=UTM), name="a.tif")
-    with pytest.raises(GeoreferenceError, match="a.prj .*EPSG:32632.* contradicts the raster's own CRS"):
-        resolve_georef(sources(raster_transform=MAP, raster_crs=UTM,
-                               prj_crs=CRS.from_epsg(32632), prj_file="a.prj"), name="a.tif")
+        resolve_georef(
+            sources(
+                raster_transform=MAP, world_transform=other, world_file="a.tfw", raster_crs=UTM
+            ),
+            name="a.tif",
+        )
+    with pytest.raises(
+        GeoreferenceError, match="a.prj .*EPSG:32632.* contradicts the raster's own CRS"
+    ):
+        resolve_georef(
+            sources(
+                raster_transform=MAP, raster_crs=UTM, prj_crs=CRS.from_epsg(32632), prj_file="a.prj"
+            ),
+            name="a.tif",
+        )
 
 
 def test_gcps_only_and_crs_without_transform_are_image_errors() -> None:

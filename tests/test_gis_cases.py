@@ -61,17 +61,19 @@ ROWS = SHAPE[0]
 #: a horizontal run then a 45-degree run: both rasterize exactly, the bend is a real vertex
 POLYLINE = [(4, 3), (4, 12), (18, 26)]
 ROTATED = Affine.translation(X0 + 40, Y0) @ Affine.rotation(30) @ Affine.scale(0.05, -0.05)
-PLANE = FacadePlane((X0 + 10, Y0 - 5), (X0 + 10 + 3 * math.sin(math.radians(60)),
-                                        Y0 - 5 + 3 * math.cos(math.radians(60))), 412.5,
-                    CRS.from_user_input(UTM33))
+PLANE = FacadePlane(
+    (X0 + 10, Y0 - 5),
+    (X0 + 10 + 3 * math.sin(math.radians(60)), Y0 - 5 + 3 * math.cos(math.radians(60))),
+    412.5,
+    CRS.from_user_input(UTM33),
+)
 
 #: image -> (transform of its crack layer, pixel size in layer units, expected layer suffix)
 CASES: dict[str, tuple[Affine, float, str]] = {
     "map_tif.tif": (Affine(0.05, 0, X0, 0, -0.05, Y0), 0.05, "epsg32633"),
     "map_rotated.png": (ROTATED, 0.05, "epsg32633"),
     "facade_tif.tif": (Affine(0.001, 0, 2.0, 0, -0.001, 3.0), 0.001, "facade_f_tif"),
-    "facade_world.png": (Affine(0.003, 0, 5.0, 0, -0.003, ROWS * 0.003), 0.003,
-                         "facade_f_world"),
+    "facade_world.png": (Affine(0.003, 0, 5.0, 0, -0.003, ROWS * 0.003), 0.003, "facade_f_world"),
     "facade_gsd.png": (gsd_transform(2, ROWS), 0.002, "facade_f_gsd"),
     "facade_plane.png": (gsd_transform(4, ROWS), 0.004, "facade_f_plane"),
     "pixel.png": (PIXEL_TRANSFORM, 1.0, "px"),
@@ -90,23 +92,34 @@ def cases(tmp_path_factory: pytest.TempPathFactory, weights: Path):
     array = crack_array(polyline=POLYLINE)
     make_geotiff(images / "map_tif.tif", array, CASES["map_tif.tif"][0], UTM33)
     make_world_image(images / "map_rotated.png", array, ROTATED, UTM33)
-    make_geotiff(images / "facade_tif.tif", array, CASES["facade_tif.tif"][0],
-                 facade_crs("F-TIF").to_wkt())
+    make_geotiff(
+        images / "facade_tif.tif", array, CASES["facade_tif.tif"][0], facade_crs("F-TIF").to_wkt()
+    )
     make_world_image(images / "facade_world.png", array, CASES["facade_world.png"][0])
     for name in ("facade_gsd.png", "facade_plane.png", "pixel.png"):
         make_image(images / name, array)
     write_survey_yaml(root / "survey.yaml", {"survey": {"crs": UTM33}})
-    write_images_csv(root / "images.csv", [
-        {"image": "facade_world.png", "building_id": "B1", "facade_id": "F-WORLD"},
-        {"image": "facade_gsd.png", "building_id": "B1", "facade_id": "F-GSD", "gsd_mm": 2},
-        {"image": "facade_plane.png", "building_id": "B1", "facade_id": "F-PLANE", "gsd_mm": 4,
-         "base_x0": PLANE.start_xy[0], "base_y0": PLANE.start_xy[1],
-         "base_x1": PLANE.end_xy[0], "base_y1": PLANE.end_xy[1], "base_z": PLANE.base_z},
-    ])
+    write_images_csv(
+        root / "images.csv",
+        [
+            {"image": "facade_world.png", "building_id": "B1", "facade_id": "F-WORLD"},
+            {"image": "facade_gsd.png", "building_id": "B1", "facade_id": "F-GSD", "gsd_mm": 2},
+            {
+                "image": "facade_plane.png",
+                "building_id": "B1",
+                "facade_id": "F-PLANE",
+                "gsd_mm": 4,
+                "base_x0": PLANE.start_xy[0],
+                "base_y0": PLANE.start_xy[1],
+                "base_x1": PLANE.end_xy[0],
+                "base_y1": PLANE.end_xy[1],
+                "base_z": PLANE.base_z,
+            },
+        ],
+    )
     with pytest.warns(CrackSurveyWarning) as caught:  # pixel units; no building for maps
         summary = process_oracle(root, weights)
-    assert any("pixel.png" in str(w.message) and "pixel units" in str(w.message)
-               for w in caught)
+    assert any("pixel.png" in str(w.message) and "pixel units" in str(w.message) for w in caught)
     return summary
 
 
@@ -139,8 +152,9 @@ def test_3d_facade_crack_lies_on_the_plane_where_drawn(cases) -> None:
     assert np.abs(offset).max() < 0.01  # on the façade plane within a centimetre
     transform, pixel, _ = CASES["facade_plane.png"]
     expected_2d = drawn_line(POLYLINE, transform)
-    assert shapely.LineString(np.column_stack([x, y])).hausdorff_distance(expected_2d) \
-        <= 0.5 * pixel
+    assert (
+        shapely.LineString(np.column_stack([x, y])).hausdorff_distance(expected_2d) <= 0.5 * pixel
+    )
     # and each drawn vertex has a 3-D crack point within half a pixel
     ex, ey = np.asarray(expected_2d.coords).T
     drawn = np.column_stack(facade_to_world(ex, ey, PLANE))
@@ -157,8 +171,9 @@ def test_image_footprints_follow_their_georeferencing(cases) -> None:
     rows, cols = SHAPE
     for image, (transform, _, _) in CASES.items():
         corners = [transform @ c for c in [(0, 0), (cols, 0), (cols, rows), (0, rows)]]
-        assert footprints[image].symmetric_difference(shapely.Polygon(corners)).area == \
-            pytest.approx(0, abs=1e-6), image
+        assert footprints[image].symmetric_difference(
+            shapely.Polygon(corners)
+        ).area == pytest.approx(0, abs=1e-6), image
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,23 +192,30 @@ def joined(tmp_path_factory: pytest.TempPathFactory, weights: Path):
     root = tmp_path_factory.mktemp("join") / "survey"
     images = root / "images"
     transform = Affine(0.05, 0, X0, 0, -0.05, Y0)
-    two_cracks = np.minimum(crack_array(polyline=[(1, 1), (14, 14)]),
-                            crack_array(polyline=[(21, 8), (21, 30)]))
+    two_cracks = np.minimum(
+        crack_array(polyline=[(1, 1), (14, 14)]), crack_array(polyline=[(21, 8), (21, 30)])
+    )
     make_geotiff(images / "ortho.tif", two_cracks, transform, UTM33)
-    make_geotiff(images / "given.tif", crack_array(polyline=[(1, 1), (14, 14)]), transform,
-                 UTM33)
+    make_geotiff(images / "given.tif", crack_array(polyline=[(1, 1), (14, 14)]), transform, UTM33)
     make_image(images / "facade.png", crack_array())
-    write_images_csv(root / "images.csv", [
-        {"image": "given.tif", "building_id": "B2"},
-        {"image": "facade.png", "building_id": "B3", "facade_id": "B3-N", "gsd_mm": 2},
-    ])
+    write_images_csv(
+        root / "images.csv",
+        [
+            {"image": "given.tif", "building_id": "B2"},
+            {"image": "facade.png", "building_id": "B3", "facade_id": "B3-N", "gsd_mm": 2},
+        ],
+    )
     # B1 covers the first crack of ortho.tif (x0..x0+0.75, y0-0.75..y0), not the second
     # (at y0-1.075); B2 and B3 lie elsewhere
-    make_buildings(root / "buildings.gpkg", {
-        "B1": to_lonlat(box_ring(X0 - 1, Y0 - 0.8, X0 + 0.8, Y0 + 1)),
-        "B2": to_lonlat(box_ring(X0 + 30, Y0 - 30, X0 + 40, Y0 - 20)),
-        "B3": to_lonlat(box_ring(X0 + 60, Y0 - 30, X0 + 70, Y0 - 20)),
-    }, crs="EPSG:4326")
+    make_buildings(
+        root / "buildings.gpkg",
+        {
+            "B1": to_lonlat(box_ring(X0 - 1, Y0 - 0.8, X0 + 0.8, Y0 + 1)),
+            "B2": to_lonlat(box_ring(X0 + 30, Y0 - 30, X0 + 40, Y0 - 20)),
+            "B3": to_lonlat(box_ring(X0 + 60, Y0 - 30, X0 + 70, Y0 - 20)),
+        },
+        crs="EPSG:4326",
+    )
     with pytest.warns(CrackSurveyWarning) as caught:
         summary = process_oracle(root, weights)
     return summary, [str(w.message) for w in caught]

@@ -72,14 +72,16 @@ def test_layers_crs_types_and_version(tmp_path: Path) -> None:
 
 def test_ogrinfo_reads_it_without_warnings(tmp_path: Path) -> None:
     path = write_geopackage(tmp_path / "cracks.gpkg", specs())
-    result = subprocess.run(["ogrinfo", "-so", str(path)], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        ["ogrinfo", "-so", str(path)], capture_output=True, text=True, check=True
+    )
     for name in ("cracks", "cracks_facade", "cracks_px", "empty", "cracks_3d"):
         assert f": {name} (" in result.stdout
     assert "3D Multi Line String" in result.stdout
     assert "Warning" not in result.stderr, result.stderr  # GDAL 3.6 warns on GeoPackage 1.4
-    detail = subprocess.run(["ogrinfo", "-so", str(path), "cracks_facade"], capture_output=True,
-                            text=True, check=True).stdout
+    detail = subprocess.run(
+        ["ogrinfo", "-so", str(path), "cracks_facade"], capture_output=True, text=True, check=True
+    ).stdout
     assert "cracksurvey facade B1-N" in detail and "length_m: Real" in detail
 
 
@@ -122,7 +124,10 @@ def test_crs_groups_and_suffixes() -> None:
     pixel = groups.get(None)
     assert groups.get(None) is pixel and len(groups) == 3
     assert [groups.name("cracks", g) for g in groups] == [
-        "cracks_epsg32633", "cracks_facade_f", "cracks_px"]
+        "cracks_epsg32633",
+        "cracks_facade_f",
+        "cracks_px",
+    ]
     assert facade.suffix == "facade_f"
 
 

@@ -47,16 +47,24 @@ def survey(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(survey: Path, weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The output folder of an uninterrupted run (the same settings as the commands)."""
     overrides = {**FAST, "cpp": {"patch_px": 16, "min_area_px": 3}}
-    return process_survey(survey, out_dir=tmp_path_factory.mktemp("reference") / "out",
-                          weights=weights, overrides=overrides, synchronous=True).out_dir
+    return process_survey(
+        survey,
+        out_dir=tmp_path_factory.mktemp("reference") / "out",
+        weights=weights,
+        overrides=overrides,
+        synchronous=True,
+    ).out_dir
 
 
 def predictions(out: Path) -> dict[str, int]:
     root = out / CACHE_DIR / ".predictions"
     if not root.is_dir():
         return {}
-    return {p.name: (p / "entry.json").stat().st_mtime_ns
-            for p in root.iterdir() if (p / "entry.json").is_file()}
+    return {
+        p.name: (p / "entry.json").stat().st_mtime_ns
+        for p in root.iterdir()
+        if (p / "entry.json").is_file()
+    }
 
 
 def results(out: Path) -> dict[str, int]:
@@ -116,18 +124,33 @@ def reached(point: int, out: Path, pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-@settings(max_examples=3, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(point=st.integers(-1, N_IMAGES - 1), delay=st.floats(0.0, 2.0), to_group=st.booleans())
 def test_a_signal_stops_the_run_in_order_and_the_rerun_resumes(
-    signum: int, point: int, delay: float, to_group: bool, survey: Path, reference: Path,
-    weights: Path, tmp_path_factory: pytest.TempPathFactory,
+    signum: int,
+    point: int,
+    delay: float,
+    to_group: bool,
+    survey: Path,
+    reference: Path,
+    weights: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ):
     out = tmp_path_factory.mktemp("interrupted") / "out"
     command = cluster_command(survey, out, weights)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)
+    run = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     tree = ProcessTree(run.pid)
     deadline = time.monotonic() + 300
     while run.poll() is None and not reached(point, out, run.pid):
@@ -153,8 +176,11 @@ def test_a_signal_stops_the_run_in_order_and_the_rerun_resumes(
 
     finished_first = not signalled or run.returncode == 0
     if finished_first:  # before the signal, or the signal came once its outputs were written
-        event("the run finished before the signal" if not signalled else
-              "the signal came once the outputs were written")
+        event(
+            "the run finished before the signal"
+            if not signalled
+            else "the signal came once the outputs were written"
+        )
         assert run.returncode == 0, stderr
         assert (out / "run.json").exists() and "Traceback" not in stderr
     else:
@@ -173,8 +199,10 @@ def test_a_signal_stops_the_run_in_order_and_the_rerun_resumes(
 
     finished, predicted = results(out), predictions(out)
     told = re.search(r"(\d+) of \d+ images finished", line)
-    event(f"stopped with {'some' if told else 'no'} images finished, signal to "
-          f"{'the group' if to_group else 'the command'}")
+    event(
+        f"stopped with {'some' if told else 'no'} images finished, signal to "
+        f"{'the group' if to_group else 'the command'}"
+    )
     if told is not None:  # an image committed just as the signal came may not be counted
         assert int(told.group(1)) <= len(finished) <= int(told.group(1)) + 1, line
     rerun = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -234,8 +262,12 @@ with stop_on_signals() as stop:
 def test_a_second_signal_after_the_grace_ends_a_hanging_shutdown():
     from cracksurvey.cli.signals import FORCE_AFTER_S
 
-    run = subprocess.Popen([sys.executable, "-c", HANGING_SHUTDOWN], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-c", HANGING_SHUTDOWN],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     child = int(run.stdout.readline())
     run.send_signal(signal.SIGTERM)
     assert run.stdout.readline().strip() == "stopping"

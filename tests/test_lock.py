@@ -38,10 +38,15 @@ def read_lock(out: Path) -> dict:
 def write_lock(out: Path, **fields) -> Path:
     """A lock file as another run would have left it."""
     out.mkdir(parents=True, exist_ok=True)
-    holder = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started_utc": "2025-03-01T10:02:03+00:00", "command": "cracksurvey process s",
-              "token": "0123456789abcdef", "process_started": psutil.Process().create_time(),
-              **fields}
+    holder = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started_utc": "2025-03-01T10:02:03+00:00",
+        "command": "cracksurvey process s",
+        "token": "0123456789abcdef",
+        "process_started": psutil.Process().create_time(),
+        **fields,
+    }
     path = out / LOCK_FILE
     path.write_text(json.dumps(holder))
     return path
@@ -75,8 +80,11 @@ def test_lock_names_host_pid_start_and_command_and_goes_on_release(tmp_path: Pat
 def test_a_live_holder_refuses_in_one_line_naming_it(tmp_path: Path):
     out = tmp_path / "out"
     with RunLock.acquire(out):
-        for attempt in (lambda: RunLock.acquire(out), lambda: check_run_lock(out),
-                        lambda: RunLock.acquire(out, break_lock=True)):
+        for attempt in (
+            lambda: RunLock.acquire(out),
+            lambda: check_run_lock(out),
+            lambda: RunLock.acquire(out, break_lock=True),
+        ):
             with pytest.raises(OutputInUseError) as refused:
                 attempt()
             message = str(refused.value)
@@ -99,11 +107,23 @@ def test_a_dead_holder_on_this_host_is_taken_over_with_a_warning(tmp_path: Path)
 
 def test_a_reused_pid_or_a_zombie_is_not_the_holder(tmp_path: Path):
     me = psutil.Process()
-    reused = LockHolder(socket.gethostname(), os.getpid(), "2025-03-01T10:02:03+00:00", "c", "t",
-                        process_started=me.create_time() - 3600)
+    reused = LockHolder(
+        socket.gethostname(),
+        os.getpid(),
+        "2025-03-01T10:02:03+00:00",
+        "c",
+        "t",
+        process_started=me.create_time() - 3600,
+    )
     assert holder_ended(reused) is True
-    assert holder_ended(LockHolder(socket.gethostname(), os.getpid(), "", "c", "t",
-                                   process_started=me.create_time())) is False
+    assert (
+        holder_ended(
+            LockHolder(
+                socket.gethostname(), os.getpid(), "", "c", "t", process_started=me.create_time()
+            )
+        )
+        is False
+    )
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 30
     while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
@@ -126,8 +146,7 @@ def test_another_host_cannot_be_checked_refuse_unless_break_lock(tmp_path: Path)
 
 
 def test_another_pid_namespace_is_another_host(tmp_path: Path):
-    holder = LockHolder(socket.gethostname(), dead_pid(), "", "c", "t",
-                        pid_namespace="pid:[1]")
+    holder = LockHolder(socket.gethostname(), dead_pid(), "", "c", "t", pid_namespace="pid:[1]")
     assert holder_ended(holder) is None
 
 
@@ -204,10 +223,13 @@ else:
 def test_runs_taking_over_one_stale_lock_at_once_get_one_winner(tmp_path: Path):
     out = tmp_path / "out"
     write_lock(out, pid=dead_pid())
-    script = TAKEOVER.format(tests=str(Path(__file__).parent), start=time.time() + 3,
-                             out=str(out))
-    runs = [subprocess.Popen([sys.executable, "-W", "ignore", "-c", script],
-                             stdout=subprocess.PIPE, text=True) for _ in range(5)]
+    script = TAKEOVER.format(tests=str(Path(__file__).parent), start=time.time() + 3, out=str(out))
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-W", "ignore", "-c", script], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(5)
+    ]
     said = sorted(run.communicate(timeout=120)[0].strip() for run in runs)
     assert said == ["refused"] * 4 + ["won"]
 
@@ -215,15 +237,20 @@ def test_runs_taking_over_one_stale_lock_at_once_get_one_winner(tmp_path: Path):
 # --------------------------------------------------------------------------------------------
 # process_survey holds the lock
 # --------------------------------------------------------------------------------------------
-def test_process_survey_refuses_a_folder_in_use_even_with_overwrite(tmp_path: Path,
-                                                                   weights: Path):
+def test_process_survey_refuses_a_folder_in_use_even_with_overwrite(tmp_path: Path, weights: Path):
     root = make_survey(tmp_path / "survey")
     out = tmp_path / "out"
     with RunLock.acquire(out):
         for overwrite in (False, True):
             with pytest.raises(OutputInUseError):
-                process_survey(root, out_dir=out, weights=weights, overrides=FAST,
-                               synchronous=True, overwrite=overwrite)
+                process_survey(
+                    root,
+                    out_dir=out,
+                    weights=weights,
+                    overrides=FAST,
+                    synchronous=True,
+                    overwrite=overwrite,
+                )
         assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing touched
 
 
@@ -233,8 +260,14 @@ def test_process_survey_releases_the_lock_on_success_and_on_error(tmp_path: Path
     process_survey(root, out_dir=out, weights=weights, overrides=FAST, synchronous=True)
     assert not (out / LOCK_FILE).exists()
     with pytest.raises(ValueError):  # a bad config: refused before any image
-        process_survey(root, out_dir=out, weights=weights, overwrite=True,
-                       overrides={**FAST, "tiling": {"tile_px": -1}}, synchronous=True)
+        process_survey(
+            root,
+            out_dir=out,
+            weights=weights,
+            overwrite=True,
+            overrides={**FAST, "tiling": {"tile_px": -1}},
+            synchronous=True,
+        )
     assert not (out / LOCK_FILE).exists()
 
 
@@ -245,8 +278,7 @@ def cluster_command(root: Path, out: Path, weights: Path) -> list[str]:
     """:func:`test_resume.cli_command` on a local Dask cluster of one worker."""
     command = cli_command(root, out, weights)
     at = command.index("--scheduler")
-    return [*command[:at], "--workers", "1", "--set", "engine.torch_threads=1",
-            *command[at + 2:]]
+    return [*command[:at], "--workers", "1", "--set", "engine.torch_threads=1", *command[at + 2 :]]
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -263,20 +295,31 @@ def test_a_second_run_on_the_same_out_refuses_at_once_and_the_first_finishes(
     root = make_slow_survey(tmp_path / "survey", n=4, size=96)
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(cluster_command(root, out, weights), env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        cluster_command(root, out, weights),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: (out / LOCK_FILE).exists(), first)
     started = read_lock(out)["started_utc"]
     seconds = []
     for _ in range(3):  # the fastest of three: the machine is shared
         t0 = time.monotonic()
-        second = subprocess.run([*cluster_command(root, out, weights), "--overwrite"], env=env,
-                                capture_output=True, text=True)
+        second = subprocess.run(
+            [*cluster_command(root, out, weights), "--overwrite"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         seconds.append(time.monotonic() - t0)
         assert second.returncode == 2, second.stderr
         [line] = [x for x in second.stderr.splitlines() if x.strip()]
-        assert line.startswith(f"error: {out} is in use by another run (pid {first.pid} on "
-                               f"host {socket.gethostname()}, started ")
+        assert line.startswith(
+            f"error: {out} is in use by another run (pid {first.pid} on "
+            f"host {socket.gethostname()}, started "
+        )
         assert started.replace("T", " ")[:19] in line and "wait for it to finish" in line
         assert first.poll() is None, "the first run had ended: no refusal to test"
     assert min(seconds) < 1.0, seconds
@@ -287,9 +330,13 @@ def test_a_second_run_on_the_same_out_refuses_at_once_and_the_first_finishes(
     assert not (out / LOCK_FILE).exists()
     cache = run_json(out)["cache"]
     assert len(cache["computed"]) == 4 and cache["reused"] == []
-    reference = process_survey(root, out_dir=tmp_path / "reference", weights=weights,
-                               overrides={**FAST, "cpp": {"patch_px": 16, "min_area_px": 3}},
-                               synchronous=True)
+    reference = process_survey(
+        root,
+        out_dir=tmp_path / "reference",
+        weights=weights,
+        overrides={**FAST, "cpp": {"patch_px": 16, "min_area_px": 3}},
+        synchronous=True,
+    )
     assert_same_layers(out / "cracks.gpkg", reference.gpkg_path, drop=("seconds",))
 
 
@@ -298,8 +345,9 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path, weights: Path):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = cli_command(root, out, weights)
-    killed = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for(lambda: (out / CACHE_DIR).is_dir() and len(entries(out)) >= 1, killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
@@ -310,8 +358,9 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path, weights: Path):
     lines = [x for x in rerun.stderr.splitlines() if x.strip()]
     takeover = f"warning: {out}: took over the lock of a run that has ended "
     [line] = [x for x in lines if x.startswith(takeover)]  # one line, once
-    assert line.startswith(f"{takeover}(pid {killed.pid} on host {socket.gethostname()}, "
-                           "started "), rerun.stderr
+    assert line.startswith(
+        f"{takeover}(pid {killed.pid} on host {socket.gethostname()}, started "
+    ), rerun.stderr
     # Once in CI (not reproduced in 24 kills here) the rerun printed one more line; what the
     # kill leaves may warn, but nothing may fail. Shown in pytest's warnings summary.
     others = [x for x in lines if x != line]
@@ -320,4 +369,3 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path, weights: Path):
         warnings.warn(f"the rerun after a kill also printed: {others}", stacklevel=1)
     assert not (out / LOCK_FILE).exists()
     assert len(run_json(out)["cache"]["reused"]) >= 1
-

@@ -50,40 +50,64 @@ ROWS = SHAPE[0]
 FACADES: dict[str, dict] = {}
 
 
-def _plane(start: tuple[float, float], azimuth_deg: float, length: float, z: float,
-           crs: str) -> FacadePlane:
+def _plane(
+    start: tuple[float, float], azimuth_deg: float, length: float, z: float, crs: str
+) -> FacadePlane:
     angle = math.radians(azimuth_deg)
     end = (start[0] + length * math.sin(angle), start[1] + length * math.cos(angle))
     return FacadePlane(start, end, z, CRS.from_user_input(crs))
 
 
 def _row(image: str, building: str, facade: str, plane: FacadePlane, gsd_mm: float | None):
-    return {"image": image, "building_id": building, "facade_id": facade, "gsd_mm": gsd_mm,
-            "base_x0": plane.start_xy[0], "base_y0": plane.start_xy[1],
-            "base_x1": plane.end_xy[0], "base_y1": plane.end_xy[1], "base_z": plane.base_z}
+    return {
+        "image": image,
+        "building_id": building,
+        "facade_id": facade,
+        "gsd_mm": gsd_mm,
+        "base_x0": plane.start_xy[0],
+        "base_y0": plane.start_xy[1],
+        "base_x1": plane.end_xy[0],
+        "base_y1": plane.end_xy[1],
+        "base_z": plane.base_z,
+    }
 
 
 def make_north(root: Path) -> Path:
     """EPSG:32633; façade a1 from gsd_mm=4, façade a2 from a world file starting at x=5 m."""
     images = root / "images"
     images.mkdir(parents=True)
-    a1 = dict(polyline=[(3, 4), (20, 21)], transform=gsd_transform(4, ROWS), gsd=0.004,
-              plane=_plane((X0 + 10, Y0 - 5), 60, 2.0, 412.5, UTM33), survey="north")
-    a2 = dict(polyline=[(12, 2), (12, 29)], gsd=0.003,
-              transform=Affine(0.003, 0, 5.0, 0, -0.003, ROWS * 0.003),
-              plane=_plane((X0 + 20, Y0 - 5), 330, 8.0, 410.0, UTM33), survey="north")
+    a1 = dict(
+        polyline=[(3, 4), (20, 21)],
+        transform=gsd_transform(4, ROWS),
+        gsd=0.004,
+        plane=_plane((X0 + 10, Y0 - 5), 60, 2.0, 412.5, UTM33),
+        survey="north",
+    )
+    a2 = dict(
+        polyline=[(12, 2), (12, 29)],
+        gsd=0.003,
+        transform=Affine(0.003, 0, 5.0, 0, -0.003, ROWS * 0.003),
+        plane=_plane((X0 + 20, Y0 - 5), 330, 8.0, 410.0, UTM33),
+        survey="north",
+    )
     make_image(images / "a1.png", crack_array(polyline=a1["polyline"]))
     make_world_image(images / "a2.png", crack_array(polyline=a2["polyline"]), a2["transform"])
     FACADES.update({"a1.png": a1, "a2.png": a2})
     write_survey_yaml(root / "survey.yaml", {"survey": {"crs": UTM33}})
-    write_images_csv(root / "images.csv", [
-        _row("a1.png", "B1", "B1-W", a1["plane"], 4),
-        _row("a2.png", "B2", "B2-N", a2["plane"], None),
-    ])
-    make_buildings(root / "buildings.gpkg", {
-        "B1": box_ring(X0 + 9, Y0 - 8, X0 + 12, Y0 - 5),
-        "B2": box_ring(X0 + 16, Y0 - 5, X0 + 20, Y0 + 2),
-    })
+    write_images_csv(
+        root / "images.csv",
+        [
+            _row("a1.png", "B1", "B1-W", a1["plane"], 4),
+            _row("a2.png", "B2", "B2-N", a2["plane"], None),
+        ],
+    )
+    make_buildings(
+        root / "buildings.gpkg",
+        {
+            "B1": box_ring(X0 + 9, Y0 - 8, X0 + 12, Y0 - 5),
+            "B2": box_ring(X0 + 16, Y0 - 5, X0 + 20, Y0 + 2),
+        },
+    )
     return root
 
 
@@ -92,15 +116,21 @@ def make_south(root: Path) -> Path:
     images = root / "images"
     images.mkdir(parents=True)
     start = TO_LAEA.transform(X0 + 50, Y0 - 20)
-    b1 = dict(polyline=[(2, 10), (21, 10)], transform=gsd_transform(2, ROWS), gsd=0.002,
-              plane=_plane(start, 135, 6.0, 420.0, LAEA), survey="south")
+    b1 = dict(
+        polyline=[(2, 10), (21, 10)],
+        transform=gsd_transform(2, ROWS),
+        gsd=0.002,
+        plane=_plane(start, 135, 6.0, 420.0, LAEA),
+        survey="south",
+    )
     make_image(images / "b1.png", crack_array(polyline=b1["polyline"]))
     FACADES["b1.png"] = b1
     write_survey_yaml(root / "survey.yaml", {"survey": {"crs": LAEA}})
     write_images_csv(root / "images.csv", [_row("b1.png", "B1", "B1-S", b1["plane"], 2)])
     sx, sy = start
-    make_buildings(root / "buildings.gpkg", {"B1": box_ring(sx - 1, sy - 5, sx + 5, sy + 1)},
-                   crs=LAEA)
+    make_buildings(
+        root / "buildings.gpkg", {"B1": box_ring(sx - 1, sy - 5, sx + 5, sy + 1)}, crs=LAEA
+    )
     return root
 
 
@@ -119,8 +149,12 @@ def _in_utm(plane: FacadePlane) -> FacadePlane:
     """The plane with its base line in EPSG:32633 (what the merge must reproject onto)."""
     if plane.crs.to_epsg() == 32633:
         return plane
-    return FacadePlane(TO_UTM.transform(*plane.start_xy), TO_UTM.transform(*plane.end_xy),
-                       plane.base_z, CRS.from_user_input(UTM33))
+    return FacadePlane(
+        TO_UTM.transform(*plane.start_xy),
+        TO_UTM.transform(*plane.end_xy),
+        plane.base_z,
+        CRS.from_user_input(UTM33),
+    )
 
 
 def test_one_3d_layer_in_the_projected_crs_with_every_survey(merged) -> None:
@@ -128,7 +162,10 @@ def test_one_3d_layer_in_the_projected_crs_with_every_survey(merged) -> None:
     cracks = gpd.read_file(path, layer="cracks_3d")
     assert cracks.crs.to_epsg() == 32633 and cracks.has_z.all()
     assert sorted(zip(cracks["survey"], cracks["image"])) == [
-        ("north", "a1.png"), ("north", "a2.png"), ("south", "b1.png")]
+        ("north", "a1.png"),
+        ("north", "a2.png"),
+        ("south", "b1.png"),
+    ]
     assert dict(pyogrio.list_layers(path))["cracks_3d"] == "MultiLineString Z"
 
 
@@ -147,8 +184,14 @@ def test_merged_cracks_lie_on_their_facade_planes_where_drawn(merged) -> None:
 def test_merge_keeps_the_2d_layers_and_stacks_the_buildings(merged) -> None:
     path, outs = merged
     layers = dict(pyogrio.list_layers(path))
-    assert {"north_cracks_facade_b1_w", "north_cracks_facade_b2_n", "south_cracks",
-            "south_crack_branches", "south_images", "buildings"} <= set(layers)
+    assert {
+        "north_cracks_facade_b1_w",
+        "north_cracks_facade_b2_n",
+        "south_cracks",
+        "south_crack_branches",
+        "south_images",
+        "buildings",
+    } <= set(layers)
     facade = gpd.read_file(path, layer="north_cracks_facade_b2_n")
     assert facade.crs.is_engineering and facade.crs.name == "cracksurvey facade B2-N"
     original = gpd.read_file(outs[0] / "cracks.gpkg", layer="cracks_facade_b2_n")
@@ -156,11 +199,15 @@ def test_merge_keeps_the_2d_layers_and_stacks_the_buildings(merged) -> None:
     buildings = gpd.read_file(path, layer="buildings")
     assert buildings.crs.to_epsg() == 32633
     assert sorted(zip(buildings["survey"], buildings["building_id"])) == [
-        ("north", "B1"), ("north", "B2"), ("south", "B1")]
+        ("north", "B1"),
+        ("north", "B2"),
+        ("south", "B1"),
+    ]
     south = buildings.set_index("survey").geometry["south"]
     sx, sy = TO_LAEA.transform(X0 + 50, Y0 - 20)
-    expected = shapely.Polygon([TO_UTM.transform(x, y) for x, y in
-                                box_ring(sx - 1, sy - 5, sx + 5, sy + 1)])
+    expected = shapely.Polygon(
+        [TO_UTM.transform(x, y) for x, y in box_ring(sx - 1, sy - 5, sx + 5, sy + 1)]
+    )
     assert south.symmetric_difference(expected).area < 1e-4
 
 
@@ -170,8 +217,9 @@ def test_merged_geopackage_is_styled_and_records_the_surveys(merged) -> None:
         styled = {name for (name,) in db.execute("SELECT f_table_name FROM layer_styles")}
     spatial = {name for name, kind in pyogrio.list_layers(path) if kind}
     assert styled == spatial
-    info = subprocess.run(["ogrinfo", "-so", "-al", str(path)], capture_output=True, text=True,
-                          check=True)
+    info = subprocess.run(
+        ["ogrinfo", "-so", "-al", str(path)], capture_output=True, text=True, check=True
+    )
     assert "Warning" not in info.stderr, info.stderr
     metadata = pyogrio.read_info(path, layer="cracks_3d")["dataset_metadata"]
     surveys = json.loads(metadata["surveys"])

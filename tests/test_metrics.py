@@ -127,7 +127,9 @@ def test_input_validation():
         relaxed_counts(np.zeros((5, 5), bool), np.zeros((5, 6), bool))
     with pytest.raises(ValueError, match="variant"):
         relaxed_counts(
-            np.zeros((5, 5), bool), np.zeros((5, 5), bool), variant="x"  # type: ignore[arg-type]
+            np.zeros((5, 5), bool),
+            np.zeros((5, 5), bool),
+            variant="x",  # type: ignore[arg-type]
         )
     with pytest.raises(ValueError, match="slack"):
         relaxed_counts(np.zeros((5, 5), bool), np.zeros((5, 5), bool), slack_px=-1)
@@ -143,8 +145,7 @@ def test_aggregate_micro_macro_exact():
     empty = relaxed_counts(z, z)
     res = aggregate([gap, fp_only, empty])
     assert res["n_images"] == 3 and res["n_both_empty"] == 1
-    assert res["counts"] == {"tp_pred": 25, "fp": 6, "tp_gt": 35, "fn": 5, "n_pred": 31,
-                             "n_gt": 40}
+    assert res["counts"] == {"tp_pred": 25, "fp": 6, "tp_gt": 35, "fn": 5, "n_pred": 31, "n_gt": 40}
     assert res["micro"]["correctness"] == 25 / 31
     assert res["micro"]["completeness"] == 35 / 40
     assert res["micro"]["quality"] == 35 / 46
@@ -178,8 +179,9 @@ def test_aggregate_refuses_mixed_variants():
 
 
 def test_aggregate_authors_variant():
-    res = aggregate([relaxed_counts(line(cols=(5, 20)) | line(cols=(35, 45)), line(),
-                                    variant="authors")])
+    res = aggregate(
+        [relaxed_counts(line(cols=(5, 20)) | line(cols=(35, 45)), line(), variant="authors")]
+    )
     assert res["variant"] == "authors"
     assert res["micro"]["completeness"] == 25 / 30
 
@@ -198,10 +200,20 @@ def test_cpp_summary_with_gt():
     assert s["cpp_pred"] == {"mean": 1.5, "median": 1.5, "histogram": [0, 1, 1]}
     assert s["cpp_gt"] == {"mean": 0.5, "median": 0.5, "histogram": [1, 1]}
     assert s["delta_mean"] == 1.0 and s["abs_delta_mean"] == 1.0
-    assert s["with_gt_crack"] == {"n_patches": 1, "cpp_pred_mean": 2.0, "cpp_gt_mean": 1.0,
-                                  "delta_mean": 1.0, "abs_delta_mean": 1.0}
-    assert s["without_gt_crack"] == {"n_patches": 1, "cpp_pred_mean": 1.0, "cpp_gt_mean": 0.0,
-                                     "delta_mean": 1.0, "abs_delta_mean": 1.0}
+    assert s["with_gt_crack"] == {
+        "n_patches": 1,
+        "cpp_pred_mean": 2.0,
+        "cpp_gt_mean": 1.0,
+        "delta_mean": 1.0,
+        "abs_delta_mean": 1.0,
+    }
+    assert s["without_gt_crack"] == {
+        "n_patches": 1,
+        "cpp_pred_mean": 1.0,
+        "cpp_gt_mean": 0.0,
+        "delta_mean": 1.0,
+        "abs_delta_mean": 1.0,
+    }
 
 
 def test_cpp_summary_without_gt_and_without_patches():
@@ -271,8 +283,12 @@ def test_relaxed_ratios_in_unit_interval_and_swap_symmetric(pred, gt, slack):
         for v in r.values():
             assert v is None or 0.0 <= v <= 1.0
     swapped = relaxed_counts(gt, pred, slack_px=slack)
-    assert (swapped.tp_pred, swapped.fp, swapped.tp_gt, swapped.fn) == (c.tp_gt, c.fn,
-                                                                        c.tp_pred, c.fp)
+    assert (swapped.tp_pred, swapped.fp, swapped.tp_gt, swapped.fn) == (
+        c.tp_gt,
+        c.fn,
+        c.tp_pred,
+        c.fp,
+    )
 
 
 @settings(max_examples=40, deadline=None)

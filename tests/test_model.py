@@ -43,7 +43,9 @@ def test_fold_needs_eval_mode():
 
 def test_load_model_folds_unless_asked_not_to(tmp_path):
     model = _trained_like("unet16")
-    card = save_model(model, ModelCard("t", "unet16", 0.125, True, norm="batch"), tmp_path / "m.safetensors")
+    card = save_model(
+        model, ModelCard("t", "unet16", 0.125, True, norm="batch"), tmp_path / "m.safetensors"
+    )
     x = torch.randn(1, 3, 64, 64)
     folded, _ = load_model(tmp_path / "m.safetensors")
     plain, card2 = load_model(tmp_path / "m.safetensors", fold_bn=False)

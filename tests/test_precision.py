@@ -37,9 +37,7 @@ def test_environment_switch_decides_auto(monkeypatch):
         ("", False, False, "fp32"),
     ],
 )
-def test_auto_is_bf16_where_it_was_measured_faster(
-    monkeypatch, vendor, native_bf16, amx, expected
-):
+def test_auto_is_bf16_where_it_was_measured_faster(monkeypatch, vendor, native_bf16, amx, expected):
     monkeypatch.delenv(PRECISION_ENV, raising=False)
     monkeypatch.setattr(predict, "cpu_vendor", lambda: vendor)
     monkeypatch.setattr(predict, "cpu_bf16_supported", lambda: native_bf16)

@@ -80,8 +80,15 @@ def test_layers_crs_and_geometry_types(processed) -> None:
 
     layers = dict(pyogrio.list_layers(processed.gpkg_path))
     groups = ("epsg32633", "facade_b1_n", "facade_b2_e", "facade_b2_s", "px")
-    expected = {f"{base}_{g}": kind for g in groups for base, kind in (
-        ("cracks", "MultiLineString"), ("crack_branches", "LineString"), ("images", "Polygon"))}
+    expected = {
+        f"{base}_{g}": kind
+        for g in groups
+        for base, kind in (
+            ("cracks", "MultiLineString"),
+            ("crack_branches", "LineString"),
+            ("images", "Polygon"),
+        )
+    }
     expected |= {"buildings": "MultiPolygon", "cracks_3d": "MultiLineString Z"}
     assert layers == {**expected, "layer_styles": None}  # + QGIS styles table
     assert layer(processed, "cracks_epsg32633").crs.to_epsg() == 32633
@@ -92,19 +99,35 @@ def test_layers_crs_and_geometry_types(processed) -> None:
     cracks_3d = layer(processed, "cracks_3d")
     assert cracks_3d.crs.to_epsg() == 32633 and cracks_3d.has_z.all()
     assert set(processed.layers) == set(expected)
-    listing = subprocess.run(["ogrinfo", "-so", str(processed.gpkg_path)], capture_output=True,
-                             text=True, check=True)
-    assert sorted(line.split(": ", 1)[1].split(" (")[0]
-                  for line in listing.stdout.splitlines() if line[:1].isdigit()) == sorted(
-        [*expected, "layer_styles"])
+    listing = subprocess.run(
+        ["ogrinfo", "-so", str(processed.gpkg_path)], capture_output=True, text=True, check=True
+    )
+    assert sorted(
+        line.split(": ", 1)[1].split(" (")[0]
+        for line in listing.stdout.splitlines()
+        if line[:1].isdigit()
+    ) == sorted([*expected, "layer_styles"])
     assert "Warning" not in listing.stderr, listing.stderr
 
 
 def test_attribute_columns_carry_units(processed) -> None:
     cracks = layer(processed, "cracks_epsg32633")
-    for column in ("image", "building_id", "facade_id", "crack_id", "length_m", "length_px",
-                   "width_mean_mm", "width_max_mm", "width_p95_mm", "orientation_deg",
-                   "n_branches", "n_junctions", "confidence", "bridged"):
+    for column in (
+        "image",
+        "building_id",
+        "facade_id",
+        "crack_id",
+        "length_m",
+        "length_px",
+        "width_mean_mm",
+        "width_max_mm",
+        "width_p95_mm",
+        "orientation_deg",
+        "n_branches",
+        "n_junctions",
+        "confidence",
+        "bridged",
+    ):
         assert column in cracks.columns
     branches = layer(processed, "crack_branches_facade_b2_e")
     assert {"crack_id", "branch_id", "kind", "length_m", "width_mean_mm"} <= set(branches)
@@ -118,10 +141,13 @@ def test_attribute_columns_carry_units(processed) -> None:
 
 def test_one_diagonal_crack_per_image_with_its_length(processed) -> None:
     diagonal_px = math.hypot(23, 31)  # conftest crack: corner to corner of 24 x 32 px
-    expected_m = {"ortho.tif": 0.05, "drone.png": 0.05, "facade_plane.png": 0.004,
-                  "facade_world.png": 0.003}
-    cracks = attributes(processed, ("cracks_epsg32633", "cracks_facade_b2_e",
-                                    "cracks_facade_b2_s"))
+    expected_m = {
+        "ortho.tif": 0.05,
+        "drone.png": 0.05,
+        "facade_plane.png": 0.004,
+        "facade_world.png": 0.003,
+    }
+    cracks = attributes(processed, ("cracks_epsg32633", "cracks_facade_b2_e", "cracks_facade_b2_s"))
     for image, gsd_m in expected_m.items():
         rows = rows_of(cracks, image)
         assert len(rows) == 1, image
@@ -180,8 +206,9 @@ def test_buildings_layer_summary_csv_and_json_agree(processed) -> None:
     buildings = pd.DataFrame(layer(processed, "buildings").drop(columns="geometry"))
     csv = pd.read_csv(processed.out_dir / "summary.csv", dtype={"building_id": str})
     document = json.loads((processed.out_dir / "summary.json").read_text())
-    from_json = pd.DataFrame(document["buildings"]).astype({c: float for c in csv.columns
-                                                           if csv[c].dtype == float})
+    from_json = pd.DataFrame(document["buildings"]).astype(
+        {c: float for c in csv.columns if csv[c].dtype == float}
+    )
     assert list(buildings.columns) == list(csv.columns) == list(from_json.columns)
     assert "total_length_m" in document["columns"]
     for column in csv.columns:
@@ -236,14 +263,26 @@ def test_run_json_records_the_run(processed, oracle_weights: Path) -> None:
     for entry in record["inputs"]["images"]:
         assert entry["sha256"] == hash_file(root / entry["image"])
     assert {f["path"] for f in record["inputs"]["files"]} == {
-        "survey.yaml", "images.csv", "buildings.gpkg"}
+        "survey.yaml",
+        "images.csv",
+        "buildings.gpkg",
+    }
     assert {"discover", "model", "engine", "vectorize", "cpp", "write", "total"} <= set(
-        record["timings_s"])
+        record["timings_s"]
+    )
     statuses = {i["image"]: i for i in record["images"]}
-    assert set(statuses) == {"drone.png", "facade_gsd.jpg", "facade_plane.png",
-                             "facade_world.png", "nothing.png", "ortho.tif"}
-    assert all(i["status"] == "ok" and i["precision"] == "fp32" and i["n_tiles"] == 1
-               for i in statuses.values())
+    assert set(statuses) == {
+        "drone.png",
+        "facade_gsd.jpg",
+        "facade_plane.png",
+        "facade_world.png",
+        "nothing.png",
+        "ortho.tif",
+    }
+    assert all(
+        i["status"] == "ok" and i["precision"] == "fp32" and i["n_tiles"] == 1
+        for i in statuses.values()
+    )
     started = pd.Timestamp(record["started_utc"])
     assert started.tzinfo is not None and pd.Timestamp(record["finished_utc"]) >= started
     assert record["n_cracks"] == 6 and record["n_images_failed"] == 0
@@ -265,13 +304,15 @@ def test_crack_crossing_tile_borders_is_one_feature(
     root = tmp_path / "survey"
     image = crack_array((150, 190), polyline=polyline)
     make_geotiff(root / "wall.tif", image, Affine(gsd_m, 0, 0, 0, -gsd_m, 150 * gsd_m))
-    write_images_csv(root / "images.csv", [{"image": "wall.tif", "building_id": "W",
-                                           "facade_id": "W-1"}])
+    write_images_csv(
+        root / "images.csv", [{"image": "wall.tif", "building_id": "W", "facade_id": "W-1"}]
+    )
     summary = process_survey(root, weights=oracle_weights, overrides=FAST, synchronous=True)
     assert summary.images[0].n_tiles == 5 * 6  # core 32 px: the crack crosses many borders
     cracks = gpd.read_file(summary.gpkg_path, layer="cracks")
-    expected_px = sum(math.hypot(r1 - r0, c1 - c0)
-                      for (r0, c0), (r1, c1) in zip(polyline, polyline[1:]))
+    expected_px = sum(
+        math.hypot(r1 - r0, c1 - c0) for (r0, c0), (r1, c1) in zip(polyline, polyline[1:])
+    )
     assert len(cracks) == 1
     assert cracks["length_m"].iloc[0] == pytest.approx(expected_px * gsd_m, rel=0.02)
     assert cracks["n_junctions"].iloc[0] == 0
@@ -286,7 +327,7 @@ def corrupt_tile(path: Path) -> None:
         offset = int(ds.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
         size = int(ds.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
     data = bytearray(path.read_bytes())
-    data[offset:offset + size] = b"\xff" * size
+    data[offset : offset + size] = b"\xff" * size
     path.write_bytes(bytes(data))
 
 
@@ -294,8 +335,14 @@ def make_bad_input_survey(root: Path) -> Path:
     images = root / "images"
     gsd = Affine(0.002, 0, 0, 0, -0.002, 64 * 0.002)
     make_geotiff(images / "good.tif", crack_array((64, 64)), gsd)
-    truncated = make_geotiff(images / "truncated.tif", crack_array((64, 64)), gsd,
-                             tiled=True, blockxsize=16, blockysize=16)
+    truncated = make_geotiff(
+        images / "truncated.tif",
+        crack_array((64, 64)),
+        gsd,
+        tiled=True,
+        blockxsize=16,
+        blockysize=16,
+    )
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size * 2 // 3])
     (images / "empty.png").write_bytes(b"")
     rgba = np.concatenate([crack_array((64, 64)), np.full((1, 64, 64), 255, np.uint8)])
@@ -305,14 +352,30 @@ def make_bad_input_survey(root: Path) -> Path:
     sixteen[:, :, 32:] = np.where(sixteen[:, :, 32:] > 0, 60000, 0)
     make_geotiff(images / "sixteen.tif", sixteen, gsd)
     make_image(images / "nogeo.png", crack_array((64, 64)))
-    corrupt = make_geotiff(images / "corrupt.tif", crack_array((64, 64)), gsd, tiled=True,
-                           blockxsize=16, blockysize=16, compress="deflate")
+    corrupt = make_geotiff(
+        images / "corrupt.tif",
+        crack_array((64, 64)),
+        gsd,
+        tiled=True,
+        blockxsize=16,
+        blockysize=16,
+        compress="deflate",
+    )
     corrupt_tile(corrupt)
-    write_images_csv(root / "images.csv", [
-        {"image": name, "building_id": "B", "gsd_mm": 2}
-        for name in ("good.tif", "truncated.tif", "empty.png", "rgba.png", "sixteen.tif",
-                     "corrupt.tif")
-    ])
+    write_images_csv(
+        root / "images.csv",
+        [
+            {"image": name, "building_id": "B", "gsd_mm": 2}
+            for name in (
+                "good.tif",
+                "truncated.tif",
+                "empty.png",
+                "rgba.png",
+                "sixteen.tif",
+                "corrupt.tif",
+            )
+        ],
+    )
     return root
 
 
@@ -345,8 +408,11 @@ def test_bad_inputs_fail_alone_with_one_line(tmp_path: Path, oracle_weights: Pat
     assert summary.exit_code == 1
     # failed images leave no rasters; the others keep theirs and their layers
     rasters = sorted(p.name for p in (summary.out_dir / "rasters").iterdir())
-    assert rasters == sorted(f"{s}_{k}.tif" for s in ("good", "rgba", "sixteen", "nogeo")
-                             for k in ("distance", "mask", "semantics"))
+    assert rasters == sorted(
+        f"{s}_{k}.tif"
+        for s in ("good", "rgba", "sixteen", "nogeo")
+        for k in ("distance", "mask", "semantics")
+    )
     record = json.loads(summary.run_json_path.read_text())
     assert record["n_images_failed"] == 3 and record["status"] == "some images failed"
     assert {i["image"]: i["status"] for i in record["images"]}["corrupt.tif"] == "error"
@@ -376,10 +442,10 @@ def test_previous_run_is_refused_unless_overwrite(tmp_path: Path, oracle_weights
     notes = out / "notes.txt"
     notes.write_text("mine")
     with pytest.raises(OutputExistsError, match=r"out already holds a previous run .*--overwrite"):
-        process_survey(root, out_dir=out, weights=oracle_weights, overrides=FAST,
-                       synchronous=True)
-    summary = process_survey(root, out_dir=out, weights=oracle_weights, overrides=FAST,
-                             synchronous=True, overwrite=True)
+        process_survey(root, out_dir=out, weights=oracle_weights, overrides=FAST, synchronous=True)
+    summary = process_survey(
+        root, out_dir=out, weights=oracle_weights, overrides=FAST, synchronous=True, overwrite=True
+    )
     assert summary.exit_code == 0 and not stale.exists() and notes.read_text() == "mine"
     assert summary.images[0].n_cracks == 1
 
@@ -401,14 +467,31 @@ def test_no_crack_anywhere_still_writes_every_layer(tmp_path: Path, oracle_weigh
     blank = np.full((3, 24, 32), 200, np.uint8)
     make_image(root / "images" / "wall.png", blank)
     (root / "survey.yaml").write_text(f"survey: {{crs: '{UTM33}'}}\n")
-    write_images_csv(root / "images.csv", [{
-        "image": "wall.png", "building_id": "B", "facade_id": "B-N", "gsd_mm": 4,
-        "base_x0": X0, "base_y0": Y0, "base_x1": X0 + 1, "base_y1": Y0, "base_z": 10,
-    }])
+    write_images_csv(
+        root / "images.csv",
+        [
+            {
+                "image": "wall.png",
+                "building_id": "B",
+                "facade_id": "B-N",
+                "gsd_mm": 4,
+                "base_x0": X0,
+                "base_y0": Y0,
+                "base_x1": X0 + 1,
+                "base_y1": Y0,
+                "base_z": 10,
+            }
+        ],
+    )
     summary = process_survey(root, weights=oracle_weights, overrides=FAST, synchronous=True)
     assert summary.exit_code == 0 and summary.n_cracks == 0
     assert {n: i["features"] for n, i in summary.layers.items()} == {
-        "cracks": 0, "crack_branches": 0, "images": 1, "buildings": 1, "cracks_3d": 0}
+        "cracks": 0,
+        "crack_branches": 0,
+        "images": 1,
+        "buildings": 1,
+        "cracks_3d": 0,
+    }
     cracks = gpd.read_file(summary.gpkg_path, layer="cracks")
     assert {"length_m", "width_max_mm", "building_id"} <= set(cracks.columns)
     assert cracks.crs.name == "cracksurvey facade B-N"

@@ -24,9 +24,13 @@ from cracksurvey.io.styles import WIDTH_CLASSES_MM, layer_kind
 #: QgsUnitTypes.DistanceMeters
 QGIS_METRES = 0
 #: QGIS geometry type names of GDAL's
-QGIS_WKB = {"MultiLineString": "MultiLineString", "LineString": "LineString",
-            "Polygon": "Polygon", "MultiPolygon": "MultiPolygon",
-            "MultiLineString Z": "MultiLineStringZ"}
+QGIS_WKB = {
+    "MultiLineString": "MultiLineString",
+    "LineString": "LineString",
+    "Polygon": "Polygon",
+    "MultiPolygon": "MultiPolygon",
+    "MultiLineString Z": "MultiLineStringZ",
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +40,11 @@ def outputs(tmp_path_factory: pytest.TempPathFactory):
     survey = make_survey(base / "survey", pixel_image=True)
     summary = process_oracle(survey, save_oracle(base), expect_warnings=True)
     gpkg = summary.gpkg_path
-    gdal = {name: pyogrio.read_info(gpkg, layer=name)
-            for name, kind in pyogrio.list_layers(gpkg) if kind}
+    gdal = {
+        name: pyogrio.read_info(gpkg, layer=name)
+        for name, kind in pyogrio.list_layers(gpkg)
+        if kind
+    }
     rasters = sorted((summary.out_dir / "rasters").glob("*.tif"))
     start = time.perf_counter()
     seen = run_qgis(gpkg, list(gdal), rasters)
@@ -78,8 +85,9 @@ def test_every_layer_opens_with_its_embedded_style(outputs) -> None:
             assert "pixel units" in qgis["legend"][0] or qgis["legend"] == [""], name
         elif kind in ("cracks", "cracks_3d", "crack_branches"):
             assert qgis["renderer"] == "graduatedSymbol", name
-            assert qgis["attribute"] == ("width_mean_mm" if kind == "crack_branches"
-                                         else "width_max_mm")
+            assert qgis["attribute"] == (
+                "width_mean_mm" if kind == "crack_branches" else "width_max_mm"
+            )
             assert qgis["legend"] == width_labels and all("mm" in t for t in qgis["legend"])
             assert len(set(qgis["colours"])) == len(width_labels)  # not QGIS's default grey
         elif kind == "images":

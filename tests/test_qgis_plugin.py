@@ -32,15 +32,23 @@ REPO = Path(__file__).resolve().parents[1]
 PLUGIN_ROOT = REPO / "qgis_plugin"
 SCRIPT = Path(__file__).with_name("qgis_processing.py")
 _spec = importlib.util.spec_from_file_location(
-    "cracksurvey_processing_runner", PLUGIN_ROOT / "cracksurvey_processing" / "runner.py")
+    "cracksurvey_processing_runner", PLUGIN_ROOT / "cracksurvey_processing" / "runner.py"
+)
 assert _spec is not None and _spec.loader is not None
 runner = importlib.util.module_from_spec(_spec)  # the plugin's QGIS-free module
 _spec.loader.exec_module(runner)
 
 #: The oracle's fast settings as command-line options (one process, small tiles).
-FAST_ARGS = ["--scheduler", "synchronous",
-             *[a for section, values in FAST.items() for key, value in values.items()
-               for a in ("--set", f"{section}.{key}={value}")]]
+FAST_ARGS = [
+    "--scheduler",
+    "synchronous",
+    *[
+        a
+        for section, values in FAST.items()
+        for key, value in values.items()
+        for a in ("--set", f"{section}.{key}={value}")
+    ],
+]
 FINETUNE_ARGS = ["--threads", "1"]
 WALL = (96, 128)  # a façade image large enough for 32 px crops
 
@@ -48,15 +56,18 @@ WALL = (96, 128)  # a façade image large enough for 32 px crops
 def cli_executable(tmp: Path) -> Path:
     """A `cracksurvey` executable running this checkout with the test's Python."""
     script = tmp / "cracksurvey"
-    script.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" -c '
-                      f'"from cracksurvey.cli import main; main()" "$@"\n')
+    script.write_text(
+        f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" -c '
+        f'"from cracksurvey.cli import main; main()" "$@"\n'
+    )
     script.chmod(0o755)
     return script
 
 
 def run_cli_subprocess(executable: Path, *args: str | Path) -> dict:
-    result = subprocess.run([str(executable), *map(str, args), "--json"], capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [str(executable), *map(str, args), "--json"], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
@@ -66,8 +77,9 @@ def add_reviewed(out: Path) -> None:
     gpkg = out / "cracks.gpkg"
     layer = next(n for n, _ in pyogrio.list_layers(gpkg) if n.startswith("cracks_facade_wall"))
     crs = pyogrio.read_info(gpkg, layer=layer)["crs"]
-    frame = gpd.GeoDataFrame({"note": ["checked"]}, geometry=[shapely.box(0, 0.1, 0.256, 0.192)],
-                             crs=crs)
+    frame = gpd.GeoDataFrame(
+        {"note": ["checked"]}, geometry=[shapely.box(0, 0.1, 0.256, 0.192)], crs=crs
+    )
     pyogrio.write_dataframe(frame, gpkg, layer="reviewed", geometry_type="Polygon")
 
 
@@ -76,27 +88,43 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Each algorithm through QGIS, and the same command run directly."""
     base = tmp_path_factory.mktemp("plugin")
     survey = make_survey(base / "survey")
-    make_image(survey / "images" / "wall.png", np.minimum(
-        crack_array(WALL, polyline=[(20, 10), (20, 100)]),
-        crack_array(WALL, polyline=[(10, 110), (80, 110)])))
+    make_image(
+        survey / "images" / "wall.png",
+        np.minimum(
+            crack_array(WALL, polyline=[(20, 10), (20, 100)]),
+            crack_array(WALL, polyline=[(10, 110), (80, 110)]),
+        ),
+    )
     with open(survey / "images.csv", "a", encoding="utf-8") as f:
         f.write("wall.png,B1,wall,2,,,,,\n")
     weights = save_oracle(base)
     executable = cli_executable(base)
     qgis, cli = base / "qgis", base / "cli"
 
-    direct = {"process": run_cli_subprocess(executable, "process", survey, "--out",
-                                            cli / "out", "--weights", weights, *FAST_ARGS)}
-    direct["report"] = run_cli_subprocess(executable, "report", cli / "out", "--out",
-                                          cli / "city")
+    direct = {
+        "process": run_cli_subprocess(
+            executable, "process", survey, "--out", cli / "out", "--weights", weights, *FAST_ARGS
+        )
+    }
+    direct["report"] = run_cli_subprocess(executable, "report", cli / "out", "--out", cli / "city")
     extra = " ".join(FAST_ARGS)
     steps = [
-        {"algorithm": "cracksurvey:process",
-         "parameters": {"INPUT": str(survey), "OUTPUT": str(qgis / "out"),
-                        "WEIGHTS": str(weights), "EXTRA": extra}},
-        {"algorithm": "cracksurvey:report",
-         "parameters": {"INPUT": [str(qgis / "out" / "cracks.gpkg")],
-                        "OUTPUT": str(qgis / "city")}},
+        {
+            "algorithm": "cracksurvey:process",
+            "parameters": {
+                "INPUT": str(survey),
+                "OUTPUT": str(qgis / "out"),
+                "WEIGHTS": str(weights),
+                "EXTRA": extra,
+            },
+        },
+        {
+            "algorithm": "cracksurvey:report",
+            "parameters": {
+                "INPUT": [str(qgis / "out" / "cracks.gpkg")],
+                "OUTPUT": str(qgis / "city"),
+            },
+        },
     ]
     (base / "runs.json").write_text(json.dumps({"plugins": str(PLUGIN_ROOT), "runs": steps}))
     env = {"CRACKSURVEY_EXECUTABLE": str(executable)}
@@ -105,18 +133,41 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for out in (qgis / "out", cli / "out"):
         add_reviewed(out)
     direct["finetune"] = run_cli_subprocess(
-        executable, "finetune", cli / "out", "--run", cli / "run", "--weights", weights,
-        "--steps", "2", "--batch-size", "2", "--crop-px", "32", *FINETUNE_ARGS)
-    finetune = {"algorithm": "cracksurvey:finetune",
-                "parameters": {"INPUT": [str(qgis / "out" / "cracks.gpkg")],
-                               "OUTPUT": str(qgis / "run"), "WEIGHTS": str(weights),
-                               "STEPS": 2, "BATCH_SIZE": 2, "CROP_PX": 32,
-                               "EXTRA": " ".join(FINETUNE_ARGS)}}
-    unsaved = {**finetune, "parameters": {**finetune["parameters"],
-                                          "OUTPUT": str(qgis / "unsaved")},
-               "unsaved_edit": f"{qgis / 'out' / 'cracks.gpkg'}|layername=cracks_facade_wall"}
-    (base / "runs.json").write_text(json.dumps({"plugins": str(PLUGIN_ROOT),
-                                                "runs": [finetune, unsaved]}))
+        executable,
+        "finetune",
+        cli / "out",
+        "--run",
+        cli / "run",
+        "--weights",
+        weights,
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--crop-px",
+        "32",
+        *FINETUNE_ARGS,
+    )
+    finetune = {
+        "algorithm": "cracksurvey:finetune",
+        "parameters": {
+            "INPUT": [str(qgis / "out" / "cracks.gpkg")],
+            "OUTPUT": str(qgis / "run"),
+            "WEIGHTS": str(weights),
+            "STEPS": 2,
+            "BATCH_SIZE": 2,
+            "CROP_PX": 32,
+            "EXTRA": " ".join(FINETUNE_ARGS),
+        },
+    }
+    unsaved = {
+        **finetune,
+        "parameters": {**finetune["parameters"], "OUTPUT": str(qgis / "unsaved")},
+        "unsaved_edit": f"{qgis / 'out' / 'cracks.gpkg'}|layername=cracks_facade_wall",
+    }
+    (base / "runs.json").write_text(
+        json.dumps({"plugins": str(PLUGIN_ROOT), "runs": [finetune, unsaved]})
+    )
     later = run_qgis_script(SCRIPT, base / "runs.json", env=env)
     seen["runs"] += later["runs"]
     return {"qgis": qgis, "cli": cli, "seen": seen, "direct": direct}
@@ -128,8 +179,9 @@ def _layers_equal(a: Path, b: Path) -> list[str]:
     for name in names:
         left, right = pyogrio.read_dataframe(a, layer=name), pyogrio.read_dataframe(b, layer=name)
         timing = [c for c in ("geometry", "seconds") if c in left]  # the run's own time
-        pd.testing.assert_frame_equal(left.drop(columns=timing), right.drop(columns=timing),
-                                      obj=name)
+        pd.testing.assert_frame_equal(
+            left.drop(columns=timing), right.drop(columns=timing), obj=name
+        )
         assert left.geometry.geom_equals_exact(right.geometry, tolerance=0).all(), name
         assert left.crs == right.crs, name
     return names
@@ -137,8 +189,7 @@ def _layers_equal(a: Path, b: Path) -> list[str]:
 
 def test_the_provider_is_installed_with_three_algorithms_and_help(runs) -> None:
     algorithms = runs["seen"]["algorithms"]
-    assert set(algorithms) == {"cracksurvey:process", "cracksurvey:report",
-                               "cracksurvey:finetune"}
+    assert set(algorithms) == {"cracksurvey:process", "cracksurvey:report", "cracksurvey:finetune"}
     for algorithm in algorithms.values():
         assert len(algorithm["help"]) > 200
         assert all(p["description"] for p in algorithm["parameters"].values())
@@ -163,8 +214,9 @@ def test_process_in_qgis_equals_the_cli(runs) -> None:
     rasters = sorted(p.name for p in (cli / "rasters").glob("*.tif"))
     assert rasters == sorted(p.name for p in (qgis / "rasters").glob("*.tif"))
     record = json.loads((qgis / "run.json").read_text())
-    assert [{k: v for k, v in r.items() if k != "seconds"} for r in record["images"]] == \
-        [{k: v for k, v in r.items() if k != "seconds"} for r in runs["direct"]["process"]["images"]]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in record["images"]] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in runs["direct"]["process"]["images"]
+    ]
     assert any(line.startswith("ok ") for line in run["log"])  # per-image lines in the log
     assert run["progress"] and run["progress"][-1] == 100.0
 
@@ -236,10 +288,26 @@ def test_progress_follows_the_cli_bars() -> None:
     from tqdm import tqdm
 
     stream = io.StringIO()
-    images = tqdm(total=4, desc="images", unit="", file=stream, position=0, disable=False,
-                  mininterval=0, dynamic_ncols=True)
-    tiles = tqdm(total=10, desc="tiles", unit="", file=stream, position=1, disable=False,
-                 mininterval=0, dynamic_ncols=True)
+    images = tqdm(
+        total=4,
+        desc="images",
+        unit="",
+        file=stream,
+        position=0,
+        disable=False,
+        mininterval=0,
+        dynamic_ncols=True,
+    )
+    tiles = tqdm(
+        total=10,
+        desc="tiles",
+        unit="",
+        file=stream,
+        position=1,
+        disable=False,
+        mininterval=0,
+        dynamic_ncols=True,
+    )
     tiles.update(5)
     tiles.close()
     images.update(1)
@@ -255,12 +323,15 @@ def test_progress_follows_the_cli_bars() -> None:
     assert feedback.log == [("info", "ok    images/a.tif: 3 cracks, 1.25 m, 4 tiles, 2.1 s")]
     lines.line("warning: 2 cracks without a building")
     lines.line("error: survey.yaml: invalid")
-    assert feedback.log[-2:] == [("warning", "warning: 2 cracks without a building"),
-                                 ("error", "error: survey.yaml: invalid")]
+    assert feedback.log[-2:] == [
+        ("warning", "warning: 2 cracks without a building"),
+        ("error", "error: survey.yaml: invalid"),
+    ]
 
 
 def test_the_executable_comes_from_the_setting_then_the_environment_then_the_path(
-        tmp_path, monkeypatch) -> None:
+    tmp_path, monkeypatch
+) -> None:
     setting, env = tmp_path / "a" / "cracksurvey", tmp_path / "b" / "cracksurvey"
     for path in (setting, env):
         path.parent.mkdir()
@@ -281,8 +352,9 @@ def test_the_executable_comes_from_the_setting_then_the_environment_then_the_pat
 
 def test_failures_come_back_as_the_cli_error_line(tmp_path) -> None:
     script = tmp_path / "fails"
-    script.write_text("#!/bin/sh\necho 'error: survey: not a directory; give the survey' >&2\n"
-                      "exit 2\n")
+    script.write_text(
+        "#!/bin/sh\necho 'error: survey: not a directory; give the survey' >&2\nexit 2\n"
+    )
     script.chmod(0o755)
     feedback = Feedback()
     with pytest.raises(runner.CliError, match="process failed: error: survey: not a directory"):

@@ -46,8 +46,11 @@ from cracksurvey.report.html import format_value
 
 X0, Y0 = UTM33_ORIGIN
 #: Tiles with a 192-px core (few tiles), CPP on 64-px patches.
-SETTINGS = {**FAST, "tiling": {"tile_px": 320, "halo_px": 64},
-            "cpp": {"patch_px": 64, "min_area_px": 4}}
+SETTINGS = {
+    **FAST,
+    "tiling": {"tile_px": 320, "halo_px": 64},
+    "cpp": {"patch_px": 64, "min_area_px": 4},
+}
 
 #: The test damage scale: level 2 from 0.8 m of cracks, level 3 from half the length diagonal.
 SCALE = {
@@ -67,18 +70,45 @@ F1_GSD, F2_GSD, MAP_GSD = 0.002, 0.004, 0.01
 KNOWN = {
     # façade 256 x 448 px at 2 mm: a horizontal crack, cols 64-383 of row 100 (320 px), and
     # a vertical one, rows 32-223 of col 416 (192 px): 5 + 4 fragments in 4 x 7 patches
-    "F1": {"lengths": [319 * F1_GSD, 191 * F1_GSD], "classes": ["horizontal", "vertical"],
-           "gsd": F1_GSD, "area": 256 * 448 * F1_GSD**2, "level": 2, "cpp": (9, 28),
-           "width_px": 3},
+    "F1": {
+        "lengths": [319 * F1_GSD, 191 * F1_GSD],
+        "classes": ["horizontal", "vertical"],
+        "gsd": F1_GSD,
+        "area": 256 * 448 * F1_GSD**2,
+        "level": 2,
+        "cpp": (9, 28),
+        "width_px": 3,
+    },
     # façade 256 x 256 px at 4 mm: one diagonal crack (40, 40) -> (215, 215)
-    "F2": {"lengths": [175 * math.sqrt(2) * F2_GSD], "classes": ["diagonal"], "gsd": F2_GSD,
-           "area": 256 * 256 * F2_GSD**2, "level": 3, "cpp": None, "width_px": 3},
+    "F2": {
+        "lengths": [175 * math.sqrt(2) * F2_GSD],
+        "classes": ["diagonal"],
+        "gsd": F2_GSD,
+        "area": 256 * 256 * F2_GSD**2,
+        "level": 3,
+        "cpp": None,
+        "width_px": 3,
+    },
     # map GeoTIFF 200 x 300 px at 1 cm, joined by footprint: M1 (left half) has a horizontal
     # crack of 100 px; M2 (right half) none; D has a footprint and no image
-    "M1": {"lengths": [99 * MAP_GSD], "classes": ["horizontal"], "gsd": MAP_GSD,
-           "area": 2.0 * 1.5, "level": 2, "cpp": None, "width_px": 3},
-    "M2": {"lengths": [], "classes": [], "gsd": MAP_GSD, "area": 2.0 * 1.5, "level": 0,
-           "cpp": None, "width_px": None},
+    "M1": {
+        "lengths": [99 * MAP_GSD],
+        "classes": ["horizontal"],
+        "gsd": MAP_GSD,
+        "area": 2.0 * 1.5,
+        "level": 2,
+        "cpp": None,
+        "width_px": 3,
+    },
+    "M2": {
+        "lengths": [],
+        "classes": [],
+        "gsd": MAP_GSD,
+        "area": 2.0 * 1.5,
+        "level": 0,
+        "cpp": None,
+        "width_px": None,
+    },
 }
 
 
@@ -87,25 +117,37 @@ def make_known_survey(root: Path, *, district: str | None = None) -> Path:
     GeoTIFF over two footprints, one footprint without an image, and the test damage scale."""
     images = root / "images"
     images.mkdir(parents=True)
-    make_image(images / "f1.png", crack_array((256, 448), width_px=3,
-                                              polyline=[(100, 64), (100, 383)])
-               & crack_array((256, 448), width_px=3, polyline=[(32, 416), (223, 416)]))
-    make_image(images / "f2.png", crack_array((256, 256), width_px=3,
-                                              polyline=[(40, 40), (215, 215)]))
-    make_geotiff(images / "map.tif", crack_array((150, 400), width_px=3,
-                                                 polyline=[(75, 50), (75, 149)]),
-                 Affine(MAP_GSD, 0, X0, 0, -MAP_GSD, Y0), UTM33)
-    write_images_csv(root / "images.csv", [
-        {"image": "f1.png", "building_id": "F1", "facade_id": "F1-S", "gsd_mm": 2},
-        {"image": "f2.png", "building_id": "F2", "facade_id": "F2-W", "gsd_mm": 4},
-    ])
-    make_buildings(root / "buildings.gpkg", {
-        "M1": box_ring(X0, Y0 - 1.5, X0 + 2, Y0),
-        "M2": box_ring(X0 + 2, Y0 - 1.5, X0 + 4, Y0),
-        "D": box_ring(X0 + 6, Y0 - 1.5, X0 + 8, Y0),
-        "F1": box_ring(X0, Y0 - 12, X0 + 6, Y0 - 4),
-        "F2": box_ring(X0 + 8, Y0 - 12, X0 + 12, Y0 - 6),
-    })
+    make_image(
+        images / "f1.png",
+        crack_array((256, 448), width_px=3, polyline=[(100, 64), (100, 383)])
+        & crack_array((256, 448), width_px=3, polyline=[(32, 416), (223, 416)]),
+    )
+    make_image(
+        images / "f2.png", crack_array((256, 256), width_px=3, polyline=[(40, 40), (215, 215)])
+    )
+    make_geotiff(
+        images / "map.tif",
+        crack_array((150, 400), width_px=3, polyline=[(75, 50), (75, 149)]),
+        Affine(MAP_GSD, 0, X0, 0, -MAP_GSD, Y0),
+        UTM33,
+    )
+    write_images_csv(
+        root / "images.csv",
+        [
+            {"image": "f1.png", "building_id": "F1", "facade_id": "F1-S", "gsd_mm": 2},
+            {"image": "f2.png", "building_id": "F2", "facade_id": "F2-W", "gsd_mm": 4},
+        ],
+    )
+    make_buildings(
+        root / "buildings.gpkg",
+        {
+            "M1": box_ring(X0, Y0 - 1.5, X0 + 2, Y0),
+            "M2": box_ring(X0 + 2, Y0 - 1.5, X0 + 4, Y0),
+            "D": box_ring(X0 + 6, Y0 - 1.5, X0 + 8, Y0),
+            "F1": box_ring(X0, Y0 - 12, X0 + 6, Y0 - 4),
+            "F2": box_ring(X0 + 8, Y0 - 12, X0 + 12, Y0 - 6),
+        },
+    )
     (root / "scale.yaml").write_text(json.dumps(SCALE))
     survey = {"crs": UTM33, **({"district": district} if district else {})}
     write_survey_yaml(root / "survey.yaml", {"survey": survey, "damage": {"scale": "scale.yaml"}})
@@ -114,8 +156,7 @@ def make_known_survey(root: Path, *, district: str | None = None) -> Path:
 
 def process_known(root: Path, weights: Path, out: Path | None = None):
     torch.set_num_threads(1)
-    return process_survey(root, out_dir=out, weights=weights, overrides=SETTINGS,
-                          synchronous=True)
+    return process_survey(root, out_dir=out, weights=weights, overrides=SETTINGS, synchronous=True)
 
 
 @dataclass
@@ -218,9 +259,13 @@ class _Cells(HTMLParser):
         if tag == "tr" and "building-row" in a.get("class", ""):
             self.rows.append([])
         if "data-column" in a:
-            self._open = {"column": a["data-column"], "value": a.get("data-value", ""),
-                          "text": "", "survey": self._building[0],
-                          "building": self._building[1]}
+            self._open = {
+                "column": a["data-column"],
+                "value": a.get("data-value", ""),
+                "text": "",
+                "survey": self._building[0],
+                "building": self._building[1],
+            }
             self._depth = 0
         elif self._open is not None:
             self._depth += 1
@@ -265,8 +310,7 @@ def test_report_numbers_equal_geopackage_and_summary_csv(known) -> None:
     csv = pd.read_csv(out / "summary.csv", dtype={"building_id": str}).set_index("building_id")
     report = parse_report(out / "report.html")
     # ranked table: one row per building, most damaged first
-    ranked = [next(c["value"] for c in row if c["column"] == "building_id")
-              for row in report.rows]
+    ranked = [next(c["value"] for c in row if c["column"] == "building_id") for row in report.rows]
     assert ranked == ["F2", "F1", "M1", "M2", "D"]
     checked = 0
     for cell in report.cells:
@@ -274,8 +318,9 @@ def test_report_numbers_equal_geopackage_and_summary_csv(known) -> None:
         if cell["column"] == "building_id":
             assert cell["value"] == building
             continue
-        assert_cell_matches(cell, gpkg.loc[building, cell["column"]],
-                            csv.loc[building, cell["column"]])
+        assert_cell_matches(
+            cell, gpkg.loc[building, cell["column"]], csv.loc[building, cell["column"]]
+        )
         checked += 1
     # every summary column of every building in its section, plus table and continuity cells
     assert checked >= len(gpkg) * len(csv.columns)
@@ -310,7 +355,7 @@ def test_crack_overlays_lie_on_the_cracks_of_their_thumbnails(known) -> None:
             n_lines += 1
             for x, y in (map(float, point.split(",")) for point in line.split()):
                 row, col = int(y), int(x)
-                around = grey[max(row - 1, 0): row + 2, max(col - 1, 0): col + 2]
+                around = grey[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2]
                 assert around.min() < 60, (x, y)  # the drawn crack is 0, the wall 204
     assert n_lines == 4  # F1: 2 cracks, F2: 1, M1: 1; M2's crop shows none of M1's cracks
 
@@ -337,7 +382,8 @@ def test_city_report_merges_surveys(known, tmp_path: Path) -> None:
         pd.testing.assert_frame_equal(part.reset_index(drop=True), own)
     merged = pyogrio.read_dataframe(city / "cracks.gpkg", layer="buildings")
     assert sorted(zip(merged["survey"], merged["building_id"])) == sorted(
-        zip(table["survey"], table["building_id"]))
+        zip(table["survey"], table["building_id"])
+    )
     report = parse_report(city / "report.html")
     assert len(report.rows) == 10
     html = (city / "report.html").read_text(encoding="utf-8")
@@ -365,8 +411,13 @@ def test_overview_draws_facade_only_buildings_schematically() -> None:
     from cracksurvey.report.figures import overview_map_svg
 
     items = [
-        {"label": "A", "anchor": "b-0", "level": 2, "title": "A", "geometry":
-         shapely.MultiPolygon([shapely.box(0, 0, 10, 5)])},
+        {
+            "label": "A",
+            "anchor": "b-0",
+            "level": 2,
+            "title": "A",
+            "geometry": shapely.MultiPolygon([shapely.box(0, 0, 10, 5)]),
+        },
         {"label": "F<1>", "anchor": "b-1", "level": None, "title": "F", "geometry": None},
     ]
     svg = overview_map_svg(items, {0: "none", 1: "slight", 2: "moderate"})

@@ -66,11 +66,24 @@ def browser(tmp_path: Path) -> Iterator[DevTools]:
     """Headless Chromium on a free port, one page target, torn down after the test."""
     profile = tmp_path / "profile"
     process = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-         "--remote-debugging-port=0", "--remote-allow-origins=*", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--remote-allow-origins=*",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         port_file = profile / "DevToolsActivePort"
@@ -108,8 +121,9 @@ def _json_get(url: str) -> Any:
 
 
 def evaluate(tools: DevTools, expression: str) -> Any:
-    result = tools.send("Runtime.evaluate", expression=expression, returnByValue=True,
-                        awaitPromise=True)
+    result = tools.send(
+        "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+    )
     if "exceptionDetails" in result:
         raise AssertionError(result["exceptionDetails"])
     return result["result"].get("value")
@@ -120,8 +134,10 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """The known survey processed twice, as two surveys of two districts."""
     base = tmp_path_factory.mktemp("browser")
     weights = save_oracle(base)
-    return [process_known(make_known_survey(base / "centre"), weights).out_dir,
-            process_known(make_known_survey(base / "east", district="East"), weights).out_dir]
+    return [
+        process_known(make_known_survey(base / "centre"), weights).out_dir,
+        process_known(make_known_survey(base / "east", district="East"), weights).out_dir,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +155,9 @@ def open_page(tools: DevTools, path: Path) -> None:
 
 def screenshot(tools: DevTools, path: Path) -> Path:
     """A full-page PNG screenshot written to ``path``."""
-    png = base64.b64decode(tools.send("Page.captureScreenshot", format="png",
-                                      captureBeyondViewport=True)["data"])
+    png = base64.b64decode(
+        tools.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
+    )
     path.write_bytes(png)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     return path
@@ -148,32 +165,44 @@ def screenshot(tools: DevTools, path: Path) -> Path:
 
 def assert_offline_and_quiet(tools: DevTools) -> None:
     """No request other than file:/data:, nothing logged as an error, no exception."""
-    requests = [e["params"]["request"]["url"] for e in tools.events
-                if e.get("method") == "Network.requestWillBeSent"]
+    requests = [
+        e["params"]["request"]["url"]
+        for e in tools.events
+        if e.get("method") == "Network.requestWillBeSent"
+    ]
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
-    errors = [e for e in tools.events
-              if (e.get("method") == "Runtime.consoleAPICalled"
-                  and e["params"]["type"] in ("error", "assert"))
-              or e.get("method") == "Runtime.exceptionThrown"
-              or (e.get("method") == "Log.entryAdded"
-                  and e["params"]["entry"]["level"] == "error")]
+    errors = [
+        e
+        for e in tools.events
+        if (
+            e.get("method") == "Runtime.consoleAPICalled"
+            and e["params"]["type"] in ("error", "assert")
+        )
+        or e.get("method") == "Runtime.exceptionThrown"
+        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
+    ]
     assert errors == []
 
 
-def test_report_renders_in_headless_chromium(browser: DevTools, report_path: Path,
-                                             tmp_path: Path) -> None:
+def test_report_renders_in_headless_chromium(
+    browser: DevTools, report_path: Path, tmp_path: Path
+) -> None:
     open_page(browser, report_path)
 
-    rows = evaluate(browser, "[...document.querySelectorAll('tr.building-row')]"
-                             ".map(r => r.dataset.building)")
+    rows = evaluate(
+        browser, "[...document.querySelectorAll('tr.building-row')].map(r => r.dataset.building)"
+    )
     assert rows == ["F2", "F1", "M1", "M2", "D"]
     sections = evaluate(browser, "document.querySelectorAll('section.building').length")
     assert sections == 5
     # every thumbnail decodes to a non-empty bitmap, and is laid out with a size on screen
-    sizes = evaluate(browser, """Promise.all([...document.querySelectorAll('svg image')].map(
+    sizes = evaluate(
+        browser,
+        """Promise.all([...document.querySelectorAll('svg image')].map(
         async i => { const im = new Image(); im.src = i.href.baseVal; await im.decode();
                      const box = i.getBoundingClientRect();
-                     return [im.naturalWidth, im.naturalHeight, box.width, box.height]; }))""")
+                     return [im.naturalWidth, im.naturalHeight, box.width, box.height]; }))""",
+    )
     assert len(sizes) == 4
     assert all(w > 0 and h > 0 and bw > 0 and bh > 0 for w, h, bw, bh in sizes)
     assert max(max(w, h) for w, h, _, _ in sizes) <= 640
@@ -192,22 +221,32 @@ def test_report_renders_in_headless_chromium(browser: DevTools, report_path: Pat
     assert_offline_and_quiet(browser)
 
 
-def test_city_report_renders_in_headless_chromium(browser: DevTools, outputs: list[Path],
-                                                  tmp_path: Path) -> None:
+def test_city_report_renders_in_headless_chromium(
+    browser: DevTools, outputs: list[Path], tmp_path: Path
+) -> None:
     from cracksurvey.report import write_city_report
 
     city = write_city_report(outputs, tmp_path / "city", merge=False)
     open_page(browser, city.report)
-    rows = evaluate(browser, "[...document.querySelectorAll('tr.building-row')]"
-                             ".map(r => r.dataset.survey + '/' + r.dataset.building)")
-    assert sorted(rows) == sorted(f"{s}/{b}" for s in ("centre", "east")
-                                  for b in ("D", "F1", "F2", "M1", "M2"))
-    districts = evaluate(browser, "[...document.querySelectorAll('tr.district-row td:first-child')]"
-                                  ".map(c => c.textContent)")
+    rows = evaluate(
+        browser,
+        "[...document.querySelectorAll('tr.building-row')]"
+        ".map(r => r.dataset.survey + '/' + r.dataset.building)",
+    )
+    assert sorted(rows) == sorted(
+        f"{s}/{b}" for s in ("centre", "east") for b in ("D", "F1", "F2", "M1", "M2")
+    )
+    districts = evaluate(
+        browser,
+        "[...document.querySelectorAll('tr.district-row td:first-child')].map(c => c.textContent)",
+    )
     assert districts == ["East", "centre"]
-    thumbnails = evaluate(browser, """Promise.all([...document.querySelectorAll('svg image')].map(
+    thumbnails = evaluate(
+        browser,
+        """Promise.all([...document.querySelectorAll('svg image')].map(
         async i => { const im = new Image(); im.src = i.href.baseVal; await im.decode();
-                     return Math.max(im.naturalWidth, im.naturalHeight); }))""")
+                     return Math.max(im.naturalWidth, im.naturalHeight); }))""",
+    )
     assert len(thumbnails) == 8 and max(thumbnails) <= 360
     screenshot(browser, tmp_path / "city.png")
     assert_offline_and_quiet(browser)

@@ -34,10 +34,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*not assigned to a building")
 TIMING_COLUMNS = ("seconds",)
 
 
-
-
-
-
 def read_layers(gpkg: Path, *, drop: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
     """Every feature layer of a GeoPackage as a plain frame, geometry as WKB bytes (exact)."""
     layers = {}
@@ -65,7 +61,8 @@ def assert_same_layers(a: Path, b: Path, *, drop: tuple[str, ...] = (), rtol: fl
             elif column == "wkb" and rtol:
                 np.testing.assert_allclose(
                     shapely.get_coordinates(shapely.from_wkb(x[column])),
-                    shapely.get_coordinates(shapely.from_wkb(y[column])), rtol=rtol,
+                    shapely.get_coordinates(shapely.from_wkb(y[column])),
+                    rtol=rtol,
                 )
             else:
                 assert x[column].tolist() == y[column].tolist(), (name, column)
@@ -74,8 +71,11 @@ def assert_same_layers(a: Path, b: Path, *, drop: tuple[str, ...] = (), rtol: fl
 def entries(out: Path) -> dict[str, int]:
     """Committed cache entries: key -> mtime (ns) of their manifest."""
     root = out / CACHE_DIR
-    return {p.name: (p / "entry.json").stat().st_mtime_ns
-            for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return {
+        p.name: (p / "entry.json").stat().st_mtime_ns
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".")
+    }
 
 
 def run_json(out: Path) -> dict:
@@ -88,8 +88,9 @@ def make_slow_survey(root: Path, n: int = 6, size: int = 160) -> Path:
     rows = []
     for i in range(n):
         polyline = [(5 + 7 * i, 4), (size // 2, size // 2 - 3 * i), (size - 6, size - 10 - i)]
-        make_geotiff(root / "images" / f"wall{i}.tif", crack_array((size, size), polyline=polyline),
-                     gsd)
+        make_geotiff(
+            root / "images" / f"wall{i}.tif", crack_array((size, size), polyline=polyline), gsd
+        )
         rows.append({"image": f"wall{i}.tif", "building_id": f"B{i % 2}", "facade_id": f"F{i}"})
     write_images_csv(root / "images.csv", rows)
     return root
@@ -107,11 +108,11 @@ def test_rerun_recomputes_nothing_and_gives_identical_layers(tmp_path: Path, wei
     gpkg_copy = tmp_path / "first.gpkg"
     gpkg_copy.write_bytes(first.gpkg_path.read_bytes())
 
-    again = process_survey(root, weights=weights, overrides=FAST, synchronous=True,
-                           overwrite=True)
+    again = process_survey(root, weights=weights, overrides=FAST, synchronous=True, overwrite=True)
     cache = run_json(out)["cache"]
     assert cache["computed"] == [] and sorted(cache["reused"]) == sorted(
-        i.image for i in first.images)
+        i.image for i in first.images
+    )
     assert entries(out) == before  # not rewritten
     assert_same_layers(gpkg_copy, again.gpkg_path)  # timings included: they come from the cache
     rasters = sorted(p.name for p in (out / "rasters").iterdir())
@@ -123,8 +124,12 @@ def test_key_follows_input_model_and_config(tmp_path: Path, weights: Path):
     out = process_survey(root, weights=weights, overrides=FAST, synchronous=True).out_dir
     keys = set(entries(out))
 
-    make_geotiff(root / "images" / "ortho.tif", crack_array(polyline=[(0, 31), (23, 0)]),
-                 Affine(0.05, 0, 368_000.0, 0, -0.05, 4_685_000.0), "EPSG:32633")
+    make_geotiff(
+        root / "images" / "ortho.tif",
+        crack_array(polyline=[(0, 31), (23, 0)]),
+        Affine(0.05, 0, 368_000.0, 0, -0.05, 4_685_000.0),
+        "EPSG:32633",
+    )
     process_survey(root, weights=weights, overrides=FAST, synchronous=True, overwrite=True)
     assert run_json(out)["cache"]["computed"] == ["ortho.tif"]  # only the changed image
     assert len(set(entries(out)) - keys) == 1 and len(entries(out)) == 5  # old entry pruned
@@ -133,8 +138,9 @@ def test_key_follows_input_model_and_config(tmp_path: Path, weights: Path):
     process_survey(root, weights=weights, overrides=longer, synchronous=True, overwrite=True)
     assert len(run_json(out)["cache"]["computed"]) == 5
 
-    process_survey(root, weights=weights, overrides=longer, synchronous=True, overwrite=True,
-                   use_cache=False)
+    process_survey(
+        root, weights=weights, overrides=longer, synchronous=True, overwrite=True, use_cache=False
+    )
     assert len(run_json(out)["cache"]["computed"]) == 5  # --no-cache
 
 
@@ -146,18 +152,25 @@ def test_measurement_settings_reuse_the_predictions(tmp_path: Path, weights: Pat
     assert len(names) == 5
     rasters = {p.name: p.stat().st_ino for p in (out / "rasters").iterdir()}
 
-    measured = {**FAST, "vectorize": {"min_spur_px": 3}, "cpp": {"patch_px": 8},
-                "damage": {"scale": "default"}}
+    measured = {
+        **FAST,
+        "vectorize": {"min_spur_px": 3},
+        "cpp": {"patch_px": 8},
+        "damage": {"scale": "default"},
+    }
     process_survey(root, weights=weights, overrides=measured, synchronous=True, overwrite=True)
     cache = run_json(out)["cache"]
     assert sorted(cache["computed"]) == names and cache["predictions"]["computed"] == []
     assert sorted(cache["predictions"]["reused"]) == names
     assert {p.name: p.stat().st_ino for p in (out / "rasters").iterdir()} == rasters
 
-    for changed in ({"tiling": {"tile_px": 192, "halo_px": 64}},
-                    {"model": {"precision": "fp32", "threshold_px": 3.0}}):
-        process_survey(root, weights=weights, overrides={**FAST, **changed}, synchronous=True,
-                       overwrite=True)
+    for changed in (
+        {"tiling": {"tile_px": 192, "halo_px": 64}},
+        {"model": {"precision": "fp32", "threshold_px": 3.0}},
+    ):
+        process_survey(
+            root, weights=weights, overrides={**FAST, **changed}, synchronous=True, overwrite=True
+        )
         assert sorted(run_json(out)["cache"]["predictions"]["computed"]) == names
 
 
@@ -219,21 +232,38 @@ def test_damaged_predictions_are_recomputed(tmp_path: Path, weights: Path):
 # kill -9 and resume
 # --------------------------------------------------------------------------------------------
 def cli_command(root: Path, out: Path, weights: Path) -> list[str]:
-    return [sys.executable, "-c", "from cracksurvey.cli import main; main()", "process",
-            str(root), "--out", str(out), "--weights", str(weights), "--scheduler",
-            "synchronous", "--precision", "fp32", "--tile-px", "160", "--set",
-            "tiling.halo_px=64", "--set", "cpp.patch_px=16", "--set", "cpp.min_area_px=3", "-q"]
+    return [
+        sys.executable,
+        "-c",
+        "from cracksurvey.cli import main; main()",
+        "process",
+        str(root),
+        "--out",
+        str(out),
+        "--weights",
+        str(weights),
+        "--scheduler",
+        "synchronous",
+        "--precision",
+        "fp32",
+        "--tile-px",
+        "160",
+        "--set",
+        "tiling.halo_px=64",
+        "--set",
+        "cpp.patch_px=16",
+        "--set",
+        "cpp.min_area_px=3",
+        "-q",
+    ]
 
 
-def test_sigkill_then_rerun_resumes_and_equals_an_uninterrupted_run(
-    tmp_path: Path, weights: Path
-):
+def test_sigkill_then_rerun_resumes_and_equals_an_uninterrupted_run(tmp_path: Path, weights: Path):
     root = make_slow_survey(tmp_path / "survey")
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = cli_command(root, out, weights)
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while (not (out / CACHE_DIR).is_dir() or len(entries(out)) < 2) and proc.poll() is None:
         assert time.monotonic() < deadline, "the run did not get going"
@@ -251,13 +281,18 @@ def test_sigkill_then_rerun_resumes_and_equals_an_uninterrupted_run(
     assert len(cache["computed"]) == 6 - len(finished)
     assert {k: v for k, v in entries(out).items() if k in finished} == finished  # untouched
 
-    reference = process_survey(root, out_dir=tmp_path / "reference", weights=weights,
-                               overrides={**FAST, "cpp": {"patch_px": 16, "min_area_px": 3}},
-                               synchronous=True)
+    reference = process_survey(
+        root,
+        out_dir=tmp_path / "reference",
+        weights=weights,
+        overrides={**FAST, "cpp": {"patch_px": 16, "min_area_px": 3}},
+        synchronous=True,
+    )
     assert reference.n_cracks == 6
     assert_same_layers(out / "cracks.gpkg", reference.gpkg_path, drop=TIMING_COLUMNS)
     assert (out / "summary.csv").read_text() == reference.out_dir.joinpath(
-        "summary.csv").read_text()
+        "summary.csv"
+    ).read_text()
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,8 +348,19 @@ def test_unwritable_output_folder_is_one_clear_cli_error(tmp_path: Path, weights
     root = make_survey(tmp_path / "survey")
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = CliRunner().invoke(main, ["process", str(root), "--out", str(blocker / "out"),
-                                       "--weights", str(weights), "--scheduler", "synchronous"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "process",
+            str(root),
+            "--out",
+            str(blocker / "out"),
+            "--weights",
+            str(weights),
+            "--scheduler",
+            "synchronous",
+        ],
+    )
     assert result.exit_code == 2
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
     assert line.startswith(f"error: {blocker / 'out'}: the output folder cannot be written")

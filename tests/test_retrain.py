@@ -50,7 +50,9 @@ def test_slim_copy_reencodes_training_photos_only_and_carries_fp16_init(tmp_path
     paths = {
         "deepcrack/train/images/a.jpg": "reencode",
         "masonry_dais2021/train/images/m.jpg": "copy",
-        "negatives/spb_facades/images/val_img_4.jpg": "copy" if retrain_val("val_img_4") else "reencode",
+        "negatives/spb_facades/images/val_img_4.jpg": "copy"
+        if retrain_val("val_img_4")
+        else "reencode",
         "negatives/labelmefacade/labels/x.png": "skip",
         "hot_spots.npz": "skip",
         "hot_spots_ft2.npz": "copy",
@@ -62,7 +64,9 @@ def test_slim_copy_reencodes_training_photos_only_and_carries_fp16_init(tmp_path
         else:
             (data / rel).write_bytes(b"x" * 100)
     model = TernausNet("unet16", width=0.125, body_head=True)
-    card = ModelCard(model_id="tiny", architecture="unet16", width=0.125, threshold_px=1.0, body_head=True)
+    card = ModelCard(
+        model_id="tiny", architecture="unet16", width=0.125, threshold_px=1.0, body_head=True
+    )
     card = save_model(model, card, tmp_path / "w")
     retrain.slim(data, tmp_path / "slim", quality=50, init=[f"w025={tmp_path / 'w.safetensors'}"])
     for rel, what in paths.items():
@@ -76,7 +80,9 @@ def test_slim_copy_reencodes_training_photos_only_and_carries_fp16_init(tmp_path
     assert all(v.dtype == torch.float16 for v in half.values() if v.is_floating_point())
     loaded, loaded_card = load_model(tmp_path / "slim" / "init" / "w025.safetensors", fold_bn=False)
     assert loaded_card.model_id == "tiny"
-    assert json.loads((tmp_path / "slim" / "init" / "w025.json").read_text())["sha256"] != card.sha256
+    assert (
+        json.loads((tmp_path / "slim" / "init" / "w025.json").read_text())["sha256"] != card.sha256
+    )
 
 
 def retrain_val(stem: str) -> bool:
@@ -98,5 +104,7 @@ def test_training_imports_no_gis_packages():
         "import retrain, cracksurvey.train.loop, cracksurvey.train.recipe, cracksurvey.tiling, cracksurvey.model\n"
         "import cracksurvey.skeleton, cracksurvey.train.negatives, cracksurvey.evaluation.datasets\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -134,7 +134,9 @@ def test_bf16_runs_on_every_cpu_and_agrees_with_fp32(north_facade_crop, tmp_path
     bf16 = _run(north_facade_crop, tmp_path_factory.mktemp("bf16"), 1024, 128, precision="bf16")
     max_count, rel_length, abs_m, rel_width = PRECISION_BOUND
     assert len(fp32) > 0 and abs(len(bf16) - len(fp32)) <= max_count
-    assert bf16["length_m"].sum() == pytest.approx(fp32["length_m"].sum(), rel=rel_length, abs=abs_m)
+    assert bf16["length_m"].sum() == pytest.approx(
+        fp32["length_m"].sum(), rel=rel_length, abs=abs_m
+    )
     assert _mean_width(bf16) == pytest.approx(_mean_width(fp32), rel=rel_width)
 
 
@@ -155,13 +157,21 @@ def test_evaluate_real_model_on_masonry_test():
     assert np.isfinite(r["abs_delta_cpp_mean"])
 
 
-def test_the_verifier_runs_behind_the_shipped_model_and_only_drops_cracks(north_facade_crop, tmp_path_factory):
+def test_the_verifier_runs_behind_the_shipped_model_and_only_drops_cracks(
+    north_facade_crop, tmp_path_factory
+):
     from cracksurvey.verify import load_verifier
 
     _, vcard = load_verifier()
     on = _run(north_facade_crop, tmp_path_factory.mktemp("on"), 1024, 128, precision="fp32")
-    off = _run(north_facade_crop, tmp_path_factory.mktemp("off"), 1024, 128, precision="fp32",
-               verify={"mode": "off"})
+    off = _run(
+        north_facade_crop,
+        tmp_path_factory.mktemp("off"),
+        1024,
+        128,
+        precision="fp32",
+        verify={"mode": "off"},
+    )
     assert len(on) > 0 and off["verifier_score"].isna().all()
     assert (on["verifier_score"] >= vcard.min_score).all()
     assert on["crack_id"].tolist() == list(range(1, len(on) + 1))
@@ -171,7 +181,9 @@ def test_the_verifier_runs_behind_the_shipped_model_and_only_drops_cracks(north_
     images = {}
     for name in ("on", "off"):
         out = next(tmp_path_factory.getbasetemp().glob(f"{name}*"))
-        layer = next(n for n in gpd.list_layers(out / "cracks.gpkg")["name"] if n.startswith("images"))
+        layer = next(
+            n for n in gpd.list_layers(out / "cracks.gpkg")["name"] if n.startswith("images")
+        )
         images[name] = gpd.read_file(out / "cracks.gpkg", layer=layer)
     assert images["on"]["n_unverified"].tolist() == [len(off) - len(on)]
     assert images["off"]["n_unverified"].isna().all()

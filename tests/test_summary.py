@@ -25,8 +25,18 @@ from cracksurvey.summary import (
 def test_orientation_bins_edges() -> None:
     angles = [0.0, 22.4, 22.5, 67.4, 67.5, 90.0, 112.4, 112.5, 157.4, 157.5, 179.9, np.nan]
     assert orientation_class(angles).tolist() == [
-        "horizontal", "horizontal", "diagonal", "diagonal", "vertical", "vertical", "vertical",
-        "diagonal", "diagonal", "horizontal", "horizontal", None,
+        "horizontal",
+        "horizontal",
+        "diagonal",
+        "diagonal",
+        "vertical",
+        "vertical",
+        "vertical",
+        "diagonal",
+        "diagonal",
+        "horizontal",
+        "horizontal",
+        None,
     ]
 
 
@@ -150,7 +160,10 @@ def test_crack_goes_to_the_footprint_it_overlaps_most(footprints) -> None:
 
 def test_points_and_reprojection(footprints) -> None:
     assert join_points_to_footprints([(5, 5), (15, 5), (50, 5)], footprints).tolist() == [
-        "L", "R", None]
+        "L",
+        "R",
+        None,
+    ]
     overlapping = pd.concat([footprints, footprints.assign(building_id=["X", "Y"])])
     assert join_points_to_footprints([(5, 5)], overlapping).tolist() == ["L"]
     moved = footprints_in(footprints.to_crs("EPSG:3857"), footprints.crs)
@@ -162,8 +175,10 @@ def test_points_and_reprojection(footprints) -> None:
 
 
 def test_building_geometries(footprints) -> None:
-    images = {"N": [shapely.box(0, 0, 1, 1), shapely.box(1, 0, 2, 1)],
-              "L": [shapely.box(0, 0, 1, 1)]}
+    images = {
+        "N": [shapely.box(0, 0, 1, 1), shapely.box(1, 0, 2, 1)],
+        "L": [shapely.box(0, 0, 1, 1)],
+    }
     geometries = building_geometries(["L", "N", "Q"], footprints, images)
     assert geometries[0].geom_type == "MultiPolygon" and geometries[0].area == 100.0
     assert geometries[1].geom_type == "MultiPolygon" and geometries[1].area == 2.0

@@ -146,14 +146,23 @@ def _truncate(path: Path, fraction: float = 0.6) -> None:
 @pytest.mark.parametrize(
     ("name", "damage", "expected"),
     [
-        ("empty.tif", lambda p: p.write_bytes(b""),
-         "images/empty.tif: the file is empty (0 bytes)"),
+        (
+            "empty.tif",
+            lambda p: p.write_bytes(b""),
+            "images/empty.tif: the file is empty (0 bytes)",
+        ),
         ("trunc.tif", _truncate, "images/trunc.tif: truncated: its TIFF data blocks need"),
-        ("junk.tif", lambda p: p.write_bytes(b"definitely not a TIFF" * 10),
-         "images/junk.tif: cannot read the raster header"),
+        (
+            "junk.tif",
+            lambda p: p.write_bytes(b"definitely not a TIFF" * 10),
+            "images/junk.tif: cannot read the raster header",
+        ),
         ("trunc.png", _truncate, "images/trunc.png: truncated: no PNG end chunk"),
-        ("trunc.jpg", lambda p: _truncate(p, 0.8),
-         "images/trunc.jpg: truncated: no JPEG end marker"),
+        (
+            "trunc.jpg",
+            lambda p: _truncate(p, 0.8),
+            "images/trunc.jpg: truncated: no JPEG end marker",
+        ),
     ],
 )
 def test_unreadable_images_become_error_records(
@@ -162,8 +171,9 @@ def test_unreadable_images_become_error_records(
     make_geotiff(tmp_path / "images" / "good.tif", crack_array(), MAP, UTM33)
     path = tmp_path / "images" / name
     if name.endswith(".tif"):
-        make_geotiff(path, crack_array((64, 64)), MAP, UTM33, tiled=True, blockxsize=16,
-                     blockysize=16)
+        make_geotiff(
+            path, crack_array((64, 64)), MAP, UTM33, tiled=True, blockxsize=16, blockysize=16
+        )
     else:
         make_image(path, crack_array((64, 64)))
     damage(path)
@@ -179,8 +189,9 @@ def test_unreadable_images_become_error_records(
 
 
 def test_geographic_raster_is_an_error_record_with_the_fix(tmp_path: Path) -> None:
-    make_geotiff(tmp_path / "ll.tif", crack_array(), Affine(1e-6, 0, 13.39, 0, -1e-6, 42.35),
-                 "EPSG:4326")
+    make_geotiff(
+        tmp_path / "ll.tif", crack_array(), Affine(1e-6, 0, 13.39, 0, -1e-6, 42.35), "EPSG:4326"
+    )
     make_geotiff(tmp_path / "ok.tif", crack_array(), MAP, UTM33)
     images = by_name(discover_survey(tmp_path))
     assert images["ll.tif"].status == "error"
@@ -200,8 +211,9 @@ def test_malformed_sidecars_are_error_records(tmp_path: Path) -> None:
 
 
 def test_read_image_file_reports_header_fields(tmp_path: Path) -> None:
-    path = make_geotiff(tmp_path / "a.tif", crack_array(bands=1, dtype="uint16"), MAP, UTM33,
-                        nodata=0)
+    path = make_geotiff(
+        tmp_path / "a.tif", crack_array(bands=1, dtype="uint16"), MAP, UTM33, nodata=0
+    )
     image_file = read_image_file(path)
     header = image_file.header
     assert (header.width, header.height, header.band_count, header.dtype) == (W, H, 1, "uint16")
@@ -217,18 +229,25 @@ def test_read_image_file_reports_header_fields(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         ("file,gsd_mm\na.png,2\n", "missing column 'image'"),
-        ("image,gsd\na.png,2\n", "unknown column 'gsd' (did you mean 'gsd_mm'?); allowed columns: "
-         + ", ".join(IMAGES_CSV_COLUMNS)),
+        (
+            "image,gsd\na.png,2\n",
+            "unknown column 'gsd' (did you mean 'gsd_mm'?); allowed columns: "
+            + ", ".join(IMAGES_CSV_COLUMNS),
+        ),
         ("image,gsd_mm\na.png,two\n", "line 2: gsd_mm='two' is not a number"),
-        ("image,gsd_mm\na.png,\"2,5\"\n", "not a number (use a dot as decimal separator)"),
+        ('image,gsd_mm\na.png,"2,5"\n', "not a number (use a dot as decimal separator)"),
         ("image,gsd_mm\na.png,-2\n", "line 2: gsd_mm=-2 must be > 0"),
-        ("image,gsd_mm\na.png,2\na.png,2\n",
-         "line 3: image 'a.png' is already described on line 2"),
+        (
+            "image,gsd_mm\na.png,2\na.png,2\n",
+            "line 3: image 'a.png' is already described on line 2",
+        ),
         ("image,gsd_mm\na.png,2,3\n", "line 2: 3 fields but the header has 2"),
         ("image,gsd_mm,gsd_mm\na.png,2,2\n", "column 'gsd_mm' appears twice"),
         ("image,base_x0,base_y0\na.png,1,2\n", "façade plane columns incomplete"),
-        ("image,gsd_mm," + ",".join(IMAGES_CSV_COLUMNS[4:]) + "\na.png,2,1,2,,4,5\n",
-         "line 2: façade plane incomplete, empty base_x1"),
+        (
+            "image,gsd_mm," + ",".join(IMAGES_CSV_COLUMNS[4:]) + "\na.png,2,1,2,,4,5\n",
+            "line 2: façade plane incomplete, empty base_x1",
+        ),
         ("", "empty"),
     ],
 )
@@ -244,8 +263,11 @@ def test_malformed_images_csv(tmp_path: Path, text: str, expected: str) -> None:
 def test_images_csv_naming_a_missing_image(tmp_path: Path) -> None:
     make_image(tmp_path / "images" / "wall_north.png", crack_array())
     write_images_csv(tmp_path / "images.csv", [{"image": "wall_nrth.png", "gsd_mm": 2}])
-    with pytest.raises(ConfigError, match=r"image 'wall_nrth.png' does not exist in images/ "
-                                          r"\(did you mean 'wall_north.png'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"image 'wall_nrth.png' does not exist in images/ "
+        r"\(did you mean 'wall_north.png'\?\)",
+    ):
         discover_survey(tmp_path)
 
 
@@ -262,26 +284,50 @@ def test_images_csv_naming_an_image_twice_via_different_spellings(tmp_path: Path
 def test_gsd_contradicting_the_geotiff(tmp_path: Path) -> None:
     make_geotiff(tmp_path / "a.tif", crack_array(), MAP, UTM33)
     write_images_csv(tmp_path / "images.csv", [{"image": "a.tif", "gsd_mm": 52}])
-    with pytest.raises(ConfigError, match=r"a.tif: images.csv gsd_mm=52 disagrees with the "
-                                          r"raster's pixel size 50 mm by more than 1%"):
+    with pytest.raises(
+        ConfigError,
+        match=r"a.tif: images.csv gsd_mm=52 disagrees with the "
+        r"raster's pixel size 50 mm by more than 1%",
+    ):
         discover_survey(tmp_path)
 
 
 def test_plane_for_a_map_image(tmp_path: Path) -> None:
     make_geotiff(tmp_path / "a.tif", crack_array(), MAP, UTM33)
     write_survey_yaml(tmp_path / "survey.yaml", {"survey": {"crs": UTM33}})
-    write_images_csv(tmp_path / "images.csv", [
-        {"image": "a.tif", "base_x0": X0, "base_y0": Y0, "base_x1": X0 + 5, "base_y1": Y0,
-         "base_z": 10}])
+    write_images_csv(
+        tmp_path / "images.csv",
+        [
+            {
+                "image": "a.tif",
+                "base_x0": X0,
+                "base_y0": Y0,
+                "base_x1": X0 + 5,
+                "base_y1": Y0,
+                "base_z": 10,
+            }
+        ],
+    )
     with pytest.raises(ConfigError, match="façade plane but the image is map-georeferenced"):
         discover_survey(tmp_path)
 
 
 def test_plane_without_survey_crs(tmp_path: Path) -> None:
     make_image(tmp_path / "a.png", crack_array())
-    write_images_csv(tmp_path / "images.csv", [
-        {"image": "a.png", "gsd_mm": 2, "base_x0": X0, "base_y0": Y0, "base_x1": X0 + 5,
-         "base_y1": Y0, "base_z": 10}])
+    write_images_csv(
+        tmp_path / "images.csv",
+        [
+            {
+                "image": "a.png",
+                "gsd_mm": 2,
+                "base_x0": X0,
+                "base_y0": Y0,
+                "base_x1": X0 + 5,
+                "base_y1": Y0,
+                "base_z": 10,
+            }
+        ],
+    )
     with pytest.raises(ConfigError, match="survey.yaml has no survey.crs"):
         discover_survey(tmp_path)
 
@@ -297,11 +343,14 @@ def test_all_contradictions_are_listed_at_once(tmp_path: Path) -> None:
     make_geotiff(tmp_path / "images" / "a.tif", crack_array(), MAP, UTM33)
     make_image(tmp_path / "images" / "b.png", crack_array())
     make_buildings(tmp_path / "buildings.geojson", {"B1": [(0, 0), (1, 0), (1, 1)]})
-    write_images_csv(tmp_path / "images.csv", [
-        {"image": "a.tif", "gsd_mm": 10, "building_id": "B1"},
-        {"image": "b.png", "gsd_mm": 2, "building_id": "B11"},
-        {"image": "c.png", "gsd_mm": 2},
-    ])
+    write_images_csv(
+        tmp_path / "images.csv",
+        [
+            {"image": "a.tif", "gsd_mm": 10, "building_id": "B1"},
+            {"image": "b.png", "gsd_mm": 2, "building_id": "B11"},
+            {"image": "c.png", "gsd_mm": 2},
+        ],
+    )
     with pytest.raises(ConfigError) as info:
         discover_survey(tmp_path)
     message = str(info.value)
@@ -316,10 +365,13 @@ def test_one_facade_with_two_planes(tmp_path: Path) -> None:
         make_image(tmp_path / name, crack_array())
     write_survey_yaml(tmp_path / "survey.yaml", {"survey": {"crs": UTM33}})
     plane = {"base_x0": X0, "base_y0": Y0, "base_x1": X0 + 5, "base_y1": Y0, "base_z": 10}
-    write_images_csv(tmp_path / "images.csv", [
-        {"image": "a.png", "facade_id": "F", "gsd_mm": 2, **plane},
-        {"image": "b.png", "facade_id": "F", "gsd_mm": 2, **plane, "base_z": 11},
-    ])
+    write_images_csv(
+        tmp_path / "images.csv",
+        [
+            {"image": "a.png", "facade_id": "F", "gsd_mm": 2, **plane},
+            {"image": "b.png", "facade_id": "F", "gsd_mm": 2, **plane, "base_z": 11},
+        ],
+    )
     with pytest.raises(ConfigError, match="facade_id 'F' has a different façade plane"):
         discover_survey(tmp_path)
 
@@ -333,18 +385,25 @@ def test_same_stem_images_collide(tmp_path: Path) -> None:
 
 def test_buildings_without_building_id_column(tmp_path: Path) -> None:
     make_geotiff(tmp_path / "a.tif", crack_array(), MAP, UTM33)
-    make_buildings(tmp_path / "buildings.gpkg", {"B1": [(0, 0), (1, 0), (1, 1)]},
-                   id_column="bldg_id")
-    with pytest.raises(ConfigError, match=r"buildings.gpkg: no 'building_id' column \(did you "
-                                          r"mean 'bldg_id'\?\)"):
+    make_buildings(
+        tmp_path / "buildings.gpkg", {"B1": [(0, 0), (1, 0), (1, 1)]}, id_column="bldg_id"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"buildings.gpkg: no 'building_id' column \(did you "
+        r"mean 'bldg_id'\?\)",
+    ):
         discover_survey(tmp_path)
 
 
 def test_unknown_key_in_survey_yaml(tmp_path: Path) -> None:
     make_geotiff(tmp_path / "a.tif", crack_array(), MAP, UTM33)
     write_survey_yaml(tmp_path / "survey.yaml", {"survey": {"crs": UTM33, "gsd": 2}})
-    with pytest.raises(ConfigError, match=r"survey.yaml: unknown key 'survey.gsd' \(did you mean "
-                                          r"'gsd_mm'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"survey.yaml: unknown key 'survey.gsd' \(did you mean "
+        r"'gsd_mm'\?\)",
+    ):
         discover_survey(tmp_path)
 
 

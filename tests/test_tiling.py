@@ -91,24 +91,39 @@ def textured_image(rows: int, cols: int, seed: int = 0) -> np.ndarray:
     core_px=st.integers(8, 300),
     halo_px=st.integers(0, 130),
     multiple=st.sampled_from([1, 8, 32]),
+    border=st.sampled_from(["image", "reflect"]),
 )
-def test_tile_cores_partition_the_image_exactly(height, width, core_px, halo_px, multiple):
-    tiles = tile_grid(height, width, core_px=core_px, halo_px=halo_px, multiple=multiple)
+def test_tile_cores_partition_the_image_exactly(height, width, core_px, halo_px, multiple, border):
+    tiles = tile_grid(
+        height, width, core_px=core_px, halo_px=halo_px, multiple=multiple, border=border
+    )
     count = np.zeros((height, width), np.int32)
     halo = -(-halo_px // multiple) * multiple
     for i, t in enumerate(tiles):
         assert t.index == i
         assert 0 <= t.row0 < t.row1 <= height and 0 <= t.col0 < t.col1 <= width
         count[t.row0 : t.row1, t.col0 : t.col1] += 1
-        # core origins on the pooling grid; read window = core +- halo, size a multiple
+        # core origins on the pooling grid; read window size a multiple
         assert t.row0 % multiple == 0 and t.col0 % multiple == 0
-        assert (t.read_row0, t.read_col0) == (t.row0 - halo, t.col0 - halo)
-        assert t.read_row1 >= t.row1 + halo and t.read_col1 >= t.col1 + halo
         rows, cols = t.read_shape
         assert rows % multiple == 0 and cols % multiple == 0
         assert rows < t.core_shape[0] + 2 * halo + multiple
+        assert cols < t.core_shape[1] + 2 * halo + multiple
         r, c = t.core_in_read
         assert (r.stop - r.start, c.stop - c.start) == t.core_shape
+        if border == "reflect":  # core +- halo, whatever lies beyond the image
+            assert (t.read_row0, t.read_col0) == (t.row0 - halo, t.col0 - halo)
+            assert t.read_row1 >= t.row1 + halo and t.read_col1 >= t.col1 + halo
+            continue
+        # image: core +- halo cut at the image's edges (the image extended at the bottom/right
+        # to a multiple, as the network takes it whole)
+        for lo, hi, core0, core1, size in (
+            (t.read_row0, t.read_row1, t.row0, t.row1, height),
+            (t.read_col0, t.read_col1, t.col0, t.col1, width),
+        ):
+            end = -(-size // multiple) * multiple
+            assert lo == max(core0 - halo, 0)
+            assert min(core1 + halo, end) <= hi <= end
     assert (count == 1).all()
 
 
@@ -120,9 +135,14 @@ def test_tile_grid_rejects_nonsense():
 
 
 def test_image_smaller_than_a_tile_is_one_tile():
-    (t,) = tile_grid(5, 7, core_px=512, halo_px=64)
+    (t,) = tile_grid(5, 7, core_px=512, halo_px=64, border="reflect")
     assert t.core == (0, 5, 0, 7)
     assert t.read == (-64, 96, -64, 96)
+    (t,) = tile_grid(5, 7, core_px=512, halo_px=64)  # the image itself, padded to 32 at the end
+    assert t.core == (0, 5, 0, 7)
+    assert t.read == (0, 32, 0, 32)
+    (t,) = tile_grid(224, 224, core_px=512, halo_px=64)  # a patch: exactly itself
+    assert t.read == (0, 224, 0, 224)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,13 +193,18 @@ def test_read_window_reflect_equals_padded_image(rows, cols, row0, col0, n_rows,
     cols=st.integers(1, 150),
     core_px=st.integers(1, 160),
     seed=st.integers(0, 3),
+    border=st.sampled_from(["image", "reflect"]),
 )
-def test_stitched_equals_untiled_exactly_for_a_small_receptive_field(rows, cols, core_px, seed):
+def test_stitched_equals_untiled_exactly_for_a_small_receptive_field(
+    rows, cols, core_px, seed, border
+):
     model = SmallRF().eval()
     img = textured_image(rows, cols, seed)
-    ref_d, ref_b = predict_untiled(img, model, SMALL_CARD, halo_px=32, precision="fp32")
-    d, b = predict_tiled(img, model, SMALL_CARD, core_px=core_px, halo_px=32, precision="fp32")
-    # Image borders included: the reflect padding gives tiles the reference's context.
+    kw = dict(halo_px=32, precision="fp32", border=border)
+    ref_d, ref_b = predict_untiled(img, model, SMALL_CARD, **kw)
+    d, b = predict_tiled(img, model, SMALL_CARD, core_px=core_px, **kw)
+    # Image borders included: tiles there see what the reference sees (the image's edge, or
+    # the reflection beyond it).
     np.testing.assert_allclose(d, ref_d, rtol=0, atol=1e-5)
     np.testing.assert_allclose(b, ref_b, rtol=0, atol=1e-5)
 

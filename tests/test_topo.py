@@ -211,7 +211,10 @@ def test_normalisers_equal_closed_form_and_weights_at_most_one_per_window():
             yw = y[0, r0 : r0 + 32, c0 : c0 + 32]
             labels, k = _window_labels(np.ascontiguousarray(yw), 5)
             sizes = np.bincount(labels, minlength=k + 1)[1:].astype(float)
-            a = (pred[0, r0 : r0 + 32, c0 : c0 + 32].ravel()[u] + pred[0, r0 : r0 + 32, c0 : c0 + 32].ravel()[v]).astype(np.float32)
+            a = (
+                pred[0, r0 : r0 + 32, c0 : c0 + 32].ravel()[u]
+                + pred[0, r0 : r0 + 32, c0 : c0 + 32].ravel()[v]
+            ).astype(np.float32)
             cn = pair_counts(a, labels, k, u, v, False)
             cp = pair_counts(a, labels, k, u, v, True)
             assert cn.sum() == (sizes.sum() ** 2 - (sizes**2).sum()) / 2

@@ -102,16 +102,38 @@ def test_crop_and_augment_keep_image_and_targets_aligned():
     img[:, body] = 255
     s = Sample("x", "d", img, distance_target(skeletonize_mask(body)), body)
     for _ in range(20):
-        im, dist, b = augment(*random_crop(s, 64, rng), Augment(rot90=0.5, brightness=0, contrast=0, gamma=0, greyscale=0), rng)
+        im, dist, b = augment(
+            *random_crop(s, 64, rng),
+            Augment(rot90=0.5, brightness=0, contrast=0, gamma=0, greyscale=0),
+            rng,
+        )
         assert im.shape == (3, 64, 64) and dist.shape == (64, 64)
         bright = im[0] > 0.5
         np.testing.assert_array_equal(bright, b)  # image and body move together
-        assert (dist[bright] <= 2.5).all()  # centreline distance small inside the thin crack (tips: √5)
+        assert (
+            dist[bright] <= 2.5
+        ).all()  # centreline distance small inside the thin crack (tips: √5)
 
 
 def test_mixed_crops_respect_weights():
-    a = [Sample("a", "A", np.zeros((3, 32, 32), np.uint8), np.full((32, 32), 20, np.float32), np.zeros((32, 32), bool))]
-    b = [Sample("b", "B", np.full((3, 32, 32), 255, np.uint8), np.full((32, 32), 20, np.float32), np.zeros((32, 32), bool))]
+    a = [
+        Sample(
+            "a",
+            "A",
+            np.zeros((3, 32, 32), np.uint8),
+            np.full((32, 32), 20, np.float32),
+            np.zeros((32, 32), bool),
+        )
+    ]
+    b = [
+        Sample(
+            "b",
+            "B",
+            np.full((3, 32, 32), 255, np.uint8),
+            np.full((32, 32), 20, np.float32),
+            np.zeros((32, 32), bool),
+        )
+    ]
     crops = MixedCrops([a, b], [0.9, 0.1], crop_px=32, aug=NO_AUGMENT)
     images, _, _ = crops.batch(400, np.random.default_rng(1))
     share_b = (images.mean(axis=(1, 2, 3)) > 0.5).mean()
@@ -151,7 +173,9 @@ def test_soft_dice_prefers_the_aligned_crack():
 def test_combined_loss_logs_every_active_term():
     y = crack_target(16)
     out = torch.cat([crack_target(18), torch.zeros_like(y)], 1).requires_grad_()
-    total, terms = combined_loss(out, y, (y <= 1).float(), LossWeights(mse=1, dice=1, topo=1, body=1))
+    total, terms = combined_loss(
+        out, y, (y <= 1).float(), LossWeights(mse=1, dice=1, topo=1, body=1)
+    )
     assert set(terms) == {"mse", "dice", "topo", "body"}
     total.backward()
     assert out.grad.abs().sum() > 0
@@ -168,7 +192,16 @@ def test_unknown_recipe_keys_are_errors(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "recipe", ["mse", "mse+topo", "mse+dice+topo", "mse+dice+topo-w025", "dice+topo", "topo", "paper-faithful"]
+    "recipe",
+    [
+        "mse",
+        "mse+topo",
+        "mse+dice+topo",
+        "mse+dice+topo-w025",
+        "dice+topo",
+        "topo",
+        "paper-faithful",
+    ],
 )
 def test_shipped_recipes_load(recipe):
     cfg = load_config(REPO / "configs" / "train" / f"{recipe}.yaml")
@@ -199,7 +232,11 @@ def test_tiny_training_run_writes_model_card_and_history(tmp_path):
     summary = train(cfg, tmp_path / "run")
     assert summary["finished"] and summary["epochs_done"] == 3
     card = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert card["architecture"] == "unet16" and card["sha256"] and 0 < card["threshold_px"] <= max(CALIBRATION_SWEEP)
+    assert (
+        card["architecture"] == "unet16"
+        and card["sha256"]
+        and 0 < card["threshold_px"] <= max(CALIBRATION_SWEEP)
+    )
     hist = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
     assert {"mse", "dice", "topo", "body", "total"} <= set(hist[0]["train"])
     assert (tmp_path / "run" / "history.png").stat().st_size > 0
@@ -267,7 +304,9 @@ def test_ema_saves_the_averaged_weights_and_resumes_exactly(tmp_path):
         train(config_from_dict(tiny_config(root, ema_decay=1.0)), tmp_path / "d")
 
 
-@pytest.mark.skipif(not (SHARED / "masonry_dais2021").is_dir(), reason="needs ../shared/data (the curated datasets)")
+@pytest.mark.skipif(
+    not (SHARED / "masonry_dais2021").is_dir(), reason="needs ../shared/data (the curated datasets)"
+)
 def test_overfitting_one_real_image_lowers_the_loss(tmp_path):
     src = SHARED / "masonry_dais2021" / "train"
     name = sorted((src / "images").iterdir())[0].name
@@ -277,9 +316,26 @@ def test_overfitting_one_real_image_lowers_the_loss(tmp_path):
             target = tmp_path / "one" / split / kind / name
             target.write_bytes((src / kind / name).read_bytes())
     cfg = config_from_dict(
-        tiny_config(tmp_path / "one", width=0.125, epochs=8, crops_per_epoch=20, batch_size=4, crop_px=96,
-                    augment={"hflip": 0, "vflip": 0, "rot90": 0, "brightness": 0, "contrast": 0, "gamma": 0, "greyscale": 0},
-                    loss={"mse": 1.0, "dice": 0.0, "topo": 0.0, "body": 0.0}, lr=3e-3, lr_schedule="constant")
+        tiny_config(
+            tmp_path / "one",
+            width=0.125,
+            epochs=8,
+            crops_per_epoch=20,
+            batch_size=4,
+            crop_px=96,
+            augment={
+                "hflip": 0,
+                "vflip": 0,
+                "rot90": 0,
+                "brightness": 0,
+                "contrast": 0,
+                "gamma": 0,
+                "greyscale": 0,
+            },
+            loss={"mse": 1.0, "dice": 0.0, "topo": 0.0, "body": 0.0},
+            lr=3e-3,
+            lr_schedule="constant",
+        )
     )
     train(cfg, tmp_path / "run")
     hist = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
@@ -292,13 +348,25 @@ def test_evaluate_reports_every_metric(tmp_path):
 
     root = write_dataset(tmp_path / "ds")
     train(config_from_dict(tiny_config(root, epochs=1)), tmp_path / "run")
-    res = evaluate_model(tmp_path / "run" / "model.safetensors", [root], split="val", precision="fp32", cpp_patch_px=128)
+    res = evaluate_model(
+        tmp_path / "run" / "model.safetensors",
+        [root],
+        split="val",
+        precision="fp32",
+        cpp_patch_px=128,
+    )
     r = res["datasets"]["ds"]
     assert r["n_images"] == 2
     assert r["cpp_n_patches"] == 2  # one 96-px patch per image (patch 128 below)
     assert r["cpp_gt_mean"] == 1.0  # one drawn crack per image
     assert r["cpp_gt_bridged_mean"] == 1.0
-    for key in ("cpp_pred_mean", "abs_delta_cpp_mean", "abs_delta_cpp_gt_bridged_mean", "cldice_mean", "betti0_error_mean"):
+    for key in (
+        "cpp_pred_mean",
+        "abs_delta_cpp_mean",
+        "abs_delta_cpp_gt_bridged_mean",
+        "cldice_mean",
+        "betti0_error_mean",
+    ):
         assert np.isfinite(r[key])
     assert "quality" in r["micro"]
     assert "ds" in format_table(res)
@@ -309,7 +377,9 @@ def test_bridged_gt_joins_the_pieces_of_one_crack_and_only_them():
     from cracksurvey.evaluation.metrics import cracks_per_patch
 
     def cpp(m):
-        return int(cracks_per_patch(m, patch_px=128, min_area_px=0, min_skeleton_length_px=10.0).sum())
+        return int(
+            cracks_per_patch(m, patch_px=128, min_area_px=0, min_skeleton_length_px=10.0).sum()
+        )
 
     gt = np.zeros((120, 120), bool)
     gt[30, 10:50] = gt[30, 58:110] = True  # one crack drawn in two pieces: an 8-px gap
@@ -340,7 +410,11 @@ def test_false_crack_budget_picks_the_best_threshold_within_it():
     assert pick(fp_penalty=0.1, fp_budget_px_per_mp=400) == 3.0  # the budget is inclusive
     assert pick(fp_penalty=0.1, fp_budget_px_per_mp=50) == 1.0  # none within: the least false crack
     cfg = config_from_dict({"selection_metric": "f1", "fp_budget_px_per_mp": 250})
-    assert threshold_score({"f1": 0.7, "fp_px_per_mp": 300.0}, cfg) < -1 < threshold_score({"f1": 0.1, "fp_px_per_mp": 10.0}, cfg)
+    assert (
+        threshold_score({"f1": 0.7, "fp_px_per_mp": 300.0}, cfg)
+        < -1
+        < threshold_score({"f1": 0.1, "fp_px_per_mp": 10.0}, cfg)
+    )
 
 
 def test_recalibrate_workflow_keeps_the_weights_and_notes_the_rule(tmp_path):
@@ -352,19 +426,37 @@ def test_recalibrate_workflow_keeps_the_weights_and_notes_the_rule(tmp_path):
     import recalibrate
 
     root = write_dataset(tmp_path / "ds")
-    train(config_from_dict(tiny_config(root, epochs=1, selection_metric="quality_fp")), tmp_path / "run")
+    train(
+        config_from_dict(tiny_config(root, epochs=1, selection_metric="quality_fp")),
+        tmp_path / "run",
+    )
     before = json.loads((tmp_path / "run" / "model.json").read_text())
-    args = ["--weights", str(tmp_path / "run" / "model.safetensors"), "--config", str(tmp_path / "run" / "config.yaml"),
-            "--data", str(tmp_path), "--fp-budget", "100", "--out", str(tmp_path / "re")]
+    args = [
+        "--weights",
+        str(tmp_path / "run" / "model.safetensors"),
+        "--config",
+        str(tmp_path / "run" / "config.yaml"),
+        "--data",
+        str(tmp_path),
+        "--fp-budget",
+        "100",
+        "--out",
+        str(tmp_path / "re"),
+    ]
     assert recalibrate.main(args) == 0
     after = json.loads((tmp_path / "re" / "model.json").read_text())
     assert after["model_id"] == before["model_id"] and after["recipe"] == before["recipe"]
     assert "budget of 100 px per MP" in after["notes"]["recalibrated"]
     assert after["threshold_px"] in CALIBRATION_SWEEP
-    a, b = load_file(tmp_path / "run" / "model.safetensors"), load_file(tmp_path / "re" / "model.safetensors")
+    a, b = (
+        load_file(tmp_path / "run" / "model.safetensors"),
+        load_file(tmp_path / "re" / "model.safetensors"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "re" / "best.safetensors").exists()
     # a recipe that does not select on quality_fp is refused
     train(config_from_dict(tiny_config(root, epochs=1)), tmp_path / "plain")
     with pytest.raises(SystemExit, match="quality_fp"):
-        recalibrate.main([*args[:2], "--config", str(tmp_path / "plain" / "config.yaml"), *args[4:]])
+        recalibrate.main(
+            [*args[:2], "--config", str(tmp_path / "plain" / "config.yaml"), *args[4:]]
+        )

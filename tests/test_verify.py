@@ -97,14 +97,19 @@ def test_the_shipped_verifier_ranks_real_cracks_above_false_ones():
     assert vcard.crack_model_sha256 == card.sha256
 
     def component_scores(image, keep):
-        distance, _ = predict_tiled(image, model, card, core_px=1280, halo_px=96)
-        skeleton, _ = crack_layer_skeleton(distance, threshold_px=card.threshold_px, vectorize=VectorizeConfig())
+        distance, _ = predict_tiled(image, model, card, core_px=1280, halo_px=96, border="reflect")
+        skeleton, _ = crack_layer_skeleton(
+            distance, threshold_px=card.threshold_px, vectorize=VectorizeConfig()
+        )
         lab, n = ndimage.label(skeleton, structure=np.ones((3, 3)))
         lines = [np.argwhere(lab == i).astype(float) for i in range(1, n + 1) if keep(lab == i)]
         return list(verify_cracks(image, lines, net, vcard))
 
     real, false = [], []
-    pairs = list_pairs(SHARED / "masonry_dais2021", "val")[:8] + list_pairs(SHARED / "deepcrack", "val")[:8]
+    pairs = (
+        list_pairs(SHARED / "masonry_dais2021", "val")[:8]
+        + list_pairs(SHARED / "deepcrack", "val")[:8]
+    )
     for pair in pairs:
         near = ndimage.binary_dilation(read_mask(pair.mask), iterations=3)
         real += component_scores(read_rgb(pair.image), lambda m, near=near: near[m].mean() >= 0.5)
@@ -124,7 +129,8 @@ def test_drop_removes_low_scores_with_their_branches_and_renumbers():
         {"crack_id": [1, 2, 3], "verifier_score": [0.9, 0.1, np.nan]}, geometry=lines
     )
     branches = gpd.GeoDataFrame(
-        {"crack_id": [1, 2, 2, 3], "branch_id": [1, 1, 2, 1]}, geometry=[lines[0], lines[1], lines[1], lines[2]]
+        {"crack_id": [1, 2, 2, 3], "branch_id": [1, 1, 2, 1]},
+        geometry=[lines[0], lines[1], lines[1], lines[2]],
     )
     kept, kept_branches, dropped = drop_unverified(cracks, branches, min_score=0.5)
     assert dropped == 1
@@ -158,8 +164,10 @@ def test_image_patches_are_the_same_read_whole_or_by_window(tmp_path, n_points):
     tif = make_geotiff(tmp_path / "wall.tif", image, tiled=True, blockxsize=128, blockysize=128)
     Image.fromarray(np.moveaxis(image, 0, -1)).save(tmp_path / "wall.png")
     edges = [(0, 0), (299, 419), (5, 410), (150, 2)]
-    rows, cols = (np.array([p[k] for p in edges] + list(rng.integers(0, 300 if k == 0 else 420,
-                                                                      n_points))) for k in (0, 1))
+    rows, cols = (
+        np.array([p[k] for p in edges] + list(rng.integers(0, 300 if k == 0 else 420, n_points)))
+        for k in (0, 1)
+    )
     expected = read_patches(image, rows, cols, 32)
     few = rows.size * 32**2 * verify_stage.WINDOWED_READ_FACTOR < image[0].size
     assert few == (n_points == 3)
@@ -177,7 +185,9 @@ def test_calibrating_again_keeps_the_weights_and_sets_the_rule_threshold(tmp_pat
     import train_verifier
 
     torch.manual_seed(0)
-    card = save_verifier(CrackVerifier(width=4), VerifierCard(model_id="tiny", width=4), tmp_path / "v")
+    card = save_verifier(
+        CrackVerifier(width=4), VerifierCard(model_id="tiny", width=4), tmp_path / "v"
+    )
     rng = np.random.default_rng(1)
     n = 120  # 40 components of 3 patches: 20 of each kind, half of them cracks
     val = dict(

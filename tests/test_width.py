@@ -60,7 +60,6 @@ def _width_errors(body, mask, width_px: float) -> np.ndarray:
     return width.astype(np.float64) - width_px
 
 
-
 # --- measure_width_px ------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["band", "ring"])
 def test_width_of_float_body_is_within_half_a_pixel(kind):
@@ -142,8 +141,6 @@ def test_all_foreground_tile_gives_a_finite_width():
     assert np.isfinite(ts.width_px).all() and (ts.width_px >= 1).all()
 
 
-
-
 @settings(max_examples=150, deadline=None)
 @given(
     shape=st.tuples(st.integers(3, 120), st.integers(3, 120)),
@@ -156,7 +153,11 @@ def test_cropped_edt_equals_the_whole_array_edt(shape, density, grow, margin, se
     from cracksurvey.measure.width import _edt_at
 
     rng = np.random.default_rng(seed)
-    mask = ndimage.binary_dilation(rng.random(shape) < density, iterations=grow) if grow else rng.random(shape) < density
+    mask = (
+        ndimage.binary_dilation(rng.random(shape) < density, iterations=grow)
+        if grow
+        else rng.random(shape) < density
+    )
     rows, cols = np.nonzero(mask)
     if rows.size == 0:
         return

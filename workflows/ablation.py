@@ -52,7 +52,7 @@ def negatives_fp(weights: Path, data: Path) -> float:
     for name, factor in (("labelmefacade", 1), ("spb_facades", 4)):
         for path in list_negative_images(data / "negatives" / name, "val"):
             image = downscale(read_rgb(path), factor)
-            distance, _ = predict_tiled(image, model, card, core_px=1088, halo_px=96)
+            distance, _ = predict_tiled(image, model, card, core_px=1088, halo_px=96, border="reflect")
             found += int(skeletonize_mask(distance <= card.threshold_px).sum())
             pixels += distance.size
     return found / pixels * 1e6

@@ -264,7 +264,7 @@ def mine_hot_spots(data: Path, out: Path, *, per_image: int = 400, seed: int = 0
     t0 = time.time()
     for name, scales in sets.items():
         for neg in load_negatives(data / name, "train", scales=scales):
-            dist, _ = predict_tiled(neg.image, model, card, core_px=1280, halo_px=96)
+            dist, _ = predict_tiled(neg.image, model, card, core_px=1280, halo_px=96, border="reflect")
             rows, cols = np.nonzero(skeletonize_mask(dist <= card.threshold_px))
             if rows.size > per_image:
                 keep = rng.choice(rows.size, per_image, replace=False)

@@ -86,7 +86,7 @@ def mine(
     next_group = [0]
 
     def components(image: np.ndarray) -> tuple[np.ndarray, int]:
-        distance, _ = predict_tiled(image, model, card, core_px=1280, halo_px=96)
+        distance, _ = predict_tiled(image, model, card, core_px=1280, halo_px=96, border="reflect")
         skeleton, _ = crack_layer_skeleton(distance, threshold_px=card.threshold_px, vectorize=vcfg)
         return ndimage.label(skeleton, structure=np.ones((3, 3)))
 

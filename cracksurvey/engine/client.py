@@ -29,7 +29,7 @@ from distributed import Client, as_completed
 from rasterio.crs import CRS
 from torch import nn
 
-from cracksurvey.config import EngineConfig, Precision
+from cracksurvey.config import Border, EngineConfig, Precision
 from cracksurvey.engine.cluster import (
     available_cores,
     local_layout,
@@ -145,9 +145,9 @@ class Engine:
     model : Weights, path to ``.safetensors``, None or ``(model, card)``
         The weights (read once here when given as a path; None: the shipped default model),
         or an in-memory pair (stand-ins, notebooks).
-    core_px, halo_px : int
-        Core window side and halo of the tiles (pixels, see :func:`cracksurvey.tiling.tile_grid`).
-        The default core 1088 with the 96 px halo makes 1280 x 1280 forwards.
+    core_px, halo_px, border : int, int, str
+        Core window side and halo of the tiles (pixels) and what a tile sees beyond the image's
+        edge (:func:`cracksurvey.tiling.tile_grid`). Core 1088 and halo 96: 1280² forwards.
     precision : {'auto', 'bf16', 'fp32'}
         ``auto`` is resolved by each worker for its device
         (:func:`cracksurvey.predict.auto_precision`); an explicit bf16 runs bf16 everywhere,
@@ -183,6 +183,7 @@ class Engine:
         *,
         core_px: int = 1088,
         halo_px: int = 96,
+        border: Border = "image",
         precision: Precision = "auto",
         device: str = "cpu",
         threshold_px: float | None = None,
@@ -191,7 +192,7 @@ class Engine:
     ) -> None:
         self.config = config
         self.core_px = core_px
-        self.halo_px = halo_px
+        self.halo_px, self.border = halo_px, border
         self.precision: Precision = precision
         self.device = device
         self.synchronous = synchronous
@@ -395,13 +396,9 @@ class Engine:
     def _tiles(self, header: RasterHeader) -> list[Tile]:
         """The image's tiles in submission order: largest forward first (row-major among
         equals), so the small edge tiles come last and the workers finish an image together."""
-        tiles = tile_grid(
-            header.height,
-            header.width,
-            core_px=self.core_px,
-            halo_px=self.halo_px,
-            multiple=self.card.input_multiple,
-        )
+        tiles = tile_grid(header.height, header.width, core_px=self.core_px,
+                          halo_px=self.halo_px, multiple=self.card.input_multiple,
+                          border=self.border)  # fmt: skip
         order = sorted(range(len(tiles)), key=lambda i: (-_forward_px(tiles[i]), i))
         return [tiles[i] for i in order]
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cracksurvey.config import Precision, VectorizeConfig
+from cracksurvey.config import Border, Precision, VectorizeConfig
 from cracksurvey.evaluation.datasets import list_pairs, read_mask, read_rgb
 from cracksurvey.evaluation.field import (
     bootstrap_interval,
@@ -356,9 +356,10 @@ def predict_image(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Distance (and body) of a whole image; with ``tta`` averaged over the 8 flips and quarter
     turns of the image (each prediction turned back before averaging)."""
+    border: Border = "reflect" if halo_px else "image"  # halo_px: reflect padding around it
     if not tta:
         return predict_untiled(
-            image, model, card, halo_px=halo_px, precision=precision, device=device
+            image, model, card, halo_px=halo_px, precision=precision, device=device, border=border
         )
     distances, bodies = [], []
     for k in range(4):
@@ -372,6 +373,7 @@ def predict_image(
                 halo_px=halo_px,
                 precision=precision,
                 device=device,
+                border=border,
             )
             if flip:
                 d = d[:, ::-1]

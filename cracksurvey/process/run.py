@@ -200,6 +200,7 @@ def _process_locked(
             model,
             core_px=config.tiling.core_px,
             halo_px=config.tiling.halo_px,
+            border=config.tiling.border,
             precision=config.model.precision,
             device=config.model.device,
             threshold_px=config.model.threshold_px,

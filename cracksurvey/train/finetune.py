@@ -141,7 +141,13 @@ def reviewed_quality(
     counts: dict[float, list[Any]] = {t: [] for t in thresholds}
     for s in samples:
         distance, _ = predict_tiled(
-            s.image, model, card, core_px=tiling.core_px, halo_px=tiling.halo_px, device=device
+            s.image,
+            model,
+            card,
+            core_px=tiling.core_px,
+            halo_px=tiling.halo_px,
+            device=device,
+            border=tiling.border,
         )
         truth = s.body & s.reviewed
         for t in thresholds:
