@@ -290,7 +290,7 @@ def run_mode_b(args: argparse.Namespace, textures: dict[str, Texture]) -> tuple[
         params = draw_params(rng)
         crack = synthetic_crack(tex, params, rng)
         rgb = np.clip(np.round(crack.image), 0, 255).astype(np.uint8)
-        distance, body = predict_untiled(rgb, model, card, halo_px=32, border="reflect")
+        distance, body = predict_untiled(rgb, model, card, halo_px=32, border="image")
         skel = skeletonize_mask(threshold_distance(distance, threshold_px=card.threshold_px))
         rows, cols = np.nonzero(skel)
         # Truth: nearest true centreline point within 2 px, away from the border.
@@ -477,7 +477,7 @@ def run_masonry(args: argparse.Namespace) -> dict[str, Any]:
                 (path.stem, float(np.median(w_mask[both])), float(np.median(m.width_px[both])))
             )
         # The evaluation's width error, today's width and the image-based one.
-        distance, body = predict_untiled(rgb, model, card, halo_px=32, border="reflect")
+        distance, body = predict_untiled(rgb, model, card, halo_px=32, border="image")
         pskel = skeletonize_mask(threshold_distance(distance, threshold_px=card.threshold_px))
         pr, pc = np.nonzero(pskel)
         if pr.size == 0:
