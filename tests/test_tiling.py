@@ -115,15 +115,17 @@ def test_tile_cores_partition_the_image_exactly(height, width, core_px, halo_px,
             assert (t.read_row0, t.read_col0) == (t.row0 - halo, t.col0 - halo)
             assert t.read_row1 >= t.row1 + halo and t.read_col1 >= t.col1 + halo
             continue
-        # image: core +- halo cut at the image's edges (the image extended at the bottom/right
-        # to a multiple, as the network takes it whole)
+        # image: a reflect tile's window moved inside the image (the image extended at the
+        # bottom/right to a multiple, as the network takes it whole), at least core +- halo of
+        # it, the reflect window's size unless the image is smaller
         for lo, hi, core0, core1, size in (
             (t.read_row0, t.read_row1, t.row0, t.row1, height),
             (t.read_col0, t.read_col1, t.col0, t.col1, width),
         ):
             end = -(-size // multiple) * multiple
-            assert lo == max(core0 - halo, 0)
-            assert min(core1 + halo, end) <= hi <= end
+            full = -(-(core1 - core0 + 2 * halo) // multiple) * multiple
+            assert 0 <= lo <= max(core0 - halo, 0) and min(core1 + halo, end) <= hi <= end
+            assert hi - lo == min(full, end)
     assert (count == 1).all()
 
 

@@ -37,8 +37,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cracksurvey.config import Border
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -60,6 +64,7 @@ def mine(
     crack_data: Path | None = None,
     patch: int = PATCH,
     inner: bool = False,
+    border: Border = "reflect",
 ) -> None:
     from scipy import ndimage
 
@@ -86,7 +91,7 @@ def mine(
     next_group = [0]
 
     def components(image: np.ndarray) -> tuple[np.ndarray, int]:
-        distance, _ = predict_tiled(image, model, card, core_px=1280, halo_px=96, border="reflect")
+        distance, _ = predict_tiled(image, model, card, core_px=1280, halo_px=96, border=border)
         skeleton, _ = crack_layer_skeleton(distance, threshold_px=card.threshold_px, vectorize=vcfg)
         return ndimage.label(skeleton, structure=np.ones((3, 3)))
 
@@ -310,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
                    "border in a patch) when the component has such pixels")
     m.add_argument("--patch", type=int, default=PATCH,
                    help="patch side (px); larger patches keep the same centres (context experiments)")
+    m.add_argument("--border", choices=("reflect", "image"), default="reflect",
+                   help="what the crack model's tiles see beyond an image's edge (tiling.border): "
+                   "reflect made the shipped verifier's data, process runs image since the "
+                   "eleventh session of 2026-11-30")
     t = sub.add_parser("train")
     t.add_argument("--train", type=Path, default=ROOT / "runs/verifier/train.npz")
     t.add_argument("--val", type=Path, default=ROOT / "runs/verifier/val.npz")
@@ -328,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or ROOT / f"runs/verifier/{args.split}.npz"
         n_synth = args.synthetic if args.synthetic is not None else (700 if args.split == "train" else 150)
         mine(args.data, args.split, out, n_synthetic=n_synth, spb_scales=tuple(args.spb_scales),
-             crack_data=args.crack_data, patch=args.patch, inner=args.inner)
+             crack_data=args.crack_data, patch=args.patch, inner=args.inner, border=args.border)
     else:
         train(args.train, args.val, args.out, steps=args.steps, keep=args.keep, seed=args.seed)
     return 0
