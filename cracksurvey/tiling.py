@@ -140,7 +140,7 @@ def tile_grid(
     >>> [t.core for t in tile_grid(100, 70, core_px=64, halo_px=32)]
     [(0, 64, 0, 64), (0, 64, 64, 70), (64, 100, 0, 64), (64, 100, 64, 70)]
     >>> tile_grid(100, 70, core_px=64, halo_px=32)[1].read
-    (0, 96, 0, 96)
+    (0, 128, 0, 96)
     >>> tile_grid(100, 70, core_px=64, halo_px=32, border="reflect")[1].read
     (-32, 96, 32, 128)
     """
