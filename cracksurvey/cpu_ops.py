@@ -231,19 +231,23 @@ def max_pool2(x: torch.Tensor) -> torch.Tensor:
     """
     if not _fast_path(x) or x.shape[2] < 2 or x.shape[3] < 2:
         return F.max_pool2d(x, 2)
-    n, c, h, w = x.shape
-    out = torch.empty(
-        (n, c, h // 2, w // 2), dtype=torch.bfloat16, memory_format=torch.channels_last
-    )
-    src, dst = x.detach().permute(0, 2, 3, 1), out.permute(0, 2, 3, 1)
-    for k in range(n):
-        _pool2_bf16(_bits(src[k]), _bits(dst[k]))
-    return out
+    return _per_image(_pool2_bf16, x, x.shape[2] // 2, x.shape[3] // 2)
 
 
 def _bits(t: torch.Tensor) -> NDArray[np.uint16]:
     """A (H, W, C) bf16 tensor's memory as uint16 (no copy)."""
     return t.view(torch.int16).numpy().view(np.uint16)
+
+
+def _per_image(kernel: Any, x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """A new bf16 channels-last ``(N, C, rows, cols)`` tensor filled by ``kernel(src, dst)``
+    image by image, both as ``(H, W, C)`` bit patterns."""
+    n, c = x.shape[:2]
+    out = torch.empty((n, c, rows, cols), dtype=torch.bfloat16, memory_format=torch.channels_last)
+    src, dst = x.detach().permute(0, 2, 3, 1), out.permute(0, 2, 3, 1)
+    for k in range(n):
+        kernel(_bits(src[k]), _bits(dst[k]))
+    return out
 
 
 def bilinear_up2(x: torch.Tensor) -> torch.Tensor:
@@ -262,12 +266,7 @@ def bilinear_up2(x: torch.Tensor) -> torch.Tensor:
     """
     if not _fast_path(x):
         return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-    n, c, h, w = x.shape
-    out = torch.empty((n, c, 2 * h, 2 * w), dtype=torch.bfloat16, memory_format=torch.channels_last)
-    src, dst = x.detach().permute(0, 2, 3, 1), out.permute(0, 2, 3, 1)
-    for k in range(n):
-        _up2_bf16(_bits(src[k]), _bits(dst[k]))
-    return out
+    return _per_image(_up2_bf16, x, 2 * x.shape[2], 2 * x.shape[3])
 
 
 _FUSED_FAILED = False

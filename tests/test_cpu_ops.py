@@ -11,8 +11,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cracksurvey import cpu_ops as upsample
+from cracksurvey import cpu_ops
 from cracksurvey.cpu_ops import bilinear_up2, max_pool2
+
+
+def _spy(monkeypatch, name: str) -> list[tuple]:
+    """Calls of ``cpu_ops.<name>`` from now on (their arguments); the function still runs."""
+    calls: list[tuple] = []
+    original = getattr(cpu_ops, name)
+
+    def spy(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(cpu_ops, name, spy)
+    return calls
 
 
 def _bf16_cl(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -96,7 +109,7 @@ def test_the_kernel_keeps_nan_and_infinity():
 )
 def test_everything_else_is_torch_interpolate(make, monkeypatch):
     calls = []
-    monkeypatch.setattr(upsample, "_up2_bf16", lambda *a: calls.append(a))
+    monkeypatch.setattr(cpu_ops, "_up2_bf16", lambda *a: calls.append(a))
     x = make()
     y = bilinear_up2(x)
     assert not calls
@@ -113,27 +126,13 @@ def test_the_decoder_uses_it_in_inference(monkeypatch):
     model = TernausNet("unet16", width=0.125, body_head=True, norm="batch").eval()
     model = model.to(memory_format=torch.channels_last)
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-    calls = []
-    kernel = upsample._up2_bf16
-
-    def counted(*args):
-        calls.append(args[0].shape)
-        kernel(*args)
-
-    monkeypatch.setattr(upsample, "_up2_bf16", counted)
-    pools = []
-    pool_kernel = upsample._pool2_bf16
-
-    def counted_pool(*args):
-        pools.append(args[0].shape)
-        pool_kernel(*args)
-
-    monkeypatch.setattr(upsample, "_pool2_bf16", counted_pool)
+    calls = _spy(monkeypatch, "_up2_bf16")
+    pools = _spy(monkeypatch, "_pool2_bf16")
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         fast = model(x)
         assert len(calls) == 5  # the five decoder stages of UNet16
         assert len(pools) == 5  # and the five pools of its encoder
-        monkeypatch.setattr(upsample, "_fast_path", lambda t: False)
+        monkeypatch.setattr(cpu_ops, "_fast_path", lambda t: False)
         slow = model(x)
     assert fast.shape == slow.shape == (1, 2, 64, 64)
     # the kernel's values are torch's within one bf16 step, which the rest of the network
@@ -163,7 +162,7 @@ def test_the_pool_picks_torch_max_pool2d_values(shape):
 
 def test_the_pool_falls_back_outside_its_case(monkeypatch):
     calls = []
-    monkeypatch.setattr(upsample, "_pool2_bf16", lambda *a: calls.append(a))
+    monkeypatch.setattr(cpu_ops, "_pool2_bf16", lambda *a: calls.append(a))
     for x in (torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6).to(torch.bfloat16)):
         assert torch.equal(max_pool2(x), F.max_pool2d(x, 2))
     assert not calls
@@ -185,10 +184,10 @@ def test_the_input_table_gives_the_normalised_values(dtype):
 
 
 def test_the_switch_turns_them_off(monkeypatch):
-    monkeypatch.setattr(upsample, "ENABLED", False)
+    monkeypatch.setattr(cpu_ops, "ENABLED", False)
     calls = []
-    monkeypatch.setattr(upsample, "_up2_bf16", lambda *a: calls.append(a))
-    monkeypatch.setattr(upsample, "_pool2_bf16", lambda *a: calls.append(a))
+    monkeypatch.setattr(cpu_ops, "_up2_bf16", lambda *a: calls.append(a))
+    monkeypatch.setattr(cpu_ops, "_pool2_bf16", lambda *a: calls.append(a))
     x = _bf16_cl((1, 8, 6, 6))
     with torch.inference_mode():
         assert torch.equal(
@@ -233,7 +232,7 @@ def test_the_fused_convolution_falls_back_outside_its_case(monkeypatch):
     from cracksurvey.cpu_ops import conv_relu
 
     used = []
-    monkeypatch.setattr(upsample, "_fused_conv_relu", lambda *a: used.append(a))
+    monkeypatch.setattr(cpu_ops, "_fused_conv_relu", lambda *a: used.append(a))
     conv = _conv(4, 4)
     x = _bf16_cl((1, 4, 8, 8))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -253,14 +252,14 @@ def test_a_missing_fused_operation_falls_back_for_good(monkeypatch):
     def missing(*args):
         raise RuntimeError("no such operator")
 
-    monkeypatch.setattr(upsample, "_fused_conv_relu", missing)
-    monkeypatch.setattr(upsample, "_FUSED_FAILED", False)
+    monkeypatch.setattr(cpu_ops, "_fused_conv_relu", missing)
+    monkeypatch.setattr(cpu_ops, "_FUSED_FAILED", False)
     conv = _conv(4, 4)
     x = _bf16_cl((1, 4, 8, 8))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         y = conv_relu(conv, x)
         assert torch.equal(y, torch.relu(conv(x)))
-    assert upsample._FUSED_FAILED
+    assert cpu_ops._FUSED_FAILED
 
 
 def test_the_fused_convolution_in_float32():
@@ -268,19 +267,12 @@ def test_the_fused_convolution_in_float32():
 
     conv = _conv(8, 16)
     x = _bf16_cl((1, 8, 40, 24), seed=5).float()
-    calls = []
-    original = upsample._fused_conv_relu
-
-    def counted(*args):
-        calls.append(args[2])
-        return original(*args)
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(upsample, "_fused_conv_relu", counted)
+        calls = _spy(mp, "_fused_conv_relu")
         with torch.inference_mode():
             ours = conv_relu(conv, x)
             theirs = torch.relu(conv(x))
-    assert calls == [torch.float32]
+    assert [args[2] for args in calls] == [torch.float32]
     assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
