@@ -223,8 +223,9 @@ def test_the_fused_convolution_gives_relu_of_the_convolution(shape):
         theirs = torch.relu(conv(x))
     assert ours.dtype == torch.bfloat16 and ours.shape == theirs.shape
     assert bool((ours >= 0).all())
-    # oneDNN with and without the post-op: identical on an AMD Zen 5; allow one bf16 step
-    step = theirs.float().abs() * 2.0**-7 + 1e-6
+    # oneDNN with and without the post-op: identical on an AMD Zen 5; allow one bf16 step, and
+    # near zero the fp32 accumulation order another CPU's kernels may use (outputs are O(10))
+    step = theirs.float().abs() * 2.0**-7 + 1e-3
     assert bool(((ours.float() - theirs.float()).abs() <= step).all())
 
 
