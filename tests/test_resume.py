@@ -192,6 +192,38 @@ def test_what_auto_precision_resolves_to_is_part_of_the_key(
     assert sorted(run_json(out)["cache"]["predictions"]["computed"]) == names
 
 
+def test_other_code_recomputes(tmp_path: Path, weights: Path, monkeypatch):
+    """A source checkout at another commit has the same version number but other code: its
+    predictions and results are not reused."""
+    from cracksurvey.io import cache
+
+    root = make_survey(tmp_path / "survey")
+    out = process_survey(root, weights=weights, overrides=FAST, synchronous=True).out_dir
+    names = sorted(run_json(out)["cache"]["predictions"]["computed"])
+    monkeypatch.setattr(cache, "code_fingerprint", lambda: "f" * 64)
+    process_survey(root, weights=weights, overrides=FAST, synchronous=True, overwrite=True)
+    assert sorted(run_json(out)["cache"]["predictions"]["computed"]) == names
+    assert sorted(run_json(out)["cache"]["computed"]) == names
+
+
+def test_source_fingerprint_follows_every_source_file(tmp_path: Path):
+    from cracksurvey.io.cache import code_fingerprint, source_fingerprint
+
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 2\n")
+    (tmp_path / "pkg" / "notes.txt").write_text("not code")
+    first = source_fingerprint(tmp_path / "pkg")
+    (tmp_path / "pkg" / "notes.txt").write_text("still not code")
+    assert source_fingerprint(tmp_path / "pkg") == first
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 3\n")
+    edited = source_fingerprint(tmp_path / "pkg")
+    assert edited != first
+    (tmp_path / "pkg" / "sub" / "b.py").rename(tmp_path / "pkg" / "c.py")  # same bytes, moved
+    assert source_fingerprint(tmp_path / "pkg") not in (first, edited)
+    assert len(code_fingerprint()) == 64 and code_fingerprint() == code_fingerprint()
+
+
 def test_half_written_or_damaged_entries_are_recomputed(tmp_path: Path, weights: Path):
     root = make_survey(tmp_path / "survey")
     first = process_survey(root, weights=weights, overrides=FAST, synchronous=True)

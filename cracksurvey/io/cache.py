@@ -11,6 +11,10 @@ Two stages are cached apart, so that changing what is measured never reruns the 
   branch layers and coverage (``layers.npz`` + ``entry.json``), keyed by its prediction key,
   the vectorize and CPP settings, its georeferencing and ids.
 
+Both keys also hold the package's version and a fingerprint of its source code
+(:func:`code_fingerprint`): a run with other code recomputes rather than reuse what older code
+made.
+
 Entries use safe, exact formats (no pickle: an output folder may come from someone else;
 numbers as binary arrays, geometries as WKB, strings as JSON).
 
@@ -31,6 +35,7 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +54,8 @@ __all__ = [
     "ImageCache",
     "PredictionCache",
     "cache_key",
+    "code_fingerprint",
+    "source_fingerprint",
     "publish_raster",
     "read_skeleton",
     "write_skeleton",
@@ -68,15 +75,41 @@ RASTER_NAMES = ("distance.tif", "mask.tif", "semantics.tif")
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of ``parts`` as canonical JSON (sorted keys; non-JSON values as ``str``).
+    """SHA-256 (hex) of ``parts`` as canonical JSON (sorted keys; non-JSON values as ``str``),
+    with the installed code's fingerprint (:func:`code_fingerprint`).
 
     >>> cache_key({"b": 1, "a": [0.5, None]}) == cache_key({"a": [0.5, None], "b": 1})
     True
     """
     text = json.dumps(
-        {"format": CACHE_FORMAT, **parts}, sort_keys=True, default=str, allow_nan=True
+        {"format": CACHE_FORMAT, "code": code_fingerprint(), **parts},
+        sort_keys=True,
+        default=str,
+        allow_nan=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Fingerprint of this package's sources (:func:`source_fingerprint`), once per process.
+
+    The version number alone does not change between the commits of a source checkout
+    (``pip install -e``): a change to how tiles are cut or widths measured, made without a
+    change to any setting, would otherwise reuse the predictions of the code before it. Any
+    change to the code misses the cache instead; reading the sources takes a few milliseconds.
+    """
+    return source_fingerprint(Path(__file__).resolve().parents[1])
+
+
+def source_fingerprint(root: Path) -> str:
+    """SHA-256 (hex) of the ``*.py`` files under ``root``: the relative path and bytes of each,
+    in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
