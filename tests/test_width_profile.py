@@ -614,3 +614,23 @@ def test_black_regions_beside_a_crack_do_not_break_the_measurement():
         lit = img[rows, col] > 0
         if lit.sum() > 30 and trial % 3 == 1:  # the crack's upper part is on the lit wall
             assert m.measured[lit].mean() > 0.5, trial
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 11, 25])
+def test_running_extremes_equal_the_window_extremes(size: int):
+    """The closing's running max/min (blocks of ``size``, van Herk / Gil-Werman) give each
+    window's exact extreme, along rows and along columns, whatever the line length's remainder."""
+    from scipy import ndimage
+
+    from cracksurvey.measure.profile_strip import _running
+
+    a = np.random.default_rng(size).normal(size=(31, 29))
+    for axis, (di, dj) in ((1, (0, 1)), (0, (1, 0))):
+        for is_max, filt in ((True, ndimage.maximum_filter1d), (False, ndimage.minimum_filter1d)):
+            # scipy's window for an odd/even size is centred at size // 2: keep the valid part
+            ref = filt(a, size, axis=axis, origin=-(size // 2) if size > 1 else 0)
+            n = a.shape[axis] - size + 1
+            ref = ref[:, :n] if axis == 1 else ref[:n, :]
+            got = _running(a, size, is_max, di, dj)
+            assert got.shape == ref.shape
+            assert np.array_equal(got, ref)
