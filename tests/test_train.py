@@ -201,6 +201,7 @@ def test_unknown_recipe_keys_are_errors(tmp_path):
         "dice+topo",
         "topo",
         "paper-faithful",
+        "facade-long-cpu",
     ],
 )
 def test_shipped_recipes_load(recipe):
