@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 from numpy.typing import NDArray
+
+from ._jit import kernel
 
 __all__ = ["locate_band", "median_of", "wall_line"]
 
@@ -20,7 +21,7 @@ __all__ = ["locate_band", "median_of", "wall_line"]
 # --------------------------------------------------------------------------------------------
 # Image access
 # --------------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _keys(t: float) -> float:  # pragma: no cover
     """Keys' cubic convolution kernel (a = -0.5)."""
     t = abs(t)
@@ -31,7 +32,7 @@ def _keys(t: float) -> float:  # pragma: no cover
     return 0.0
 
 
-@njit(cache=True)
+@kernel()
 def _cubic(img: NDArray[np.float64], r: float, c: float) -> float:  # pragma: no cover
     """Bicubic (Keys) value at ``(r, c)``; indices clamped to the image."""
     h, w = img.shape
@@ -49,7 +50,7 @@ def _cubic(img: NDArray[np.float64], r: float, c: float) -> float:  # pragma: no
     return acc
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _usable(bad: NDArray[np.bool_], r: float, c: float) -> bool:  # pragma: no cover
     """Inside the image and none of the four surrounding pixels flagged."""
     h, w = bad.shape
@@ -65,7 +66,7 @@ def _usable(bad: NDArray[np.bool_], r: float, c: float) -> bool:  # pragma: no c
     )
 
 
-@njit(cache=True)
+@kernel()
 def median_of(values: NDArray[np.float64], n: int) -> float:  # pragma: no cover
     """Median of ``values[:n]`` (NaN for none); reorders ``values[:n]`` in place."""
     if n == 0:
@@ -83,7 +84,7 @@ def median_of(values: NDArray[np.float64], n: int) -> float:  # pragma: no cover
     return float(np.median(values[:n]))
 
 
-@njit(cache=True)
+@kernel()
 def wall_line(
     v: NDArray[np.float64],
     s: NDArray[np.float64],
@@ -121,7 +122,7 @@ def wall_line(
     return m_r, 0.0
 
 
-@njit(cache=True)
+@kernel()
 def _far_median(
     p: NDArray[np.float64],
     s: NDArray[np.float64],
@@ -146,7 +147,7 @@ def _far_median(
 _STARTS = np.array([0.5, 1.5, 3.0, 6.0, 10.0, 15.0, 20.0, 30.0])
 
 
-@njit(cache=True)
+@kernel()
 def _locate_on(
     img: NDArray[np.float64],
     bad: NDArray[np.bool_],
@@ -325,7 +326,7 @@ def _locate_on(
     return centre, half, 2.0 * half <= max_width, chosen
 
 
-@njit(cache=True)
+@kernel()
 def locate_band(
     img: NDArray[np.float64],
     bad: NDArray[np.bool_],

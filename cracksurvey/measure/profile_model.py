@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 from numpy.typing import NDArray
 from scipy.special import ndtr
+
+from ._jit import kernel
 
 __all__ = [
     "APERTURE_PX",
@@ -122,7 +123,7 @@ _INV_STEP = 1.0 / _STEP
 _TOL = 1e-4
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _fpp(x: float, tab: NDArray[np.float64]) -> tuple[float, float, float]:  # pragma: no cover
     """``F(x)``, ``Phi(x)`` and ``phi(x)`` from the table."""
     if x <= -_XM:
@@ -139,7 +140,7 @@ def _fpp(x: float, tab: NDArray[np.float64]) -> tuple[float, float, float]:  # p
     )
 
 
-@njit(cache=True)
+@kernel()
 def band_model(
     theta: NDArray[np.float64],
     s: NDArray[np.float64],
@@ -186,7 +187,7 @@ def band_model(
             jac[j, 3] = k * (q0 - q1 - q2 + q3) if want_sigma else 0.0
 
 
-@njit(cache=True)
+@kernel()
 def _solve(a: NDArray[np.float64], b: NDArray[np.float64], n: int) -> bool:  # pragma: no cover
     """Solve ``a[:n, :n] x = b[:n]`` in place (x in b), partial pivoting; False if singular."""
     for col in range(n):
@@ -213,7 +214,7 @@ def _solve(a: NDArray[np.float64], b: NDArray[np.float64], n: int) -> bool:  # p
     return True
 
 
-@njit(cache=True)
+@kernel()
 def fit_band(
     d: NDArray[np.float64],
     s: NDArray[np.float64],
@@ -322,7 +323,7 @@ def fit_band(
     return sse
 
 
-@njit(cache=True)
+@kernel()
 def fit_many(
     s: NDArray[np.float64],
     d: NDArray[np.float64],
@@ -363,7 +364,7 @@ def fit_many(
     return theta, var, sse
 
 
-@njit(cache=True)
+@kernel()
 def depth_costs(
     s: NDArray[np.float64],
     d: NDArray[np.float64],
@@ -494,7 +495,7 @@ def fit_band_profiles(
     )
 
 
-@njit(cache=True)
+@kernel()
 def pool_robust(
     values: NDArray[np.float64], var: NDArray[np.float64]
 ) -> tuple[float, float]:  # pragma: no cover

@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 from numpy.typing import NDArray
+
+from ._jit import kernel
 
 __all__ = ["local_minima", "nearest", "neighbours", "pca_normals", "pixel_components"]
 
 
-@njit(cache=True)
+@kernel()
 def neighbours(
     qr: NDArray[np.float64],
     qc: NDArray[np.float64],
@@ -83,7 +84,7 @@ def neighbours(
     return indptr, out[:n_out].copy()
 
 
-@njit(cache=True)
+@kernel()
 def pixel_components(rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.int64]:
     """8-connected components of sparse pixels (union-find); labels 0..n_components-1.
 
@@ -125,7 +126,7 @@ def pixel_components(rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArra
     return labels
 
 
-@njit(cache=True)
+@kernel()
 def local_minima(
     r: NDArray[np.float64],
     c: NDArray[np.float64],
@@ -149,7 +150,7 @@ def local_minima(
     return out
 
 
-@njit(cache=True)
+@kernel()
 def nearest(
     qr: NDArray[np.float64],
     qc: NDArray[np.float64],
@@ -179,7 +180,7 @@ def nearest(
     return out
 
 
-@njit(cache=True)
+@kernel()
 def pca_normals(
     qr: NDArray[np.float64],
     qc: NDArray[np.float64],

@@ -12,10 +12,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import erf
 
+from ._jit import kernel
 from .profile_model import TABLE, K, S, W, depth_costs, pool_robust
 from .profile_neighbours import nearest, neighbours
 
@@ -59,7 +59,7 @@ _PRIOR_K_REL = 0.45
 _CROSSING_RATIO = 2.5
 
 
-@njit(cache=True)
+@kernel()
 def drop_crossings(
     indptr: NDArray[np.int64],
     indices: NDArray[np.int64],
@@ -86,7 +86,7 @@ def drop_crossings(
     return out_ptr, out_idx[:t]
 
 
-@njit(cache=True)
+@kernel()
 def smooth_widths(
     width: NDArray[np.float64],
     var: NDArray[np.float64],
@@ -108,7 +108,7 @@ def smooth_widths(
     return out_w, out_v
 
 
-@njit(cache=True)
+@kernel()
 def local_depth_blur(
     indptr: NDArray[np.int64],
     indices: NDArray[np.int64],
@@ -254,7 +254,7 @@ def local_depth_blur(
     return k_out, rel_out, s_out
 
 
-@njit(cache=True)
+@kernel()
 def _shared_sigma(
     fa: NDArray[np.float64],
     fb: NDArray[np.float64],

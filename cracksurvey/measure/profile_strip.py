@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 from numpy.typing import NDArray
 
+from ._jit import kernel
 from .profile_locate import locate_band, median_of, wall_line
 
 __all__ = ["strip_profile", "take_profiles"]
@@ -26,7 +26,7 @@ __all__ = ["strip_profile", "take_profiles"]
 _GAUSS = np.array([0.25, 0.5, 0.25])
 
 
-@njit(cache=True)
+@kernel()
 def _running(
     a: NDArray[np.float64], size: int, is_max: bool, di: int, dj: int
 ) -> NDArray[np.float64]:  # pragma: no cover
@@ -73,7 +73,7 @@ def _running(
     return out
 
 
-@njit(cache=True)
+@kernel()
 def _closing_at(
     img: NDArray[np.float64],
     pr: NDArray[np.int64],
@@ -129,7 +129,7 @@ def _closing_at(
         out[k] = v
 
 
-@njit(cache=True)
+@kernel()
 def strip_profile(
     img: NDArray[np.float64],
     bad: NDArray[np.bool_],
@@ -272,7 +272,7 @@ def strip_profile(
     return good, n, nz, max(n_used, 1.0)
 
 
-@njit(cache=True)
+@kernel()
 def take_profiles(
     img: NDArray[np.float64],
     bad: NDArray[np.bool_],
