@@ -142,6 +142,7 @@ def strip_profile(
     tail: float,
     strip_half: float,
     wall_px: float,
+    fit_margin: float,
     fill: float,
     sig_start: float,
     s_out: NDArray[np.float64],
@@ -159,7 +160,8 @@ def strip_profile(
     centre (no interpolation). The wall under the band is the grey closing of the lightly
     smoothed image with a square a little wider than the band (``half + fill``), levelled by
     the line through the medians of ``image / closing`` on the band's two sides. Writes the
-    offsets, darkness and weights (sorted by offset), the fit's start and bounds; returns
+    offsets, darkness and weights (sorted by offset) of the points the fit sees (the band, its
+    tails and ``fit_margin`` of the wall stretches), the fit's start and bounds; returns
     ``(ok, n_points, noise, n_used)``.
     """
     h, w = img.shape
@@ -269,7 +271,26 @@ def strip_profile(
     theta0[3] = max(sig_start, 0.8) * 0.75
     lower[0], lower[1], lower[2], lower[3] = 1e-3, 0.02, -h_in, 0.2
     upper[0], upper[1], upper[2], upper[3] = 1.0, 2.0 * h_in + 1.0, h_in, 3.0
-    return good, n, nz, max(n_used, 1.0)
+    # The fit sees the band, its tails and `fit_margin` px of wall beyond them; the rest of the
+    # wall stretches only level the wall and give the noise. The points are sorted by offset,
+    # so the fitted ones are a run, moved to the front (the rest: zero weight).
+    j0 = 0
+    while j0 < n and s_out[j0] < -(h_in + fit_margin):
+        j0 += 1
+    j1 = n
+    while j1 > j0 and s_out[j1 - 1] > h_in + fit_margin:
+        j1 -= 1
+    n_used = 0.0
+    for j in range(j0, j1):
+        s_out[j - j0] = s_out[j]
+        d_out[j - j0] = d_out[j]
+        w_out[j - j0] = w_out[j]
+        n_used += w_out[j]
+    for j in range(j1 - j0, n):
+        s_out[j] = 0.0
+        d_out[j] = 0.0
+        w_out[j] = 0.0
+    return good, j1 - j0, nz, max(n_used, 1.0)
 
 
 @kernel()
@@ -283,6 +304,7 @@ def take_profiles(
     max_width: float,
     search: float,
     wall_px: float,
+    fit_margin: float,
     strip_half: float,
     fill: float,
     sig_start: float,
@@ -341,6 +363,7 @@ def take_profiles(
             tail,
             strip_half,
             wall_px,
+            fit_margin,
             fill,
             sig_start,
             s[i],

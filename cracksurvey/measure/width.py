@@ -26,8 +26,9 @@ __all__ = ["WIDTH_METHOD", "SkeletonWidths", "as_2d", "measure_width_px", "skele
 logger = logging.getLogger(__name__)
 
 #: Version of the width measurement, part of the prediction's cache key: a survey processed
-#: before the method changed is measured again (2: the depth searched at 1.5 % steps).
-WIDTH_METHOD = 2
+#: before the method changed is measured again (2: the depth searched at 1.5 % steps; 3: the
+#: fits see 1 px of the wall stretches beside the band's tails, not all 3).
+WIDTH_METHOD = 3
 
 
 def as_2d(array: ArrayLike, name: str) -> NDArray:

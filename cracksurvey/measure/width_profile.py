@@ -76,6 +76,9 @@ logger = logging.getLogger(__name__)
 
 #: Wall stretch on each side of the band (pixels) and the square closing's extra margin.
 _WALL_PX = 3.0
+#: How far (pixels) into the wall stretches the profile's points enter the fits (the rest
+#: level the wall and give the noise only).
+_FIT_MARGIN_PX = 1.0
 _FILL_MARGIN_PX = 1.5
 #: Half-length (pixels) along the crack of the strip of pixels that makes a profile.
 _STRIP_PX = 1.5
@@ -395,6 +398,7 @@ def measure_width_from_image(
         float(max_width_px),
         float(search_px),
         _WALL_PX,
+        _FIT_MARGIN_PX,
         _STRIP_PX,
         fill,
         sig_guess,
