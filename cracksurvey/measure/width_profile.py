@@ -74,12 +74,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Wall stretch on each side of the band (pixels) and the square closing's extra margin.
-_WALL_PX = 3.0
-#: How far (pixels) into the wall stretches the profile's points enter the fits (the rest
-#: level the wall and give the noise only).
-_FIT_MARGIN_PX = 1.0
-_FILL_MARGIN_PX = 1.5
+#: Wall stretch on each side of the band, how far into it the points enter the fits (the rest
+#: level the wall and give the noise only) and the square closing's extra margin (pixels).
+_WALL_PX, _FIT_MARGIN_PX, _FILL_MARGIN_PX = 3.0, 1.0, 1.5
 #: Half-length (pixels) along the crack of the strip of pixels that makes a profile.
 _STRIP_PX = 1.5
 #: Default radius (pixels) of the smoothing along the crack, and farthest a point may be from
