@@ -40,3 +40,17 @@ def test_oracle_is_refused_outside_mode_a(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         width_benchmark.main(["--mode", "b", "--oracle", "wall"])
     assert "--oracle wall applies to --mode a only" in capsys.readouterr().err
+
+
+def test_seeds_are_pooled_with_their_own_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--seeds`` runs each seed as ``--seed`` would, prints a row per seed, then pools them
+    (crack ids kept apart: two seeds' crack 0 are two cracks)."""
+    args = ["--mode", "a", "--n-cracks", "3", "--textures", "brick", "--data", "/nonexistent"]
+    width_benchmark.main([*args, "--seeds", "0,1"])
+    out = capsys.readouterr().out
+    assert "| seed 0, all >= 1.5 px |" in out and "| seed 1, all >= 1.5 px |" in out
+    assert "6 cracks" in out and "All seeds pooled" in out
+    width_benchmark.main([*args, "--seed", "1"])
+    alone = capsys.readouterr().out
+    row = next(line for line in alone.splitlines() if line.startswith("| **all >= 1.5 px**"))
+    assert row.replace("**all >= 1.5 px**", "seed 1, all >= 1.5 px") in out
