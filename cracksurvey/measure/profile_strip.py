@@ -221,12 +221,10 @@ def strip_profile(
     level, slope = wall_line(q, s_out, left, right, n, buf)
     density = 2.0 * strip_half
     good = math.isfinite(level) and level > 0.0 and n_inner >= density * (2.0 * half + 2.0)
-    n_used = 0.0
     for j in range(n):
         wall = level + slope * s_out[j]  # the line may reach 0 far out on a dark wall
         w_out[j] = 1.0 if (in_win[j] and good and wall > 0.0) else 0.0
         d_out[j] = 1.0 - q[j] / wall if w_out[j] > 0 else 0.0
-        n_used += w_out[j]
     # noise: robust spread of the darkness on the wall stretches
     nw = 0
     for j in range(n):
@@ -273,7 +271,8 @@ def strip_profile(
     upper[0], upper[1], upper[2], upper[3] = 1.0, 2.0 * h_in + 1.0, h_in, 3.0
     # The fit sees the band, its tails and `fit_margin` px of wall beyond them; the rest of the
     # wall stretches only level the wall and give the noise. The points are sorted by offset,
-    # so the fitted ones are a run, moved to the front (the rest: zero weight).
+    # so the fitted ones are a run, moved to the front (the rest: zero weight); `n_used` counts
+    # the fitted points' weights.
     j0 = 0
     while j0 < n and s_out[j0] < -(h_in + fit_margin):
         j0 += 1
