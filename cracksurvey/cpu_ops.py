@@ -269,7 +269,10 @@ def bilinear_up2(x: torch.Tensor) -> torch.Tensor:
     return _per_image(_up2_bf16, x, 2 * x.shape[2], 2 * x.shape[3])
 
 
-_FUSED_FAILED = False
+#: Precisions whose fused operation raised once (missing from this build of PyTorch, or, for
+#: bf16, a CPU without AVX-512 BW/VL/DQ or AVX-NE-CONVERT: oneDNN's bf16 convolution needs
+#: them); those use PyTorch's own operations from then on, the others keep the fused one.
+_FUSED_FAILED: set[torch.dtype] = set()
 
 
 def _autocast_bf16() -> bool:
@@ -283,13 +286,11 @@ def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     weights and bias cast to bf16, as autocast casts them), or float32 without autocast — the
     convolution runs with the ReLU as a post-op of the same primitive: no second pass over the
     output (the ReLUs took 16 ms of a 1280 x 1280 tile's bf16 forward), the same values.
-    Elsewhere, or if the fused operation is missing from this build of PyTorch,
-    ``F.relu(conv(x), inplace=True)``.
+    Elsewhere, or if the fused operation is missing from this build of PyTorch or fails on this
+    CPU in that precision (bf16 on a CPU with AVX2 only), ``F.relu(conv(x), inplace=True)``.
     """
-    global _FUSED_FAILED
     if (
-        _FUSED_FAILED
-        or not _fast_path(x, (torch.bfloat16, torch.float32))
+        not _fast_path(x, (torch.bfloat16, torch.float32))
         or conv.padding_mode != "zeros"
         or isinstance(conv.padding, str)
         or (torch.is_grad_enabled() and conv.weight.requires_grad)
@@ -305,10 +306,12 @@ def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         dtype = torch.float32
     else:
         return F.relu(conv(x), inplace=True)
+    if dtype in _FUSED_FAILED:
+        return F.relu(conv(x), inplace=True)
     try:
         return _fused_conv_relu(conv, x, dtype)
-    except (AttributeError, RuntimeError, NotImplementedError):  # not in this build of PyTorch
-        _FUSED_FAILED = True  # PyTorch's own operations from now on
+    except (AttributeError, RuntimeError, NotImplementedError):  # not on this build or CPU
+        _FUSED_FAILED.add(dtype)  # PyTorch's own operations from now on, in this precision
         return F.relu(conv(x), inplace=True)
 
 

@@ -254,13 +254,38 @@ def test_a_missing_fused_operation_falls_back_for_good(monkeypatch):
         raise RuntimeError("no such operator")
 
     monkeypatch.setattr(cpu_ops, "_fused_conv_relu", missing)
-    monkeypatch.setattr(cpu_ops, "_FUSED_FAILED", False)
+    monkeypatch.setattr(cpu_ops, "_FUSED_FAILED", set())
     conv = _conv(4, 4)
     x = _bf16_cl((1, 4, 8, 8))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         y = conv_relu(conv, x)
         assert torch.equal(y, torch.relu(conv(x)))
-    assert cpu_ops._FUSED_FAILED
+    assert cpu_ops._FUSED_FAILED == {torch.bfloat16}
+
+
+def test_a_failing_bf16_fusion_keeps_the_float32_one(monkeypatch):
+    """oneDNN's bf16 convolution needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT: on an AVX2-only CPU
+    the bf16 fusion raises, and the float32 forward must keep its fusion (it once lost it)."""
+    from cracksurvey.cpu_ops import conv_relu
+
+    real = cpu_ops._fused_conv_relu
+
+    def bf16_unsupported(conv, x, dtype):
+        if dtype == torch.bfloat16:
+            raise RuntimeError("mkldnn_convolution: bf16 path needs the cpu support avx512bw")
+        return real(conv, x, dtype)
+
+    monkeypatch.setattr(cpu_ops, "_fused_conv_relu", bf16_unsupported)
+    monkeypatch.setattr(cpu_ops, "_FUSED_FAILED", set())
+    conv = _conv(8, 16)
+    x = _bf16_cl((1, 8, 40, 24), seed=5)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(conv_relu(conv, x), torch.relu(conv(x)))
+    calls = _spy(monkeypatch, "_fused_conv_relu")
+    with torch.inference_mode():
+        conv_relu(conv, x.float())
+    assert [args[2] for args in calls] == [torch.float32]
+    assert cpu_ops._FUSED_FAILED == {torch.bfloat16}
 
 
 def test_the_fused_convolution_in_float32():
