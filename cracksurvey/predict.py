@@ -127,8 +127,10 @@ def effective_precision(precision: Precision, device: str | torch.device = "cpu"
     """The precision that will actually run.
 
     ``auto`` resolves by :func:`auto_precision`. An explicit ``bf16`` runs bf16 on every device:
-    on a CPU without native bf16 (no AVX-512 BF16 / AMX) PyTorch emulates it, slower than fp32
-    but with the same numerics, so results can be checked in bf16 on any machine.
+    on a CPU without native bf16 (no AVX-512 BF16 / AMX) PyTorch emulates it, slower than fp32,
+    so results can be checked in bf16 on any machine. Emulated and native bf16 round alike but
+    accumulate in different orders: their crack layers differ as little as bf16 and fp32 do
+    (docs/performance.md, "Precision"), not bit for bit.
     """
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision {precision!r}: expected 'auto', 'bf16' or 'fp32'")

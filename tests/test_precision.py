@@ -65,3 +65,37 @@ def test_explicit_bf16_runs_bf16_even_without_native_support():
     diff = np.abs(d16 - d32)
     assert diff.max() > 0  # bf16 really ran
     assert diff.max() <= 0.05 * d32.max()  # about 1 % error on random weights
+
+
+def test_a_cpu_capped_to_avx2_runs_as_an_avx2_cpu(monkeypatch):
+    """`make test` reruns the CPU-dependent tests with the instruction set capped to AVX2
+    (Makefile, AVX2_ONLY). The cap must take: no native bf16 in oneDNN, AVX2 kernels in torch,
+    precision auto fp32. Without the cap this checks nothing and says so."""
+    import os
+
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() != "AVX2":
+        pytest.skip("not capped to AVX2 (make test's second run caps it)")
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    assert torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT")
+    assert not predict.cpu_bf16_supported()
+    assert auto_precision("cpu") == "fp32"
+    d16, _ = predict_tile(
+        TernausNet("unet16", width=1 / 16).eval(),
+        ModelCard("t", "unet16", 1 / 16, False),
+        np.zeros((3, 32, 32), np.uint8),
+        precision="bf16",
+    )
+    assert np.isfinite(d16).all()  # bf16 still runs, emulated
+
+
+def test_the_avx2_cap_is_read_from_the_makefile():
+    """workflows/cpu_kinds.py caps the CPU with the Makefile's AVX2_ONLY (one definition)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflows"))
+    import cpu_kinds
+
+    env = cpu_kinds.avx2_only_env()
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2" and env["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert env["NUMBA_CPU_NAME"] == "haswell"  # AVX2 + FMA, runs on every x86 kind met so far
+    assert "X86_V4" in env["NPY_DISABLE_CPU_FEATURES"].split()
