@@ -134,7 +134,7 @@ class QuickExitPlugin(WorkerPlugin):
     A worker that has closed (its tasks done, its results handed over, its scheduler
     connection shut) still spends a long time in Python's finalization (torch's modules and
     the kept heap) before its process ends, and the run waits for that at its end (the
-    measured cost is in the README's benchmarks). After a clean close
+    measured cost is in docs/history.md, "Benchmarks"). After a clean close
     (:meth:`teardown`) the process flushes its logs and output and exits with status 0 at the
     first exit handler. A worker that exits any other way (a crash, an error) takes the normal
     path with its own status. Only the engine's own local cluster installs it, and it does
