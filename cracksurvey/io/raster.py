@@ -7,6 +7,13 @@ Reading: :func:`describe_raster` opens an image once to check it and describe it
 (:class:`RasterHeader`, picklable, sent to workers; survey discovery reads the same header
 with :func:`read_header`); :class:`RasterSource` reads in-image windows,
 which :func:`cracksurvey.tiling.read_window_reflect` turns into boundless reflect-padded reads.
+
+**Camera orientation.** A photo whose EXIF orientation says it is stored rotated or mirrored (a
+camera held upright stores a landscape grid and tags it "rotate 90°") is read upright, as every
+photo viewer shows it: headers give the upright size and every read returns upright pixels, so
+the façade semantics see storeys the right way up and the crack layer's "up" is the façade's.
+Only where the image has no georeferencing of its own: a world file or GeoTIFF tags define the
+stored grid, and the EXIF tag is then ignored (with a log line).
 """
 
 from __future__ import annotations
@@ -70,6 +77,9 @@ class RasterHeader:
     crs : rasterio.crs.CRS or None
     driver : str
         GDAL driver short name (``GTiff``, ``JPEG``, ``PNG`` ...).
+    orientation : int
+        The EXIF orientation (1-8) the reads apply: 1 reads the grid as stored; 5-8 swap
+        ``height`` and ``width`` against the stored grid (module docstring).
     """
 
     path: str
@@ -82,19 +92,87 @@ class RasterHeader:
     transform: Affine
     crs: CRS | None
     driver: str = ""
+    orientation: int = 1
 
     @property
     def n_pixels(self) -> int:
         return self.height * self.width
 
 
+#: EXIF orientation -> (transpose, flip rows, flip columns) that turn the stored grid upright:
+#: the stored array is transposed first (its rows become columns), then flipped.
+_ORIENTATIONS: dict[int, tuple[bool, bool, bool]] = {
+    1: (False, False, False),
+    2: (False, False, True),  # mirrored left-right
+    3: (False, True, True),  # rotated 180 degrees
+    4: (False, True, False),  # mirrored top-bottom
+    5: (True, False, False),  # transposed
+    6: (True, False, True),  # stored rotated 90 degrees anticlockwise: turn it clockwise
+    7: (True, True, True),  # transversed
+    8: (True, True, False),  # stored rotated 90 degrees clockwise: turn it anticlockwise
+}
+
+
+def exif_orientation(ds: rasterio.io.DatasetReader) -> int:
+    """The EXIF orientation the reads of ``ds`` apply (1: the grid as stored).
+
+    The tag counts only where the image has no georeferencing of its own (identity transform,
+    no CRS, no GCPs): a world file or GeoTIFF tags describe the stored grid.
+    """
+    try:
+        value = int(str(ds.tags().get("EXIF_Orientation", "1")).strip() or 1)
+    except ValueError:
+        return 1
+    if value not in _ORIENTATIONS or value == 1:
+        return 1
+    if ds.transform != Affine.identity() or ds.crs is not None or ds.gcps[0]:
+        log.info(
+            "%s: EXIF orientation %d ignored: the image's georeferencing describes the stored grid",
+            ds.name,
+            value,
+        )
+        return 1
+    return value
+
+
+def upright(array: np.ndarray, orientation: int) -> np.ndarray:
+    """A stored ``(bands, rows, cols)`` array turned upright for ``orientation`` (a view)."""
+    transpose, flip_rows, flip_cols = _ORIENTATIONS[orientation]
+    if transpose:
+        array = array.transpose(0, 2, 1)
+    if flip_rows:
+        array = array[:, ::-1, :]
+    if flip_cols:
+        array = array[:, :, ::-1]
+    return array
+
+
+def stored_window(
+    orientation: int, height: int, width: int, row0: int, row1: int, col0: int, col1: int
+) -> tuple[int, int, int, int]:
+    """The stored grid's window ``(row0, row1, col0, col1)`` that holds an upright window.
+
+    ``height`` and ``width`` are the upright image's. :func:`upright` of the stored window's
+    pixels is the upright window.
+    """
+    transpose, flip_rows, flip_cols = _ORIENTATIONS[orientation]
+    if flip_rows:
+        row0, row1 = height - row1, height - row0
+    if flip_cols:
+        col0, col1 = width - col1, width - col0
+    return (col0, col1, row0, row1) if transpose else (row0, row1, col0, col1)
+
+
 def read_header(ds: rasterio.io.DatasetReader) -> RasterHeader:
-    """The header of an open dataset (no check: see :func:`describe_raster`)."""
+    """The header of an open dataset (no check: see :func:`describe_raster`); its size is the
+    upright image's (:func:`exif_orientation`)."""
     alpha = [i for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha]
+    orientation = exif_orientation(ds)
+    swap = _ORIENTATIONS[orientation][0]
     return RasterHeader(
         path=str(ds.name),
-        height=ds.height,
-        width=ds.width,
+        height=ds.width if swap else ds.height,
+        width=ds.height if swap else ds.width,
         band_count=ds.count,
         dtype=np.dtype(ds.dtypes[0]).name,
         nodata=ds.nodata,
@@ -102,6 +180,7 @@ def read_header(ds: rasterio.io.DatasetReader) -> RasterHeader:
         transform=ds.transform,
         crs=ds.crs,
         driver=str(ds.driver),
+        orientation=orientation,
     )
 
 
@@ -175,6 +254,11 @@ class RasterSource:
         except RasterioError as exc:
             self._env.__exit__(None, None, None)
             raise _input_error(path, f"cannot be opened ({exc})") from exc
+        self.orientation = exif_orientation(self._ds)
+        swap = _ORIENTATIONS[self.orientation][0]
+        #: The upright image's size (the stored grid's, swapped for orientations 5-8).
+        self.height = self._ds.width if swap else self._ds.height
+        self.width = self._ds.height if swap else self._ds.width
 
     @property
     def driver(self) -> str:
@@ -189,8 +273,19 @@ class RasterSource:
         InputRasterError
             The window cannot be decoded (a corrupt or truncated file).
         """
+        if self.orientation != 1:
+            r0, r1, c0, c1 = stored_window(
+                self.orientation, self.height, self.width, row0, row1, col0, col1
+            )
+        else:
+            r0, r1, c0, c1 = row0, row1, col0, col1
         try:
-            return self._ds.read(window=Window(col0, row0, col1 - col0, row1 - row0))
+            stored = self._ds.read(window=Window(c0, r0, c1 - c0, r1 - r0))
+            return (
+                stored
+                if self.orientation == 1
+                else np.ascontiguousarray(upright(stored, self.orientation))
+            )
         except RasterioError as exc:
             error = _input_error(
                 self.path,
@@ -209,7 +304,12 @@ class RasterSource:
         factor = max(1, -(-max(ds.height, ds.width) // max_side_px))
         shape = (ds.count, max(1, ds.height // factor), max(1, ds.width // factor))
         try:
-            return ds.read(out_shape=shape, resampling=Resampling.nearest)
+            stored = ds.read(out_shape=shape, resampling=Resampling.nearest)
+            return (
+                stored
+                if self.orientation == 1
+                else np.ascontiguousarray(upright(stored, self.orientation))
+            )
         except RasterioError as exc:
             error = _input_error(self.path, f"cannot be decoded ({_gdal_detail(exc)})")
         raise error
@@ -219,9 +319,14 @@ class RasterSource:
 
         Uses the file's overviews when it has them; memory holds only the result.
         """
+        swap = _ORIENTATIONS[self.orientation][0]
+        shape = (self._ds.count, cols, rows) if swap else (self._ds.count, rows, cols)
         try:
-            return self._ds.read(
-                out_shape=(self._ds.count, rows, cols), resampling=Resampling.average
+            stored = self._ds.read(out_shape=shape, resampling=Resampling.average)
+            return (
+                stored
+                if self.orientation == 1
+                else np.ascontiguousarray(upright(stored, self.orientation))
             )
         except RasterioError as exc:
             error = _input_error(self.path, f"cannot be decoded ({_gdal_detail(exc)})")
