@@ -117,3 +117,22 @@ def test_a_photo_stored_rotated_gives_the_upright_photos_crack_layer(tmp_path):
     assert np.allclose(got.total_bounds, want.total_bounds, atol=1e-9)
     # the crack layer's frame is the upright façade: taller than wide here is wrong
     assert want.total_bounds[2] > want.total_bounds[3]
+
+
+def test_training_reads_a_rotated_photo_upright_when_its_mask_is_drawn_upright(tmp_path):
+    """Annotation tools show photos upright: a mask drawn there has the upright shape, which the
+    stored grid cannot have. The training reader turns such an image to match its mask."""
+    from cracksurvey.train.data import load_samples
+
+    upright = np.full((48, 80, 3), 200, np.uint8)
+    upright[20:23, 5:75] = 20  # a dark horizontal crack, upright
+    mask = np.zeros((48, 80), np.uint8)
+    mask[20:23, 5:75] = 255
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    (tmp_path / "train" / "masks").mkdir()
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # 80 x 48 stored
+    _save_jpeg(tmp_path / "train" / "images" / "wall.jpg", stored, 6)
+    Image.fromarray(mask).save(tmp_path / "train" / "masks" / "wall.png")
+    (sample,) = load_samples(tmp_path, "train")
+    assert sample.image.shape == (3, 48, 80)
+    assert sample.image[:, 20:23, 10:70].mean() < 60 and sample.image[:, 30:40].mean() > 150

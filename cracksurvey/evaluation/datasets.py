@@ -60,12 +60,13 @@ def list_pairs(root: str | Path, split: str) -> list[Pair]:
     return pairs
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image as RGB uint8 of shape (3, rows, cols)."""
-    from PIL import Image
+def read_rgb(path: str | Path, *, upright: bool = False) -> np.ndarray:
+    """Read an image as RGB uint8 of shape (3, rows, cols), as stored; ``upright``: turned as
+    its EXIF orientation says (as photo viewers and annotation tools show it)."""
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"))
+        arr = np.asarray((ImageOps.exif_transpose(im) if upright else im).convert("RGB"))
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 

@@ -69,6 +69,13 @@ def load_samples(root: str | Path, split: str, *, clip_px: float = 20.0) -> list
     for pair in list_pairs(root, split):
         image = read_rgb(pair.image)
         mask = read_mask(pair.mask)
+        if mask.shape != image.shape[1:] and mask.shape == image.shape[2:0:-1]:
+            # a photo stored rotated (EXIF orientation) whose mask was drawn on it upright, as
+            # annotation tools show it: the mask cannot lie on the stored grid, so turn the image
+            turned = read_rgb(pair.image, upright=True)
+            if turned.shape[1:] == mask.shape:
+                log.info("%s: read upright (EXIF orientation) to match its mask", pair.image)
+                image = turned
         if mask.shape != image.shape[1:]:
             raise DatasetError(
                 f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
