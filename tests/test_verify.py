@@ -206,3 +206,58 @@ def test_calibrating_again_keeps_the_weights_and_sets_the_rule_threshold(tmp_pat
     limits = [np.sort(comp[(label == 1) & (kind == k)])[0] for k in (0, 1)]  # 10 cracks: keep all
     assert new.min_score == pytest.approx(min(limits), abs=1e-4)
     assert new.metrics["validation_facades"]["cracks"] == 10
+
+
+def test_the_shipped_verifier_does_not_take_capture_noise_for_cracks():
+    """A crack's score must not hinge on the photo's grain: noise of one grey level or a JPEG
+    round trip leave the scores where they were. (The verifier shipped until 2026-12-01 had
+    learnt noise as a sign of cracks: one grey level raised its scores by 0.4-0.6 on average.)"""
+    import io
+
+    from PIL import Image
+
+    from cracksurvey.config import VectorizeConfig
+    from cracksurvey.evaluation.evaluate import crack_layer_skeleton
+    from cracksurvey.model import load_model
+    from cracksurvey.tiling import predict_tiled
+    from cracksurvey.verify import read_patches, score_patches
+
+    repo = Path(__file__).resolve().parents[1]
+    with Image.open(repo / "examples" / "survey" / "images" / "B02_north_facade.jpg") as im:
+        image = np.asarray(im.convert("RGB").crop((0, 0, 640, 448))).transpose(2, 0, 1).copy()
+    model, card = load_model(None)
+    distance, _ = predict_tiled(image, model, card, core_px=1280, halo_px=96, border="image")
+    skeleton, _ = crack_layer_skeleton(
+        distance, threshold_px=card.threshold_px, vectorize=VectorizeConfig()
+    )
+    rows, cols = np.nonzero(skeleton)
+    pick = np.random.default_rng(0).choice(rows.size, min(120, rows.size), replace=False)
+    net, vcard = load_verifier()
+    patches = read_patches(image, rows[pick], cols[pick], vcard.patch_px)
+    clean = score_patches(net, vcard, patches)
+    noisy = np.clip(
+        np.rint(patches + np.random.default_rng(1).normal(0, 1.0, patches.shape)), 0, 255
+    )
+    jpeg = np.empty_like(patches)
+    for i, patch in enumerate(patches):
+        buffer = io.BytesIO()
+        Image.fromarray(patch.transpose(1, 2, 0)).save(buffer, format="JPEG", quality=85)
+        jpeg[i] = np.asarray(Image.open(buffer)).transpose(2, 0, 1)
+    for changed in (noisy.astype(np.uint8), jpeg):
+        assert np.abs(score_patches(net, vcard, changed) - clean).mean() < 0.1
+
+
+def test_capture_augment_recaptures_every_patch_alike_and_reproducibly():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflows"))
+    import train_verifier
+
+    x = np.random.default_rng(0).integers(0, 256, (8, 3, 64, 64), dtype=np.uint8)
+    kw = {"p_blur": 1.0, "p_noise": 1.0, "p_jpeg": 1.0}
+    out = train_verifier.capture_augment(x, np.random.default_rng(1), **kw)
+    assert out.shape == x.shape and out.dtype == np.uint8
+    assert all(not np.array_equal(a, b) for a, b in zip(out, x, strict=True))
+    assert np.array_equal(out, train_verifier.capture_augment(x, np.random.default_rng(1), **kw))
+    none = {"p_blur": 0.0, "p_noise": 0.0, "p_jpeg": 0.0}
+    assert np.array_equal(train_verifier.capture_augment(x, np.random.default_rng(1), **none), x)

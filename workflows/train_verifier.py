@@ -64,8 +64,11 @@ def mine(
     crack_data: Path | None = None,
     patch: int = PATCH,
     inner: bool = False,
-    border: Border = "reflect",
+    border: Border = "image",
+    synthetic_noise: bool = False,
 ) -> None:
+    import dataclasses
+
     from scipy import ndimage
 
     from cracksurvey.config import VectorizeConfig
@@ -74,12 +77,17 @@ def mine(
     from cracksurvey.model import load_model
     from cracksurvey.tiling import predict_tiled
     from cracksurvey.train.negatives import (
+        SyntheticStyle,
         load_negatives,
         load_stamps,
         negative_crop,
         render_synthetic_crack,
     )
     from cracksurvey.verify import read_patches
+
+    # the renderer's noise covers the synthetic cracks' crops only, never the intact façades':
+    # noise would tell the two apart (capture_augment adds noise to both at training instead)
+    style = SyntheticStyle() if synthetic_noise else dataclasses.replace(SyntheticStyle(), noise=(0.0, 0.0))
 
     rng = np.random.default_rng(seed)
     model, card = load_model(None)
@@ -140,7 +148,9 @@ def mine(
     for _ in range(n_synthetic):
         neg = backgrounds[int(rng.integers(len(backgrounds)))]
         crop = negative_crop(neg, 384, rng, hot_share=0.0)
-        image, distance, _ = render_synthetic_crack(crop, stamps[int(rng.integers(len(stamps)))], rng)
+        image, distance, _ = render_synthetic_crack(
+            crop, stamps[int(rng.integers(len(stamps)))], rng, style=style
+        )
         lab, n = components(image)
         on = share_near(lab, n, distance <= 1.0, 3)
         add(image, lab, n, {i + 1: 1 for i in range(n) if on[i] >= 0.5}, 1)
@@ -186,10 +196,47 @@ def rule_threshold(comp: np.ndarray, label: np.ndarray, kind: np.ndarray, *, kee
     return min(limits) if limits else 0.5
 
 
-def fit(make_net, tr, *, steps: int, seed: int, log: bool = True):  # noqa: ANN001, ANN201
+def capture_augment(x: np.ndarray, rng: np.random.Generator, *, p_blur: float = 0.3,
+                    p_noise: float = 0.5, p_jpeg: float = 0.4) -> np.ndarray:
+    """Each uint8 patch ``(n, 3, p, p)`` captured again as a camera might have: a slight blur
+    (σ 0.3-1.2 px), sensor noise (σ 0.5-4 grey levels) and a JPEG round trip (quality 40-95),
+    each at random and for cracks and non-cracks alike.
+
+    Without it the verifier learnt the photos' noise as a sign of cracks: its training cracks
+    come from noisy close-up photos and synthetic cracks rendered with noise, its non-cracks
+    largely from façade photos downscaled 2-4 times (smooth). Noise of half a grey level raised
+    a real crack's score from 0.3 to 0.8, one grey level to 1.0, and a PNG and a JPEG of the same
+    crop (pixels 0.3 grey levels apart) kept 8 and 13 cracks.
+    """
+    import io
+
+    from PIL import Image, ImageFilter
+
+    out = x.copy()
+    for i in range(out.shape[0]):
+        patch = out[i]
+        if rng.random() < p_blur:
+            im = Image.fromarray(np.ascontiguousarray(patch.transpose(1, 2, 0)))
+            im = im.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.2))))
+            patch = np.asarray(im).transpose(2, 0, 1)
+        if rng.random() < p_noise:
+            noisy = patch + rng.normal(0.0, rng.uniform(0.5, 4.0), patch.shape)
+            patch = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+        if rng.random() < p_jpeg:
+            buffer = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(patch.transpose(1, 2, 0))).save(
+                buffer, format="JPEG", quality=int(rng.integers(40, 96))
+            )
+            patch = np.asarray(Image.open(buffer).convert("RGB")).transpose(2, 0, 1)
+        out[i] = patch
+    return out
+
+
+def fit(make_net, tr, *, steps: int, seed: int, log: bool = True, augment: bool = True):  # noqa: ANN001, ANN201
     """Train ``make_net()`` (built after seeding) on the patches ``tr`` (X, y, kind): batches
-    of 64 drawn a quarter from each (label, kind of photo) pair, flips and quarter turns,
-    AdamW with a one-cycle learning rate. Returns the network in eval mode."""
+    of 64 drawn a quarter from each (label, kind of photo) pair, flips and quarter turns and,
+    with ``augment``, each patch captured again (:func:`capture_augment`), AdamW with a
+    one-cycle learning rate. Returns the network in eval mode."""
     import torch
 
     from cracksurvey.verify import IMAGENET_MEAN, IMAGENET_STD
@@ -210,6 +257,8 @@ def fit(make_net, tr, *, steps: int, seed: int, log: bool = True):  # noqa: ANN0
     for step in range(steps):
         idx = np.concatenate([rng.choice(pool, 16) for pool in pools])
         x = x_train[idx]
+        if augment:
+            x = torch.from_numpy(capture_augment(x.numpy(), rng))
         if rng.random() < 0.5:
             x = x.flip(3)
         if rng.random() < 0.5:
@@ -267,13 +316,15 @@ def recalibrate(weights: Path, val_npz: Path, *, keep: float) -> None:
     print(f"min_score {notes['previous_min_score']} -> {card.min_score}; wrote {weights.with_suffix('.json')}")
 
 
-def train(train_npz: Path, val_npz: Path, out: Path, *, steps: int, keep: float, seed: int) -> None:
+def train(
+    train_npz: Path, val_npz: Path, out: Path, *, steps: int, keep: float, seed: int, augment: bool = True
+) -> None:
 
     from cracksurvey.model import load_model
     from cracksurvey.verify import CrackVerifier, VerifierCard, save_verifier
 
     tr, va = np.load(train_npz), np.load(val_npz)
-    net = fit(CrackVerifier, tr, steps=steps, seed=seed)
+    net = fit(CrackVerifier, tr, steps=steps, seed=seed, augment=augment)
     card = VerifierCard(model_id="cracksurvey-crack-verifier", patch_px=PATCH, points_per_crack=PER)
     min_score, metrics = calibrate(net, card, va, keep=keep)
     _, crack_card = load_model(None)
@@ -290,7 +341,8 @@ def train(train_npz: Path, val_npz: Path, out: Path, *, steps: int, keep: float,
             {"name": "crackmaps_rezaie2020", "use": "synthetic crack stamps"},
         ],
         metrics=metrics,
-        notes={"reproduce": "python workflows/train_verifier.py mine --split val|train; python workflows/train_verifier.py train", "steps": steps, "seed": seed},
+        notes={"reproduce": "python workflows/train_verifier.py mine --split val|train; python workflows/train_verifier.py train", "steps": steps, "seed": seed,
+               "augment": "capture_augment (blur, noise, JPEG) on every batch" if augment else "none"},
         licence="research and non-commercial use (labelmefacade; the crack datasets' own terms)",
     )
     card = save_verifier(net, card, out)
@@ -315,17 +367,22 @@ def main(argv: list[str] | None = None) -> int:
                    "border in a patch) when the component has such pixels")
     m.add_argument("--patch", type=int, default=PATCH,
                    help="patch side (px); larger patches keep the same centres (context experiments)")
-    m.add_argument("--border", choices=("reflect", "image"), default="reflect",
+    m.add_argument("--border", choices=("reflect", "image"), default="image",
                    help="what the crack model's tiles see beyond an image's edge (tiling.border): "
-                   "reflect made the shipped verifier's data, process runs image since the "
-                   "eleventh session of 2026-11-30")
+                   "process runs image since the eleventh session of 2026-11-30 and the shipped "
+                   "verifier's data were mined so; reflect made the verifier shipped until 2026-12-01")
+    m.add_argument("--synthetic-noise", action="store_true",
+                   help="render the synthetic cracks with the crack model's noise (the data of the "
+                   "verifier shipped until 2026-12-01: only its cracks were noisy)")
     t = sub.add_parser("train")
     t.add_argument("--train", type=Path, default=ROOT / "runs/verifier/train.npz")
     t.add_argument("--val", type=Path, default=ROOT / "runs/verifier/val.npz")
     t.add_argument("--out", type=Path, default=ROOT / "cracksurvey/weights/cracksurvey-crack-verifier")
-    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--steps", type=int, default=6000)
     t.add_argument("--keep", type=float, default=0.95)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-augment", action="store_true",
+                   help="train without capture_augment (the verifier shipped until 2026-12-01)")
     c = sub.add_parser("calibrate")
     c.add_argument("--weights", type=Path, default=ROOT / "cracksurvey/weights/cracksurvey-crack-verifier.safetensors")
     c.add_argument("--val", type=Path, default=ROOT / "runs/verifier/val.npz")
@@ -337,9 +394,11 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or ROOT / f"runs/verifier/{args.split}.npz"
         n_synth = args.synthetic if args.synthetic is not None else (700 if args.split == "train" else 150)
         mine(args.data, args.split, out, n_synthetic=n_synth, spb_scales=tuple(args.spb_scales),
-             crack_data=args.crack_data, patch=args.patch, inner=args.inner, border=args.border)
+             crack_data=args.crack_data, patch=args.patch, inner=args.inner, border=args.border,
+             synthetic_noise=args.synthetic_noise)
     else:
-        train(args.train, args.val, args.out, steps=args.steps, keep=args.keep, seed=args.seed)
+        train(args.train, args.val, args.out, steps=args.steps, keep=args.keep, seed=args.seed,
+              augment=not args.no_augment)
     return 0
 
 
