@@ -15,8 +15,8 @@ bridging, spur pruning, minimum length: ``crack_layer_skeleton``) on
   for training, validation splits for validation):
   a component with half its pixels within 3 px of the ground truth is a crack, one with at most
   5 % within 10 px is not (the ones in between are left out);
-- the intact façades (labelmefacade at full size, spb_facades at 1/2 and 1/4 for training, at
-  1/4 for validation): every component is not a crack;
+- the intact façades (labelmefacade at full size, spb_facades at full size, 1/2 and 1/4 for
+  training, at 1/4 for validation): every component is not a crack;
 - synthetic cracks (crack-map stamps darkened into 384-px crops of the same intact façades):
   a component with half its pixels within 3 px of the synthetic centreline is a crack.
 
@@ -60,7 +60,7 @@ def mine(
     *,
     n_synthetic: int,
     seed: int = 0,
-    spb_scales: tuple[int, ...] = (2, 4),
+    spb_scales: tuple[int, ...] = (1, 2, 4),
     crack_data: Path | None = None,
     patch: int = PATCH,
     inner: bool = False,
@@ -361,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the crack datasets are (default: --data; the packed data holds "
                    "only masonry's validation split, so pass the original data with --split val)")
     m.add_argument("--synthetic", type=int, default=None, help="synthetic crack crops (700 train, 150 val)")
-    m.add_argument("--spb-scales", type=int, nargs="+", default=[2, 4], help="downscale factors of the training spb photos")
+    m.add_argument("--spb-scales", type=int, nargs="+", default=[1, 2, 4],
+                   help="downscale factors of the training spb photos (1: full size, as process sees "
+                   "a street façade at 3 mm/px; the verifier shipped until 2026-12-01 had 2 4)")
     m.add_argument("--inner", action="store_true",
                    help="patch centres only where the patch lies inside the image (no reflected "
                    "border in a patch) when the component has such pixels")
