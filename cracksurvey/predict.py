@@ -79,6 +79,27 @@ def cpu_vendor() -> str:
     return ""
 
 
+def cpu_kind() -> str:
+    """The CPU's model name and the instruction sets that decide the precision, e.g.
+    ``AMD EPYC (avx2, avx512f, avx512_bf16)``: what benchmarks and test runs name their CPU by."""
+    import platform
+
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name") and not name:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    name = name or platform.processor() or "unknown CPU"
+    has = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return f"{name} ({', '.join(has) or 'no AVX2'})"
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` if this process sees a GPU, else ``mps``, else ``cpu``.
 

@@ -31,22 +31,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """The CPU kind and what runs on it, on the first line of every test run (also with ``-q``,
     so CI logs name the kind)."""
     import os
-    import platform
 
-    from cracksurvey.predict import auto_precision, cpu_amx_supported, cpu_bf16_supported
+    from cracksurvey.predict import auto_precision, cpu_amx_supported, cpu_bf16_supported, cpu_kind
 
-    name, flags = platform.processor() or "", set()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    has = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
     capped = [
         f"{k}={os.environ[k]}"
         for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "NUMBA_CPU_NAME")
@@ -56,7 +43,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if reporter is None:
         return
     reporter.write_line(
-        f"cpu: {name or 'unknown'} ({', '.join(has) or 'no AVX2'}); torch kernels "
+        f"cpu: {cpu_kind()}; torch kernels "
         f"{torch.backends.cpu.get_cpu_capability()}, native bf16 {cpu_bf16_supported()}, "
         f"AMX {cpu_amx_supported()}; precision auto -> {auto_precision('cpu')}"
         + (f"; capped: {' '.join(capped)}" if capped else "")

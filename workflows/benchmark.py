@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import json
 import math
-import platform
 import statistics
 import sys
 import tempfile
@@ -66,6 +65,7 @@ from cracksurvey.model import (
 from cracksurvey.predict import (
     cpu_amx_supported,
     cpu_bf16_supported,
+    cpu_kind,
     effective_precision,
     keep_freed_memory,
     release_freed_memory,
@@ -717,23 +717,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_table(report, args)
     return 0
-
-
-def cpu_kind() -> str:
-    """The CPU's model name and the instruction sets that decide the precision."""
-    name = platform.processor() or "unknown CPU"
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("", "unknown CPU", "x86_64"):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    has = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{name} ({', '.join(has) or 'no AVX2'})"
 
 
 def print_table(r: dict, args: argparse.Namespace) -> None:

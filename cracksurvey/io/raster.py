@@ -260,6 +260,12 @@ class RasterSource:
         self.height = self._ds.width if swap else self._ds.height
         self.width = self._ds.height if swap else self._ds.width
 
+    def _upright(self, stored: np.ndarray) -> np.ndarray:
+        """Pixels read from the stored grid, turned upright (:func:`upright`)."""
+        if self.orientation == 1:
+            return stored
+        return np.ascontiguousarray(upright(stored, self.orientation))
+
     @property
     def driver(self) -> str:
         """GDAL driver short name (``GTiff``, ``JPEG``, ``PNG`` ...)."""
@@ -281,11 +287,7 @@ class RasterSource:
             r0, r1, c0, c1 = row0, row1, col0, col1
         try:
             stored = self._ds.read(window=Window(c0, r0, c1 - c0, r1 - r0))
-            return (
-                stored
-                if self.orientation == 1
-                else np.ascontiguousarray(upright(stored, self.orientation))
-            )
+            return self._upright(stored)
         except RasterioError as exc:
             error = _input_error(
                 self.path,
@@ -305,11 +307,7 @@ class RasterSource:
         shape = (ds.count, max(1, ds.height // factor), max(1, ds.width // factor))
         try:
             stored = ds.read(out_shape=shape, resampling=Resampling.nearest)
-            return (
-                stored
-                if self.orientation == 1
-                else np.ascontiguousarray(upright(stored, self.orientation))
-            )
+            return self._upright(stored)
         except RasterioError as exc:
             error = _input_error(self.path, f"cannot be decoded ({_gdal_detail(exc)})")
         raise error
@@ -323,11 +321,7 @@ class RasterSource:
         shape = (self._ds.count, cols, rows) if swap else (self._ds.count, rows, cols)
         try:
             stored = self._ds.read(out_shape=shape, resampling=Resampling.average)
-            return (
-                stored
-                if self.orientation == 1
-                else np.ascontiguousarray(upright(stored, self.orientation))
-            )
+            return self._upright(stored)
         except RasterioError as exc:
             error = _input_error(self.path, f"cannot be decoded ({_gdal_detail(exc)})")
         raise error
