@@ -84,23 +84,31 @@ def downscale_factor(height: int, width: int, gsd_mm: float | None) -> int:
     return max(1, min(factor, side // 64)) if side >= 64 else 1
 
 
+#: Without a GSD an image shows a façade when its longest side has at least this many pixels;
+#: with one, when it covers at least MIN_EXTENT_MM and has at least MIN_SIDE_GSD_PX pixels.
 MIN_SIDE_PX = 1024
+MIN_SIDE_GSD_PX = 256
 MIN_EXTENT_MM = 4000.0
 
 
 def applies(height: int, width: int, gsd_mm: float | None) -> bool:
     """Whether an image shows enough of a façade for the semantics to mean anything.
 
-    A close-up (longest side under 1024 px, or under 4 m of wall at a known GSD) is taken as
-    all wall: the network needs storeys, windows and sky around the wall to tell them apart.
+    At a known GSD the extent decides: at least 4 m of wall on the longest side (and 256 px),
+    so a small whole-street photo (683 x 512 px at 30 mm/px) is classified. Without one, the
+    longest side must be at least 1024 px: a 544-px close-up of a cracked wall and a 683-px
+    street photo cannot be told apart by their size. A close-up is taken as all wall: the
+    network needs storeys, windows and sky around the wall to tell them apart.
 
     >>> applies(2160, 3840, 3.0), applies(224, 224, None), applies(2000, 3000, 1.0)
     (True, False, False)
+    >>> applies(512, 683, 30.0), applies(512, 683, None), applies(200, 200, 30.0)
+    (True, False, False)
     """
     side = max(int(height), int(width))
-    if side < MIN_SIDE_PX:
-        return False
-    return gsd_mm is None or side * gsd_mm >= MIN_EXTENT_MM
+    if gsd_mm is None:
+        return side >= MIN_SIDE_PX
+    return side >= MIN_SIDE_GSD_PX and side * gsd_mm >= MIN_EXTENT_MM
 
 
 def constant_fill(

@@ -461,3 +461,34 @@ def test_recalibrate_workflow_keeps_the_weights_and_notes_the_rule(tmp_path):
         recalibrate.main(
             [*args[:2], "--config", str(tmp_path / "plain" / "config.yaml"), *args[4:]]
         )
+
+
+@pytest.mark.parametrize("kind", ["lattice", "grid", "parallel"])
+def test_line_patterns_are_straight_regular_and_darken_only_their_lines(kind):
+    from scipy import ndimage
+
+    from cracksurvey.train.negatives import SyntheticStyle, render_line_pattern
+
+    rng = np.random.default_rng(3)
+    background = np.full((3, 192, 192), 200, np.uint8)
+    style = SyntheticStyle(noise=(0.0, 0.0))
+    image, lines = render_line_pattern(background, rng, kind=kind, style=style)
+    assert image.shape == background.shape and image.dtype == np.uint8
+    assert lines.any() and lines.dtype == bool
+    dark = image[0] < 190
+    # every darkened pixel lies on a line (its blurred width; a line just outside the crop may
+    # shade its first pixels), and far from them the wall is kept
+    near = ndimage.binary_dilation(lines, iterations=5)
+    inner = (slice(3, -3), slice(3, -3))
+    assert not (dark & ~near)[inner].any()
+    assert (image[0][inner][~near[inner]] >= 199).all()
+    if kind == "parallel":  # each line straight: its centreline pixels along one direction
+        lab, n = ndimage.label(lines, structure=np.ones((3, 3)))
+        assert 1 <= n <= 8
+        for i in range(1, n + 1):
+            r, c = np.nonzero(lab == i)
+            if r.size >= 20:
+                ev = np.linalg.eigvalsh(np.cov(np.stack([r, c]).astype(float)))
+                assert ev[0] / ev[1] < 0.01
+    with pytest.raises(ValueError, match="expected one of"):
+        render_line_pattern(background, rng, kind="spiral")

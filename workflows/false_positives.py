@@ -10,7 +10,10 @@ folder:
 - ``facades``: the four Sceaux castle photos (``facades/``), one building each, at the ground
   sampling distances a user would set for them (12-20 mm per pixel);
 - ``spb-val``: the validation part of ``negatives/spb_facades`` (street façades kept out of
-  training), one building each, at 3 mm per pixel.
+  training), one building each, at 3 mm per pixel;
+- ``lmf-val``: the validation part of ``negatives/labelmefacade`` (45 street photos of four
+  source sets kept out of training, about 683 x 512, a storey 60-150 px high), one building
+  each, at 30 mm per pixel (a 3.5-4.5 m storey over about 130 px).
 
 Every crack found there is false. The table gives, per model and survey: cracks, total length,
 false crack length per megapixel of image (pixels of crack centreline per million image pixels)
@@ -33,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cracksurvey.train.negatives import negative_split
+
 ROOT = Path(__file__).resolve().parents[1]
 
 FACADE_GSD_MM = {  # plausible user-set GSDs for the four photos (oblique far ... close)
@@ -43,6 +48,7 @@ FACADE_GSD_MM = {  # plausible user-set GSDs for the four photos (oblique far ..
 }
 SPB_VAL = ("train_img_13", "train_img_250", "train_img_7")
 SPB_GSD_MM = 3
+LMF_GSD_MM = 30
 
 
 def make_survey(folder: Path, images: list[tuple[Path, float]]) -> Path:
@@ -107,7 +113,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data")
     ap.add_argument("--weights", action="append", default=[], help="model .safetensors; repeat; 'shipped' = the default model")
-    ap.add_argument("--only", choices=["facades", "spb-val"], default=None)
+    ap.add_argument("--only", choices=["facades", "spb-val", "lmf-val"], default=None)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("process_args", nargs="*", help="extra arguments for cracksurvey process (after --)")
     args = ap.parse_args()
@@ -115,6 +121,11 @@ def main() -> int:
     surveys = {
         "facades": [(args.data / "facades" / f"{k}.jpg", v) for k, v in FACADE_GSD_MM.items()],
         "spb-val": [(args.data / "negatives/spb_facades/images" / f"{k}.jpg", SPB_GSD_MM) for k in SPB_VAL],
+        "lmf-val": [
+            (p, LMF_GSD_MM)
+            for p in sorted((args.data / "negatives/labelmefacade/images").glob("*.jpg"))
+            if negative_split(p.stem, "labelmefacade") == "val"
+        ],
     }
     if args.only:
         surveys = {args.only: surveys[args.only]}

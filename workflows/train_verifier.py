@@ -66,6 +66,7 @@ def mine(
     inner: bool = False,
     border: Border = "image",
     synthetic_noise: bool = False,
+    n_patterns: int = 0,
 ) -> None:
     import dataclasses
 
@@ -81,6 +82,7 @@ def mine(
         load_negatives,
         load_stamps,
         negative_crop,
+        render_line_pattern,
         render_synthetic_crack,
     )
     from cracksurvey.verify import read_patches
@@ -154,6 +156,27 @@ def mine(
         lab, n = components(image)
         on = share_near(lab, n, distance <= 1.0, 3)
         add(image, lab, n, {i + 1: 1 for i in range(n) if on[i] >= 0.5}, 1)
+    n_before = len(ys)
+    for _ in range(n_patterns):
+        # man-made line patterns (railings, grilles, joints, cables) on the same façade crops:
+        # the crack layer's components along them are not cracks; a third of the crops also get
+        # a synthetic crack across the pattern, whose components are cracks
+        neg = backgrounds[int(rng.integers(len(backgrounds)))]
+        crop = negative_crop(neg, 384, rng, hot_share=0.0)
+        image, lines = render_line_pattern(crop, rng, style=style)
+        crack = np.zeros_like(lines)
+        if rng.random() < 1 / 3:
+            image, distance, _ = render_synthetic_crack(
+                image, stamps[int(rng.integers(len(stamps)))], rng, style=style
+            )
+            crack = distance <= 1.0
+        lab, n = components(image)
+        on_lines, on_crack = share_near(lab, n, lines, 3), share_near(lab, n, crack, 3)
+        labels = {i + 1: 0 for i in range(n) if on_lines[i] >= 0.5 and on_crack[i] < 0.2}
+        labels.update({i + 1: 1 for i in range(n) if on_crack[i] >= 0.5})
+        add(image, lab, n, labels, 1)
+    if n_patterns:
+        print(f"line patterns: {len(ys) - n_before} patches ({time.time() - t0:.0f} s)", flush=True)
     y, g, k = np.array(ys), np.array(groups), np.array(kinds)
     for kind, what in ((0, "crack datasets"), (1, "façades")):
         m = k == kind
@@ -376,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--synthetic-noise", action="store_true",
                    help="render the synthetic cracks with the crack model's noise (the data of the "
                    "verifier shipped until 2026-12-01: only its cracks were noisy)")
+    m.add_argument("--patterns", type=int, default=0,
+                   help="façade crops with a man-made line pattern (railing, grille, joints, cables: "
+                   "not cracks; cracks drawn across a third of them). Default 0, as the shipped verifier "
+                   "was mined; an experiment not yet trained and measured (docs/training.md)")
     t = sub.add_parser("train")
     t.add_argument("--train", type=Path, default=ROOT / "runs/verifier/train.npz")
     t.add_argument("--val", type=Path, default=ROOT / "runs/verifier/val.npz")
@@ -397,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         n_synth = args.synthetic if args.synthetic is not None else (700 if args.split == "train" else 150)
         mine(args.data, args.split, out, n_synthetic=n_synth, spb_scales=tuple(args.spb_scales),
              crack_data=args.crack_data, patch=args.patch, inner=args.inner, border=args.border,
-             synthetic_noise=args.synthetic_noise)
+             synthetic_noise=args.synthetic_noise,
+             n_patterns=args.patterns or 0)
     else:
         train(args.train, args.val, args.out, steps=args.steps, keep=args.keep, seed=args.seed,
               augment=not args.no_augment)

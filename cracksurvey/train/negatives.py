@@ -279,6 +279,84 @@ def render_synthetic_crack(
     return image, distance_target(skel, clip_px=clip_px), np.ascontiguousarray(body_mask)
 
 
+#: Man-made line patterns (:func:`render_line_pattern`), each a family or two of straight lines.
+LINE_PATTERNS = ("lattice", "grid", "parallel")
+
+
+def render_line_pattern(
+    background: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    kind: str | None = None,
+    style: SyntheticStyle = SyntheticStyle(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Darken a man-made line pattern into a uint8 (3, c, c) background crop: not a crack.
+
+    Railings, fences, grilles, rusticated joints, siding and cable bundles are regular: straight
+    lines repeated at one spacing, crossing at one angle. A pattern is one of
+    :data:`LINE_PATTERNS` — ``lattice`` (two families of parallel lines crossing at 40-140
+    degrees, a diamond railing), ``grid`` (a horizontal and a vertical family, a grille or
+    rusticated joints) or ``parallel`` (3-8 parallel lines, siding, fence bars, cables) — with
+    lines 1-4 px wide, 10-48 px apart, in a random rectangle of the crop (a railing in front of
+    part of a façade), darkened, blurred and contrasted as the synthetic cracks
+    (:func:`render_synthetic_crack`), so that only the geometry tells the two apart.
+
+    Returns image uint8 (3, c, c) and the pattern's centrelines as bool (c, c).
+    """
+    c = background.shape[-1]
+    kind = kind or str(rng.choice(LINE_PATTERNS))
+    if kind not in LINE_PATTERNS:
+        raise ValueError(f"line pattern {kind!r}: expected one of {LINE_PATTERNS}")
+    rows, cols = np.mgrid[0:c, 0:c].astype(np.float32) + 0.5
+    spacing = float(rng.uniform(10.0, 48.0))
+    half_w = float(rng.uniform(0.5, 2.0))
+    if kind == "lattice":
+        a = float(rng.uniform(0.0, np.pi))
+        angles = [a, a + float(rng.uniform(np.radians(40), np.radians(140)))]
+    elif kind == "grid":
+        tilt = float(rng.normal(0.0, np.radians(3)))
+        angles = [tilt, tilt + np.pi / 2]
+    else:
+        upright = rng.random() < 0.6  # mostly horizontal or vertical (siding, bars, cables)
+        angles = [
+            float(rng.choice([0.0, np.pi / 2]) + rng.normal(0.0, np.radians(3)))
+            if upright
+            else float(rng.uniform(0.0, np.pi))
+        ]
+    coverage = np.zeros((c, c), np.float32)
+    centre = np.zeros((c, c), bool)
+    for angle in angles:
+        # signed distance along the family's normal, folded onto the nearest line
+        t = rows * np.cos(angle) + cols * np.sin(angle) + float(rng.uniform(0.0, spacing))
+        d = np.abs(t - spacing * np.round(t / spacing))
+        if kind == "parallel":  # only a few lines of the family
+            n_lines = int(rng.integers(3, 9))
+            first = float(rng.uniform(-c / 2, c / 2 - n_lines * spacing))
+            k = np.round(t / spacing) * spacing - (np.median(t) + first)
+            d = np.where((k >= 0) & (k < n_lines * spacing), d, np.inf)
+        coverage = np.maximum(coverage, np.clip(half_w + 0.5 - d, 0.0, 1.0))
+        centre |= d <= 0.5
+    # the rectangle the pattern fills (at least 40 % of each side)
+    r0, r1 = sorted(rng.integers(0, c, 2)) if rng.random() < 0.5 else (0, c)
+    c0, c1 = sorted(rng.integers(0, c, 2)) if rng.random() < 0.5 else (0, c)
+    if r1 - r0 < 0.4 * c:
+        r0, r1 = 0, c
+    if c1 - c0 < 0.4 * c:
+        c0, c1 = 0, c
+    inside = np.zeros((c, c), bool)
+    inside[r0:r1, c0:c1] = True
+    coverage = np.where(inside, coverage, 0.0).astype(np.float32)
+    centre &= inside
+    sigma = float(rng.uniform(*style.blur_sigma_px))
+    shade = ndimage.gaussian_filter(coverage, sigma) * float(rng.uniform(*style.contrast))
+    img = background.astype(np.float32) / 255.0 * (1.0 - shade)[None]
+    noise_sd = float(rng.uniform(*style.noise))
+    if noise_sd > 0:
+        img = img + rng.normal(0.0, noise_sd, img.shape).astype(np.float32)
+    image = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    return image, centre
+
+
 def list_crack_maps(root: str | Path) -> list[Path]:
     files = [p for p in sorted(Path(root).glob("*.png"))]
     if not files:
