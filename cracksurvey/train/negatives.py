@@ -228,6 +228,20 @@ class SyntheticStyle:
     noise: tuple[float, float] = (0.0, 0.02)  # Gaussian noise sd, intensity in [0, 1]
 
 
+def darken(
+    background: np.ndarray, coverage: np.ndarray, rng: np.random.Generator, style: SyntheticStyle
+) -> np.ndarray:
+    """A uint8 (3, c, c) crop darkened where ``coverage`` (c, c) is: blurred, at a random
+    contrast, with optional sensor noise (the ranges of ``style``)."""
+    sigma = float(rng.uniform(*style.blur_sigma_px))
+    shade = ndimage.gaussian_filter(coverage, sigma) * float(rng.uniform(*style.contrast))
+    img = background.astype(np.float32) / 255.0 * (1.0 - shade)[None]
+    noise_sd = float(rng.uniform(*style.noise))
+    if noise_sd > 0:
+        img = img + rng.normal(0.0, noise_sd, img.shape).astype(np.float32)
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
 def render_synthetic_crack(
     background: np.ndarray,
     stamp: CrackStamp,
@@ -268,13 +282,7 @@ def render_synthetic_crack(
     if rng.random() < 0.5:
         coverage, skel = coverage[:, ::-1], skel[:, ::-1]
     skel = skeletonize_mask(np.ascontiguousarray(skel))
-    sigma = float(rng.uniform(*style.blur_sigma_px))
-    shade = ndimage.gaussian_filter(coverage, sigma) * float(rng.uniform(*style.contrast))
-    img = background.astype(np.float32) / 255.0 * (1.0 - shade)[None]
-    noise_sd = float(rng.uniform(*style.noise))
-    if noise_sd > 0:
-        img = img + rng.normal(0.0, noise_sd, img.shape).astype(np.float32)
-    image = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    image = darken(background, coverage, rng, style)
     body_mask = (coverage >= 0.5) | skel
     return image, distance_target(skel, clip_px=clip_px), np.ascontiguousarray(body_mask)
 
@@ -347,13 +355,7 @@ def render_line_pattern(
     inside[r0:r1, c0:c1] = True
     coverage = np.where(inside, coverage, 0.0).astype(np.float32)
     centre &= inside
-    sigma = float(rng.uniform(*style.blur_sigma_px))
-    shade = ndimage.gaussian_filter(coverage, sigma) * float(rng.uniform(*style.contrast))
-    img = background.astype(np.float32) / 255.0 * (1.0 - shade)[None]
-    noise_sd = float(rng.uniform(*style.noise))
-    if noise_sd > 0:
-        img = img + rng.normal(0.0, noise_sd, img.shape).astype(np.float32)
-    image = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    image = darken(background, coverage, rng, style)
     return image, centre
 
 
