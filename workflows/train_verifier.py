@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         mine(args.data, args.split, out, n_synthetic=n_synth, spb_scales=tuple(args.spb_scales),
              crack_data=args.crack_data, patch=args.patch, inner=args.inner, border=args.border,
              synthetic_noise=args.synthetic_noise,
-             n_patterns=args.patterns or 0)
+             n_patterns=args.patterns)
     else:
         train(args.train, args.val, args.out, steps=args.steps, keep=args.keep, seed=args.seed,
               augment=not args.no_augment)
