@@ -158,6 +158,15 @@ def test_evaluate_real_model_on_masonry_test():
     assert r["micro"]["f1"] > 0.3
     json.dumps(res)
     assert np.isfinite(r["abs_delta_cpp_mean"])
+    from cracksurvey.verify import load_verifier
+
+    # the shipped verifier runs behind the shipped model by default, at its card's threshold
+    _, vcard = load_verifier()
+    assert res["verifier"] == {
+        "model_id": vcard.model_id,
+        "sha256": vcard.sha256,
+        "min_score": vcard.min_score,
+    }
 
 
 def test_the_verifier_runs_behind_the_shipped_model_and_only_drops_cracks(

@@ -147,6 +147,14 @@ def train(
     help="With --postprocess: drop the cracks the crack verifier rejects, as process does.",
 )
 @click.option(
+    "--verifier",
+    "verifier_weights",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Crack verifier .safetensors (with its .json card beside it), at its card's "
+    "min_score, as process's verify.weights. [default: the shipped verifier]",
+)
+@click.option(
     "--bootstrap",
     default=1000,
     show_default=True,
@@ -170,6 +178,7 @@ def evaluate(
     postprocess: bool,
     tta: bool,
     verify: bool,
+    verifier_weights: str | None,
     bootstrap: int,
     precision: Precision,
     as_json: bool,
@@ -192,6 +201,7 @@ def evaluate(
         postprocess=postprocess,
         tta=tta,
         verify=verify,
+        verifier_weights=verifier_weights,
         bootstrap=bootstrap,
         precision=precision,
         progress=tqdm_factory(),

@@ -201,6 +201,7 @@ def evaluate_model(
     vectorize: VectorizeConfig | None = None,
     tta: bool = False,
     verify: bool = True,
+    verifier_weights: str | Path | None = None,
     bootstrap: int = 1000,
     progress: Callable[[int, str], Any] | None = None,
 ) -> dict[str, Any]:
@@ -209,8 +210,8 @@ def evaluate_model(
     Each image is predicted whole (``halo_px`` of reflect padding around it: 0 by default, see
     docs/method.md, "Evaluation"), thresholded at the card's τ and, with ``postprocess``, turned
     into the centreline of the crack layer ``process`` would write (gap bridging, spur pruning,
-    minimum crack length and, with ``verify``, the shipped crack verifier at its calibrated
-    threshold when the model is the one it was trained behind: :func:`crack_layer_skeleton`, settings ``vectorize``, default the process
+    minimum crack length and, with ``verify``, the shipped crack verifier, or the one at ``verifier_weights``, at its
+    calibrated threshold when the model is the one it was trained behind: :func:`crack_layer_skeleton`, settings ``vectorize``, default the process
     defaults).
 
     Returns a dict with, per dataset and for all together: micro/macro relaxed metrics; CPP of
@@ -234,7 +235,7 @@ def evaluate_model(
     if verify and postprocess:
         from cracksurvey.verify import load_verifier
 
-        v_net, v_card = load_verifier()
+        v_net, v_card = load_verifier(verifier_weights)
         if v_card.crack_model_sha256 == card.sha256:  # as process's verify.mode auto
             verifier = (v_net, v_card, v_card.min_score)
     results: dict[str, Any] = {
