@@ -108,3 +108,32 @@ def test_nodata_input_stays_nodata_and_yields_no_crack(processed) -> None:
     cracks = pyogrio.read_dataframe(processed.gpkg_path, layer="cracks")
     xmin = cracks[cracks["image"] == "big.tif"].total_bounds[0]
     assert xmin >= X0 + NODATA_COLS * 0.02  # nothing in the nodata band
+
+
+def test_window_reader_gives_nan_for_nodata(processed, tmp_path) -> None:
+    """The gap bridging's window reader: the distance COG's NaN nodata stays NaN, and a
+    raster with a numeric nodata value reads NaN there too (float32 either way)."""
+    from cracksurvey.io.outputs import read_band_window
+
+    window = read_band_window(processed.out_dir / "rasters" / "big_distance.tif")(0, 700, 90, 110)
+    assert window.dtype == np.float32 and window.shape == (700, 20)
+    assert np.isnan(window[:, :10]).all() and not np.isnan(window[:, 10:]).any()
+    path = tmp_path / "numeric.tif"
+    data = np.arange(12, dtype=np.int16).reshape(3, 4)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=3,
+        width=4,
+        count=1,
+        dtype="int16",
+        nodata=5,
+        transform=SMALL_TRANSFORM,
+        crs=UTM33,
+    ) as ds:
+        ds.write(data, 1)
+    got = read_band_window(path)(1, 3, 0, 4)
+    expected = data[1:3].astype(np.float32)
+    expected[expected == 5] = np.nan
+    np.testing.assert_array_equal(got, expected)

@@ -223,12 +223,20 @@ def read_mask_strips(path: str | Path, *, strip_rows: int) -> Iterator[tuple[int
 
 
 def read_band_window(path: str | Path) -> Callable[[int, int, int, int], np.ndarray]:
-    """A reader of windows ``(row0, row1, col0, col1)`` of band 1 of a raster (float, NaN for
-    nodata). Each call opens the file (windows are few and large; no handle is kept)."""
+    """A reader of windows ``(row0, row1, col0, col1)`` of band 1 of a raster (float32, NaN
+    for nodata). Each call opens the file (windows are few and large; no handle is kept).
+
+    Nodata is the band's nodata value (the distance maps' is NaN already); a mask band or alpha
+    is not read (a third of the time of a masked read of a distance map).
+    """
 
     def read(row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_BYTES), rasterio.open(path) as ds:
-            band = ds.read(1, window=Window(col0, row0, col1 - col0, row1 - row0), masked=True)
-        return np.ma.filled(band.astype(np.float32), np.nan)
+            window = Window(col0, row0, col1 - col0, row1 - row0)
+            band = ds.read(1, window=window, out_dtype="float32")
+            nodata = ds.nodata
+        if nodata is not None and not np.isnan(nodata):
+            band[band == np.float32(nodata)] = np.nan
+        return band
 
     return read

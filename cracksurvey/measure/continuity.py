@@ -117,18 +117,25 @@ def patch_grid(
     """Origins ``(row, col)`` of the counted patches (see :func:`patch_origins`)."""
     if patch_px < 1:
         raise ValueError(f"patch_px is {patch_px!r}; expected a positive integer.")
-    rows, cols = shape
-    full = patch_px * patch_px
-    origins = []
-    for r in range(0, rows, patch_px):
-        for c in range(0, cols, patch_px):
-            if valid is None:
-                inside = (min(rows, r + patch_px) - r) * (min(cols, c + patch_px) - c)
-            else:
-                inside = int(valid[r : r + patch_px, c : c + patch_px].sum())
-            if 2 * inside >= full:
-                origins.append((r, c))
-    return origins
+    rows, cols = (int(n) for n in shape)
+    if rows == 0 or cols == 0:
+        return []
+    row0 = np.arange(0, rows, patch_px)
+    col0 = np.arange(0, cols, patch_px)
+    if valid is None:
+        inside = np.outer(
+            np.minimum(rows, row0 + patch_px) - row0, np.minimum(cols, col0 + patch_px) - col0
+        )
+    else:  # valid pixels per patch: column sums of each row of patches, summed per patch
+        as_bytes = valid.view(np.uint8)
+        inside = np.stack(
+            [
+                np.add.reduceat(as_bytes[r : r + patch_px].sum(axis=0, dtype=np.int64), col0)
+                for r in row0
+            ]
+        )
+    counted_r, counted_c = np.nonzero(2 * inside >= patch_px * patch_px)  # row-major
+    return [(int(row0[i]), int(col0[j])) for i, j in zip(counted_r, counted_c)]
 
 
 def valid_mask(valid: ArrayLike | None, shape: tuple[int, ...]) -> NDArray[np.bool_] | None:
@@ -235,31 +242,35 @@ def _area_fragments_by_row(
     min_area_px: float,
 ) -> NDArray[np.int64]:
     """:func:`_count_fragments` (area rule only) of every patch at ``origins``, labelling a
-    whole row of patches at once: the patches are copied side by side with a blank column
-    between them, which no 4- or 8-connected component crosses."""
+    whole row of patches at once: the patches that hold any crack pixel are copied side by side
+    with a blank column between them, which no 4- or 8-connected component crosses."""
     structure = _structure(connectivity)
     counts = np.zeros(len(origins), dtype=np.int64)
     rows: dict[int, list[tuple[int, int]]] = {}
     for i, (r, c) in enumerate(origins):
         rows.setdefault(r, []).append((i, c))
     step = patch_px + 1
+    col0 = np.arange(0, mask.shape[1], patch_px)
     for r, items in rows.items():
         strip = mask[r : r + patch_px]
-        if not strip.any():
+        columns = strip.any(axis=0)
+        if not columns.any():
             continue
-        n_cols = -(-strip.shape[1] // patch_px)
-        apart = np.zeros((strip.shape[0], n_cols * step), dtype=bool)
-        for k in range(n_cols):
+        holds = np.logical_or.reduceat(columns, col0)  # per patch of the row
+        busy = sorted({c // patch_px for _, c in items if holds[c // patch_px]})
+        if not busy:
+            continue
+        apart = np.zeros((strip.shape[0], len(busy) * step), dtype=bool)
+        for j, k in enumerate(busy):
             block = strip[:, k * patch_px : (k + 1) * patch_px]
-            apart[:, k * step : k * step + block.shape[1]] = block
+            apart[:, j * step : j * step + block.shape[1]] = block
         labels, n = ndimage.label(apart, structure=structure)
-        if n == 0:
-            continue
         area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        patch = np.array([s[1].start // step for s in ndimage.find_objects(labels)])
-        per_patch = np.bincount(patch[area >= min_area_px], minlength=n_cols)
+        patch = np.array([s[1].start // step for s in ndimage.find_objects(labels)], np.int64)
+        per_busy = np.bincount(patch[area >= min_area_px], minlength=len(busy))
+        per_patch = dict(zip(busy, per_busy.tolist()))
         for i, c in items:
-            counts[i] = per_patch[c // patch_px]
+            counts[i] = per_patch.get(c // patch_px, 0)
     return counts
 
 
