@@ -94,7 +94,9 @@ def _run(survey, out, tile_px, halo_px, precision="auto", verify=None):
 #         +0.077 m), length-weighted mean width -1.8 %;
 #   bf16: every tile size within 0.1 % of 1024 px.
 # At 4.25 px: fp32 320-px tiles -0.77 %; bf16 on an Intel Xeon with AMX (previous model, no
-# bridging): 15 vs 16 cracks, 2.0 %.
+# bridging): 15 vs 16 cracks, 2.0 %. The shipped model on an Intel Xeon with AMX (2026-12-02):
+#   fp32: 12 cracks at every tile size, 2.9873 m at 1024 and 512 px, +0.44 % at 416, -0.35 % at 320;
+#   bf16 (AMX): 12 cracks everywhere, within 0.7 % of 3.0507 m; against fp32 +2.1 %, width +2.9 %.
 TILE_BOUND = {"fp32": (1, 1.5e-2, 0.12, 3e-2), "bf16": (2, 3e-2, 0.12, 3e-2)}
 # bf16 against fp32 on the same 1024-px tiles, shipped model at 1.5 px on the Zen 5: 13 vs 12
 # cracks, 2.5415 vs 2.4385 m (one 0.10-m crack more), mean width -2.3 %; at 4.25 px 11 vs 10
