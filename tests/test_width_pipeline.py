@@ -129,6 +129,17 @@ def test_tile_grey_blanks_what_is_outside_the_image():
     assert np.isnan(grey[0, 0]) and grey[2, 0] == 90.0
 
 
+def test_tile_grey_is_the_mean_of_the_bands_for_every_sum():
+    """The uint8 fast path equals numpy's float32 mean bit for bit, for every band sum."""
+    total = np.arange(766)
+    rgb = np.stack(
+        [np.minimum(total, 255), np.clip(total - 255, 0, 255), np.clip(total - 510, 0, 255)]
+    ).astype(np.uint8)[:, None, :]
+    np.testing.assert_array_equal(tile_grey(rgb), rgb.mean(axis=0, dtype=np.float32))
+    other = np.random.default_rng(0).integers(0, 4000, (3, 5, 7)).astype(np.uint16)
+    np.testing.assert_array_equal(tile_grey(other), other.mean(axis=0, dtype=np.float32))
+
+
 def test_skeleton_carries_every_field_through_the_cache(tmp_path):
     sk = TileSkeleton(
         np.array([3, 1, 2]),
