@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m cracksurvey.warm
 	touch $(STAMP)
 
 # Real clients for the tests, from Debian: GDAL tools (ogrinfo/gdalinfo), QGIS Python bindings

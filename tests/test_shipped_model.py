@@ -201,3 +201,11 @@ def test_the_verifier_runs_behind_the_shipped_model_and_only_drops_cracks(
         images[name] = gpd.read_file(out / "cracks.gpkg", layer=layer)
     assert images["on"]["n_unverified"].tolist() == [len(off) - len(on)]
     assert images["off"]["n_unverified"].isna().all()
+
+
+def test_kernel_warm_up_finds_a_crack_in_both_precisions():
+    """`make venv`'s warm-up (python -m cracksurvey.warm) reaches every kernel of process: its
+    synthetic wall must give a crack in bf16 and in fp32, or the width kernels never ran."""
+    from cracksurvey.warm import compile_kernels
+
+    assert compile_kernels() > 0
