@@ -210,8 +210,9 @@ def evaluate_model(
     Each image is predicted whole (``halo_px`` of reflect padding around it: 0 by default, see
     docs/method.md, "Evaluation"), thresholded at the card's τ and, with ``postprocess``, turned
     into the centreline of the crack layer ``process`` would write (gap bridging, spur pruning,
-    minimum crack length and, with ``verify``, the shipped crack verifier, or the one at ``verifier_weights``, at its
-    calibrated threshold when the model is the one it was trained behind: :func:`crack_layer_skeleton`, settings ``vectorize``, default the process
+    minimum crack length and, with ``verify``, the shipped crack verifier, or the one at
+    ``verifier_weights``, at its calibrated threshold when the model is the one it was trained
+    behind: :func:`crack_layer_skeleton`, settings ``vectorize``, default the process
     defaults).
 
     Returns a dict with, per dataset and for all together: micro/macro relaxed metrics; CPP of
